@@ -1,0 +1,41 @@
+"""zoo: the classic PyTorch beginner tutorials' models as a JAX/Flax model zoo.
+
+    import zoo
+    zoo.list_models()
+    model = zoo.create("cnn")
+    variables = zoo.init(model, jax.random.key(0))
+    logits = model.apply(variables, images)      # images: float32 NHWC in [0, 1]
+
+Importing zoo loads only jax, flax and numpy (no TensorFlow, tfds, optax or orbax).
+"""
+
+from zoo import autoencoder, cnn, gan, mlp, multitask, rnn
+from zoo.registry import (
+    InputSpec,
+    ModelSpec,
+    UnknownModelError,
+    create,
+    get_spec,
+    init,
+    list_models,
+    param_count,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "InputSpec",
+    "ModelSpec",
+    "UnknownModelError",
+    "autoencoder",
+    "cnn",
+    "create",
+    "gan",
+    "get_spec",
+    "init",
+    "list_models",
+    "mlp",
+    "multitask",
+    "param_count",
+    "rnn",
+]

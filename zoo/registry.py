@@ -1,0 +1,264 @@
+"""The model registry: one name -> one module class, its defaults and its input spec.
+
+Every model family file calls `register(...)` at import time; `zoo.create("cnn")`,
+`zoo.init(...)`, `zoo.get_spec(...)` and `zoo.list_models()` read from here. The
+registry holds no state beyond the name table, and creating a model is just
+`spec.module(**{**spec.defaults, **overrides})`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+__all__ = [
+    "InputSpec",
+    "ModelSpec",
+    "UnknownModelError",
+    "register",
+    "create",
+    "get_spec",
+    "list_models",
+    "init",
+    "param_count",
+    "check_input",
+]
+
+TASKS = (
+    "classification",
+    "binary",
+    "sequence_classification",
+    "language_model",
+    "reconstruction",
+    "gan",
+    "multitask",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """What one example fed to a model looks like (the batch axis is not included).
+
+    Attributes:
+      shape: per-example shape; `None` marks a free axis (e.g. sequence length).
+      dtype: "float32" for images/features in [0, 1], "int32" for tokens.
+      description: a few words for error messages, e.g. "images NHWC in [0, 1]".
+    """
+
+    shape: tuple[int | None, ...]
+    dtype: str
+    description: str
+
+    def example_shape(self, batch_size: int = 1, free_axis: int = 8) -> tuple[int, ...]:
+        """A concrete batch shape, substituting `free_axis` for free (None) axes."""
+        return (batch_size,) + tuple(free_axis if d is None else d for d in self.shape)
+
+    def example(self, batch_size: int = 1, free_axis: int = 8) -> jax.Array:
+        """An all-zeros batch matching this spec (used for shape inference and init)."""
+        return jnp.zeros(self.example_shape(batch_size, free_axis), self.dtype)
+
+    def __str__(self) -> str:
+        dims = ", ".join("T" if d is None else str(d) for d in self.shape)
+        return f"shape (batch, {dims}) {self.dtype} ({self.description})"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Everything the registry knows about one model name.
+
+    Attributes:
+      name: registry name, e.g. "cnn".
+      module: the flax.linen.Module class.
+      task: one of TASKS; decides loss and metrics in the training engine.
+      defaults: field overrides that define this variant (applied before user overrides).
+      input: the input spec of the default configuration.
+      output: per-example output shape(s) of the default configuration (a pytree of
+        tuples; None marks the free sequence axis).
+      num_params: pinned parameter count of the default configuration.
+      description: one line; `follows`: the tutorial architecture and what was fixed.
+      pretrained: tags of shipped weights (filled in by zoo.pretrained).
+    """
+
+    name: str
+    module: type[nn.Module]
+    task: str
+    defaults: Mapping[str, Any]
+    input: InputSpec
+    output: Any
+    num_params: int
+    description: str
+    follows: str
+    pretrained: tuple[str, ...] = ()
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+class UnknownModelError(KeyError):
+    """Raised for a model name that is not registered."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0])
+
+
+def _suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.5)
+    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
+
+def _module_fields(module: type[nn.Module]) -> list[str]:
+    return [f.name for f in dataclasses.fields(module) if f.init and f.name not in ("parent", "name")]
+
+
+def _check_overrides(module: type[nn.Module], overrides: Mapping[str, Any], what: str) -> None:
+    fields = _module_fields(module)
+    for key in overrides:
+        if key not in fields:
+            raise TypeError(
+                f"{what}: unknown option {key!r} for {module.__name__}.{_suggest(key, fields)} "
+                f"Valid options: {', '.join(fields)}."
+            )
+
+
+def register(
+    name: str,
+    module: type[nn.Module],
+    *,
+    task: str,
+    output: Any,
+    num_params: int,
+    description: str,
+    follows: str,
+    defaults: Mapping[str, Any] | None = None,
+) -> ModelSpec:
+    """Registers `module` (with `defaults` applied) under `name` and returns its spec.
+
+    The input spec is read from the configured module's `input_spec()` method, so the
+    registry and direct use of the class can never disagree.
+    """
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is already registered")
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    defaults = dict(defaults or {})
+    _check_overrides(module, defaults, f"register({name!r})")
+    spec = ModelSpec(
+        name=name,
+        module=module,
+        task=task,
+        defaults=defaults,
+        input=module(**defaults).input_spec(),
+        output=output,
+        num_params=num_params,
+        description=description,
+        follows=follows,
+    )
+    _REGISTRY[name] = spec
+    return spec
+
+
+def list_models() -> list[str]:
+    """Sorted names of all registered models."""
+    return sorted(_REGISTRY)
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The ModelSpec registered under `name`; raises UnknownModelError suggesting close names."""
+    if not isinstance(name, str):
+        raise TypeError(f"model name must be a str, got {type(name).__name__}")
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownModelError(
+            f"unknown model {name!r}.{_suggest(name, _REGISTRY)} Available: {', '.join(list_models())}."
+        ) from None
+
+
+def _set_pretrained(name: str, tags: tuple[str, ...]) -> None:
+    _REGISTRY[name] = dataclasses.replace(get_spec(name), pretrained=tuple(sorted(tags)))
+
+
+def create(name: str, **overrides: Any) -> nn.Module:
+    """A new module for registry entry `name`; keyword overrides replace its defaults.
+
+    Raises:
+      UnknownModelError: `name` is not registered (the message suggests close names).
+      TypeError: an override is not a field of the module (the message suggests close names).
+    """
+    spec = get_spec(name)
+    _check_overrides(spec.module, overrides, f"create({name!r})")
+    return spec.module(**{**spec.defaults, **overrides})
+
+
+def init(
+    model_or_name: nn.Module | str,
+    rng: jax.Array,
+    x: Any = None,
+    *,
+    batch_size: int = 1,
+) -> dict:
+    """Initializes a model's variables ({"params": ..., and e.g. "batch_stats"}).
+
+    Args:
+      model_or_name: a module (any zoo module, created directly or via `create`) or a
+        registry name (created with its defaults).
+      rng: a jax PRNG key; split into the "params", "dropout" and "noise" streams.
+      x: optional example input; defaults to zeros of the model's input spec. It is
+        validated against that spec, so bad input fails here with a clear ValueError.
+      batch_size: batch size of the default example input.
+
+    Returns:
+      The variables dict, as `model.init` returns it.
+    """
+    model = create(model_or_name) if isinstance(model_or_name, str) else model_or_name
+    if not isinstance(model, nn.Module) or not hasattr(model, "input_spec"):
+        raise TypeError(f"expected a zoo model or a registry name, got {type(model_or_name).__name__}")
+    spec = model.input_spec()
+    if x is None:
+        x = spec.example(batch_size)
+    check_input(x, spec, type(model).__name__)
+    params_rng, dropout_rng, noise_rng = jax.random.split(rng, 3)
+    rngs = {"params": params_rng, "dropout": dropout_rng, "noise": noise_rng}
+    return jax.jit(lambda r, v: model.init(r, v))(rngs, x)
+
+
+def param_count(variables_or_params: Any) -> int:
+    """Number of trainable parameters (the "params" collection if a variables dict is given)."""
+    tree = variables_or_params
+    if isinstance(tree, Mapping) and "params" in tree:
+        tree = tree["params"]
+    return int(sum(np.prod(np.shape(leaf)) for leaf in jax.tree_util.tree_leaves(tree)))
+
+
+def check_input(x: Any, spec: InputSpec, owner: str) -> None:
+    """Raises ValueError, stating `spec`, unless `x` has the spec's rank, sizes and dtype kind.
+
+    Works on tracers too (only static shape and dtype are read).
+    """
+    shape = getattr(x, "shape", None)
+    dtype = getattr(x, "dtype", None)
+    problem = None
+    if shape is None or dtype is None:
+        problem = f"got {type(x).__name__}, not an array"
+    elif len(shape) != len(spec.shape) + 1:
+        problem = f"got rank {len(shape)} with shape {tuple(shape)}"
+        if len(shape) == len(spec.shape):
+            problem += " (missing the batch axis? use x[None])"
+    elif any(want is not None and got != want for got, want in zip(shape[1:], spec.shape)):
+        problem = f"got shape {tuple(shape)}"
+    else:
+        want_float = jnp.issubdtype(jnp.dtype(spec.dtype), jnp.floating)
+        if want_float and not jnp.issubdtype(dtype, jnp.floating):
+            problem = f"got dtype {dtype}"
+            if jnp.issubdtype(dtype, jnp.integer):
+                problem += " (convert integer images with x.astype(np.float32) / 255)"
+        elif not want_float and not jnp.issubdtype(dtype, jnp.integer):
+            problem = f"got dtype {dtype} (token ids must be integers)"
+    if problem:
+        raise ValueError(f"{owner} expects input of {spec}; {problem}.")
