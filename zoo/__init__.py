@@ -10,6 +10,7 @@ Importing zoo loads only jax, flax and numpy (no TensorFlow, tfds, optax or orba
 """
 
 from zoo import autoencoder, cnn, gan, mlp, multitask, rnn
+from zoo.torch_port import from_torch
 from zoo.registry import (
     InputSpec,
     ModelSpec,
@@ -30,6 +31,7 @@ __all__ = [
     "autoencoder",
     "cnn",
     "create",
+    "from_torch",
     "gan",
     "get_spec",
     "init",

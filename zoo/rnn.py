@@ -155,7 +155,7 @@ class CharLSTM(nn.Module):
         def step(state, key):
             carries, logits = state
             tok = jax.random.categorical(key, logits / jnp.maximum(temperature, 1e-6), axis=-1)  # (B,)
-            x = p["embed"]["embedding"][tok]
+            x = jnp.take(p["embed"]["embedding"], tok, axis=0)  # also for numpy leaves
             new = []
             for i in range(self.num_layers):
                 layer = p[f"lstm_{i}"]

@@ -6,8 +6,8 @@
 
 `from_torch` never imports torch: the state dict may hold torch tensors (read with
 `.detach().cpu().numpy()`) or anything `np.asarray` accepts. It returns the variables
-dict of the model ({"params": ...}, plus "batch_stats" for dcgan) as numpy float32
-arrays; `model.apply` takes them as they are (`jax.device_put` moves them to a device).
+dict of the model ({"params": ...}, plus "batch_stats" for dcgan) with float32 jax
+arrays on the default device, like `zoo.init`.
 
 The torch key names are those of the reference modules in tests/torch_ref.py (which
 follow the tutorials). Layout changes: Linear (out, in) -> kernel (in, out); Conv2d
@@ -27,10 +27,10 @@ ValueError listing every offending torch key with the expected and the found sha
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
@@ -200,7 +200,7 @@ def from_torch(model_or_name: nn.Module | str, state_dict: Mapping[str, Any]) ->
 
     Returns:
       The variables dict (`{"params": ...}` and, for BatchNorm models, `"batch_stats"`)
-      with numpy float32 leaves, ready for `model.apply`.
+      with float32 jax arrays (default device) as leaves, like `zoo.init` returns.
 
     Raises:
       ValueError: keys missing, unexpected, or of the wrong shape (all of them are listed,
@@ -220,46 +220,55 @@ def from_torch(model_or_name: nn.Module | str, state_dict: Mapping[str, Any]) ->
     used: set[str] = set()
     problems: list[str] = []
     for prefix, path, kind in rows_of(model):
-        leaves = {(coll, name) for coll in expected for name in _subtree(expected[coll], path) or {}}
         for name, leaf in kind.items():
-            if (leaf.collection, name) not in leaves:
+            want = _subtree(expected.get(leaf.collection, {}), (*path, name))
+            if want is None:
                 continue  # e.g. no bias in a use_bias=False layer: a torch bias is then unexpected
-            want = tuple(_subtree(expected[leaf.collection], path)[name].shape)
-            want_torch = want if leaf.perm is None else tuple(want[leaf.perm.index(i)] for i in range(len(want)))
             keys = [f"{prefix}.{s}" for s in leaf.suffixes]
             used.update(keys)
-            found = {key: _shape(state_dict[key]) for key in keys if key in state_dict}
-            where = f"{leaf.collection}/{'/'.join(path)}/{name} {want}"
-            problems += [f"missing key {key!r} (expected shape {want_torch}, for {where})" for key in keys if key not in found]
-            problems += [
-                f"{key!r}: expected shape {want_torch}, found {shape} (for {where})"
-                for key, shape in found.items()
-                if shape != want_torch
-            ]
-            if len(found) < len(keys) or any(shape != want_torch for shape in found.values()):
-                continue
-            value = sum(_to_numpy(state_dict[key]).astype(np.float32) for key in keys)
-            if leaf.perm is not None:
-                value = value.transpose(leaf.perm)
-            if leaf.fix is not None:
-                value = leaf.fix(value)
-            assert value.shape == want, (prefix, name, value.shape, want)
-            node = variables.setdefault(leaf.collection, {})
-            for part in path:
-                node = node.setdefault(part, {})
-            node[name] = np.ascontiguousarray(value, np.float32)
+            where = f"{leaf.collection}/{'/'.join(path)}/{name}"
+            value = _convert(state_dict, keys, leaf, tuple(want.shape), where, problems)
+            if value is not None:
+                node = variables.setdefault(leaf.collection, {})
+                for part in path:
+                    node = node.setdefault(part, {})
+                node[name] = value
     ignored = {f"{prefix}.{s}" for prefix, _, kind in rows_of(model) if kind is BATCHNORM for s in IGNORED_SUFFIXES}
-    problems += [f"unexpected key {key!r} (shape {_shape(state_dict[key])})" for key in state_dict if key not in used | ignored]
+    extra = [key for key in state_dict if key not in used | ignored]
+    problems += [f"unexpected key {key!r} (shape {_shape(state_dict[key])})" for key in extra]
     if problems:
-        raise ValueError(
-            f"from_torch: the state dict does not match {label!r}:\n  " + "\n  ".join(problems)
-        )
+        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        raise ValueError(f"from_torch: the state dict does not match {label!r}:\n  " + "\n  ".join(shown))
     missing_leaves = _paths(expected) - _paths(variables)
     assert not missing_leaves, f"from_torch mapping for {label!r} does not cover {sorted(missing_leaves)}"
-    return variables
+    return jax.tree.map(jnp.asarray, variables)
 
 
-def _subtree(tree: Mapping, path: tuple[str, ...]) -> Mapping | None:
+def _convert(state_dict, keys, leaf: _Leaf, want, where: str, problems: list[str]) -> np.ndarray | None:
+    """The flax value of `leaf` from `keys`, or None after appending to `problems`."""
+    want_torch = want if leaf.perm is None else tuple(want[leaf.perm.index(i)] for i in range(len(want)))
+    ok = True
+    for key in keys:
+        if key not in state_dict:
+            problems.append(f"missing key {key!r} (expected shape {want_torch}, for {where} {want})")
+            ok = False
+        elif _shape(state_dict[key]) != want_torch:
+            found = _shape(state_dict[key])
+            problems.append(f"{key!r}: expected shape {want_torch}, found {found} (for {where} {want})")
+            ok = False
+    if not ok:
+        return None
+    value = sum(_to_numpy(state_dict[key]).astype(np.float32) for key in keys)  # LSTM: bias_ih + bias_hh
+    if leaf.perm is not None:
+        value = value.transpose(leaf.perm)
+    if leaf.fix is not None:
+        value = leaf.fix(value)
+    assert value.shape == want, (where, value.shape, want)
+    return value
+
+
+def _subtree(tree: Any, path: tuple[str, ...]) -> Any:
+    """tree[path[0]][path[1]]..., or None where the path does not exist."""
     for part in path:
         if not isinstance(tree, Mapping) or part not in tree:
             return None
