@@ -10,7 +10,7 @@ Importing zoo loads only jax, flax and numpy (no TensorFlow, tfds, optax or orba
 """
 
 from zoo import autoencoder, cnn, gan, mlp, multitask, rnn
-from zoo.torch_port import from_torch
+from zoo.pretrained import available, load, register_shipped
 from zoo.registry import (
     InputSpec,
     ModelSpec,
@@ -21,6 +21,9 @@ from zoo.registry import (
     list_models,
     param_count,
 )
+from zoo.torch_port import from_torch
+
+register_shipped()  # reads zoo/weights/manifest.json only (no orbax)
 
 __version__ = "0.1.0"
 
@@ -29,6 +32,7 @@ __all__ = [
     "ModelSpec",
     "UnknownModelError",
     "autoencoder",
+    "available",
     "cnn",
     "create",
     "from_torch",
@@ -36,6 +40,7 @@ __all__ = [
     "get_spec",
     "init",
     "list_models",
+    "load",
     "mlp",
     "multitask",
     "param_count",

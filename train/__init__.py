@@ -1,0 +1,1 @@
+"""Training loop, data pipeline and configs for the zoo models."""

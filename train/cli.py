@@ -1,0 +1,232 @@
+"""The `zoo` command: list, train, eval, sample, prepare.
+
+    zoo list
+    zoo train cnn --epochs 3 --workdir runs/cnn
+    zoo eval cnn --workdir runs/cnn            # or: zoo eval cnn --pretrained mnist
+    zoo sample char_lstm --pretrained tiny_shakespeare
+    zoo prepare mnist tiny_shakespeare         # TFDS, offline from the vendored data/
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+from train.config import Config
+
+# Flags of `zoo train`, generated from Config so the two can never drift apart.
+_SKIP = {"model", "model_overrides"}
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    for field in dataclasses.fields(Config):
+        if field.name in _SKIP:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        kind = {"int": int, "float": float, "str": str, "bool": bool, "str | None": str}.get(str(field.type), str)
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            parser.add_argument(flag, type=kind, default=None, metavar=field.name.upper())
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=JSON",
+        help="model override, e.g. --set dropout_rate=0.25 --set 'hidden=[256,128]'",
+    )
+
+
+def _overrides(args) -> dict:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if f.name not in _SKIP}
+    if args.set:
+        model_overrides = {}
+        for item in args.set:
+            key, sep, raw = item.partition("=")
+            if not sep:
+                raise SystemExit(f"--set expects FIELD=JSON, got {item!r}")
+            try:
+                model_overrides[key] = json.loads(raw)
+            except json.JSONDecodeError:
+                model_overrides[key] = raw
+        values["model_overrides"] = model_overrides
+    return values
+
+
+def _setup_jax(args) -> None:
+    """Persistent compilation cache (on by default) and multi-host initialization."""
+    import jax
+
+    cache = os.environ.get("ZOO_COMPILATION_CACHE", str(Path.home() / ".cache" / "zoo" / "jax"))
+    if cache and cache.lower() not in ("0", "off", "none"):
+        jax.config.update("jax_compilation_cache_dir", cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    if getattr(args, "coordinator", None) or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        from train.parallel import init_distributed
+
+        init_distributed(args.coordinator, args.num_processes, args.process_id)
+
+
+def cmd_list(args) -> int:
+    import zoo
+
+    rows = [("name", "task", "input", "params", "pretrained")]
+    for name in zoo.list_models():
+        s = zoo.get_spec(name)
+        rows.append((name, s.task, str(s.input).split(" (")[0], f"{s.num_params:,}", ",".join(s.pretrained) or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def cmd_train(args) -> int:
+    from train.config import resolve
+    from train.loop import Preempted, TrainingDiverged, fit
+
+    cfg = resolve(args.model, _overrides(args))
+    workdir = Path(args.workdir or Path("runs") / args.model)
+    print(f"training {cfg.model} on {cfg.dataset} in {workdir.absolute()}")
+    try:
+        record = fit(cfg, workdir)
+    except Preempted as e:
+        print(f"preempted: {e}")
+        return 0
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    if record and args.test:
+        return _eval_workdir(args.model, workdir, "test", None)
+    return 0
+
+
+def _eval_workdir(model_name: str, workdir: Path, split: str, which: str | None) -> int:
+    from train import tasks
+    from train.evaluate import evaluate_workdir
+
+    result = evaluate_workdir(model_name, workdir, split=split, which=which)
+    _print_eval(result)
+    return 0
+
+
+def _print_eval(result: dict) -> None:
+    m = result["metrics"]
+    print(f"{result['model']} on {result['dataset']}/{result['split']} ({m['count']} examples, {result['source']}):")
+    for key, value in m.items():
+        if isinstance(value, float):
+            print(f"  {key}: {value:.6g}")
+    if "per_class" in m:
+        print("  class  precision  recall  f1      support")
+        for c, r in m["per_class"].items():
+            print(f"  {c:>5}  {r['precision']:.4f}     {r['recall']:.4f}  {r['f1']:.4f}  {r['support']}")
+        print("  confusion (rows: true, cols: predicted):")
+        for row in m["confusion"]:
+            print("   " + " ".join(f"{v:5d}" for v in row))
+    if result.get("saved"):
+        print(f"saved {result['saved']}")
+
+
+def cmd_eval(args) -> int:
+    from train.evaluate import evaluate_pretrained, evaluate_workdir
+
+    if args.pretrained or args.path:
+        result = evaluate_pretrained(args.model, args.pretrained, path=args.path, split=args.split, data_dir=args.data_dir, out=args.out)
+    else:
+        workdir = Path(args.workdir or Path("runs") / args.model)
+        result = evaluate_workdir(args.model, workdir, split=args.split, which=args.which, out=args.out)
+    _print_eval(result)
+    return 0
+
+
+def cmd_sample(args) -> int:
+    import jax
+
+    import zoo
+    from train import report
+    from train.loop import sample_text
+    from train.evaluate import variables_for
+
+    model, variables = variables_for(args.model, pretrained=args.pretrained, path=args.path, workdir=args.workdir)
+    key = jax.random.key(args.seed)
+    task = zoo.get_spec(args.model).task
+    if task == "language_model":
+        print(sample_text(model, variables, args.prompt, args.length, key, args.temperature))
+    elif task == "gan":
+        z = jax.random.normal(key, (args.num, model.latent_dim))
+        out = report.save_grid(model.apply(variables, z, method="generate"), Path(args.out or "samples.png"))
+        print(f"saved {out}")
+    else:
+        raise SystemExit(f"zoo sample works for generative models (char_lstm, dcgan), not {args.model!r}")
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from train import data
+
+    data.main(list(args.names) + (["--data-dir", args.data_dir] if args.data_dir else []))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zoo", description="JAX/Flax model zoo: train, evaluate and sample the tutorial models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="list registered models").set_defaults(func=cmd_list)
+
+    t = sub.add_parser("train", help="train a model (resumes if the workdir has a checkpoint)")
+    t.add_argument("model")
+    t.add_argument("--workdir", help="run directory (default runs/MODEL)")
+    t.add_argument("--test", action="store_true", help="evaluate the final model on the test split when done")
+    t.add_argument("--coordinator", help="multi-host: coordinator host:port (or JAX_COORDINATOR_ADDRESS)")
+    t.add_argument("--num-processes", type=int, help="multi-host: number of processes")
+    t.add_argument("--process-id", type=int, help="multi-host: this process's id")
+    _add_config_flags(t)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a run (best checkpoint) or pretrained weights")
+    e.add_argument("model")
+    e.add_argument("--workdir")
+    e.add_argument("--pretrained", help="shipped weights tag, e.g. mnist")
+    e.add_argument("--path", help="exported checkpoint dir or URL")
+    e.add_argument("--split", default="test")
+    e.add_argument("--which", choices=["best", "latest"], default=None, help="checkpoint (default: best if tracked)")
+    e.add_argument("--data-dir")
+    e.add_argument("--out", help="where to save the JSON report (default WORKDIR/eval_SPLIT.json)")
+    e.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("sample", help="sample from a generative model (char_lstm text, dcgan images)")
+    s.add_argument("model")
+    s.add_argument("--pretrained")
+    s.add_argument("--path")
+    s.add_argument("--workdir")
+    s.add_argument("--prompt", default="ROMEO:")
+    s.add_argument("--length", type=int, default=300)
+    s.add_argument("--temperature", type=float, default=0.8)
+    s.add_argument("--num", type=int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out")
+    s.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("prepare", help="prepare datasets with TFDS (offline from data/ for mnist, tiny_shakespeare)")
+    p.add_argument("names", nargs="+")
+    p.add_argument("--data-dir")
+    p.set_defaults(func=cmd_prepare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command in ("train", "eval", "sample"):
+        _setup_jax(args)
+    try:
+        return args.func(args)
+    except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
+        if os.environ.get("ZOO_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

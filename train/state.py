@@ -1,0 +1,143 @@
+"""Train state and optimizers: everything a step needs, as one pytree.
+
+`TrainState` is a flax struct: arrays (step, params, model_state, opt_state, rng) are
+pytree leaves that jit, shard, donate and checkpoint; `apply_fn` and `tx` are static.
+The base rng is stored as raw uint32 key data so Orbax can checkpoint it; steps derive
+their randomness with `fold_in(rng, step)`, which makes a resumed run replay exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop")
+SCHEDULES = ("constant", "cosine", "onecycle")
+
+
+@struct.dataclass
+class TrainState:
+    """Full training state. For GANs `opt_state` is {"generator": ..., "discriminator": ...}."""
+
+    step: jax.Array
+    params: Any
+    model_state: Any  # non-trainable collections, e.g. {"batch_stats": ...}; {} if none
+    opt_state: Any
+    rng: jax.Array  # uint32 key data of the run's base key
+    apply_fn: Callable = struct.field(pytree_node=False)
+    tx: optax.GradientTransformation = struct.field(pytree_node=False)
+
+    @property
+    def key(self) -> jax.Array:
+        """The step's key: fold_in(base key, step)."""
+        return jax.random.fold_in(jax.random.wrap_key_data(self.rng), self.step)
+
+    def variables(self, params=None) -> dict:
+        """{"params": params, **model_state}: what `module.apply` takes."""
+        return {"params": self.params if params is None else params, **self.model_state}
+
+
+def make_schedule(name: str, lr: float, total_steps: int, warmup_steps: int = 0) -> optax.Schedule:
+    """Learning-rate schedule: "constant", "cosine" (optional linear warmup) or "onecycle"."""
+    if name == "constant":
+        return optax.constant_schedule(lr)
+    if name == "cosine":
+        if warmup_steps:
+            return optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, max(total_steps, warmup_steps + 1))
+        return optax.cosine_decay_schedule(lr, max(total_steps, 1))
+    if name == "onecycle":
+        return optax.cosine_onecycle_schedule(max(total_steps, 1), lr)
+    raise ValueError(f"unknown schedule {name!r}; expected one of {SCHEDULES}")
+
+
+def make_optimizer(
+    name: str,
+    learning_rate: float | optax.Schedule,
+    *,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    clip_norm: float = 0.0,
+    b1: float = 0.9,
+    b2: float = 0.999,
+) -> optax.GradientTransformation:
+    """An Optax optimizer by name, with optional global-norm clipping and weight decay.
+
+    "adamw" uses decoupled weight decay; for the others a nonzero `weight_decay` adds
+    L2 decay to the gradient (PyTorch's `weight_decay=` for SGD/Adam/RMSprop).
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; expected one of {OPTIMIZERS}")
+    if name == "sgd":
+        opt = optax.sgd(learning_rate)
+    elif name == "momentum":
+        opt = optax.sgd(learning_rate, momentum=momentum)
+    elif name == "adam":
+        opt = optax.adam(learning_rate, b1=b1, b2=b2)
+    elif name == "adamw":
+        opt = optax.adamw(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay)
+    else:
+        opt = optax.rmsprop(learning_rate, momentum=0.0)
+    chain = []
+    if clip_norm:
+        chain.append(optax.clip_by_global_norm(clip_norm))
+    if weight_decay and name != "adamw":
+        chain.append(optax.add_decayed_weights(weight_decay))
+    return optax.chain(*chain, opt)
+
+
+def glorot_reinit(params: Any, rng: jax.Array) -> Any:
+    """Re-draws every kernel/weight matrix with Xavier/Glorot uniform (as the tutorials'
+    `nn.init.xavier_uniform_`), leaving biases, embeddings and norms untouched."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    keys = jax.random.split(rng, len(leaves))
+    out = []
+    for (path, leaf), key in zip(leaves, keys):
+        name = getattr(path[-1], "key", str(path[-1]))
+        if name in ("kernel", "wi", "wh") and leaf.ndim >= 2:
+            receptive = math.prod(leaf.shape[:-2])
+            fan_in, fan_out = leaf.shape[-2] * receptive, leaf.shape[-1] * receptive
+            limit = math.sqrt(6.0 / (fan_in + fan_out))
+            leaf = jax.random.uniform(key, leaf.shape, leaf.dtype, -limit, limit)
+        out.append(leaf)
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def create_state(
+    model,
+    variables: dict,
+    tx: optax.GradientTransformation,
+    rng: jax.Array,
+    *,
+    gan: bool = False,
+) -> TrainState:
+    """A TrainState from a module, its initialized variables and an optimizer.
+
+    Args:
+      model: the flax module (its `apply` becomes `apply_fn`).
+      variables: as returned by `zoo.init` ({"params": ..., maybe "batch_stats"}).
+      tx: the optax optimizer (for a GAN: used for both players, each with its own state).
+      rng: the run's base key (typed key or raw uint32 key data).
+      gan: True for models with "generator"/"discriminator" parameter subtrees.
+    """
+    params = variables["params"]
+    model_state = {k: v for k, v in variables.items() if k != "params"}
+    if gan:
+        opt_state = {part: tx.init(params[part]) for part in ("generator", "discriminator")}
+    else:
+        opt_state = tx.init(params)
+    if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        rng = jax.random.key_data(rng)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        model_state=model_state,
+        opt_state=opt_state,
+        rng=rng,
+        apply_fn=model.apply,
+        tx=tx,
+    )

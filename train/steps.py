@@ -1,0 +1,209 @@
+"""Pure train and eval steps, one loss per task.
+
+Every train step is `(state, batch) -> (state, metrics)`: module-level, no configs, no
+devices. Randomness comes from `state.key` (fold_in of the base key and the step).
+Static behaviour (which loss, which augmentation, the pmap axis name) is bound with
+`functools.partial` by the caller before jitting. Metrics are means over the batch.
+
+Batches are dicts: "x" (uint8 images/rows or int32 tokens, converted here on device),
+"y" (labels; a dict of labels for multitask). Eval steps return SUMS plus a count so a
+padded last batch (mask 0) gives exact means.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from train.state import TrainState
+
+Metrics = dict[str, jax.Array]
+
+
+def to_input(x: jax.Array) -> jax.Array:
+    """uint8 pixels -> float32 in [0, 1] (on device); other dtypes pass through."""
+    return x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x
+
+
+# ---- per-task losses: (model output, float input, batch) -> (per-example loss, per-example metrics)
+
+
+def classification_loss(logits, x, y):
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    return loss, {"accuracy": (jnp.argmax(logits, -1) == y).astype(jnp.float32)}
+
+
+def binary_loss(logits, x, y):
+    logits = logits[:, 0]
+    loss = optax.sigmoid_binary_cross_entropy(logits, y.astype(jnp.float32))
+    return loss, {"accuracy": ((logits > 0) == (y > 0)).astype(jnp.float32)}
+
+
+def reconstruction_loss(recon, x, y):
+    err = jnp.mean(jnp.square(recon - x).reshape(x.shape[0], -1), axis=-1)  # (B,)
+    return err, {"mse": err}
+
+
+def language_model_loss(logits, x, y):
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(-1)  # (B,) nats/char
+    acc = (jnp.argmax(logits, -1) == y).astype(jnp.float32).mean(-1)
+    return loss, {"accuracy": acc}
+
+
+def multitask_loss(outputs, x, y):
+    total, metrics = 0.0, {}
+    for head, logits in outputs.items():
+        loss, m = classification_loss(logits, x, y[head])
+        total = total + loss
+        metrics[f"{head}_loss"] = loss
+        metrics[f"{head}_accuracy"] = m["accuracy"]
+    return total, metrics
+
+
+LOSSES: dict[str, Callable] = {
+    "classification": classification_loss,
+    "sequence_classification": classification_loss,
+    "binary": binary_loss,
+    "reconstruction": reconstruction_loss,
+    "language_model": language_model_loss,
+    "multitask": multitask_loss,
+}
+
+
+def _pmean(tree, axis_name):
+    return jax.lax.pmean(tree, axis_name) if axis_name else tree
+
+
+def train_step(
+    state: TrainState,
+    batch: dict,
+    *,
+    loss_fn: Callable,
+    augment: Callable | None = None,
+    axis_name: str | None = None,
+) -> tuple[TrainState, Metrics]:
+    """One optimizer step of a supervised task (everything except GANs).
+
+    Args:
+      state: the TrainState.
+      batch: {"x": inputs, "y": targets}.
+      loss_fn: one of LOSSES.
+      augment: optional `(rng, x_float) -> x_float`, applied on device.
+      axis_name: set under pmap: gradients, metrics and model state are averaged over it.
+    """
+    aug_key, dropout_key = jax.random.split(state.key)
+    x = to_input(batch["x"])
+    if augment is not None:
+        x = augment(aug_key, x)
+    mutable = list(state.model_state)
+
+    def objective(params):
+        out, new_state = state.apply_fn(
+            state.variables(params), x, train=True, rngs={"dropout": dropout_key}, mutable=mutable
+        )
+        loss, metrics = loss_fn(out, x, batch.get("y"))
+        return loss.mean(), (jax.tree.map(jnp.mean, metrics), new_state)
+
+    (loss, (metrics, new_model_state)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    grads = _pmean(grads, axis_name)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    state = state.replace(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, updates),
+        opt_state=opt_state,
+        model_state=_pmean(dict(new_model_state), axis_name),
+    )
+    return state, _pmean({"loss": loss, **metrics}, axis_name)
+
+
+def eval_step(state: TrainState, batch: dict, mask: jax.Array, *, loss_fn: Callable, num_classes: int = 0) -> Metrics:
+    """Sums of loss and metrics over the unmasked examples, plus "count".
+
+    With num_classes > 0 (classification) also returns the (num_classes, num_classes)
+    confusion matrix, rows = true class, columns = prediction.
+    """
+    x = to_input(batch["x"])
+    out = state.apply_fn(state.variables(), x, train=False)
+    loss, metrics = loss_fn(out, x, batch.get("y"))
+    sums = {k: jnp.sum(v * mask) for k, v in {"loss": loss, **metrics}.items()}
+    sums["count"] = jnp.sum(mask)
+    if num_classes:
+        pred = jnp.argmax(out, -1)
+        sums["confusion"] = jnp.zeros((num_classes, num_classes), jnp.float32).at[batch["y"], pred].add(mask)
+    return sums
+
+
+def gan_step(
+    state: TrainState, batch: dict, *, latent_dim: int, axis_name: str | None = None
+) -> tuple[TrainState, Metrics]:
+    """One discriminator update then one generator update, in one compiled program.
+
+    Discriminator: BCE(D(real), 1) + BCE(D(G(z)), 0). Generator: the non-saturating
+    BCE(D(G(z)), 1). Both reuse the same z, as the tutorial's loop does.
+    """
+    real = to_input(batch["x"])
+    z = jax.random.normal(state.key, (real.shape[0], latent_dim), real.dtype)
+    apply = state.apply_fn
+
+    def d_objective(d_params, model_state):
+        params = {"generator": state.params["generator"], "discriminator": d_params}
+        variables = {"params": params, **model_state}
+        fake, upd = apply(variables, z, train=True, method="generate", mutable=["batch_stats"])
+        variables = {"params": params, **upd}
+        real_logits, upd = apply(variables, real, train=True, method="discriminate", mutable=["batch_stats"])
+        variables = {"params": params, **upd}
+        fake_logits, upd = apply(variables, jax.lax.stop_gradient(fake), train=True, method="discriminate", mutable=["batch_stats"])
+        loss = optax.sigmoid_binary_cross_entropy(real_logits, 1.0).mean() + optax.sigmoid_binary_cross_entropy(
+            fake_logits, 0.0
+        ).mean()
+        return loss, (upd, jax.nn.sigmoid(real_logits).mean(), jax.nn.sigmoid(fake_logits).mean())
+
+    (d_loss, (model_state, d_real, d_fake)), d_grads = jax.value_and_grad(d_objective, has_aux=True)(
+        state.params["discriminator"], state.model_state
+    )
+    d_grads = _pmean(d_grads, axis_name)
+    d_updates, d_opt = state.tx.update(d_grads, state.opt_state["discriminator"], state.params["discriminator"])
+    d_params = optax.apply_updates(state.params["discriminator"], d_updates)
+
+    def g_objective(g_params, model_state):
+        params = {"generator": g_params, "discriminator": d_params}
+        fake, upd = apply({"params": params, **model_state}, z, train=True, method="generate", mutable=["batch_stats"])
+        logits, upd = apply({"params": params, **upd}, fake, train=True, method="discriminate", mutable=["batch_stats"])
+        return optax.sigmoid_binary_cross_entropy(logits, 1.0).mean(), upd
+
+    (g_loss, model_state), g_grads = jax.value_and_grad(g_objective, has_aux=True)(
+        state.params["generator"], dict(model_state)
+    )
+    g_grads = _pmean(g_grads, axis_name)
+    g_updates, g_opt = state.tx.update(g_grads, state.opt_state["generator"], state.params["generator"])
+    g_params = optax.apply_updates(state.params["generator"], g_updates)
+
+    state = state.replace(
+        step=state.step + 1,
+        params={"generator": g_params, "discriminator": d_params},
+        opt_state={"generator": g_opt, "discriminator": d_opt},
+        model_state=_pmean(dict(model_state), axis_name),
+    )
+    metrics = {"loss": d_loss + g_loss, "d_loss": d_loss, "g_loss": g_loss, "d_real": d_real, "d_fake": d_fake}
+    return state, _pmean(metrics, axis_name)
+
+
+def gan_eval_step(state: TrainState, batch: dict, mask: jax.Array, *, latent_dim: int) -> Metrics:
+    """Discriminator BCE on real test images and on as many fresh fakes (sums, "count")."""
+    real = to_input(batch["x"])
+    z = jax.random.normal(jax.random.key(0), (real.shape[0], latent_dim), real.dtype)
+    variables = state.variables()
+    fake = state.apply_fn(variables, z, method="generate")
+    real_logits = state.apply_fn(variables, real, method="discriminate")[:, 0]
+    fake_logits = state.apply_fn(variables, fake, method="discriminate")[:, 0]
+    d_loss = optax.sigmoid_binary_cross_entropy(real_logits, 1.0) + optax.sigmoid_binary_cross_entropy(fake_logits, 0.0)
+    g_loss = optax.sigmoid_binary_cross_entropy(fake_logits, 1.0)
+    return {
+        "loss": jnp.sum((d_loss + g_loss) * mask),
+        "d_loss": jnp.sum(d_loss * mask),
+        "g_loss": jnp.sum(g_loss * mask),
+        "count": jnp.sum(mask),
+    }
