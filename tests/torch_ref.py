@@ -144,7 +144,7 @@ class ConvAutoencoder(nn.Module):
 class Generator(nn.Module):
     """z (B, latent) -> images (B, 1, 28, 28) in [-1, 1] (tanh). Keys: main.{0,1,3,4,6}."""
 
-    def __init__(self, latent_dim: int = 100, features=(256, 128)):
+    def __init__(self, latent_dim: int = 100, features=(128, 64)):
         super().__init__()
         f1, f2 = features
         self.latent_dim = latent_dim
@@ -161,7 +161,7 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
     """images (B, 1, 28, 28) in [-1, 1] -> one logit (B, 1). Keys: main.{0,2,3,5}."""
 
-    def __init__(self, features=(64, 128)):
+    def __init__(self, features=(32, 64)):
         super().__init__()
         f1, f2 = features
         self.main = nn.Sequential(
@@ -177,7 +177,7 @@ class Discriminator(nn.Module):
 class DCGAN(nn.Module):
     """Generator + discriminator; `forward(z)` generates. Keys: generator.*, discriminator.*."""
 
-    def __init__(self, latent_dim: int = 100, g_features=(256, 128), d_features=(64, 128)):
+    def __init__(self, latent_dim: int = 100, g_features=(128, 64), d_features=(32, 64)):
         super().__init__()
         self.generator = Generator(latent_dim, g_features)
         self.discriminator = Discriminator(d_features)
@@ -218,7 +218,7 @@ TORCH_MODELS: dict[str, Callable[[], nn.Module]] = {
     "lstm": functools.partial(LSTMClassifier, 28, 128, 2, 10),
     "char_lstm": functools.partial(CharLSTM, 65, 64, 256, 2),
     "autoencoder": functools.partial(ConvAutoencoder, (32, 64), 16),
-    "dcgan": functools.partial(DCGAN, 100, (256, 128), (64, 128)),
+    "dcgan": functools.partial(DCGAN, 100, (128, 64), (32, 64)),
     "multitask": functools.partial(MultiTaskNet, 784, (256, 128), (("digit", 10), ("parity", 2))),
 }
 """Registry name -> constructor of the matching torch module (default configuration)."""

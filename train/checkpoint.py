@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures.thread  # noqa: F401 - registers its exit hook before ours (see below)
-import functools
 import logging
 import math
 import os
 import threading
-import weakref
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,12 @@ STATE, META, CHECKSUMS = "state", "meta", "checksums"
 
 class CheckpointError(RuntimeError):
     """A checkpoint on disk is missing, truncated or corrupted (message names the step dir)."""
+
+
+def _brief(e: Exception) -> str:
+    # TensorStore errors embed a full JSON spec; the chained exception keeps all of it.
+    text = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {text[:300]}"
 
 
 def _key_str(k) -> str:
@@ -104,20 +108,23 @@ def fingerprints(tree) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------- manager
-def _wait_at_exit(ref) -> None:
-    ckpt = ref()
-    if ckpt is not None and not ckpt._closed:
+_UNFINISHED: set[Checkpointer] = set()  # with an async save in flight (strong refs on purpose)
+
+
+def _wait_at_exit() -> None:
+    for ckpt in list(_UNFINISHED):
         try:
             ckpt.wait()
         except Exception:  # noqa: BLE001 - nothing left to raise to at exit
-            log.exception("pending checkpoint save failed at interpreter exit")
+            log.exception("pending checkpoint save in %s failed at interpreter exit", ckpt.directory)
 
 
-# Plain atexit hooks run after concurrent.futures has shut its executors down, and an
-# unclosed async save then dies with "cannot schedule new futures after interpreter
-# shutdown" (measured), losing the last checkpoint. threading's exit hooks run earlier,
-# last-registered first, i.e. before concurrent.futures' own. Private API: fall back.
-_register_exit = getattr(threading, "_register_atexit", atexit.register)
+# An unclosed async save is lost at exit (measured): plain atexit hooks run after
+# concurrent.futures has shut its executors down, and the save thread then dies with
+# "cannot schedule new futures after interpreter shutdown". threading's exit hooks run
+# earlier, last-registered first, so this one (registered after importing
+# concurrent.futures.thread above) runs before that shutdown. Private API: fall back.
+getattr(threading, "_register_atexit", atexit.register)(_wait_at_exit)
 
 
 class Checkpointer:
@@ -151,10 +158,13 @@ class Checkpointer:
             cleanup_tmp_directories=True,  # tmp dirs of saves killed mid-write
             enable_async_checkpointing=async_save,
         )
-        self._mgr = ocp.CheckpointManager(self.directory, options=options, item_names=(STATE, META, CHECKSUMS))
+        # Explicit handlers (not just item_names): otherwise a fresh manager cannot read
+        # item metadata until it has saved or restored that item once (returns None).
+        handlers = {STATE: ocp.StandardCheckpointHandler(), META: ocp.JsonCheckpointHandler(),
+                    CHECKSUMS: ocp.JsonCheckpointHandler()}
+        self._mgr = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
         self._pending: int | None = None
         self._closed = False
-        _register_exit(functools.partial(_wait_at_exit, weakref.ref(self)))
 
     def _score(self, metrics) -> float:
         """Higher is better; a missing or non-finite metric ranks last."""
@@ -206,12 +216,16 @@ class Checkpointer:
                                      CHECKSUMS: ocp.args.JsonSave(sums)})
         # force=True: the save decision is ours (the loop's interval), not Orbax's.
         self._pending = step
+        _UNFINISHED.add(self)
         return self._mgr.save(step, args=args, metrics=dict(metrics) if metrics is not None else None, force=True)
 
     def wait(self) -> None:
         """Blocks until pending async saves are finalized (re-raises their errors)."""
-        self._mgr.wait_until_finished()
-        self._pending = None
+        try:
+            self._mgr.wait_until_finished()
+        finally:
+            self._pending = None
+            _UNFINISHED.discard(self)
 
     def close(self) -> None:
         if not self._closed:
@@ -241,7 +255,7 @@ class Checkpointer:
         try:
             return dict(self._mgr.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META])
         except Exception as e:
-            raise CheckpointError(f"cannot read meta of checkpoint {self._step_dir(step)}: {e}") from e
+            raise CheckpointError(f"cannot read meta of checkpoint {self._step_dir(step)}: {_brief(e)}") from e
 
     def restore(self, target, step: int | None = None) -> tuple[Any, dict]:
         """Restores into `target` (ShapeDtypeStruct leaves with .sharding, or arrays whose
@@ -254,7 +268,7 @@ class Checkpointer:
         try:
             saved = _flat(self._mgr.item_metadata(step)[STATE].tree)
         except Exception as e:
-            raise CheckpointError(f"cannot read the array metadata of checkpoint {step_dir}: {e}") from e
+            raise CheckpointError(f"cannot read the array metadata of checkpoint {step_dir}: {_brief(e)}") from e
         self._check_target(_flat(target), saved, step_dir)
         has_sums = (step_dir / CHECKSUMS).is_dir()  # absent in checkpoints from other writers
         items = {STATE: ocp.args.StandardRestore(target), META: ocp.args.JsonRestore()}
@@ -264,7 +278,7 @@ class Checkpointer:
             out = self._mgr.restore(step, args=ocp.args.Composite(**items))
             tree, meta = out[STATE], dict(out[META])
         except Exception as e:  # tensorstore/json errors on missing or truncated files
-            raise CheckpointError(f"checkpoint {step_dir} is damaged or incomplete: {type(e).__name__}: {e}") from e
+            raise CheckpointError(f"checkpoint {step_dir} is damaged or incomplete: {_brief(e)}") from e
         if has_sums:
             expected, got = dict(out[CHECKSUMS]), fingerprints(tree)
             bad = sorted(k for k in expected.keys() | got.keys() if expected.get(k) != got.get(k))
@@ -277,7 +291,8 @@ class Checkpointer:
     def _abstract_leaf(x):
         if isinstance(x, jax.ShapeDtypeStruct):
             if x.sharding is None:  # default: the first device, rather than an Orbax error
-                return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+                one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+                return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one)
             return x
         if isinstance(x, jax.Array):
             return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)

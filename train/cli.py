@@ -69,6 +69,10 @@ def _setup_jax(args) -> None:
         init_distributed(args.coordinator, args.num_processes, args.process_id)
 
 
+def argv_is_cli() -> bool:
+    return len(sys.argv) > 1 and sys.argv[1] == "train"
+
+
 def cmd_list(args) -> int:
     import zoo
 
@@ -89,6 +93,9 @@ def cmd_train(args) -> int:
     cfg = resolve(args.model, _overrides(args))
     workdir = Path(args.workdir or Path("runs") / args.model)
     print(f"training {cfg.model} on {cfg.dataset} in {workdir.absolute()}")
+    workdir.mkdir(parents=True, exist_ok=True)
+    if not (workdir / "command.txt").exists():
+        (workdir / "command.txt").write_text("zoo " + " ".join(sys.argv[1:] if argv_is_cli() else ["train", args.model]) + "\n")
     try:
         record = fit(cfg, workdir)
     except Preempted as e:
@@ -162,6 +169,40 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    """Best (or latest) checkpoint of a run -> evaluated on the test split -> exported (and shipped)."""
+    from train.evaluate import evaluate_workdir, restore_workdir
+    from train.export import export, ship
+
+    workdir = Path(args.workdir or Path("runs") / args.model)
+    cfg, model, variables, step = restore_workdir(workdir, args.which)
+    if cfg.model != args.model:
+        raise ValueError(f"{workdir} holds a {cfg.model!r} run, not {args.model!r}")
+    result = evaluate_workdir(args.model, workdir, split=args.split, which=args.which)
+    metrics = result["metrics"]
+    name = {"language_model": "loss", "reconstruction": "mse", "gan": "g_loss"}.get(
+        __import__("zoo").get_spec(args.model).task, "accuracy")
+    if name not in metrics:
+        name = next(k for k, v in metrics.items() if isinstance(v, float))
+    command = (workdir / "command.txt").read_text().strip() if (workdir / "command.txt").exists() else None
+    out = export(
+        args.out,
+        args.model,
+        variables,
+        model_overrides=cfg.model_overrides,
+        dataset=cfg.dataset,
+        metric={"name": name, "value": metrics[name], "split": args.split, "count": metrics["count"], "step": step},
+        command=command,
+        train_config=cfg.to_json(),
+        overwrite=args.overwrite,
+    )
+    print(f"exported {args.model} step {step} ({name}={metrics[name]:.6g} on {args.split}) to {out}")
+    if args.ship:
+        entry = ship(out, args.ship, overwrite=args.overwrite)
+        print(f"shipped as {args.model}.{args.ship}: {entry}")
+    return 0
+
+
 def cmd_prepare(args) -> int:
     from train import data
 
@@ -208,6 +249,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out")
     s.set_defaults(func=cmd_sample)
 
+    x = sub.add_parser("export", help="export a run's best checkpoint as params-only weights (and ship them)")
+    x.add_argument("model")
+    x.add_argument("out", help="export directory to create")
+    x.add_argument("--workdir")
+    x.add_argument("--which", choices=["best", "latest"], default=None)
+    x.add_argument("--split", default="test", help="split whose metric is recorded in the manifest")
+    x.add_argument("--ship", metavar="TAG", help="also copy into zoo/weights as MODEL.TAG")
+    x.add_argument("--overwrite", action="store_true")
+    x.set_defaults(func=cmd_export)
+
     p = sub.add_parser("prepare", help="prepare datasets with TFDS (offline from data/ for mnist, tiny_shakespeare)")
     p.add_argument("names", nargs="+")
     p.add_argument("--data-dir")
@@ -217,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("train", "eval", "sample"):
+    if args.command in ("train", "eval", "sample", "export"):
         _setup_jax(args)
     try:
         return args.func(args)

@@ -88,7 +88,8 @@ def initial_state(cfg: Config, model, task: str, train_x: np.ndarray, total_step
         cfg.optimizer, schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm, b1=cfg.b1
     )
     init_key, state_key, reinit_key = jax.random.split(jax.random.key(cfg.seed), 3)
-    variables = zoo.init(model, init_key, _example_input(train_x))
+    # GANs take latent noise, not the data: their input spec builds the example.
+    variables = zoo.init(model, init_key, None if task == "gan" else _example_input(train_x))
     if cfg.init == "glorot":
         variables = {**variables, "params": glorot_reinit(variables["params"], reinit_key)}
     elif cfg.init != "default":
@@ -140,6 +141,9 @@ def fit(cfg: Config, workdir: str | Path, *, log=print) -> dict:
         _check_same_run(saved_meta.get("config", {}), cfg)
         state = state.replace(**restored)
         meta.update({k: saved_meta[k] for k in meta if k in saved_meta})
+        # Re-decided for this run: a larger --epochs/--max-steps continues a completed run
+        # (the while condition stops one that is done); only an early stop stays final.
+        meta["finished"] = bool(cfg.early_stop_patience and meta["bad_epochs"] >= cfg.early_stop_patience)
         log(f"resumed from step {int(restored['step'])} (epoch {meta['epoch']}) in {ckpt.directory}")
     if report.is_writer():
         (workdir / "config.json").write_text(json.dumps(cfg.to_json(), indent=2, sort_keys=True) + "\n")

@@ -217,7 +217,8 @@ def make_evaluator(eval_fn: Callable, mesh: Mesh):
 
     @functools.partial(jax.jit, out_shardings=replicated)
     def batch_sums(state, data, idx, mask):
-        batch = jax.lax.with_sharding_constraint(_gather(data, idx), batch_sharding)
+        # "index": each example's position in the dataset, for per-example eval noise (GAN).
+        batch = jax.lax.with_sharding_constraint({**_gather(data, idx), "index": idx}, batch_sharding)
         return eval_fn(state, batch, jax.lax.with_sharding_constraint(mask, batch_sharding))
 
     add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b), donate_argnums=0)

@@ -77,6 +77,22 @@ def _pmean(tree, axis_name):
     return jax.lax.pmean(tree, axis_name) if axis_name else tree
 
 
+def _device_key(key: jax.Array, axis_name: str | None) -> jax.Array:
+    # Under pmap every device holds the same state.key: without this, all devices would draw
+    # the same dropout masks / augmentations for their slice of the batch.
+    return jax.random.fold_in(key, jax.lax.axis_index(axis_name)) if axis_name else key
+
+
+def _latent(key: jax.Array, batch_size: int, latent_dim: int, dtype, axis_name: str | None) -> jax.Array:
+    """(batch_size, latent_dim) noise. Under pmap: this device's rows of the global batch's
+    noise, so every device gets distinct latents and pmap draws the same z as jit."""
+    if not axis_name:
+        return jax.random.normal(key, (batch_size, latent_dim), dtype)
+    n = jax.lax.axis_size(axis_name)
+    z = jax.random.normal(key, (n * batch_size, latent_dim), dtype)  # (global B, Z)
+    return jax.lax.dynamic_slice_in_dim(z, jax.lax.axis_index(axis_name) * batch_size, batch_size)
+
+
 def train_step(
     state: TrainState,
     batch: dict,
@@ -94,7 +110,7 @@ def train_step(
       augment: optional `(rng, x_float) -> x_float`, applied on device.
       axis_name: set under pmap: gradients, metrics and model state are averaged over it.
     """
-    aug_key, dropout_key = jax.random.split(state.key)
+    aug_key, dropout_key = jax.random.split(_device_key(state.key, axis_name))
     x = to_input(batch["x"])
     if augment is not None:
         x = augment(aug_key, x)
@@ -145,7 +161,7 @@ def gan_step(
     BCE(D(G(z)), 1). Both reuse the same z, as the tutorial's loop does.
     """
     real = to_input(batch["x"])
-    z = jax.random.normal(state.key, (real.shape[0], latent_dim), real.dtype)
+    z = _latent(state.key, real.shape[0], latent_dim, real.dtype, axis_name)
     apply = state.apply_fn
 
     def d_objective(d_params, model_state):
@@ -192,9 +208,15 @@ def gan_step(
 
 
 def gan_eval_step(state: TrainState, batch: dict, mask: jax.Array, *, latent_dim: int) -> Metrics:
-    """Discriminator BCE on real test images and on as many fresh fakes (sums, "count")."""
+    """Discriminator BCE on real test images and on as many fresh fakes (sums, "count").
+
+    Example i's fake comes from noise fold_in(key(0), i), i = batch["index"] (set by the
+    evaluator; default arange), so the metrics do not depend on the eval batch size.
+    """
     real = to_input(batch["x"])
-    z = jax.random.normal(jax.random.key(0), (real.shape[0], latent_dim), real.dtype)
+    index = batch.get("index", jnp.arange(real.shape[0]))
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(index)
+    z = jax.vmap(lambda k: jax.random.normal(k, (latent_dim,), real.dtype))(keys)  # (B, Z)
     variables = state.variables()
     fake = state.apply_fn(variables, z, method="generate")
     real_logits = state.apply_fn(variables, real, method="discriminate")[:, 0]

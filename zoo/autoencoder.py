@@ -18,11 +18,8 @@ from __future__ import annotations
 
 from flax import linen as nn
 
+from zoo.layers import ConvTranspose
 from zoo.registry import InputSpec, check_input, register
-
-# PyTorch padding p of a k=4 transposed conv == padding k-1-p of the dilated input here.
-_S2P1 = dict(kernel_size=(4, 4), strides=(2, 2), padding=((2, 2), (2, 2)), transpose_kernel=True)
-_S1P0 = dict(kernel_size=(4, 4), strides=(1, 1), padding=((3, 3), (3, 3)), transpose_kernel=True)
 
 
 class ConvAutoencoder(nn.Module):
@@ -44,9 +41,9 @@ class ConvAutoencoder(nn.Module):
         self.enc_0 = nn.Conv(f1, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)))
         self.enc_1 = nn.Conv(f2, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)))
         self.enc_2 = nn.Conv(self.latent, (4, 4), strides=(1, 1), padding="VALID")
-        self.dec_0 = nn.ConvTranspose(f2, **_S1P0)
-        self.dec_1 = nn.ConvTranspose(f1, **_S2P1)
-        self.dec_2 = nn.ConvTranspose(1, **_S2P1)
+        self.dec_0 = ConvTranspose(f2, 4, stride=1, padding=0)
+        self.dec_1 = ConvTranspose(f1, 4, stride=2, padding=1)
+        self.dec_2 = ConvTranspose(1, 4, stride=2, padding=1)
 
     def encode(self, x):
         """(B, 28, 28, 1) -> code (B, 4, 4, latent)."""

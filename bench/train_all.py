@@ -1,0 +1,102 @@
+"""Trains every default recipe, evaluates it on the test split, and (optionally) ships the weights.
+
+This is the script behind the README's accuracy table: it runs the real CLI
+(`zoo train`, then `zoo export`) for each model, timing the wall clock, and writes
+bench/results/train_all.json and a markdown table.
+
+    python bench/train_all.py                      # all recipes into runs/
+    python bench/train_all.py cnn mlp --ship mnist # some models, copy weights into zoo/weights
+
+Extra `zoo train` flags per entry are listed in RUNS (e.g. the augmented CNN).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# name -> (registry model, extra train flags, tag to ship under, extra export flags)
+RUNS = {
+    "cnn": ("cnn", [], "mnist", []),
+    "mlp": ("mlp", [], "mnist", []),
+    "mlp_small": ("mlp_small", [], "mnist", []),
+    "lstm": ("lstm", [], "mnist", []),
+    "autoencoder": ("autoencoder", [], "mnist", []),
+    "char_lstm": ("char_lstm", [], "tiny_shakespeare", ["--split", "validation"]),
+    "dcgan": ("dcgan", [], "mnist", ["--which", "latest"]),
+    "cnn_aug": ("cnn", ["--epochs", "10", "--augment-rotate", "10", "--augment-shift", "2"], "mnist_aug", []),
+    "multitask": ("multitask", [], "mnist", []),
+    "mlp_binary": ("mlp_binary", [], "mnist_parity", []),
+}
+
+
+def run(cmd: list[str], log: Path) -> float:
+    t = time.perf_counter()
+    with open(log, "a") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("names", nargs="*", default=list(RUNS))
+    parser.add_argument("--runs", default="runs", help="parent of the workdirs")
+    parser.add_argument("--ship", action="store_true", help="copy the exports into zoo/weights (MODEL.TAG)")
+    args = parser.parse_args()
+    out_dir = ROOT / "bench" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results_path = out_dir / "train_all.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    zoo_cli = [sys.executable, "-m", "train.cli"]
+    for name in args.names:
+        model, flags, tag, export_flags = RUNS[name]
+        workdir = Path(args.runs) / name
+        log = Path(args.runs) / f"{name}.log"
+        workdir.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            train_s = run(zoo_cli + ["train", model, "--workdir", str(workdir), *flags], log)
+        except subprocess.CalledProcessError as e:
+            print(f"{name}: training failed ({e}); see {log}", flush=True)
+            continue
+        export_dir = Path(args.runs) / f"{name}.export"
+        export_cmd = zoo_cli + ["export", model, str(export_dir), "--workdir", str(workdir), "--overwrite", *export_flags]
+        if args.ship:
+            export_cmd += ["--ship", tag]
+        try:
+            run(export_cmd, log)
+        except subprocess.CalledProcessError as e:
+            print(f"{name}: export failed ({e}); see {log}", flush=True)
+            continue
+        manifest = json.loads((export_dir / "manifest.json").read_text())
+        results[name] = {
+            "model": model,
+            "flags": flags,
+            "metric": manifest["metric"],
+            "train_wall_s": round(train_s, 1),
+            "tag": f"{model}.{tag}",
+            "machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.python_version()}",
+        }
+        results_path.write_text(json.dumps(results, indent=2) + "\n")
+        m = manifest["metric"]
+        print(f"{name}: {m['name']}={m['value']:.4f} on {m['split']} in {train_s:.0f}s", flush=True)
+    lines = ["| run | model | metric (test) | train wall time |", "|---|---|---|---|"]
+    for name, r in results.items():
+        m = r["metric"]
+        value = f"{100 * m['value']:.2f}%" if "accuracy" in m["name"] else f"{m['value']:.4f}"
+        lines.append(f"| {name} | `{r['model']}` {' '.join(r['flags'])} | {m['name']} {value} | {r['train_wall_s']:.0f} s |")
+    (out_dir / "train_all.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,348 @@
+"""Train/eval steps, optimizers and the divergence guard (train/steps.py, state.py, tasks.py, loop.py).
+
+Everything runs on tiny synthetic batches (tests/fixtures.py) on one CPU device, except the
+divergence tests, which run the real `fit` loop on 256 MNIST images from the session data dir.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import zoo
+from tests.fixtures import TASK_MODELS, build, flat_params, task_arrays
+from train import parallel, steps, tasks
+from train.config import Config
+from train.state import OPTIMIZERS, SCHEDULES, create_state, glorot_reinit, make_optimizer, make_schedule
+
+N_STEPS = 25
+# Adam; the tiny LSTMs need a larger step to show progress within N_STEPS.
+LEARNING_RATES = {"language_model": 1e-2, "sequence_classification": 1e-2, "gan": 2e-3}
+
+
+# ---------------------------------------------------------------- every task learns
+
+
+def test_every_registry_task_is_covered():
+    registered = {zoo.get_spec(name).task for name in zoo.list_models()}
+    assert registered <= set(TASK_MODELS), f"no step test for tasks {registered - set(TASK_MODELS)}"
+    assert set(TASK_MODELS) == set(tasks.VAL_METRIC)
+
+
+@pytest.mark.parametrize("task", sorted(TASK_MODELS))
+def test_step_learns_one_fixed_batch(task):
+    """~25 jitted steps on one fixed batch: the loss must fall (GAN: both players update, finite)."""
+    model, state, cfg = build(task, lr=LEARNING_RATES.get(task, 1e-3))
+    batch = jax.tree.map(jnp.asarray, task_arrays(task, 20))
+    step = jax.jit(tasks.train_step(task, model, cfg))
+    initial = jax.device_get(state.params)
+    history = []
+    for _ in range(N_STEPS):
+        state, metrics = step(state, batch)
+        history.append(jax.device_get(metrics))
+    losses = np.array([m["loss"] for m in history])
+    assert np.all(np.isfinite(losses)), losses
+    assert int(state.step) == N_STEPS
+    if task == "gan":
+        for key in ("d_loss", "g_loss", "d_real", "d_fake"):
+            assert np.all(np.isfinite([m[key] for m in history])), key
+        for part in ("generator", "discriminator"):
+            assert not np.allclose(flat_params(state.params[part]), flat_params(initial[part])), part
+        assert set(state.model_state) == {"batch_stats"}  # BatchNorm running statistics were carried along
+        # The discriminator separates 20 fixed real images from fresh fakes quickly.
+        assert history[-1]["d_real"] > history[-1]["d_fake"]
+    else:
+        assert losses[-1] < 0.7 * losses[0], losses
+    assert np.all(np.isfinite(flat_params(state.params)))
+
+
+def test_metrics_match_the_loss_definitions():
+    """Metrics are batch means of the per-example definitions (classification)."""
+    model, state, cfg = build("classification")
+    batch = jax.tree.map(jnp.asarray, task_arrays("classification", 12))
+    logits = model.apply(state.variables(), batch["x"].astype(jnp.float32) / 255.0)
+    _, metrics = jax.jit(tasks.train_step("classification", model, cfg))(state, batch)
+    want_loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
+    want_acc = (jnp.argmax(logits, -1) == batch["y"]).mean()
+    np.testing.assert_allclose(metrics["loss"], want_loss, rtol=1e-5)
+    np.testing.assert_allclose(metrics["accuracy"], want_acc)
+
+
+def test_multitask_loss_is_sum_of_heads():
+    model, state, cfg = build("multitask")
+    batch = jax.tree.map(jnp.asarray, task_arrays("multitask", 12))
+    _, m = jax.jit(tasks.train_step("multitask", model, cfg))(state, batch)
+    np.testing.assert_allclose(m["loss"], m["digit_loss"] + m["parity_loss"], rtol=1e-5)
+    assert {"digit_accuracy", "parity_accuracy"} <= set(m)
+
+
+def test_step_randomness_is_a_function_of_base_key_and_step():
+    """Dropout draws fold_in(base key, step): replaying a step from the same state is exact,
+    and successive steps draw different masks."""
+    model, state, cfg = build("classification", dropout_rate=0.5)
+    batch = jax.tree.map(jnp.asarray, task_arrays("classification", 8))
+    step = jax.jit(tasks.train_step("classification", model, cfg))
+    a, ma = step(state, batch)
+    b, mb = step(state, batch)
+    np.testing.assert_array_equal(flat_params(a.params), flat_params(b.params))
+    assert float(ma["loss"]) == float(mb["loss"])
+    # Same params, next step number: a different dropout mask, so a different loss.
+    _, mc = step(state.replace(step=state.step + 1), batch)
+    assert float(mc["loss"]) != float(ma["loss"])
+
+
+# ---------------------------------------------------------------- compile once
+
+
+def test_jitted_step_compiles_once():
+    model, state, cfg = build("classification")
+    step = jax.jit(tasks.train_step("classification", model, cfg), donate_argnums=0)
+    for seed in range(4):
+        batch = jax.tree.map(jnp.asarray, task_arrays("classification", 8, seed=seed))
+        state, _ = step(state, batch)
+    assert step._cache_size() == 1
+
+
+@pytest.mark.parametrize("task", ["classification", "gan"])
+def test_strategy_chunk_compiles_once(task):
+    """The production path (JitStrategy.run_chunk with donation, on 1 device) never recompiles."""
+    model, state, cfg = build(task)
+    strategy = parallel.JitStrategy(tasks.train_step(task, model, cfg), parallel.make_mesh(jax.devices()[:1]))
+    state = strategy.place_state(state)
+    data = strategy.place_data(task_arrays(task, 16))
+    for i in range(3):
+        state, metrics = strategy.run_chunk(state, data, np.arange(8).reshape(1, 8) + 8 * (i % 2))
+    assert strategy.compiles() == 1
+    assert metrics["loss"].shape == (1,)
+    assert int(state.step) == 3
+
+
+# ---------------------------------------------------------------- eval steps
+
+
+def test_eval_sums_ignore_masked_padding():
+    """Padding examples with mask 0 change neither the sums nor the confusion matrix."""
+    model, state, _ = build("classification")
+    arrays = task_arrays("classification", 13, seed=3)
+    eval_fn = jax.jit(tasks.eval_step("classification", model))
+    real = jax.tree.map(lambda a: jnp.asarray(a[:9]), arrays)
+    padded = jax.tree.map(jnp.asarray, arrays)  # 4 extra, different examples, masked out
+    mask = jnp.asarray((np.arange(13) < 9).astype(np.float32))
+    a = jax.device_get(eval_fn(state, real, jnp.ones(9)))
+    b = jax.device_get(eval_fn(state, padded, mask))
+    assert a["count"] == b["count"] == 9
+    np.testing.assert_array_equal(a["confusion"], b["confusion"])
+    for key in ("loss", "accuracy"):
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-6)
+    # The sums are sums: they equal the per-example definitions.
+    logits = model.apply(state.variables(), real["x"].astype(jnp.float32) / 255.0)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, real["y"])
+    np.testing.assert_allclose(a["loss"], ce.sum(), rtol=1e-5)
+    assert a["accuracy"] == float((jnp.argmax(logits, -1) == real["y"]).sum())
+
+
+def test_confusion_matrix_counts_every_example():
+    model, state, _ = build("classification")
+    arrays = jax.tree.map(jnp.asarray, task_arrays("classification", 24, seed=5))
+    sums = jax.device_get(jax.jit(tasks.eval_step("classification", model))(state, arrays, jnp.ones(24)))
+    confusion = sums["confusion"]
+    assert confusion.shape == (10, 10)
+    assert confusion.sum() == sums["count"] == 24
+    np.testing.assert_array_equal(confusion.sum(1), np.bincount(np.asarray(arrays["y"]), minlength=10))
+    assert np.trace(confusion) == sums["accuracy"]
+
+
+@pytest.mark.parametrize("task", sorted(TASK_MODELS))
+def test_evaluator_padded_means_are_exact(task):
+    """make_evaluator pads the last batch (10 examples, batches of 4 -> 2 padded, masked):
+    the summarized means equal the means over the 10 examples in one unpadded batch."""
+    model, state, _ = build(task)
+    arrays = task_arrays(task, 10, seed=7)
+    eval_fn = tasks.eval_step(task, model)
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    on_device = jax.tree.map(jnp.asarray, arrays)
+    padded = tasks.summarize(parallel.make_evaluator(eval_fn, mesh)(state, on_device, 10, 4))
+    whole = tasks.summarize(jax.jit(eval_fn)(state, on_device, jnp.ones(10)))
+    assert padded["count"] == whole["count"] == 10
+    for key, value in whole.items():
+        if isinstance(value, float):
+            np.testing.assert_allclose(padded[key], value, rtol=1e-5, atol=1e-7, err_msg=key)
+    if task in ("classification", "sequence_classification"):
+        assert padded["confusion"] == whole["confusion"]
+
+
+def test_classification_report_known_values():
+    # rows = true class, cols = predicted
+    confusion = np.array([[5, 1, 0], [2, 3, 1], [0, 0, 0]])
+    r = tasks.classification_report(confusion)
+    c0, c1, c2 = (r["per_class"][str(c)] for c in range(3))
+    assert c0 == pytest.approx({"precision": 5 / 7, "recall": 5 / 6, "f1": 2 * (5 / 7) * (5 / 6) / (5 / 7 + 5 / 6), "support": 6})
+    assert c1 == pytest.approx({"precision": 3 / 4, "recall": 3 / 6, "f1": 0.6, "support": 6})
+    # class 2: predicted once (wrongly), never present: precision 0, recall 0 (no 0/0 NaN)
+    assert c2 == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert r["macro_f1"] == pytest.approx((c0["f1"] + c1["f1"] + 0.0) / 3)
+    assert r["confusion"] == confusion.tolist()
+
+
+def test_summarize_turns_sums_into_means():
+    out = tasks.summarize({"loss": np.float32(6.0), "accuracy": np.float32(3.0), "count": np.float32(4.0)})
+    assert out == {"loss": 1.5, "accuracy": 0.75, "count": 4}
+
+
+# ---------------------------------------------------------------- optimizers and schedules
+
+
+def _quadratic():
+    params = {"dense": {"kernel": jnp.full((3, 2), 2.0), "bias": jnp.full((2,), -1.0)}}
+    loss = lambda p: sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(p))  # noqa: E731
+    return params, loss
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_every_optimizer_and_schedule_steps(name, schedule):
+    params, loss = _quadratic()
+    lr = make_schedule(schedule, 0.05, total_steps=10, warmup_steps=2 if schedule == "cosine" else 0)
+    tx = make_optimizer(name, lr)
+    opt_state = tx.init(params)
+    first = float(loss(params))
+    for _ in range(3):
+        grads = jax.grad(loss)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+    assert np.all(np.isfinite(flat_params(params)))
+    assert float(loss(params)) < first
+
+
+def test_schedule_shapes():
+    assert float(make_schedule("constant", 0.1, 100)(50)) == pytest.approx(0.1)
+    cos = make_schedule("cosine", 0.1, 100)
+    assert float(cos(0)) == pytest.approx(0.1) and float(cos(100)) == pytest.approx(0.0, abs=1e-7)
+    warm = make_schedule("cosine", 0.1, 100, warmup_steps=10)
+    assert float(warm(0)) == 0.0 and float(warm(10)) == pytest.approx(0.1)
+    one = make_schedule("onecycle", 0.1, 100)
+    assert float(one(0)) < 0.1 and max(float(one(s)) for s in range(100)) == pytest.approx(0.1, rel=1e-3)
+    with pytest.raises(ValueError, match="unknown schedule"):
+        make_schedule("linear", 0.1, 10)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        make_optimizer("lamb", 0.1)
+
+
+@pytest.mark.parametrize("name", ["sgd", "momentum", "adamw"])
+def test_weight_decay_with_zero_gradient(name):
+    """With a zero gradient the first update is pure decay: -lr * wd * p
+    (L2 added to the gradient for SGD/momentum, decoupled for AdamW)."""
+    params, _ = _quadratic()
+    lr, wd = 0.1, 0.01
+    tx = make_optimizer(name, lr, weight_decay=wd)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    jax.tree.map(lambda u, p: np.testing.assert_allclose(u, -lr * wd * p, rtol=1e-6), updates, params)
+    # ...and without weight decay nothing moves.
+    tx0 = make_optimizer(name, lr)
+    updates0, _ = tx0.update(zeros, tx0.init(params), params)
+    assert not np.any(flat_params(updates0))
+
+
+def test_weight_decay_is_l2_for_adam():
+    """Adam's weight_decay is L2 on the gradient (PyTorch semantics): normalized by Adam, the
+    first update is -lr * sign(p) for a zero gradient."""
+    params, _ = _quadratic()
+    tx = make_optimizer("adam", 0.1, weight_decay=0.01)
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    jax.tree.map(lambda u, p: np.testing.assert_allclose(u, -0.1 * jnp.sign(p), rtol=1e-4), updates, params)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_clip_norm_bounds_the_gradient(name):
+    """Huge gradients are clipped to global norm `clip_norm` before the optimizer: for SGD the
+    update norm is lr * clip_norm exactly; for every optimizer the step is finite and bounded."""
+    params, _ = _quadratic()
+    huge = jax.tree.map(lambda p: jnp.full_like(p, 1e6), params)
+    tx = make_optimizer(name, 1.0, clip_norm=0.5)
+    updates, _ = tx.update(huge, tx.init(params), params)
+    norm = float(optax.global_norm(updates))
+    assert math.isfinite(norm)
+    if name in ("sgd", "momentum"):
+        assert norm == pytest.approx(0.5, rel=1e-5)
+    unclipped = float(optax.global_norm(make_optimizer(name, 1.0).update(huge, make_optimizer(name, 1.0).init(params), params)[0]))
+    if name in ("sgd", "momentum"):
+        assert unclipped > 1e5
+
+
+def test_glorot_reinit_changes_only_kernels_with_the_right_limit():
+    model = zoo.create("char_lstm", embed_dim=16, hidden=32, num_layers=1)
+    cnn_params = zoo.init(zoo.create("cnn"), jax.random.key(0))["params"]
+    lstm_params = zoo.init(model, jax.random.key(0))["params"]
+    for params in (cnn_params, lstm_params):
+        new = glorot_reinit(params, jax.random.key(1))
+        old_flat = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+        for path, leaf in jax.tree_util.tree_flatten_with_path(new)[0]:
+            name = path[-1].key
+            old = np.asarray(old_flat[path])
+            leaf = np.asarray(leaf)
+            assert leaf.shape == old.shape and leaf.dtype == old.dtype
+            if name in ("kernel", "wi", "wh"):
+                receptive = int(np.prod(leaf.shape[:-2]))
+                fan_in, fan_out = leaf.shape[-2] * receptive, leaf.shape[-1] * receptive
+                limit = math.sqrt(6.0 / (fan_in + fan_out))
+                assert not np.array_equal(leaf, old), path
+                assert np.abs(leaf).max() <= limit, path
+                if leaf.size >= 500:  # a uniform sample fills its range and has std limit/sqrt(3)
+                    assert np.abs(leaf).max() > 0.95 * limit, path
+                    assert leaf.std() == pytest.approx(limit / math.sqrt(3), rel=0.1), path
+            else:  # biases, embeddings
+                np.testing.assert_array_equal(leaf, old, err_msg=str(path))
+    # The 3x3 conv 1 -> 32: fan_in = 1 * 9, fan_out = 32 * 9 (PyTorch's xavier_uniform_ convention).
+    k = np.asarray(glorot_reinit(cnn_params, jax.random.key(1))["conv_0"]["kernel"])
+    assert k.shape == (3, 3, 1, 32)
+    assert np.abs(k).max() <= math.sqrt(6.0 / (9 * (1 + 32))) < np.abs(k).max() / 0.95
+
+
+# ---------------------------------------------------------------- divergence
+
+
+def _tiny_fit_cfg(tfds_dir, **kw) -> Config:
+    base = dict(
+        model="mlp_small", dataset="mnist", epochs=1, batch_size=32, optimizer="sgd", lr=0.01, val_size=64,
+        train_limit=128, eval_batch_size=64, sample_every=0, num_devices=1, data_dir=str(tfds_dir),
+        model_overrides={"hidden": [16]},
+    )
+    return Config(**{**base, **kw})
+
+
+def _checkpoint_params_finite(workdir) -> dict[int, bool]:
+    """{step: all params finite} for every finalized checkpoint of a run (restored as numpy)."""
+    from train.checkpoint import Checkpointer
+
+    with Checkpointer(workdir / "checkpoints") as ckpt:
+        out = {}
+        for step in ckpt.all_steps():
+            meta = ckpt._mgr.item_metadata(step)["state"].tree
+            target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta)
+            tree, _ = ckpt.restore(target, step)
+            out[step] = bool(np.all(np.isfinite(flat_params(tree["params"]))))
+        return out
+
+
+@pytest.mark.parametrize("checkpoint_steps", [0, 1])
+def test_nonfinite_loss_stops_training_without_a_bad_checkpoint(tfds_dir, tmp_path, checkpoint_steps):
+    """A good epoch is saved; resuming with lr=1e20 (SGD) diverges (1e6 only kills the ReLUs: huge but finite losses): fit raises TrainingDiverged
+    and no checkpoint newer than the good one (and none with non-finite params) exists,
+    also when step checkpoints are due between the non-finite checks (log_every=100)."""
+    from train.loop import TrainingDiverged, fit
+
+    fit(_tiny_fit_cfg(tfds_dir), tmp_path, log=lambda *a: None)
+    good = 128 // 32
+    logs = []
+    with pytest.raises(TrainingDiverged, match="non-finite"):
+        fit(_tiny_fit_cfg(tfds_dir, epochs=4, lr=1e20, checkpoint_steps=checkpoint_steps), tmp_path, log=logs.append)
+    assert any("resumed from step 4" in line for line in logs)
+    finite = _checkpoint_params_finite(tmp_path)
+    assert max(finite) == good, finite
+    assert all(finite.values()), finite
