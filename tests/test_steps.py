@@ -266,19 +266,18 @@ def test_clip_norm_bounds_the_gradient(name):
     huge = jax.tree.map(lambda p: jnp.full_like(p, 1e6), params)
     tx = make_optimizer(name, 1.0, clip_norm=0.5)
     updates, _ = tx.update(huge, tx.init(params), params)
-    norm = float(optax.global_norm(updates))
+    norm = float(optax.tree.norm(updates))
     assert math.isfinite(norm)
     if name in ("sgd", "momentum"):
         assert norm == pytest.approx(0.5, rel=1e-5)
-    unclipped = float(optax.global_norm(make_optimizer(name, 1.0).update(huge, make_optimizer(name, 1.0).init(params), params)[0]))
+    unclipped = float(optax.tree.norm(make_optimizer(name, 1.0).update(huge, make_optimizer(name, 1.0).init(params), params)[0]))
     if name in ("sgd", "momentum"):
         assert unclipped > 1e5
 
 
 def test_glorot_reinit_changes_only_kernels_with_the_right_limit():
-    model = zoo.create("char_lstm", embed_dim=16, hidden=32, num_layers=1)
-    cnn_params = zoo.init(zoo.create("cnn"), jax.random.key(0))["params"]
-    lstm_params = zoo.init(model, jax.random.key(0))["params"]
+    cnn_params = build("classification")[1].params  # conv kernels (3, 3, in, out) + dense head
+    lstm_params = build("language_model")[1].params  # embedding, LSTM wi/wh/b, dense head
     for params in (cnn_params, lstm_params):
         new = glorot_reinit(params, jax.random.key(1))
         old_flat = dict(jax.tree_util.tree_flatten_with_path(params)[0])
@@ -298,10 +297,11 @@ def test_glorot_reinit_changes_only_kernels_with_the_right_limit():
                     assert leaf.std() == pytest.approx(limit / math.sqrt(3), rel=0.1), path
             else:  # biases, embeddings
                 np.testing.assert_array_equal(leaf, old, err_msg=str(path))
-    # The 3x3 conv 1 -> 32: fan_in = 1 * 9, fan_out = 32 * 9 (PyTorch's xavier_uniform_ convention).
-    k = np.asarray(glorot_reinit(cnn_params, jax.random.key(1))["conv_0"]["kernel"])
-    assert k.shape == (3, 3, 1, 32)
-    assert np.abs(k).max() <= math.sqrt(6.0 / (9 * (1 + 32))) < np.abs(k).max() / 0.95
+    # The 3x3 conv 8 -> 16: fan_in = 8 * 9, fan_out = 16 * 9 (PyTorch's xavier_uniform_ convention).
+    k = np.asarray(glorot_reinit(cnn_params, jax.random.key(1))["conv_1"]["kernel"])
+    assert k.shape == (3, 3, 8, 16)
+    assert np.abs(k).max() <= math.sqrt(6.0 / (9 * (8 + 16))) < np.abs(k).max() / 0.95
+    assert set(lstm_params["lstm_0"]) == {"wi", "wh", "b"} and "embedding" in lstm_params["embed"]
 
 
 # ---------------------------------------------------------------- divergence
@@ -309,7 +309,7 @@ def test_glorot_reinit_changes_only_kernels_with_the_right_limit():
 
 def _tiny_fit_cfg(tfds_dir, **kw) -> Config:
     base = dict(
-        model="mlp_small", dataset="mnist", epochs=1, batch_size=32, optimizer="sgd", lr=0.01, val_size=64,
+        model="mlp_small", dataset="mnist", epochs=1, batch_size=32, optimizer="adam", lr=1e-3, val_size=64,
         train_limit=128, eval_batch_size=64, sample_every=0, num_devices=1, data_dir=str(tfds_dir),
         model_overrides={"hidden": [16]},
     )
@@ -332,17 +332,35 @@ def _checkpoint_params_finite(workdir) -> dict[int, bool]:
 
 @pytest.mark.parametrize("checkpoint_steps", [0, 1])
 def test_nonfinite_loss_stops_training_without_a_bad_checkpoint(tfds_dir, tmp_path, checkpoint_steps):
-    """A good epoch is saved; resuming with lr=1e20 (SGD) diverges (1e6 only kills the ReLUs: huge but finite losses): fit raises TrainingDiverged
-    and no checkpoint newer than the good one (and none with non-finite params) exists,
-    also when step checkpoints are due between the non-finite checks (log_every=100)."""
+    """A good epoch is saved; resuming it with lr=1e30 (Adam) diverges: fit raises
+    TrainingDiverged, every checkpoint left holds finite parameters and the newest one is the
+    "last good checkpoint" the message names; also when step checkpoints are due between the
+    loss checks (checkpoint_steps=1, log_every=100).
+
+    (SGD with lr=1e6, or even 1e20, does not reach NaN here: it kills the ReLUs and leaves
+    huge but finite losses.)"""
     from train.loop import TrainingDiverged, fit
 
     fit(_tiny_fit_cfg(tfds_dir), tmp_path, log=lambda *a: None)
     good = 128 // 32
     logs = []
-    with pytest.raises(TrainingDiverged, match="non-finite"):
-        fit(_tiny_fit_cfg(tfds_dir, epochs=4, lr=1e20, checkpoint_steps=checkpoint_steps), tmp_path, log=logs.append)
-    assert any("resumed from step 4" in line for line in logs)
+    with pytest.raises(TrainingDiverged, match="non-finite") as raised:
+        fit(_tiny_fit_cfg(tfds_dir, epochs=4, lr=1e30, checkpoint_steps=checkpoint_steps), tmp_path, log=logs.append)
+    assert any(f"resumed from step {good}" in line for line in logs), logs
     finite = _checkpoint_params_finite(tmp_path)
-    assert max(finite) == good, finite
     assert all(finite.values()), finite
+    assert f"Last good checkpoint: step {max(finite)} " in str(raised.value)
+    if not checkpoint_steps:
+        assert max(finite) == good, finite
+
+
+def test_resume_with_more_epochs_continues_a_finished_run(tfds_dir, tmp_path):
+    """A run that completed its epochs is not final: rerun with a larger --epochs it trains on."""
+    from train.loop import fit
+
+    fit(_tiny_fit_cfg(tfds_dir), tmp_path, log=lambda *a: None)
+    logs = []
+    record = fit(_tiny_fit_cfg(tfds_dir, epochs=2), tmp_path, log=logs.append)
+    assert any("resumed from step 4" in line for line in logs), logs
+    assert record["epoch"] == 2 and record["step"] == 8
+    assert max(_checkpoint_params_finite(tmp_path)) == 8

@@ -163,6 +163,14 @@ def fit(cfg: Config, workdir: str | Path, *, log=print) -> dict:
 
     def save(epoch_done: int, val_record: dict | None, force: bool = False):
         tree = state_tree(strategy.unreplicate(state))
+        # Losses are checked only at log syncs, and the step that overflows still reports a
+        # finite loss: never let non-finite parameters become the "last good" checkpoint.
+        if not _all_finite((tree["params"], tree["model_state"])):
+            ckpt.wait()
+            raise TrainingDiverged(
+                f"non-finite parameters at step {step} (lr={cfg.lr}, optimizer={cfg.optimizer}); not saved. "
+                f"Last good checkpoint: step {ckpt.latest_step()} in {ckpt.directory}. Lower --lr or set --clip-norm."
+            )
         metrics = {f"val_{metric}": val_record[metric]} if val_record else None
         ckpt.save(step, tree, {**meta, "epoch": epoch_done, "step": step, "config": cfg.to_json()}, metrics, force=force)
 
@@ -246,6 +254,16 @@ def fit(cfg: Config, workdir: str | Path, *, log=print) -> dict:
         ckpt.close()
         metrics_log.close()
     return record
+
+
+@jax.jit
+def _finite(leaves):
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in leaves] or [True]))
+
+
+def _all_finite(tree) -> bool:
+    """Whether every floating-point leaf of `tree` is finite (one small device reduction)."""
+    return bool(_finite([x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]))
 
 
 def _check_same_run(saved: dict, cfg: Config) -> None:

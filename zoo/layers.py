@@ -26,18 +26,22 @@ def _phase_taps(k: int, s: int, p: int, a: int) -> list[tuple[int, int]]:
     return [(-d, a + p + s * d) for d in range(-k, k + 1) if 0 <= a + p + s * d < k]
 
 
+def conv2d(x, kernel, stride: int = 1, padding=((0, 0), (0, 0))):
+    """Plain cross-correlation, NHWC x (B, H, W, Cin), kernel (kh, kw, Cin, Cout)."""
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
 def conv_transpose(x, kernel, stride: int, padding: int):
     """PyTorch-semantics transposed conv. x: (B, H, W, Cin); kernel: (k, k, Cout, Cin)."""
     k, s, p = kernel.shape[0], stride, padding
     b, h, w, _ = x.shape
     out_h, out_w = (h - 1) * s - 2 * p + k, (w - 1) * s - 2 * p + k
-    dn = ("NHWC", "HWIO", "NHWC")
     if h == 1 and w == 1 and p == 0:  # (B, Cin) -> (B, k, k, Cout)
         return jnp.einsum("bi,yxoi->byxo", x[:, 0, 0, :], kernel)
     if s == 1:
         flipped = jnp.swapaxes(kernel[::-1, ::-1], 2, 3)  # (k, k, Cin, Cout)
         pad = ((k - 1 - p, k - 1 - p), (k - 1 - p, k - 1 - p))
-        return jax.lax.conv_general_dilated(x, flipped, (1, 1), pad, dimension_numbers=dn)
+        return conv2d(x, flipped, 1, pad)
     taps = [_phase_taps(k, s, p, a) for a in range(s)]
     lo = min(o for t in taps for o, _ in t)
     hi = max(o for t in taps for o, _ in t)
@@ -57,7 +61,7 @@ def conv_transpose(x, kernel, stride: int, padding: int):
     xp = jnp.pad(x, ((0, 0), (pad_lo, max(0, m_h - 1 + hi - (h - 1))), (pad_lo, max(0, m_w - 1 + hi - (w - 1))), (0, 0)))
     y0 = pad_lo + lo  # output row m reads input rows m + lo .. m + hi
     xp = xp[:, y0 : y0 + m_h + span - 1, y0 : y0 + m_w + span - 1]
-    y = jax.lax.conv_general_dilated(xp, full, (1, 1), "VALID", dimension_numbers=dn)  # (B, m_h, m_w, s*s*Cout)
+    y = conv2d(xp, full)  # (B, m_h, m_w, s*s*Cout)
     y = y.reshape(b, m_h, m_w, s, s, cout).transpose(0, 1, 3, 2, 4, 5)  # (B, m_h, s, m_w, s, Cout)
     return y.reshape(b, m_h * s, m_w * s, cout)[:, :out_h, :out_w]
 
