@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from flax import linen as nn
 
-from zoo.layers import ConvTranspose
+from zoo.layers import Conv, ConvTranspose
 from zoo.registry import InputSpec, check_input, register
 
 
@@ -38,8 +38,8 @@ class ConvAutoencoder(nn.Module):
 
     def setup(self):
         f1, f2 = self.features
-        self.enc_0 = nn.Conv(f1, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)))
-        self.enc_1 = nn.Conv(f2, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)))
+        self.enc_0 = Conv(f1, 4, stride=2, padding=1)
+        self.enc_1 = Conv(f2, 4, stride=2, padding=1)
         self.enc_2 = nn.Conv(self.latent, (4, 4), strides=(1, 1), padding="VALID")
         self.dec_0 = ConvTranspose(f2, 4, stride=1, padding=0)
         self.dec_1 = ConvTranspose(f1, 4, stride=2, padding=1)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from flax import linen as nn
 
-from zoo.layers import ConvTranspose
+from zoo.layers import Conv, ConvTranspose
 from zoo.registry import InputSpec, check_input, register
 
 _IMAGE_SPEC = InputSpec((28, 28, 1), "float32", "images NHWC in [0, 1]")
@@ -67,9 +67,9 @@ class Discriminator(nn.Module):
         check_input(x, self.input_spec(), type(self).__name__)
         f1, f2 = self.features
         x = x * 2.0 - 1.0  # the generator's tanh range
-        x = nn.Conv(f1, (4, 4), (2, 2), padding=((1, 1), (1, 1)), name="conv_0")(x)
+        x = Conv(f1, 4, stride=2, padding=1, name="conv_0")(x)
         x = nn.leaky_relu(x, 0.2)  # (B, 14, 14, f1)
-        x = nn.Conv(f2, (4, 4), (2, 2), padding=((1, 1), (1, 1)), use_bias=False, name="conv_1")(x)
+        x = Conv(f2, 4, stride=2, padding=1, use_bias=False, name="conv_1")(x)
         x = nn.leaky_relu(nn.BatchNorm(use_running_average=not train, name="bn_1", **_BN)(x), 0.2)  # (B, 7, 7, f2)
         x = nn.Conv(1, (7, 7), padding="VALID", name="conv_2")(x)  # (B, 1, 1, 1)
         return x.reshape(x.shape[0], 1)

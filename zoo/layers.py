@@ -31,6 +31,49 @@ def conv2d(x, kernel, stride: int = 1, padding=((0, 0), (0, 0))):
     return jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+def strided_conv(x, kernel, stride: int, padding: int):
+    """Stride-s conv (PyTorch Conv2d semantics) as space-to-depth + a stride-1 conv.
+
+    Same result and parameters as `conv2d(x, kernel, stride, ((p, p), (p, p)))`, but the
+    input gradient is an ordinary convolution instead of an input-dilated one (slow on
+    XLA:CPU). Tap ky = s*q + a of the kernel becomes tap q over input channel group a.
+    """
+    k, s, p = kernel.shape[0], stride, padding
+    if s == 1:
+        return conv2d(x, kernel, 1, ((p, p), (p, p)))
+    b, h, w, c = x.shape
+    cout = kernel.shape[3]
+    oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    kq = -(-k // s)  # taps per axis after space-to-depth
+    rows, cols = (oh + kq - 1) * s, (ow + kq - 1) * s
+    x = jnp.pad(x, ((0, 0), (p, max(0, rows - h - p)), (p, max(0, cols - w - p)), (0, 0)))[:, :rows, :cols]
+    x = x.reshape(b, rows // s, s, cols // s, s, c).transpose(0, 1, 3, 2, 4, 5)  # (B, R, C', s, s, Cin)
+    x = x.reshape(b, rows // s, cols // s, s * s * c)
+    kern = jnp.pad(kernel, ((0, kq * s - k), (0, kq * s - k), (0, 0), (0, 0)))
+    kern = kern.reshape(kq, s, kq, s, c, cout).transpose(0, 2, 1, 3, 4, 5).reshape(kq, kq, s * s * c, cout)
+    return conv2d(x, kern)  # (B, oh, ow, Cout)
+
+
+class Conv(nn.Module):
+    """PyTorch-style Conv2d in NHWC with flax.linen.Conv's parameters (`kernel` (k, k, in, out),
+    `bias`) and initialization; strided convs go through `strided_conv`."""
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    padding: int = 0
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        k = self.kernel_size
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features))
+        y = strided_conv(x, kernel, self.stride, self.padding)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,))
+        return y
+
+
 def conv_transpose(x, kernel, stride: int, padding: int):
     """PyTorch-semantics transposed conv. x: (B, H, W, Cin); kernel: (k, k, Cout, Cin)."""
     k, s, p = kernel.shape[0], stride, padding
@@ -78,8 +121,11 @@ class ConvTranspose(nn.Module):
     @nn.compact
     def __call__(self, x):
         k = self.kernel_size
-        # fan-in as flax's ConvTranspose computes it for this kernel layout
-        kernel = self.param("kernel", nn.initializers.lecun_normal(in_axis=(0, 1, 2), out_axis=3), (k, k, self.features, x.shape[-1]))
+        # LeCun normal over the true fan-in, k*k*in. (flax's ConvTranspose and torch's
+        # ConvTranspose2d count k*k*out instead: for a 1-channel output layer that is 16,
+        # which saturates a sigmoid output and stalled the autoencoder at MSE 0.11.)
+        init = nn.initializers.lecun_normal(in_axis=(0, 1, 3), out_axis=2)
+        kernel = self.param("kernel", init, (k, k, self.features, x.shape[-1]))
         y = conv_transpose(x, kernel, self.stride, self.padding)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,))
