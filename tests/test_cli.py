@@ -1,12 +1,14 @@
 """End-to-end: the real `zoo` CLI in subprocesses, on tiny configs, with MNIST/tiny_shakespeare
 prepared offline once per session (conftest.tfds_dir) and a shared compilation cache (cli_env).
 
-Subprocesses see 4 fake CPU devices (cli_env), so every run is data-parallel over 4 devices.
+Subprocesses see 4 fake CPU devices (cli_env): the CNN runs are data-parallel over 4 devices;
+the sample-writing runs use --num-devices 1 (less compile time; parallelism is covered elsewhere).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -116,7 +118,8 @@ def test_resume_equals_uninterrupted_run(cnn_run, tfds_dir, cli_env, tmp_path):
 
     The schedule is constant here on purpose: a cosine schedule's horizon is epochs * steps,
     so extending --epochs changes the learning rates of the steps already taken."""
-    workdir, _ = cnn_run
+    workdir = tmp_path / "resumed"
+    shutil.copytree(cnn_run[0], workdir)  # leaves the fixture's run as it was for the other tests
     resumed = ok(run_zoo("train", "cnn", "--workdir", workdir, "--epochs", 2, *tiny(tfds_dir), env=cli_env))
     assert "resumed from step 8 (epoch 1)" in resumed.stdout
     assert "epoch 2 step 16" in resumed.stdout
@@ -141,7 +144,7 @@ def test_resume_equals_uninterrupted_run(cnn_run, tfds_dir, cli_env, tmp_path):
 def test_autoencoder_writes_reconstruction_png(tfds_dir, cli_env, tmp_path):
     from PIL import Image
 
-    ok(run_zoo("train", "autoencoder", "--workdir", tmp_path, "--epochs", 1, *tiny(tfds_dir, "--train-limit", 256),
+    ok(run_zoo("train", "autoencoder", "--workdir", tmp_path, "--epochs", 1, *tiny(tfds_dir, "--train-limit", 256, "--num-devices", 1),
                "--set", "features=[8,16]", env=cli_env))
     pngs = sorted((tmp_path / "samples").glob("*.png"))
     assert [p.name for p in pngs] == ["recon_epoch001.png"]
@@ -153,7 +156,7 @@ def test_autoencoder_writes_reconstruction_png(tfds_dir, cli_env, tmp_path):
 def test_dcgan_writes_sample_png(tfds_dir, cli_env, tmp_path):
     from PIL import Image
 
-    ok(run_zoo("train", "dcgan", "--workdir", tmp_path, "--epochs", 1, *tiny(tfds_dir, "--train-limit", 256),
+    ok(run_zoo("train", "dcgan", "--workdir", tmp_path, "--epochs", 1, *tiny(tfds_dir, "--train-limit", 256, "--num-devices", 1),
                "--set", "latent_dim=16", "--set", "g_features=[32,16]", "--set", "d_features=[16,32]", env=cli_env))
     pngs = sorted((tmp_path / "samples").glob("*.png"))
     assert [p.name for p in pngs] == ["samples_epoch001.png"]
@@ -165,7 +168,7 @@ def test_dcgan_writes_sample_png(tfds_dir, cli_env, tmp_path):
 
 def test_char_lstm_prints_a_sample(tfds_dir, cli_env, tmp_path):
     out = ok(run_zoo("train", "char_lstm", "--workdir", tmp_path, "--epochs", 1, "--data-dir", tfds_dir,
-                     "--train-limit", 64, "--seq-len", 32, "--batch-size", 16,
+                     "--train-limit", 64, "--seq-len", 32, "--batch-size", 16, "--num-devices", 1,
                      "--set", "hidden=32", "--set", "embed_dim=16", env=cli_env)).stdout
     assert "sample: ROMEO:" in out
     assert (tmp_path / "samples" / "text_epoch001.txt").read_text().startswith("ROMEO:")

@@ -5,7 +5,8 @@ Tolerances: results across device counts / strategies are equal up to float32 re
 not bitwise. With the batch split over 4 devices the gradient (and BatchNorm statistics) are
 sums of 4 partial sums combined by an all-reduce, instead of one sum over 16 examples; float
 addition is not associative, so the last bits differ and Adam (which divides by sqrt(v)) carries
-those ~1e-7 relative differences into the parameters. After 5 steps they stay below 1e-5.
+those ~1e-7 relative differences into the parameters. After 5 steps they stay below 1e-5
+(see test_jit_one_device_equals_four for the one case where Adam amplifies them).
 """
 
 from __future__ import annotations
@@ -71,7 +72,10 @@ def _assert_close(a, b, rtol=RTOL, atol=ATOL):
     "task,overrides",
     [
         ("classification", {"dropout_rate": 0.3}),  # dropout masks must not depend on the sharding
-        ("gan", {}),  # BatchNorm: under jit its statistics are over the global batch
+        # BatchNorm: under jit its statistics are over the global batch. SGD, not Adam: Adam's
+        # first steps are ~lr * sign(g), so a gradient entry near 0 whose sign flips with the
+        # reduction order moves by up to 2 * lr (seen: 1.3e-5 on 2 of 43730 entries at step 3).
+        ("gan", {"optimizer": "sgd", "lr": 0.05}),
     ],
     ids=["cnn_dropout", "dcgan_batchnorm"],
 )
@@ -101,8 +105,9 @@ def test_pmap_equals_jit_on_four_devices():
 def test_pmap_gan_one_device_equals_jit():
     """On one device pmap and jit are the same computation, noise included (pmap takes its
     device's rows of the global batch's noise)."""
-    jit_state, jit_losses = _run("gan", "jit", 1, steps=3)
-    pmap_state, pmap_losses = _run("gan", "pmap", 1, steps=3)
+    sgd = {"optimizer": "sgd", "lr": 0.05}  # see test_jit_one_device_equals_four: Adam amplifies ulps
+    jit_state, jit_losses = _run("gan", "jit", 1, steps=3, **sgd)
+    pmap_state, pmap_losses = _run("gan", "pmap", 1, steps=3, **sgd)
     np.testing.assert_allclose(jit_losses, pmap_losses, rtol=RTOL)
     _assert_close(jit_state.params, pmap_state.params)
     _assert_close(jit_state.model_state, pmap_state.model_state)
@@ -127,8 +132,12 @@ def test_pmap_gan_batchnorm_semantics_on_four_devices():
     jit_bn = jit_state.model_state["batch_stats"]["generator"]["bn_0"]
     pmap_bn = pmap_state.model_state["batch_stats"]["generator"]["bn_0"]
     np.testing.assert_allclose(pmap_bn["mean"], jit_bn["mean"], rtol=1e-5, atol=1e-6)
-    assert np.all(pmap_bn["var"] <= jit_bn["var"] + 1e-6)  # within-device variance <= global
-    assert not np.allclose(pmap_bn["var"], jit_bn["var"], rtol=1e-4)
+    # Two updates (D step, G step) with momentum 0.9 from var=1: 0.81 + 0.19 * batch variance.
+    jit_var, pmap_var = (jit_bn["var"] - 0.81) / 0.19, (pmap_bn["var"] - 0.81) / 0.19
+    assert np.all(pmap_var <= jit_var + 1e-5)  # law of total variance: within-device <= global
+    # Measurably smaller (here ~0.4%: statistics run over batch AND the 7x7 positions, and the
+    # spatial spread dominates the spread of the per-device means).
+    assert pmap_var.mean() < (1 - 1e-3) * jit_var.mean()
 
 
 # ---------------------------------------------------------------- batch size

@@ -180,10 +180,10 @@ def cmd_export(args) -> int:
         raise ValueError(f"{workdir} holds a {cfg.model!r} run, not {args.model!r}")
     result = evaluate_workdir(args.model, workdir, split=args.split, which=args.which)
     metrics = result["metrics"]
-    name = {"language_model": "loss", "reconstruction": "mse", "gan": "g_loss"}.get(
-        __import__("zoo").get_spec(args.model).task, "accuracy")
-    if name not in metrics:
-        name = next(k for k, v in metrics.items() if isinstance(v, float))
+    from train.tasks import VAL_METRIC
+    import zoo
+
+    name = VAL_METRIC[zoo.get_spec(args.model).task][0]  # the metric the run was selected on
     command = (workdir / "command.txt").read_text().strip() if (workdir / "command.txt").exists() else None
     out = export(
         args.out,
