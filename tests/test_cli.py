@@ -63,7 +63,6 @@ def test_list_prints_every_model(cli_env):
         assert zoo.get_spec(name).task in row and f"{zoo.get_spec(name).num_params:,}" in row
 
 
-@pytest.mark.xfail(reason="train/cli.py cmd_list: str(s.input).split(' (')[0] is always 'shape'", strict=False)
 def test_list_input_column_shows_the_input_shape(cli_env):
     out = ok(run_zoo("list", env=cli_env)).stdout
     row = next(line for line in out.splitlines() if line.startswith("cnn "))
@@ -186,8 +185,6 @@ def test_unknown_model_suggests_close_names(cli_env, tmp_path):
     assert "unknown model 'nosuchmodel'" in result.stderr and "Available: autoencoder" in result.stderr
 
 
-@pytest.mark.xfail(reason="train/cli.py cmd_train creates the workdir and command.txt before the model name "
-                          "is validated", strict=False)
 def test_unknown_model_leaves_no_workdir(cli_env, tmp_path):
     result = run_zoo("train", "nosuchmodel", "--workdir", tmp_path / "w", env=cli_env)
     assert result.returncode != 0

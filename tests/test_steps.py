@@ -57,7 +57,12 @@ def test_step_learns_one_fixed_batch(task):
         # The discriminator separates 20 fixed real images from fresh fakes quickly.
         assert history[-1]["d_real"] > history[-1]["d_fake"]
     else:
-        assert losses[-1] < 0.7 * losses[0], losses
+        assert losses[-1] < losses[0], losses
+        # Reconstruction trains on BCE, whose minimum is the pixels' own entropy, not 0: judge
+        # it by its MSE metric. Everything else: the loss itself.
+        key = "mse" if task == "reconstruction" else "loss"
+        curve = np.array([m[key] for m in history])
+        assert curve[-1] < 0.7 * curve[0], (key, curve)
     assert np.all(np.isfinite(flat_params(state.params)))
 
 

@@ -79,7 +79,8 @@ def cmd_list(args) -> int:
     rows = [("name", "task", "input", "params", "pretrained")]
     for name in zoo.list_models():
         s = zoo.get_spec(name)
-        rows.append((name, s.task, str(s.input).split(" (")[0], f"{s.num_params:,}", ",".join(s.pretrained) or "-"))
+        shape = "(" + ", ".join("T" if d is None else str(d) for d in s.input.shape) + f") {s.input.dtype}"
+        rows.append((name, s.task, shape, f"{s.num_params:,}", ",".join(s.pretrained) or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
@@ -90,6 +91,9 @@ def cmd_train(args) -> int:
     from train.config import resolve
     from train.loop import Preempted, TrainingDiverged, fit
 
+    import zoo
+
+    zoo.get_spec(args.model)  # unknown names fail here, before anything is written
     cfg = resolve(args.model, _overrides(args))
     workdir = Path(args.workdir or Path("runs") / args.model)
     print(f"training {cfg.model} on {cfg.dataset} in {workdir.absolute()}")
