@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import zoo
-from train import data
+from train import data, tasks
 from train.config import Config
 from train.state import create_state, make_optimizer
 
@@ -55,15 +55,7 @@ def task_arrays(task: str, n: int, seed: int = 0, seq_len: int = 16) -> dict:
         x, y = char_tokens(n, seq_len, seed)
         return {"x": x, "y": y}
     x, y = digit_images(n, seed)
-    if task == "sequence_classification":
-        return {"x": data.rows_as_sequence(x), "y": y}
-    if task == "binary":
-        return {"x": x, "y": data.binary_labels(y)}
-    if task == "multitask":
-        return {"x": x, "y": data.multitask_labels(y)}
-    if task in ("reconstruction", "gan"):
-        return {"x": x}
-    return {"x": x, "y": y}
+    return tasks.image_task_view({"image": x, "label": y}, task)
 
 
 @functools.lru_cache(maxsize=None)

@@ -38,7 +38,8 @@ class Splits:
     test: dict
 
 
-def _image_arrays(arrays: dict, task: str) -> dict:
+def image_task_view(arrays: dict, task: str) -> dict:
+    """{"image", "label"} arrays of an image dataset -> {"x", "y"} as `task` trains on them."""
     x, y = data.image_classification(arrays)
     if task == "sequence_classification":
         return {"x": data.rows_as_sequence(x), "y": y}
@@ -73,8 +74,8 @@ def load_splits(task: str, cfg: Config) -> Splits:
         return Splits(train, out["validation"], out["test"])
     if cfg.dataset not in data.IMAGE_DATASETS:
         raise ValueError(f"task {task!r} trains on an image dataset {data.IMAGE_DATASETS}, not {cfg.dataset!r}")
-    full = _image_arrays(data.load_split(cfg.dataset, "train", data_dir=cfg.data_dir), task)
-    test = _image_arrays(data.load_split(cfg.dataset, "test", data_dir=cfg.data_dir), task)
+    full = image_task_view(data.load_split(cfg.dataset, "train", data_dir=cfg.data_dir), task)
+    test = image_task_view(data.load_split(cfg.dataset, "test", data_dir=cfg.data_dir), task)
     n = len(full["x"])
     if not 0 <= cfg.val_size < n:
         raise ValueError(f"val_size must be in [0, {n}), got {cfg.val_size}")
