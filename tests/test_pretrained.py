@@ -87,6 +87,10 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("ZOO_WEIGHTS_DIR", str(tmp_path / "weights"))
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    yield
+    # tests that call register_shipped() on a fake weights dir must not leak its tags
+    monkeypatch.undo()
+    register_shipped()
 
 
 # --- round trips ----------------------------------------------------------------------------
