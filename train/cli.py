@@ -114,7 +114,6 @@ def cmd_train(args) -> int:
 
 
 def _eval_workdir(model_name: str, workdir: Path, split: str, which: str | None) -> int:
-    from train import tasks
     from train.evaluate import evaluate_workdir
 
     result = evaluate_workdir(model_name, workdir, split=split, which=which)
@@ -175,18 +174,16 @@ def cmd_sample(args) -> int:
 
 def cmd_export(args) -> int:
     """Best (or latest) checkpoint of a run -> evaluated on the test split -> exported (and shipped)."""
-    from train.evaluate import evaluate_workdir, restore_workdir
+    import zoo
+    from train.evaluate import evaluate_run, restore_workdir
     from train.export import export, ship
+    from train.tasks import VAL_METRIC
 
     workdir = Path(args.workdir or Path("runs") / args.model)
     cfg, model, variables, step = restore_workdir(workdir, args.which)
     if cfg.model != args.model:
         raise ValueError(f"{workdir} holds a {cfg.model!r} run, not {args.model!r}")
-    result = evaluate_workdir(args.model, workdir, split=args.split, which=args.which)
-    metrics = result["metrics"]
-    from train.tasks import VAL_METRIC
-    import zoo
-
+    metrics = evaluate_run(cfg, model, variables, args.split)  # the checkpoint restored above, not again
     name = VAL_METRIC[zoo.get_spec(args.model).task][0]  # the metric the run was selected on
     command = (workdir / "command.txt").read_text().strip() if (workdir / "command.txt").exists() else None
     out = export(

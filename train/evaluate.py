@@ -75,10 +75,15 @@ def evaluate_workdir(name: str, workdir, *, split: str = "test", which: str | No
     cfg, model, variables, step = restore_workdir(Path(workdir), which)
     if cfg.model != name:
         raise ValueError(f"{workdir} holds a {cfg.model!r} run, not {name!r}")
-    task = zoo.get_spec(name).task
-    metrics = evaluate(task, model, variables, _eval_arrays(task, cfg, split), batch_size=cfg.eval_batch_size)
+    metrics = evaluate_run(cfg, model, variables, split)
     result = {"model": name, "dataset": cfg.dataset, "split": split, "source": f"{workdir} step {step}", "step": step, "metrics": metrics}
     return _finish(result, Path(out) if out else Path(workdir) / f"eval_{split}.json")
+
+
+def evaluate_run(cfg: Config, model, variables: dict, split: str) -> dict:
+    """Metrics of a run's restored `variables` on `split` of the data view its config trained on."""
+    task = zoo.get_spec(cfg.model).task
+    return evaluate(task, model, variables, _eval_arrays(task, cfg, split), batch_size=cfg.eval_batch_size)
 
 
 def evaluate_pretrained(name: str, tag: str | None, *, path=None, split: str = "test", data_dir=None, out=None) -> dict:
