@@ -38,6 +38,20 @@ RUNS = {
 }
 
 
+def device() -> str:
+    """The accelerator the child runs train on, e.g. "1 x NVIDIA H100 80GB HBM3 (gpu), jax 0.11.2, ...".
+
+    Asked in a separate process: importing jax here would claim the GPU's memory before the children.
+    """
+    code = (
+        "import jax; d = jax.devices(); p = getattr(jax.config, 'jax_default_matmul_precision', None) or 'default'; "
+        "print(f'{len(d)} x {d[0].device_kind} ({d[0].platform}), jax {jax.__version__}, matmul precision {p}')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    lines = out.stdout.strip().splitlines()
+    return lines[-1] if out.returncode == 0 and lines else "unknown"
+
+
 def run(cmd: list[str], log: Path) -> float:
     t = time.perf_counter()
     with open(log, "a") as f:
@@ -58,6 +72,8 @@ def main() -> None:
     results_path = out_dir / "train_all.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     zoo_cli = [sys.executable, "-m", "train.cli"]
+    accelerator = device()
+    print(f"device: {accelerator}", flush=True)
     for name in args.names:
         model, flags, tag, export_flags = RUNS[name]
         workdir = Path(args.runs) / name
@@ -85,6 +101,7 @@ def main() -> None:
             "train_wall_s": round(train_s, 1),
             "tag": f"{model}.{tag}",
             "machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.python_version()}",
+            "device": accelerator,
         }
         results_path.write_text(json.dumps(results, indent=2) + "\n")
         m = manifest["metric"]
