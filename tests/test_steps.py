@@ -397,3 +397,48 @@ def _checkpoint_params(workdir, step):
         meta = ckpt._mgr.item_metadata(step)["state"].tree
         tree, _ = ckpt.restore(jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), meta), step)
     return tree["params"]
+
+
+# ---------------------------------------------------------------- GAN step semantics
+
+
+def test_gan_step_matches_direct_formulation():
+    """gan_step runs G forward once and pulls the generator gradient back through that pass
+    (jax.vjp). Its result must equal the direct formulation: D updated on (real, G(z)), then
+    G updated by differentiating BCE(D'(G(z)), 1) end to end; G's BatchNorm statistics are
+    updated by exactly one forward pass. (Plain SGD, so parameter updates are linear in the
+    gradients; Adam's first step, g / (|g| + eps), would amplify rounding in tiny gradients.)"""
+    model, state, cfg = build("gan", optimizer="sgd", lr=0.1)
+    batch = jax.tree.map(jnp.asarray, task_arrays("gan", 8, seed=2))
+    new_state, metrics = jax.jit(tasks.train_step("gan", model, cfg))(state, batch)
+
+    real = batch["x"].astype(jnp.float32) / 255.0
+    z = jax.random.normal(state.key, (8, tasks.latent_dim(model)), jnp.float32)
+    apply, params, ms = state.apply_fn, state.params, state.model_state
+    fake, g_upd = apply({"params": params, **ms}, z, train=True, method="generate", mutable=["batch_stats"])
+
+    def d_loss(d):
+        p = {**params, "discriminator": d}
+        r, upd = apply({"params": p, **g_upd}, real, train=True, method="discriminate", mutable=["batch_stats"])
+        f, upd = apply({"params": p, **upd}, fake, train=True, method="discriminate", mutable=["batch_stats"])
+        return optax.sigmoid_binary_cross_entropy(r, 1.0).mean() + optax.sigmoid_binary_cross_entropy(f, 0.0).mean()
+
+    d_grads = jax.grad(d_loss)(params["discriminator"])
+    upd, _ = state.tx.update(d_grads, state.opt_state["discriminator"], params["discriminator"])
+    d_new = optax.apply_updates(params["discriminator"], upd)
+
+    def g_loss(g):
+        p = {"generator": g, "discriminator": d_new}
+        out, _ = apply({"params": p, **ms}, z, train=True, method="generate", mutable=["batch_stats"])
+        logits, _ = apply({"params": p, **g_upd}, out, train=True, method="discriminate", mutable=["batch_stats"])
+        return optax.sigmoid_binary_cross_entropy(logits, 1.0).mean()
+
+    g_grads = jax.grad(g_loss)(params["generator"])
+    upd, _ = state.tx.update(g_grads, state.opt_state["generator"], params["generator"])
+    g_new = optax.apply_updates(params["generator"], upd)
+
+    close = lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)  # noqa: E731
+    jax.tree.map(close, new_state.params["discriminator"], d_new)
+    jax.tree.map(close, new_state.params["generator"], g_new)
+    jax.tree.map(close, new_state.model_state["batch_stats"]["generator"], g_upd["batch_stats"]["generator"])
+    np.testing.assert_allclose(float(metrics["g_loss"]), float(g_loss(params["generator"])), rtol=1e-5)

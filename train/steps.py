@@ -167,44 +167,50 @@ def gan_step(
     """One discriminator update then one generator update, in one compiled program.
 
     Discriminator: BCE(D(real), 1) + BCE(D(G(z)), 0). Generator: the non-saturating
-    BCE(D(G(z)), 1). Both reuse the same z, as the tutorial's loop does.
+    BCE(D'(G(z)), 1) through the updated discriminator D'. As in the tutorial's loop, G runs
+    forward ONCE per step: its samples serve both updates, and the generator's gradient
+    is pulled back through that one forward pass (`jax.vjp`), so G's BatchNorm statistics
+    are updated once per step too.
     """
     real = to_input(batch["x"])
     z = _latent(state.key, real.shape[0], latent_dim, real.dtype, axis_name)
     apply = state.apply_fn
+    g_params, d_params = state.params["generator"], state.params["discriminator"]
+
+    def generate(g_params):
+        variables = {"params": {"generator": g_params, "discriminator": d_params}, **state.model_state}
+        return apply(variables, z, train=True, method="generate", mutable=["batch_stats"])
+
+    fake, g_pullback, model_state = jax.vjp(generate, g_params, has_aux=True)
+
+    def discriminate(d_params, model_state, images):
+        variables = {"params": {"generator": g_params, "discriminator": d_params}, **model_state}
+        return apply(variables, images, train=True, method="discriminate", mutable=["batch_stats"])
 
     def d_objective(d_params, model_state):
-        params = {"generator": state.params["generator"], "discriminator": d_params}
-        variables = {"params": params, **model_state}
-        fake, upd = apply(variables, z, train=True, method="generate", mutable=["batch_stats"])
-        variables = {"params": params, **upd}
-        real_logits, upd = apply(variables, real, train=True, method="discriminate", mutable=["batch_stats"])
-        variables = {"params": params, **upd}
-        fake_logits, upd = apply(variables, jax.lax.stop_gradient(fake), train=True, method="discriminate", mutable=["batch_stats"])
+        real_logits, model_state = discriminate(d_params, model_state, real)
+        fake_logits, model_state = discriminate(d_params, model_state, fake)  # fake: a constant here
         loss = optax.sigmoid_binary_cross_entropy(real_logits, 1.0).mean() + optax.sigmoid_binary_cross_entropy(
             fake_logits, 0.0
         ).mean()
-        return loss, (upd, jax.nn.sigmoid(real_logits).mean(), jax.nn.sigmoid(fake_logits).mean())
+        return loss, (model_state, jax.nn.sigmoid(real_logits).mean(), jax.nn.sigmoid(fake_logits).mean())
 
     (d_loss, (model_state, d_real, d_fake)), d_grads = jax.value_and_grad(d_objective, has_aux=True)(
-        state.params["discriminator"], state.model_state
+        d_params, dict(model_state)
     )
     d_grads = _pmean(d_grads, axis_name)
-    d_updates, d_opt = state.tx.update(d_grads, state.opt_state["discriminator"], state.params["discriminator"])
-    d_params = optax.apply_updates(state.params["discriminator"], d_updates)
+    d_updates, d_opt = state.tx.update(d_grads, state.opt_state["discriminator"], d_params)
+    d_params = optax.apply_updates(d_params, d_updates)
 
-    def g_objective(g_params, model_state):
-        params = {"generator": g_params, "discriminator": d_params}
-        fake, upd = apply({"params": params, **model_state}, z, train=True, method="generate", mutable=["batch_stats"])
-        logits, upd = apply({"params": params, **upd}, fake, train=True, method="discriminate", mutable=["batch_stats"])
-        return optax.sigmoid_binary_cross_entropy(logits, 1.0).mean(), upd
+    def g_objective(fake, model_state):
+        logits, model_state = discriminate(d_params, model_state, fake)  # the updated D
+        return optax.sigmoid_binary_cross_entropy(logits, 1.0).mean(), model_state
 
-    (g_loss, model_state), g_grads = jax.value_and_grad(g_objective, has_aux=True)(
-        state.params["generator"], dict(model_state)
-    )
+    (g_loss, model_state), d_fake_images = jax.value_and_grad(g_objective, has_aux=True)(fake, dict(model_state))
+    (g_grads,) = g_pullback(d_fake_images)
     g_grads = _pmean(g_grads, axis_name)
-    g_updates, g_opt = state.tx.update(g_grads, state.opt_state["generator"], state.params["generator"])
-    g_params = optax.apply_updates(state.params["generator"], g_updates)
+    g_updates, g_opt = state.tx.update(g_grads, state.opt_state["generator"], g_params)
+    g_params = optax.apply_updates(g_params, g_updates)
 
     state = state.replace(
         step=state.step + 1,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
 
@@ -92,14 +93,16 @@ def conv_transpose(x, kernel, stride: int, padding: int):
     span = hi - lo + 1
     cin, cout = kernel.shape[3], kernel.shape[2]
     # One (span, span, Cin, s*s*Cout) kernel holding every phase's taps, zeros elsewhere.
-    # A single conv measured faster on XLA:CPU than s*s small per-phase convs.
-    full = jnp.zeros((span, span, cin, s, s, cout), kernel.dtype)
+    # A single conv measured faster on XLA:CPU than s*s small per-phase convs. It is cut
+    # out of the kernel by ONE gather with a trace-time index table (entry k = a zero
+    # tap), rather than s*s*taps scatters, which made the program larger and slower to compile.
+    table = np.full((span, s), k, np.int32)  # (input offset, phase) -> kernel tap
     for a in range(s):
-        for c in range(s):
-            for oy, ky in taps[a]:
-                for ox, kx in taps[c]:
-                    full = full.at[oy - lo, ox - lo, :, a, c, :].set(kernel[ky, kx].T)
-    full = full.reshape(span, span, cin, s * s * cout)
+        for o, tap in taps[a]:
+            table[o - lo, a] = tap
+    padded = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))  # (k+1, k+1, Cout, Cin), last tap 0
+    full = padded[table[:, None, :, None], table[None, :, None, :]]  # (span, span, s, s, Cout, Cin)
+    full = full.transpose(0, 1, 5, 2, 3, 4).reshape(span, span, cin, s * s * cout)
     pad_lo = max(0, -lo)
     xp = jnp.pad(x, ((0, 0), (pad_lo, max(0, m_h - 1 + hi - (h - 1))), (pad_lo, max(0, m_w - 1 + hi - (w - 1))), (0, 0)))
     y0 = pad_lo + lo  # output row m reads input rows m + lo .. m + hi
