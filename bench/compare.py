@@ -50,6 +50,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import train  # noqa: E402,F401  (zoo's XLA:CPU flags, set before JAX starts, as `zoo train` does)
+
 MODELS = ("mlp", "cnn", "lstm", "autoencoder", "dcgan")
 # name -> batch size, lr, (b1, b2): the tutorial recipes (constant learning rate, no clipping).
 RECIPES = {
@@ -121,7 +123,7 @@ def load_mnist() -> dict:
 class ZooTrainer:
     name = "zoo"
 
-    def __init__(self, model_name: str, data: dict, seed: int = 0):
+    def __init__(self, model_name: str, data: dict, seed: int = 0, steps_per_dispatch: int = 0):
         import jax
 
         from train import loop, parallel, tasks
@@ -156,21 +158,29 @@ class ZooTrainer:
         self.rng = np.random.default_rng(seed)
         self.order, self.pos = self.rng.permutation(self.n), 0
         self.steps_done = 0
+        # As the engine dispatches: 1 step per call on CPU, a whole epoch (lax.scan) on GPU/TPU.
+        self.spd = steps_per_dispatch or parallel.default_steps_per_dispatch(self.n // self.batch)
 
-    def _idx(self) -> np.ndarray:
-        if self.pos + self.batch > self.n:  # the engine drops the last partial batch
-            self.order, self.pos = self.rng.permutation(self.n), 0
-        idx = self.order[self.pos : self.pos + self.batch].reshape(1, self.batch)
-        self.pos += self.batch
-        return idx
+    def _idx(self, k: int) -> np.ndarray:
+        rows = []
+        for _ in range(k):
+            if self.pos + self.batch > self.n:  # the engine drops the last partial batch
+                self.order, self.pos = self.rng.permutation(self.n), 0
+            rows.append(self.order[self.pos : self.pos + self.batch])
+            self.pos += self.batch
+        return np.stack(rows)  # (k, B)
 
     def run(self, steps: int) -> float:
-        """Runs `steps` steps; returns seconds including the final sync."""
+        """Runs `steps` steps (a multiple of the dispatch size); returns seconds incl. the final sync."""
         jax = self.jax
+        if steps == 0:
+            return 0.0
+        if steps % self.spd:
+            raise ValueError(f"steps={steps} is not a multiple of {self.spd} steps per dispatch")
         t0 = time.perf_counter()
         metrics = None
-        for _ in range(steps):
-            self.state, metrics = self.strategy.run_chunk(self.state, self.data, self._idx())
+        for _ in range(steps // self.spd):
+            self.state, metrics = self.strategy.run_chunk(self.state, self.data, self._idx(self.spd))
         jax.block_until_ready((self.state, metrics))
         self.last_loss = float(np.asarray(metrics["loss"])[-1])
         self.steps_done += steps
@@ -199,11 +209,12 @@ class TorchTrainer:
 
         self.torch, self.nn = torch, nn
         self.name = "torch_dl" if loader else "torch_mem"
+        self.device = dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model_name = model_name
         r = RECIPES[model_name]
         self.batch = r["batch"]
         torch.manual_seed(seed)
-        self.net = TORCH_MODELS[model_name]().train()
+        self.net = TORCH_MODELS[model_name]().to(dev).train()
         x = torch.from_numpy(data["train_x"]).permute(0, 3, 1, 2).float().div_(255.0).contiguous()  # (N,1,28,28)
         tx = torch.from_numpy(data["test_x"]).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
         if model_name == "lstm":
@@ -211,7 +222,9 @@ class TorchTrainer:
         if model_name == "dcgan":
             x = x.mul_(2.0).sub_(1.0)  # the tutorial's Normalize((0.5,), (0.5,)): [-1, 1]
         self.x, self.y = x, torch.from_numpy(data["train_y"])
-        self.tx, self.ty = tx, torch.from_numpy(data["test_y"])
+        self.tx, self.ty = tx.to(dev), torch.from_numpy(data["test_y"]).to(dev)
+        if not loader:  # in-memory: the whole dataset on the device once
+            self.x, self.y = self.x.to(dev), self.y.to(dev)
         self.n = len(x)
         adam = lambda params: torch.optim.Adam(params, lr=r["lr"], betas=r["betas"])  # noqa: E731
         if model_name == "dcgan":
@@ -225,21 +238,23 @@ class TorchTrainer:
         if loader:
             from torch.utils.data import DataLoader, TensorDataset
 
+            # as the tutorials write it: CPU tensors, each batch moved with .to(device)
             self.loader = DataLoader(TensorDataset(self.x, self.y), batch_size=self.batch, shuffle=True)
             self._it = iter(self.loader)
         else:
-            self.perm, self.pos = torch.randperm(self.n), 0
+            self.perm, self.pos = torch.randperm(self.n, device=dev), 0
         self.steps_done = 0
 
     def _batch(self):
         if self.loader is not None:
             try:
-                return next(self._it)
+                xb, yb = next(self._it)
             except StopIteration:
                 self._it = iter(self.loader)
-                return next(self._it)
+                xb, yb = next(self._it)
+            return xb.to(self.device), yb.to(self.device)
         if self.pos + self.batch > self.n:
-            self.perm, self.pos = self.torch.randperm(self.n), 0
+            self.perm, self.pos = self.torch.randperm(self.n, device=self.device), 0
         idx = self.perm[self.pos : self.pos + self.batch]
         self.pos += self.batch
         return self.x[idx], self.y[idx]
@@ -248,11 +263,11 @@ class TorchTrainer:
         if self.model_name == "dcgan":  # the PyTorch DCGAN tutorial's loop (fake reused for G)
             g, d, crit = self.net.generator, self.net.discriminator, self.criterion
             b = xb.shape[0]
-            ones, zeros = self.torch.ones(b, 1), self.torch.zeros(b, 1)
+            ones, zeros = self.torch.ones(b, 1, device=self.device), self.torch.zeros(b, 1, device=self.device)
             self.opt_d.zero_grad()
             err_real = crit(d(xb), ones)
             err_real.backward()
-            fake = g(self.torch.randn(b, g.latent_dim))
+            fake = g(self.torch.randn(b, g.latent_dim, device=self.device))
             err_fake = crit(d(fake.detach()), zeros)
             err_fake.backward()
             self.opt_d.step()
@@ -273,7 +288,7 @@ class TorchTrainer:
         loss = None
         for _ in range(steps):
             loss = self._step(*self._batch())
-        self.last_loss = float(loss.detach())
+        self.last_loss = float(loss.detach())  # syncs the device (CUDA) before the clock stops
         self.steps_done += steps
         return time.perf_counter() - t0
 
@@ -296,6 +311,19 @@ class TorchTrainer:
         return {"mse": sq / n} if self.model_name == "autoencoder" else {"accuracy": correct / n}
 
 
+def setup_torch(threads: int) -> dict:
+    """Thread count on CPU; on CUDA full float32 (no TF32), like JAX with
+    JAX_DEFAULT_MATMUL_PRECISION=highest, so both sides do the same arithmetic."""
+    import torch
+
+    torch.set_num_threads(threads)
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    return {"threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
+            "tf32": bool(torch.cuda.is_available() and torch.backends.cudnn.allow_tf32)}
+
+
 def make_trainer(side: str, model: str, data: dict):
     if side == "zoo":
         return ZooTrainer(model, data)
@@ -309,18 +337,32 @@ def make_trainer(side: str, model: str, data: dict):
 def child_memory(side: str, model: str, npz: str, steps: int, threads: int) -> dict:
     """Fresh process: imports only the side's library, loads the data, trains `steps` steps."""
     if side != "zoo":
-        import torch
-
-        torch.set_num_threads(threads)
+        setup_torch(threads)
     else:
         import jax  # noqa: F401
     d = np.load(npz)
     data = {k: d[k] for k in d.files}
     base = rss_mb()
     tr = make_trainer(side, model, data)
-    tr.run(1 + WARMUP)
-    tr.run(steps)
-    return {"rss_after_imports_and_data_mb": base, "peak_rss_mb": maxrss_mb(), "train_delta_mb": maxrss_mb() - base}
+    spd = getattr(tr, "spd", 1)
+    tr.run(spd)
+    tr.run(-(-steps // spd) * spd)
+    out = {"rss_after_imports_and_data_mb": base, "peak_rss_mb": maxrss_mb(), "train_delta_mb": maxrss_mb() - base}
+    out.update(device_peak_mb(side))
+    return out
+
+
+def device_peak_mb(side: str) -> dict:
+    """Peak accelerator memory of this process (empty on CPU)."""
+    if side == "zoo":
+        import jax
+
+        dev = jax.devices()[0]
+        stats = dev.memory_stats() if dev.platform != "cpu" else None
+        return {"device_peak_mb": stats["peak_bytes_in_use"] / 2**20} if stats else {}
+    import torch
+
+    return {"device_peak_mb": torch.cuda.max_memory_allocated() / 2**20} if torch.cuda.is_available() else {}
 
 
 def child_compile(model: str, npz: str) -> dict:
@@ -329,13 +371,15 @@ def child_compile(model: str, npz: str) -> dict:
     d = np.load(npz)
     data = {k: d[k] for k in d.files}
     tr = ZooTrainer(model, data)
-    first = tr.run(1)
-    second = tr.run(1)
-    return {"first_step_s": first, "second_step_s": second, "cache_dir": jax.config.jax_compilation_cache_dir}
+    first = tr.run(tr.spd)  # one dispatch: 1 step on CPU, a whole epoch on GPU
+    second = tr.run(tr.spd)
+    return {"first_step_s": first, "second_step_s": second, "compile_s": first - second, "steps_per_dispatch": tr.spd,
+            "cache_dir": jax.config.jax_compilation_cache_dir}
 
 
 def run_child(args: list[str], env_extra: dict | None = None, timeout: float = 900) -> dict:
-    env = {**os.environ, **(env_extra or {})}
+    # Children must not wait for the parent's preallocated accelerator memory.
+    env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false", **(env_extra or {})}
     p = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env, timeout=timeout)
     if p.returncode != 0:
         return {"error": p.stderr[-2000:]}
@@ -357,10 +401,11 @@ def bench_model(model: str, data: dict, args, log) -> dict:
     trainers, setup_s, first_step_s = {}, {}, {}
     for side in SIDES:  # build all three before any clock; first call + warm-up untimed
         t0 = time.perf_counter()
-        trainers[side] = make_trainer(side, model, data)
+        trainers[side] = tr = make_trainer(side, model, data)
         setup_s[side] = time.perf_counter() - t0
-        first_step_s[side] = trainers[side].run(1)
-        trainers[side].run(WARMUP)
+        first = getattr(tr, "spd", 1)  # zoo: one dispatch (1 step on CPU, an epoch on GPU)
+        first_step_s[side] = tr.run(first)
+        tr.run(-(-WARMUP // first) * first)
     log(f"[{model}] setup {setup_s}, first step {first_step_s}")
     rounds = []
     for rep in range(args.repeats):
@@ -399,9 +444,9 @@ def bench_model(model: str, data: dict, args, log) -> dict:
 def write_md(res: dict, path: Path) -> None:
     a = res["args"]
     lines = [
-        "# zoo vs PyTorch: training step time on CPU (side by side)",
+        f"# zoo vs PyTorch: training speed on {res.get('device', 'CPU')} (side by side)",
         "",
-        f"Machine: {res['machine']['cpu']}, {res['machine']['affinity_cpus']} cores; python {res['machine']['python']}, "
+        f"Machine: {res['machine']['cpu']}, {res['machine']['affinity_cpus']} cores, {res.get('device', 'CPU')}; python {res['machine']['python']}, "
         f"jax {res['versions']['jax']}, flax {res['versions']['flax']}, optax {res['versions']['optax']}, torch {res['versions']['torch']} "
         f"(torch threads {res['torch_num_threads']}). Load average (1 min) {res['load_start'][0]:.1f} at start, {res['load_end'][0]:.1f} at end.",
         "",
@@ -411,38 +456,56 @@ def write_md(res: dict, path: Path) -> None:
         + ("Epoch times are measured." if a["full_epoch"] else "Epoch time = median ms/step x (60000 // batch) steps: EXTRAPOLATED, not measured."),
         "",
         "| model | batch | zoo ms/step | torch mem ms/step | torch DataLoader ms/step | speedup vs mem | speedup vs DataLoader "
-        "| zoo epoch s | torch mem epoch s | torch DL epoch s | zoo ex/s | torch mem ex/s | zoo 1st step s (in-process) | zoo compile cold s | warm s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| zoo epoch s | torch mem epoch s | torch DL epoch s | zoo ex/s | torch mem ex/s | zoo 1st dispatch s (in-process) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m, r in res["models"].items():
+        if "sides" not in r:  # --no-train
+            continue
         s = r["sides"]
-        c = res.get("compile", {}).get(m, {})
-        cold = c.get("cold", {}).get("first_step_s")
-        warm = c.get("warm", {}).get("first_step_s")
         sv, sd = r["speedup_vs_mem"], r["speedup_vs_dl"]
         lines.append(
             f"| {m} | {r['batch_size']} "
             + "".join(f"| {s[x]['ms_per_step_median']:.2f} ({s[x]['ms_per_step_min']:.2f}) " for x in SIDES)
             + f"| {sv['median']:.2f}x ({sv['min']:.2f}-{sv['max']:.2f}) | {sd['median']:.2f}x ({sd['min']:.2f}-{sd['max']:.2f}) "
-            + "".join(f"| {s[x]['epoch_s_median']:.1f} " for x in SIDES)
+            + "".join(f"| {s[x]['epoch_s_median']:.2f} " for x in SIDES)
             + f"| {s['zoo']['examples_per_s_median']:.0f} | {s['torch_mem']['examples_per_s_median']:.0f} "
-            + f"| {r['first_step_s']['zoo']:.2f} | {fmt(cold, 2)} | {fmt(warm, 2)} |"
+            + f"| {r['first_step_s']['zoo']:.2f} |"
         )
+    if res.get("compile"):
+        lines += ["", "Compile time of the zoo train step (fresh process each; the persistent compilation cache empty "
+                  "for cold, filled by the cold run for warm). compile = first dispatch - second dispatch (the same "
+                  "work once compiled), so it includes tracing, lowering and XLA compilation or the cache load.", "",
+                  "| model | steps per dispatch | cold: first dispatch s | cold compile s | warm: first dispatch s | warm compile (cache load) s |",
+                  "|---|---|---|---|---|---|"]
+        for m, c in res["compile"].items():
+            cold, warm = c.get("cold", {}), c.get("warm", {})
+            lines.append(f"| {m} | {cold.get('steps_per_dispatch', 'n/a')} | {fmt(cold.get('first_step_s'), 2)} | {fmt(cold.get('compile_s'), 2)} "
+                         f"| {fmt(warm.get('first_step_s'), 2)} | {fmt(warm.get('compile_s'), 2)} |")
     if any("memory" in r for r in res["models"].values()):
         lines += ["", "Peak memory: a fresh subprocess per side (imports only its own library, loads MNIST from a .npz, "
                   f"trains 1 + {WARMUP} + {a['memory_steps']} steps). Peak = VmHWM of the child (its high-water RSS); delta = peak - RSS after imports and data.", "",
                   "| model | zoo peak MB (delta) | torch mem peak MB (delta) | torch DataLoader peak MB (delta) |", "|---|---|---|---|"]
         for m, r in res["models"].items():
+            if "memory" not in r:
+                continue
             mem = r.get("memory", {})
             cells = []
             for x in SIDES:
                 v = mem.get(x, {})
-                cells.append("error" if "error" in v or not v else f"{v['peak_rss_mb']:.0f} ({v['train_delta_mb']:+.0f})")
+                if "error" in v or not v:
+                    cells.append("error")
+                elif "device_peak_mb" in v:  # accelerator: the device's own peak
+                    cells.append(f"{v['device_peak_mb']:.0f} device, {v['peak_rss_mb']:.0f} host")
+                else:
+                    cells.append(f"{v['peak_rss_mb']:.0f} ({v['train_delta_mb']:+.0f})")
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    if any("test" in r["sides"]["zoo"] for r in res["models"].values()):
+    if any("test" in r.get("sides", {}).get("zoo", {}) for r in res["models"].values()):
         lines += ["", "Test-set metric after the same number of training steps on each side "
                   "(few steps: a sanity check, not an accuracy claim):", "", "| model | steps | zoo | torch mem | torch DataLoader |", "|---|---|---|---|---|"]
         for m, r in res["models"].items():
+            if "sides" not in r:
+                continue
             t = [r["sides"][x].get("test", {}) for x in SIDES]
             if not t[0]:
                 continue
@@ -461,6 +524,7 @@ def main(argv=None) -> None:
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory subprocesses")
     p.add_argument("--memory-steps", type=int, default=20)
     p.add_argument("--no-eval", dest="eval", action="store_false", help="skip the test-set metric")
+    p.add_argument("--no-train", dest="train", action="store_false", help="skip the timed training rounds")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     p.add_argument("--_child", nargs="+", help=argparse.SUPPRESS)
@@ -482,7 +546,7 @@ def main(argv=None) -> None:
     import flax
     import optax
 
-    torch.set_num_threads(args.threads)
+    torch_setup = setup_torch(args.threads)
     log = lambda *a: print(*a, flush=True)  # noqa: E731
     res = {
         "command": "python bench/compare.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -491,6 +555,10 @@ def main(argv=None) -> None:
         "versions": {"jax": jax.__version__, "jaxlib": getattr(jax.lib, "__version__", None) or __import__("jaxlib").__version__,
                      "flax": flax.__version__, "optax": optax.__version__, "torch": torch.__version__, "numpy": np.__version__},
         "torch_num_threads": torch.get_num_threads(),
+        "torch_setup": torch_setup,
+        "jax_default_matmul_precision": jax.config.jax_default_matmul_precision or "default",
+        "device": jax.devices()[0].device_kind if jax.default_backend() != "cpu" else "CPU",
+        "torch_device": "cuda" if torch.cuda.is_available() else "cpu",
         "jax_backend": jax.default_backend(),
         "jax_devices": [str(d) for d in jax.devices()],
         "load_start": os.getloadavg(),
@@ -503,6 +571,10 @@ def main(argv=None) -> None:
     res["data_load_s"] = time.perf_counter() - t0
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if jax.default_backend() != "cpu" and not args.full_epoch:
+        log("accelerator: timing whole epochs (the engine dispatches one epoch per call there)")
+        args.full_epoch = True
+        res["args"]["full_epoch"] = True
     tmp = tempfile.mkdtemp(prefix="zoo_compare_")
     npz = os.path.join(tmp, "mnist.npz")
     np.savez(npz, **data)
@@ -514,7 +586,7 @@ def main(argv=None) -> None:
         write_md(res, out_dir / "compare.md")
 
     for model in args.models:
-        res["models"][model] = bench_model(model, data, args, log)
+        res["models"][model] = bench_model(model, data, args, log) if args.train else {}
         save()
     if args.memory:
         for model in args.models:

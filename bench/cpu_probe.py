@@ -1,0 +1,183 @@
+"""Where the CPU time goes: the measurements behind bench/README.md ("Where the CPU time goes").
+
+    python bench/cpu_probe.py matmul      # XLA vs PyTorch matmul GFLOP/s
+    python bench/cpu_probe.py conv        # one 3x3 conv, forward and forward+backward, XLA vs PyTorch
+    python bench/cpu_probe.py floor       # FLOPs of each zoo train step (XLA cost analysis) -> time floor
+    python bench/cpu_probe.py batch       # CNN train step cost per example vs batch size
+    python bench/cpu_probe.py flags       # zoo's XLA:CPU flags on/off, alternating fresh processes
+    python bench/cpu_probe.py all
+
+Each line printed is one measurement; run it on an otherwise idle machine. PyTorch uses
+--threads threads (default 2), XLA its default pool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import train  # noqa: E402,F401  (zoo's XLA:CPU flags before JAX starts, unless ZOO_XLA_CPU_FLAGS=off)
+
+MODELS = ("mlp", "cnn", "lstm", "autoencoder", "dcgan")
+
+
+def timeit(fn, *args, n: int = 20) -> float:
+    """Best-of-3 mean seconds per call of fn(*args) (results blocked on)."""
+    import jax
+
+    jax.block_until_ready(fn(*args))
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(n):
+            out = fn(*args)
+        jax.block_until_ready(out)
+        best = min(best, (time.perf_counter() - t) / n)
+    return best
+
+
+def torch_time(fn, n: int = 20) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        best = min(best, (time.perf_counter() - t) / n)
+    return best
+
+
+def matmul_rate(m: int, k: int, n: int) -> float:
+    """XLA GFLOP/s of an (m, k) @ (k, n) float32 matmul."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    a = jnp.asarray(np.random.rand(m, k), jnp.float32)
+    b = jnp.asarray(np.random.rand(k, n), jnp.float32)
+    return 2 * m * k * n / timeit(jax.jit(jnp.dot), a, b, n=5) / 1e9
+
+
+def probe_matmul(args) -> None:
+    import torch
+
+    for m, k, n in [(2048, 2048, 2048), (12544, 288, 64), (100, 128, 512)]:
+        a, b = torch.rand(m, k), torch.rand(k, n)
+        t = torch_time(lambda: a @ b, n=5)
+        print(f"matmul {m}x{k}x{n}: XLA {matmul_rate(m, k, n):.0f} GFLOP/s, PyTorch {2 * m * k * n / t / 1e9:.0f} GFLOP/s")
+
+
+def probe_conv(args) -> None:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+
+    b, h, cin, cout = 64, 14, 32, 64
+    x = jnp.asarray(np.random.rand(b, h, h, cin), jnp.float32)
+    k = jnp.asarray(np.random.rand(3, 3, cin, cout), jnp.float32)
+    conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))  # noqa: E731
+    fwd = timeit(jax.jit(conv), x, k)
+    both = timeit(jax.jit(jax.grad(lambda x, k: (conv(x, k) ** 2).sum(), argnums=(0, 1))), x, k)
+    tx = torch.rand(b, cin, h, h, requires_grad=True)
+    layer = torch.nn.Conv2d(cin, cout, 3, padding=1)
+    t_fwd = torch_time(lambda: layer(tx))
+    t_both = torch_time(lambda: layer(tx).pow(2).sum().backward())
+    print(f"conv 3x3 {cin}->{cout} on {b}x{h}x{h}: XLA fwd {1e3 * fwd:.2f} ms, fwd+bwd {1e3 * both:.2f} ms; "
+          f"PyTorch fwd {1e3 * t_fwd:.2f} ms, fwd+bwd {1e3 * t_both:.2f} ms")
+
+
+def _trainer(model: str, data: dict, batch: int | None = None):
+    import compare
+
+    if batch:
+        compare.RECIPES[model] = {**compare.RECIPES[model], "batch": batch}
+    return compare.ZooTrainer(model, data)
+
+
+def _data() -> dict:
+    import compare
+
+    return compare.load_mnist()
+
+
+def probe_floor(args) -> None:
+    data = _data()
+    rate = matmul_rate(2048, 2048, 2048)
+    print(f"floor: XLA matmul rate here {rate:.0f} GFLOP/s (2048^3)")
+    for model in args.models:
+        tr = _trainer(model, data)
+        idx = tr.strategy.place_indices(tr._idx(1))
+        cost = tr.strategy._chunk.lower(tr.state, tr.data, idx).compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        flops = float(cost.get("flops", 0.0))
+        tr.run(5)
+        ms = 1e3 * min(tr.run(20) / 20 for _ in range(2))
+        print(f"floor {model}: {flops / 1e9:.2f} GFLOP per step (XLA count) -> >= {1e3 * flops / rate / 1e9:.1f} ms at "
+              f"{rate:.0f} GFLOP/s; measured {ms:.1f} ms")
+
+
+def probe_batch(args) -> None:
+    data = _data()
+    for batch in (16, 32, 64, 128, 256):
+        tr = _trainer("cnn", data, batch)
+        tr.run(3)
+        s = min(tr.run(10) / 10 for _ in range(2))
+        print(f"batch cnn {batch}: {1e3 * s:.1f} ms/step, {1e6 * s / batch:.0f} us/example")
+
+
+def probe_flags(args) -> None:
+    """Fresh process per measurement, alternating flags on/off, `--reps` rounds."""
+    if "--xla_cpu" in os.environ.get("XLA_FLAGS", "").replace(train.CPU_FLAGS[0].split("=")[0], ""):
+        print("flags: XLA_FLAGS already sets other --xla_cpu options; the comparison may be confounded")
+    runs: dict = {}
+    for _ in range(args.reps):
+        for model in args.models:
+            for setting in ("off", "on"):
+                env = {**os.environ, "ZOO_XLA_CPU_FLAGS": setting}
+                env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if f not in train.CPU_FLAGS)
+                out = subprocess.run([sys.executable, __file__, "_step", model], env=env, capture_output=True, text=True)
+                ms = float(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else float("nan")
+                runs.setdefault((model, setting), []).append(ms)
+    for model in args.models:
+        off, on = runs[(model, "off")], runs[(model, "on")]
+        print(f"flags {model}: XLA defaults {min(off):.1f} ms (median {statistics.median(off):.1f}), "
+              f"zoo flags {min(on):.1f} ms (median {statistics.median(on):.1f}) per step; runs off {off} on {on}")
+
+
+def _step(model: str) -> None:
+    tr = _trainer(model, _data())
+    tr.run(5)
+    print(1e3 * min(tr.run(10) / 10 for _ in range(2)))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("probe", choices=("matmul", "conv", "floor", "batch", "flags", "all", "_step"))
+    p.add_argument("model", nargs="?")
+    p.add_argument("--models", nargs="+", default=list(MODELS))
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.probe == "_step":
+        return _step(args.model)
+    probes = {"matmul": probe_matmul, "conv": probe_conv, "floor": probe_floor, "batch": probe_batch, "flags": probe_flags}
+    for name in probes if args.probe == "all" else [args.probe]:
+        probes[name](args)
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
