@@ -50,8 +50,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import train  # noqa: E402,F401  (zoo's XLA:CPU flags, set before JAX starts, as `zoo train` does)
-
 MODELS = ("mlp", "cnn", "lstm", "autoencoder", "dcgan")
 # name -> batch size, lr, (b1, b2): the tutorial recipes (constant learning rate, no clipping).
 RECIPES = {
@@ -123,7 +121,7 @@ def load_mnist() -> dict:
 class ZooTrainer:
     name = "zoo"
 
-    def __init__(self, model_name: str, data: dict, seed: int = 0, steps_per_dispatch: int = 0):
+    def __init__(self, model_name: str, data: dict, seed: int = 0, steps_per_dispatch: int = 0, options="auto"):
         import jax
 
         from train import loop, parallel, tasks
@@ -150,7 +148,8 @@ class ZooTrainer:
         tx = data["test_x"][..., 0] if self.task == "sequence_classification" else data["test_x"]
         self.test = {"x": tx} if self.task in ("reconstruction", "gan") else {"x": tx, "y": data["test_y"].astype(np.int32)}
         step_fn = tasks.train_step(self.task, self.model, self.cfg)
-        self.strategy = parallel.JitStrategy(step_fn, parallel.make_mesh(jax.devices()[:1]))
+        # options: the engine's XLA compiler options ("auto", as `zoo train` compiles) or explicit ones
+        self.strategy = parallel.JitStrategy(step_fn, parallel.make_mesh(jax.devices()[:1]), options)
         state = loop.initial_state(self.cfg, self.model, self.task, arrays["x"], 10**6, log=lambda *a: None)
         self.state = self.strategy.place_state(state)
         self.data = self.strategy.place_data(arrays)

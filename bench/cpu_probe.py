@@ -4,7 +4,7 @@
     python bench/cpu_probe.py conv        # one 3x3 conv, forward and forward+backward, XLA vs PyTorch
     python bench/cpu_probe.py floor       # FLOPs of each zoo train step (XLA cost analysis) -> time floor
     python bench/cpu_probe.py batch       # CNN train step cost per example vs batch size
-    python bench/cpu_probe.py flags       # zoo's XLA:CPU flags on/off, alternating fresh processes
+    python bench/cpu_probe.py options     # zoo's XLA:CPU compiler options on/off, alternating rounds
     python bench/cpu_probe.py all
 
 Each line printed is one measurement; run it on an otherwise idle machine. PyTorch uses
@@ -14,9 +14,7 @@ Each line printed is one measurement; run it on an otherwise idle machine. PyTor
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,8 +22,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-
-import train  # noqa: E402,F401  (zoo's XLA:CPU flags before JAX starts, unless ZOO_XLA_CPU_FLAGS=off)
 
 MODELS = ("mlp", "cnn", "lstm", "autoencoder", "dcgan")
 
@@ -82,26 +78,31 @@ def probe_conv(args) -> None:
     import numpy as np
     import torch
 
+    from train import parallel
+
     b, h, cin, cout = 64, 14, 32, 64
     x = jnp.asarray(np.random.rand(b, h, h, cin), jnp.float32)
     k = jnp.asarray(np.random.rand(3, 3, cin, cout), jnp.float32)
     conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))  # noqa: E731
-    fwd = timeit(jax.jit(conv), x, k)
-    both = timeit(jax.jit(jax.grad(lambda x, k: (conv(x, k) ** 2).sum(), argnums=(0, 1))), x, k)
+    grad = jax.grad(lambda x, k: (conv(x, k) ** 2).sum(), argnums=(0, 1))
+    xla = {}
+    for name, options in (("XLA defaults", None), ("zoo options", parallel.compiler_options())):
+        xla[name] = (timeit(jax.jit(conv, compiler_options=options), x, k), timeit(jax.jit(grad, compiler_options=options), x, k))
     tx = torch.rand(b, cin, h, h, requires_grad=True)
     layer = torch.nn.Conv2d(cin, cout, 3, padding=1)
     t_fwd = torch_time(lambda: layer(tx))
     t_both = torch_time(lambda: layer(tx).pow(2).sum().backward())
-    print(f"conv 3x3 {cin}->{cout} on {b}x{h}x{h}: XLA fwd {1e3 * fwd:.2f} ms, fwd+bwd {1e3 * both:.2f} ms; "
-          f"PyTorch fwd {1e3 * t_fwd:.2f} ms, fwd+bwd {1e3 * t_both:.2f} ms")
+    print(f"conv 3x3 {cin}->{cout} on {b}x{h}x{h}: "
+          + "; ".join(f"{name} fwd {1e3 * f:.2f} ms, fwd+bwd {1e3 * g:.2f} ms" for name, (f, g) in xla.items())
+          + f"; PyTorch fwd {1e3 * t_fwd:.2f} ms, fwd+bwd {1e3 * t_both:.2f} ms")
 
 
-def _trainer(model: str, data: dict, batch: int | None = None):
+def _trainer(model: str, data: dict, batch: int | None = None, options="auto"):
     import compare
 
     if batch:
         compare.RECIPES[model] = {**compare.RECIPES[model], "batch": batch}
-    return compare.ZooTrainer(model, data)
+    return compare.ZooTrainer(model, data, options=options)
 
 
 def _data() -> dict:
@@ -135,45 +136,36 @@ def probe_batch(args) -> None:
         print(f"batch cnn {batch}: {1e3 * s:.1f} ms/step, {1e6 * s / batch:.0f} us/example")
 
 
-def probe_flags(args) -> None:
-    """Fresh process per measurement, alternating flags on/off, `--reps` rounds."""
-    if "--xla_cpu" in os.environ.get("XLA_FLAGS", "").replace(train.CPU_FLAGS[0].split("=")[0], ""):
-        print("flags: XLA_FLAGS already sets other --xla_cpu options; the comparison may be confounded")
-    runs: dict = {}
-    for _ in range(args.reps):
-        for model in args.models:
-            for setting in ("off", "on"):
-                env = {**os.environ, "ZOO_XLA_CPU_FLAGS": setting}
-                env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if f not in train.CPU_FLAGS)
-                out = subprocess.run([sys.executable, __file__, "_step", model], env=env, capture_output=True, text=True)
-                ms = float(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else float("nan")
-                runs.setdefault((model, setting), []).append(ms)
+def probe_options(args) -> None:
+    """Two trainers per model in one process, XLA defaults vs zoo's options, alternating
+    `--reps` rounds of 10 steps; prints the best and median ms/step of each."""
+    from train import parallel
+
+    data = _data()
     for model in args.models:
-        off, on = runs[(model, "off")], runs[(model, "on")]
-        print(f"flags {model}: XLA defaults {min(off):.1f} ms (median {statistics.median(off):.1f}), "
-              f"zoo flags {min(on):.1f} ms (median {statistics.median(on):.1f}) per step; runs off {off} on {on}")
-
-
-def _step(model: str) -> None:
-    tr = _trainer(model, _data())
-    tr.run(5)
-    print(1e3 * min(tr.run(10) / 10 for _ in range(2)))
+        trainers = {"XLA defaults": _trainer(model, data, options=None),
+                    "zoo options": _trainer(model, data, options=parallel.compiler_options())}
+        times = {name: [] for name in trainers}
+        for tr in trainers.values():
+            tr.run(5)
+        for _ in range(args.reps):
+            for name, tr in trainers.items():
+                times[name].append(1e3 * tr.run(10) / 10)
+        print(f"options {model}: " + "; ".join(
+            f"{name} {min(t):.1f} ms (median {statistics.median(t):.1f})" for name, t in times.items()) + " per step")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("probe", choices=("matmul", "conv", "floor", "batch", "flags", "all", "_step"))
-    p.add_argument("model", nargs="?")
+    p.add_argument("probe", choices=("matmul", "conv", "floor", "batch", "options", "all"))
     p.add_argument("--models", nargs="+", default=list(MODELS))
-    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
-    if args.probe == "_step":
-        return _step(args.model)
-    probes = {"matmul": probe_matmul, "conv": probe_conv, "floor": probe_floor, "batch": probe_batch, "flags": probe_flags}
+    probes = {"matmul": probe_matmul, "conv": probe_conv, "floor": probe_floor, "batch": probe_batch, "options": probe_options}
     for name in probes if args.probe == "all" else [args.probe]:
         probes[name](args)
         sys.stdout.flush()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
+from importlib import metadata
 from typing import Any, Callable
 
 import jax
@@ -81,6 +82,36 @@ def check_batch_size(batch_size: int, num_devices: int) -> None:
         )
 
 
+# XLA:CPU in jaxlib 0.10 sends dots, reductions and convolutions to YNNPACK by default
+# (its default list, checked here by timing each variant). XLA's own (Eigen) convolutions
+# ran these models' train steps much faster on a 2-core AMD EPYC (AVX-512), e.g. one 3x3
+# 32->64 conv forward+backward 15.9 -> 8.8 ms, the CNN step 17.2 -> 13.6 ms (bench/README.md),
+# so zoo keeps the default list minus convolutions. It is an experimental XLA option, so it
+# is only set for the jaxlib line it was measured on (an unknown option fails the compile).
+CPU_COMPILER_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+}
+CPU_COMPILER_OPTIONS_JAXLIB = ("0.10.",)
+
+
+def compiler_options(devices=None) -> dict | None:
+    """XLA options for the engine's compiled programs on `devices` (None: XLA's defaults).
+
+    zoo's CPU options (CPU_COMPILER_OPTIONS) apply on CPU devices with the measured jaxlib
+    line, unless ZOO_XLA_CPU_OPTIONS=off.
+    """
+    devices = jax.devices() if devices is None else list(devices)
+    if devices[0].platform != "cpu":
+        return None
+    if os.environ.get("ZOO_XLA_CPU_OPTIONS", "").lower() in ("0", "off", "none", "false"):
+        return None
+    try:
+        version = metadata.version("jaxlib")
+    except metadata.PackageNotFoundError:
+        return None
+    return dict(CPU_COMPILER_OPTIONS) if version.startswith(CPU_COMPILER_OPTIONS_JAXLIB) else None
+
+
 def unroll_scan() -> bool:
     """Whether to unroll the steps of a dispatch chunk.
 
@@ -119,11 +150,13 @@ class JitStrategy:
 
     name = "jit"
 
-    def __init__(self, step_fn: Callable, mesh: Mesh):
+    def __init__(self, step_fn: Callable, mesh: Mesh, options: dict | None | str = "auto"):
+        """options: XLA compiler options; "auto" = `compiler_options(mesh devices)`."""
         self.mesh = mesh
         self.replicated = NamedSharding(mesh, P())
         self.batch_sharding = NamedSharding(mesh, P(AXIS))
         self.num_devices = mesh.devices.size
+        self.options = compiler_options(mesh.devices.flat) if options == "auto" else options
 
         def chunk(state, data, idx):  # idx: (K, B) example indices
             def body(state, i):
@@ -132,7 +165,7 @@ class JitStrategy:
 
             return _scan(body, state, idx)  # metrics: (K,) each
 
-        self._chunk = jax.jit(chunk, donate_argnums=0, out_shardings=self.replicated)
+        self._chunk = jax.jit(chunk, donate_argnums=0, out_shardings=self.replicated, compiler_options=self.options)
 
     def place_state(self, state):
         return jax.tree.map(lambda a: put_global(a, self.replicated), state)
@@ -215,7 +248,7 @@ def make_evaluator(eval_fn: Callable, mesh: Mesh):
     replicated = NamedSharding(mesh, P())
     batch_sharding = NamedSharding(mesh, P(AXIS))
 
-    @functools.partial(jax.jit, out_shardings=replicated)
+    @functools.partial(jax.jit, out_shardings=replicated, compiler_options=compiler_options(mesh.devices.flat))
     def batch_sums(state, data, idx, mask):
         # "index": each example's position in the dataset, for per-example eval noise (GAN).
         batch = jax.lax.with_sharding_constraint({**_gather(data, idx), "index": idx}, batch_sharding)
