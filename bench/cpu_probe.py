@@ -100,9 +100,13 @@ def probe_conv(args) -> None:
 def _trainer(model: str, data: dict, batch: int | None = None, options="auto"):
     import compare
 
-    if batch:
-        compare.RECIPES[model] = {**compare.RECIPES[model], "batch": batch}
-    return compare.ZooTrainer(model, data, options=options)
+    recipe = compare.RECIPES[model]
+    if batch:  # ZooTrainer reads the batch size from the recipe table: swap it in, then restore
+        compare.RECIPES[model] = {**recipe, "batch": batch}
+    try:
+        return compare.ZooTrainer(model, data, options=options)
+    finally:
+        compare.RECIPES[model] = recipe
 
 
 def _data() -> dict:

@@ -61,6 +61,17 @@ def run(cmd: list[str], log: Path) -> float:
     return time.perf_counter() - t
 
 
+def markdown_table(results: dict) -> str:
+    """bench/results/train_all.md: one row per recorded run."""
+    lines = ["| run | command | metric (test; char_lstm: validation) | train wall time | device |", "|---|---|---|---|---|"]
+    for name, r in results.items():
+        m = r["metric"]
+        value = f"{100 * m['value']:.2f}%" if "accuracy" in m["name"] else f"{m['value']:.4f}"
+        cmd = " ".join(["zoo train", r["model"], *r["flags"]])
+        lines.append(f"| {name} | `{cmd}` | {m['name']} {value} | {r['train_wall_s']:.0f} s | {r.get('device', 'not recorded')} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("names", nargs="*", default=list(RUNS))
@@ -106,13 +117,9 @@ def main() -> None:
         results_path.write_text(json.dumps(results, indent=2) + "\n")
         m = manifest["metric"]
         print(f"{name}: {m['name']}={m['value']:.4f} on {m['split']} in {train_s:.0f}s", flush=True)
-    lines = ["| run | model | metric (test) | train wall time |", "|---|---|---|---|"]
-    for name, r in results.items():
-        m = r["metric"]
-        value = f"{100 * m['value']:.2f}%" if "accuracy" in m["name"] else f"{m['value']:.4f}"
-        lines.append(f"| {name} | `{r['model']}` {' '.join(r['flags'])} | {m['name']} {value} | {r['train_wall_s']:.0f} s |")
-    (out_dir / "train_all.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    table = markdown_table(results)
+    (out_dir / "train_all.md").write_text(table)
+    print(table)
 
 
 if __name__ == "__main__":

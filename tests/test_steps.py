@@ -442,3 +442,21 @@ def test_gan_step_matches_direct_formulation():
     jax.tree.map(close, new_state.params["generator"], g_new)
     jax.tree.map(close, new_state.model_state["batch_stats"]["generator"], g_upd["batch_stats"]["generator"])
     np.testing.assert_allclose(float(metrics["g_loss"]), float(g_loss(params["generator"])), rtol=1e-5)
+
+
+# ---------------------------------------------------------------- resume: schedule changes
+
+
+def test_schedule_change_warning_on_resume():
+    from train.loop import schedule_change
+
+    saved = Config(model="cnn", epochs=5, schedule="cosine").to_json()
+    assert schedule_change(saved, Config(model="cnn", epochs=5, schedule="cosine")) is None
+    msg = schedule_change(saved, Config(model="cnn", epochs=10, schedule="cosine"))
+    assert "epochs 5 -> 10" in msg and "cosine" in msg
+    # A constant rate does not depend on the run length: more epochs are harmless ...
+    const = Config(model="cnn", epochs=5).to_json()
+    assert schedule_change(const, Config(model="cnn", epochs=10)) is None
+    # ... but a different rate or schedule is still a change.
+    assert "lr 0.001 -> 0.01" in schedule_change(const, Config(model="cnn", lr=0.01))
+    assert "schedule 'constant' -> 'onecycle'" in schedule_change(const, Config(model="cnn", schedule="onecycle"))

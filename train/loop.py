@@ -139,6 +139,9 @@ def fit(cfg: Config, workdir: str | Path, *, log=print) -> dict:
         target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), state_tree(state))
         restored, saved_meta = ckpt.restore(target)
         _check_same_run(saved_meta.get("config", {}), cfg)
+        warning = schedule_change(saved_meta.get("config", {}), cfg)
+        if warning:
+            log(f"warning: {warning}")
         state = state.replace(**restored)
         meta.update({k: saved_meta[k] for k in meta if k in saved_meta})
         # Re-decided for this run: a larger --epochs/--max-steps continues a completed run
@@ -274,6 +277,23 @@ def _check_same_run(saved: dict, cfg: Config) -> None:
                 f"the workdir holds a run with {key}={saved[key]!r} but this run has {key}={cfg.to_json()[key]!r}; "
                 "use a new --workdir or the same settings to resume"
             )
+
+
+def schedule_change(saved: dict, cfg: Config) -> str | None:
+    """A warning when a resumed run's learning-rate schedule is not the one it started with.
+
+    Schedules are functions of the step and of the run length, so resuming with another
+    --epochs/--max-steps (or lr, schedule, warmup) makes the rate jump at the resume point
+    instead of continuing the curve the checkpoint was trained on.
+    """
+    keys = ("schedule", "lr", "warmup_steps", "epochs", "max_steps")
+    if cfg.schedule == "constant" and saved.get("schedule", "constant") == "constant":
+        keys = ("lr",)  # a constant rate does not depend on the run length
+    changed = [f"{k} {saved[k]!r} -> {getattr(cfg, k)!r}" for k in keys if k in saved and saved[k] != getattr(cfg, k)]
+    if not changed:
+        return None
+    return ("resuming with " + ", ".join(changed) + f": the {cfg.schedule} learning-rate schedule is recomputed for "
+            "this run, so the rate jumps at the resume point instead of following the curve the checkpoint was trained on")
 
 
 def write_samples(task: str, model, state: TrainState, val: dict, outdir: Path, epoch: int, seed: int, log=print) -> None:
