@@ -121,7 +121,10 @@ def load_mnist() -> dict:
 class ZooTrainer:
     name = "zoo"
 
-    def __init__(self, model_name: str, data: dict, seed: int = 0, steps_per_dispatch: int = 0, options="auto"):
+    def __init__(self, model_name: str, data: dict, seed: int = 0, steps_per_dispatch: int = 0, options="auto",
+                 cfg=None, total_steps: int = 10**6):
+        """cfg: a train.config.Config to train with instead of the tutorial recipe (RECIPES);
+        total_steps: the run length its learning-rate schedule is built for."""
         import jax
 
         from train import loop, parallel, tasks
@@ -130,11 +133,11 @@ class ZooTrainer:
 
         self.jax = jax
         r = RECIPES[model_name]
-        self.batch = r["batch"]
-        self.cfg = Config(
+        self.cfg = cfg or Config(
             model=model_name, dataset="mnist", batch_size=r["batch"], optimizer="adam", lr=r["lr"],
             b1=r["betas"][0], schedule="constant", clip_norm=0.0, seed=seed,
         )
+        self.batch = self.cfg.batch_size
         self.task = zoo.get_spec(model_name).task
         self.model = loop.build_model(self.cfg)
         x, y = data["train_x"], data["train_y"].astype(np.int32)
@@ -150,7 +153,7 @@ class ZooTrainer:
         step_fn = tasks.train_step(self.task, self.model, self.cfg)
         # options: the engine's XLA compiler options ("auto", as `zoo train` compiles) or explicit ones
         self.strategy = parallel.JitStrategy(step_fn, parallel.make_mesh(jax.devices()[:1]), options)
-        state = loop.initial_state(self.cfg, self.model, self.task, arrays["x"], 10**6, log=lambda *a: None)
+        state = loop.initial_state(self.cfg, self.model, self.task, arrays["x"], total_steps, log=lambda *a: None)
         self.state = self.strategy.place_state(state)
         self.data = self.strategy.place_data(arrays)
         jax.block_until_ready((self.state, self.data))

@@ -5,6 +5,7 @@
     python bench/cpu_probe.py floor       # FLOPs of each zoo train step (XLA cost analysis) -> time floor
     python bench/cpu_probe.py batch       # CNN train step cost per example vs batch size
     python bench/cpu_probe.py options     # zoo's XLA:CPU compiler options on/off, alternating rounds
+    python bench/cpu_probe.py scan        # CNN steps in a rolled lax.scan vs one step per dispatch
     python bench/cpu_probe.py all
 
 Each line printed is one measurement; run it on an otherwise idle machine. PyTorch uses
@@ -159,9 +160,35 @@ def probe_options(args) -> None:
             f"{name} {min(t):.1f} ms (median {statistics.median(t):.1f})" for name, t in times.items()) + " per step")
 
 
+def probe_scan(args) -> None:
+    """Why the CPU engine dispatches one step per call: 10 CNN steps in one rolled lax.scan
+    (as accelerators run an epoch) vs 10 separate dispatches of the same step."""
+    import jax
+    import jax.numpy as jnp
+
+    from train import tasks
+
+    tr = _trainer("cnn", _data())
+    step_fn = tasks.train_step(tr.task, tr.model, tr.cfg)
+
+    def rolled(state, data, idx):
+        return jax.lax.scan(lambda s, i: step_fn(s, jax.tree.map(lambda a: a[i], data)), state, idx)
+
+    scan = jax.jit(rolled, compiler_options=tr.strategy.options)
+    idx = jnp.asarray(tr._idx(10), jnp.int32)
+    jax.block_until_ready(scan(tr.state, tr.data, idx))  # compile (state not donated: reused below)
+    t = time.perf_counter()
+    jax.block_until_ready(scan(tr.state, tr.data, idx))
+    scanned = (time.perf_counter() - t) / 10
+    tr.run(5)
+    single = min(tr.run(10) / 10 for _ in range(2))
+    print(f"scan cnn: rolled lax.scan {1e3 * scanned:.1f} ms/step, one step per dispatch {1e3 * single:.1f} ms/step "
+          f"({scanned / single:.1f}x)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("probe", choices=("matmul", "conv", "floor", "batch", "options", "all"))
+    p.add_argument("probe", choices=("matmul", "conv", "floor", "batch", "options", "scan", "all"))
     p.add_argument("--models", nargs="+", default=list(MODELS))
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
@@ -169,7 +196,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    probes = {"matmul": probe_matmul, "conv": probe_conv, "floor": probe_floor, "batch": probe_batch, "options": probe_options}
+    probes = {"matmul": probe_matmul, "conv": probe_conv, "floor": probe_floor, "batch": probe_batch,
+              "options": probe_options, "scan": probe_scan}
     for name in probes if args.probe == "all" else [args.probe]:
         probes[name](args)
         sys.stdout.flush()

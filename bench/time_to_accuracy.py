@@ -27,7 +27,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -42,37 +41,6 @@ ZOO_RECIPE = {
     "cpu": dict(batch_size=64, lr=3e-3, schedule="onecycle", epochs=3),
     "gpu": dict(batch_size=256, lr=4e-3, schedule="onecycle", epochs=4),
 }
-
-
-class ZooCNN(compare.ZooTrainer):
-    """compare.ZooTrainer with a recipe (batch, lr, schedule) instead of the tutorial's."""
-
-    def __init__(self, data: dict, recipe: dict, chunk: int, seed: int = 0):
-        import jax
-
-        from train import loop, parallel, tasks
-        from train.config import Config
-        import zoo
-
-        self.jax = jax
-        self.batch = recipe["batch_size"]
-        self.n = len(data["train_x"])
-        steps_per_epoch = self.n // self.batch
-        self.cfg = Config(model="cnn", dataset="mnist", optimizer="adam", seed=seed, **recipe)
-        self.task = zoo.get_spec("cnn").task
-        self.model = loop.build_model(self.cfg)
-        arrays = {"x": data["train_x"], "y": data["train_y"].astype(np.int32)}
-        self.test = {"x": data["test_x"], "y": data["test_y"].astype(np.int32)}
-        step_fn = tasks.train_step(self.task, self.model, self.cfg)
-        self.strategy = parallel.JitStrategy(step_fn, parallel.make_mesh(jax.devices()[:1]))
-        state = loop.initial_state(self.cfg, self.model, self.task, arrays["x"], steps_per_epoch * recipe["epochs"], log=lambda *a: None)
-        self.state = self.strategy.place_state(state)
-        self.data = self.strategy.place_data(arrays)
-        jax.block_until_ready((self.state, self.data))
-        self.rng = np.random.default_rng(seed)
-        self.order, self.pos = self.rng.permutation(self.n), 0
-        self.steps_done = 0
-        self.spd = chunk
 
 
 def race(trainer, steps_per_eval: int, max_evals: int, target: float, log) -> dict:
@@ -131,8 +99,10 @@ def main(argv=None) -> None:
     per_eval = spe // args.evals_per_epoch
     chunk = 1 if backend == "cpu" else per_eval  # GPU: one dispatch per evaluation interval
     log(f"zoo recipe {recipe} on {device}: {per_eval} steps between evaluations")
-    zoo_tr = ZooCNN(data, recipe, chunk)
-    zoo_tr.name = "zoo"
+    from train.config import Config
+
+    cfg = Config(model="cnn", dataset="mnist", optimizer="adam", **recipe)
+    zoo_tr = compare.ZooTrainer("cnn", data, cfg=cfg, total_steps=spe * recipe["epochs"], steps_per_dispatch=chunk)
     res["sides"]["zoo"] = {"recipe": recipe, **race(zoo_tr, per_eval, min(args.max_epochs, recipe["epochs"]) * args.evals_per_epoch, args.target, log)}
     del zoo_tr
 

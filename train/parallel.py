@@ -115,8 +115,8 @@ def compiler_options(devices=None) -> dict | None:
 def unroll_scan() -> bool:
     """Whether to unroll the steps of a dispatch chunk.
 
-    XLA:CPU runs a train step inside a rolled `lax.scan` (a while loop) tens of times
-    slower than the same step at top level (measured: 1.6 s vs 61 ms per CNN step of 64
+    XLA:CPU runs a train step inside a rolled `lax.scan` (a while loop) much slower than the
+    same step at top level (bench/cpu_probe.py scan: 292 vs 16 ms per CNN step of 64
     images), so on CPU chunks are unrolled (and kept short, see `default_steps_per_dispatch`).
     """
     return jax.default_backend() == "cpu"
