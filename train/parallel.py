@@ -85,8 +85,8 @@ def check_batch_size(batch_size: int, num_devices: int) -> None:
 # XLA:CPU in jaxlib 0.10 sends dots, reductions and convolutions to YNNPACK by default
 # (its default list, checked here by timing each variant). XLA's own (Eigen) convolutions
 # ran these models' train steps much faster on a 2-core AMD EPYC (AVX-512), e.g. one 3x3
-# 32->64 conv forward+backward 15.9 -> 8.8 ms, the CNN step 17.2 -> 13.6 ms (bench/README.md),
-# so zoo keeps the default list minus convolutions. It is an experimental XLA option, so it
+# 32->64 conv forward+backward 16.3 -> 9.5 ms, the CNN step 19.8 -> 15.3 ms
+# (bench/cpu_probe.py conv / options), so zoo keeps the default list minus convolutions. It is an experimental XLA option, so it
 # is only set for the jaxlib line it was measured on (an unknown option fails the compile).
 CPU_COMPILER_OPTIONS = {
     "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"

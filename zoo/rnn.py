@@ -51,23 +51,23 @@ def _torch_uniform(hidden: int):
     return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
-def lstm_cell(wh, carry, gates_x):
-    """One LSTM step. gates_x: (B, 4H) input projection incl. bias; carry: (h, c)."""
-    h, c = carry
-    i, f, g, o = jnp.split(gates_x + h @ wh, 4, axis=-1)
-    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-    h = jax.nn.sigmoid(o) * jnp.tanh(c)
-    return h, c
-
-
 def _gates(z):
     """Pre-activations (..., 4H) -> activations i, f, g, o (PyTorch's order)."""
     i, f, g, o = jnp.split(z, 4, axis=-1)
     return jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
 
 
+def lstm_cell(wh, carry, gates_x):
+    """One LSTM step. gates_x: (B, 4H) input projection incl. bias; carry: (h, c)."""
+    h, c = carry
+    i, f, g, o = _gates(gates_x + h @ wh)
+    c = f * c + i * g
+    h = o * jnp.tanh(c)
+    return h, c
+
+
 def _recurrence_fwd(wh, gates_x, carry):
-    def step(carry, gx):
+    def step(carry, gx):  # lstm_cell, keeping the gate activations for the backward pass
         h, c = carry
         i, f, g, o = _gates(gx + h @ wh)
         c = f * c + i * g
@@ -112,8 +112,9 @@ def lstm_recurrence(wh, gates_x, carry):
 
     Returns:
       (hs (T, B, H), final carry (h, c)). Same function as scanning `lstm_cell`; its
-      gradient is hand-written (see `_recurrence_bwd`), which on XLA:CPU runs the
-      backward pass several times faster than autodiff through `lax.scan`.
+      gradient is hand-written (see `_recurrence_bwd`), with fewer and larger matmuls
+      than autodiff through `lax.scan` (LSTM train step 61 -> 53 ms on the 2-core CPU,
+      measured with bench/compare.py's trainer before and after the change).
     """
     return _recurrence_fwd(wh, gates_x, carry)[0]
 
