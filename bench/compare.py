@@ -118,25 +118,36 @@ def load_mnist() -> dict:
 # zoo side
 
 
+def tutorial_config(model_name: str, seed: int = 0):
+    """The tutorial recipe of `model_name` (RECIPES) as a train.config.Config: Adam, constant rate."""
+    from train.config import Config
+
+    r = RECIPES[model_name]
+    return Config(
+        model=model_name, dataset="mnist", batch_size=r["batch"], optimizer="adam", lr=r["lr"],
+        b1=r["betas"][0], schedule="constant", clip_norm=0.0, seed=seed,
+    )
+
+
+def whole_dispatches(steps: int, spd: int) -> int:
+    """`steps` rounded up to a whole number of dispatches of `spd` steps."""
+    return -(-steps // spd) * spd
+
+
 class ZooTrainer:
     name = "zoo"
 
     def __init__(self, model_name: str, data: dict, seed: int = 0, steps_per_dispatch: int = 0, options="auto",
                  cfg=None, total_steps: int = 10**6):
-        """cfg: a train.config.Config to train with instead of the tutorial recipe (RECIPES);
+        """cfg: a train.config.Config to train with instead of `tutorial_config(model_name)`;
         total_steps: the run length its learning-rate schedule is built for."""
         import jax
 
         from train import loop, parallel, tasks
-        from train.config import Config
         import zoo
 
         self.jax = jax
-        r = RECIPES[model_name]
-        self.cfg = cfg or Config(
-            model=model_name, dataset="mnist", batch_size=r["batch"], optimizer="adam", lr=r["lr"],
-            b1=r["betas"][0], schedule="constant", clip_norm=0.0, seed=seed,
-        )
+        self.cfg = cfg or tutorial_config(model_name, seed)
         self.batch = self.cfg.batch_size
         self.task = zoo.get_spec(model_name).task
         self.model = loop.build_model(self.cfg)
@@ -203,6 +214,7 @@ class ZooTrainer:
 
 
 class TorchTrainer:
+    spd = 1  # steps per dispatch: eager PyTorch runs one step per call
     def __init__(self, model_name: str, data: dict, loader: bool, seed: int = 0):
         import torch
         from torch import nn
@@ -346,9 +358,8 @@ def child_memory(side: str, model: str, npz: str, steps: int, threads: int) -> d
     data = {k: d[k] for k in d.files}
     base = rss_mb()
     tr = make_trainer(side, model, data)
-    spd = getattr(tr, "spd", 1)
-    tr.run(spd)
-    tr.run(-(-steps // spd) * spd)
+    tr.run(tr.spd)
+    tr.run(whole_dispatches(steps, tr.spd))
     out = {"rss_after_imports_and_data_mb": base, "peak_rss_mb": maxrss_mb(), "train_delta_mb": maxrss_mb() - base}
     out.update(device_peak_mb(side))
     return out
@@ -405,9 +416,8 @@ def bench_model(model: str, data: dict, args, log) -> dict:
         t0 = time.perf_counter()
         trainers[side] = tr = make_trainer(side, model, data)
         setup_s[side] = time.perf_counter() - t0
-        first = getattr(tr, "spd", 1)  # zoo: one dispatch (1 step on CPU, an epoch on GPU)
-        first_step_s[side] = tr.run(first)
-        tr.run(-(-WARMUP // first) * first)
+        first_step_s[side] = tr.run(tr.spd)  # one dispatch (zoo: 1 step on CPU, an epoch on GPU)
+        tr.run(whole_dispatches(WARMUP, tr.spd))
     log(f"[{model}] setup {setup_s}, first step {first_step_s}")
     rounds = []
     for rep in range(args.repeats):

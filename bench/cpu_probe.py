@@ -99,15 +99,15 @@ def probe_conv(args) -> None:
 
 
 def _trainer(model: str, data: dict, batch: int | None = None, options="auto"):
+    """compare.py's zoo trainer at the tutorial recipe, optionally with another batch size."""
+    import dataclasses
+
     import compare
 
-    recipe = compare.RECIPES[model]
-    if batch:  # ZooTrainer reads the batch size from the recipe table: swap it in, then restore
-        compare.RECIPES[model] = {**recipe, "batch": batch}
-    try:
-        return compare.ZooTrainer(model, data, options=options)
-    finally:
-        compare.RECIPES[model] = recipe
+    cfg = compare.tutorial_config(model)
+    if batch:
+        cfg = dataclasses.replace(cfg, batch_size=batch)
+    return compare.ZooTrainer(model, data, options=options, cfg=cfg)
 
 
 def _data() -> dict:
@@ -193,9 +193,9 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
-    import torch
+    import compare
 
-    torch.set_num_threads(args.threads)
+    compare.setup_torch(args.threads)
     probes = {"matmul": probe_matmul, "conv": probe_conv, "floor": probe_floor, "batch": probe_batch,
               "options": probe_options, "scan": probe_scan}
     for name in probes if args.probe == "all" else [args.probe]:

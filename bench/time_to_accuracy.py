@@ -35,8 +35,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 import compare  # noqa: E402  (bench/compare.py: the trainers and data loading)
 
 # The zoo's fast CNN recipe: larger batch than the tutorial, Adam with a one-cycle schedule
-# over `epochs` (the schedule needs the run length up front). CPU: batch 64 is XLA:CPU's
-# cheapest per example (measured: 320 us/example at <= 64, 540 at 128, 725 at 256).
+# over `epochs` (the schedule needs the run length up front). CPU: batch 64, because XLA:CPU's
+# cost per example rises past 64 (`python bench/cpu_probe.py batch`, results/cpu_probe.txt).
 ZOO_RECIPE = {
     "cpu": dict(batch_size=64, lr=3e-3, schedule="onecycle", epochs=3),
     "gpu": dict(batch_size=256, lr=4e-3, schedule="onecycle", epochs=4),
@@ -45,8 +45,8 @@ ZOO_RECIPE = {
 
 def race(trainer, steps_per_eval: int, max_evals: int, target: float, log) -> dict:
     """Trains in rounds of `steps_per_eval`, evaluating after each; returns the timeline."""
-    first = trainer.run(getattr(trainer, "spd", 1))  # compile (zoo) / first step, untimed
-    trained_s, steps, timeline = 0.0, getattr(trainer, "spd", 1), []
+    first = trainer.run(trainer.spd)  # compile (zoo) / first step, untimed
+    trained_s, steps, timeline = 0.0, trainer.spd, []
     reached = None
     for k in range(max_evals):
         todo = steps_per_eval - (steps if k == 0 else 0)
@@ -62,9 +62,9 @@ def race(trainer, steps_per_eval: int, max_evals: int, target: float, log) -> di
             break
     # The first call's steps are counted as trained but its time is compile: add back a
     # steady-state estimate of them so both sides' clocks cover every step.
-    per_step = trained_s / max(steps - getattr(trainer, "spd", 1), 1)
+    per_step = trained_s / max(steps - trainer.spd, 1)
     for t in timeline:
-        t["train_s"] += per_step * getattr(trainer, "spd", 1)
+        t["train_s"] += per_step * trainer.spd
     return {"first_call_s": first, "timeline": timeline, "reached": reached}
 
 
