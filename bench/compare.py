@@ -10,7 +10,7 @@ ratios torch / zoo are taken within the same round, so machine load drifts cance
 can. "Time per epoch" is EXTRAPOLATED: ms/step x (60000 // batch) steps, unless `--full-epoch`
 (then each timed round is one real epoch of 60000 // batch steps).
 
-    zoo        train.tasks.train_step bound step, jitted with donation by train.parallel.JitStrategy
+    zoo        the task record's train step (train.tasks), jitted with donation by train.parallel.JitStrategy
                over a 1-device mesh, 1 step per dispatch (the CPU engine setting); data uint8 on
                device, batches cut on device by index; host syncs only at the end of a round.
     torch-mem  the same architecture (tests.torch_ref), same optimizer/loss; float tensors in
@@ -144,27 +144,19 @@ class ZooTrainer:
         import jax
 
         from train import loop, parallel, tasks
-        import zoo
 
         self.jax = jax
         self.cfg = cfg or tutorial_config(model_name, seed)
         self.batch = self.cfg.batch_size
-        self.task = zoo.get_spec(model_name).task
+        self.task = tasks.of_model(model_name)
         self.model = loop.build_model(self.cfg)
-        x, y = data["train_x"], data["train_y"].astype(np.int32)
-        if self.task == "sequence_classification":
-            arrays = {"x": x[..., 0], "y": y}
-        elif self.task in ("reconstruction", "gan"):
-            arrays = {"x": x}
-        else:
-            arrays = {"x": x, "y": y}
-        self.n = len(x)
-        tx = data["test_x"][..., 0] if self.task == "sequence_classification" else data["test_x"]
-        self.test = {"x": tx} if self.task in ("reconstruction", "gan") else {"x": tx, "y": data["test_y"].astype(np.int32)}
-        step_fn = tasks.train_step(self.task, self.model, self.cfg)
+        arrays = self.task.view({"image": data["train_x"], "label": data["train_y"]})
+        self.test = self.task.view({"image": data["test_x"], "label": data["test_y"]})
+        self.n = len(arrays["x"])
+        step_fn = self.task.train_step(self.model, self.cfg)
         # options: the engine's XLA compiler options ("auto", as `zoo train` compiles) or explicit ones
         self.strategy = parallel.JitStrategy(step_fn, parallel.make_mesh(jax.devices()[:1]), options)
-        state = loop.initial_state(self.cfg, self.model, self.task, arrays["x"], total_steps, log=lambda *a: None)
+        state = loop.initial_state(self.cfg, self.model, self.task, total_steps, log=lambda *a: None)
         self.state = self.strategy.place_state(state)
         self.data = self.strategy.place_data(arrays)
         jax.block_until_ready((self.state, self.data))
@@ -202,10 +194,9 @@ class ZooTrainer:
     def evaluate(self) -> dict:
         from train import loop
 
-        if self.task == "gan":
+        if self.task.name == "gan":
             return {}
-        variables = {"params": self.state.params, **self.state.model_state}
-        m = loop.evaluate(self.task, self.model, variables, self.test)
+        m = loop.evaluate_arrays(self.task, self.model, self.state.variables(), self.test)
         return {k: m[k] for k in ("accuracy", "mse", "loss") if k in m}
 
 

@@ -166,10 +166,8 @@ def probe_scan(args) -> None:
     import jax
     import jax.numpy as jnp
 
-    from train import tasks
-
     tr = _trainer("cnn", _data())
-    step_fn = tasks.train_step(tr.task, tr.model, tr.cfg)
+    step_fn = tr.task.train_step(tr.model, tr.cfg)
 
     def rolled(state, data, idx):
         return jax.lax.scan(lambda s, i: step_fn(s, jax.tree.map(lambda a: a[i], data)), state, idx)

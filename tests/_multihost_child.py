@@ -34,7 +34,7 @@ def train(strategy, steps: int):
     from train import tasks
 
     model, state, cfg = build("classification")
-    strategy = strategy(tasks.train_step("classification", model, cfg))
+    strategy = strategy(tasks.get("classification").train_step(model, cfg))
     state = strategy.place_state(state)
     data = strategy.place_data(task_arrays("classification", 64))
     losses = []

@@ -55,7 +55,7 @@ def task_arrays(task: str, n: int, seed: int = 0, seq_len: int = 16) -> dict:
         x, y = char_tokens(n, seq_len, seed)
         return {"x": x, "y": y}
     x, y = digit_images(n, seed)
-    return tasks.image_task_view({"image": x, "label": y}, task)
+    return tasks.get(task).view({"image": x, "label": y})
 
 
 @functools.lru_cache(maxsize=None)
@@ -77,7 +77,7 @@ def build(task: str, *, optimizer: str = "adam", lr: float = 1e-3, seed: int = 0
     model = zoo.create(name, **{**small, **overrides})
     variables = jax.tree.map(lambda a: jnp.array(a, copy=True), _initial_variables(task, tuple(sorted(overrides.items())), seed))
     state_key = jax.random.split(jax.random.key(seed))[1]
-    state = create_state(model, variables, make_optimizer(optimizer, lr), state_key, gan=task == "gan")
+    state = create_state(model, variables, make_optimizer(optimizer, lr), state_key, players=tasks.get(task).players)
     return model, state, Config(model=name, optimizer=optimizer, lr=lr, seed=seed)
 
 

@@ -41,9 +41,7 @@ def _run(task: str, strategy_name: str, num_devices: int, steps: int = N_STEPS, 
     """Trains the task's small model for `steps` steps; returns (host state, per-step losses)."""
     model, state, cfg = build(task, **overrides)
     mesh = parallel.make_mesh(jax.devices()[:num_devices])
-    step_fn = tasks.train_step(task, model, cfg)
-    pmap_fn = tasks.train_step(task, model, cfg, axis_name=parallel.AXIS)
-    strategy = parallel.make_strategy(strategy_name, step_fn, mesh, pmap_step_fn=pmap_fn)
+    strategy = parallel.make_strategy(strategy_name, tasks.get(task).train_step(model, cfg), mesh)
     state = strategy.place_state(state)
     data = strategy.place_data(task_arrays(task, 32, seed=2))
     losses = []
@@ -75,7 +73,9 @@ def _assert_close(a, b, rtol=RTOL, atol=ATOL):
         # BatchNorm: under jit its statistics are over the global batch. SGD, not Adam: Adam's
         # first steps are ~lr * sign(g), so a gradient entry near 0 whose sign flips with the
         # reduction order moves by up to 2 * lr (seen: 1.3e-5 on 2 of 43730 entries at step 3).
-        ("gan", {"optimizer": "sgd", "lr": 0.05}),
+        # lr 0.02, not 0.05: at 0.05 the losses swing between 3 and 22 and amplify the last bits
+        # of the all-reduce to 1.8e-5 by step 5 (1e-7 at 0.02).
+        ("gan", {"optimizer": "sgd", "lr": 0.02}),
     ],
     ids=["cnn_dropout", "dcgan_batchnorm"],
 )

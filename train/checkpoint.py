@@ -257,18 +257,22 @@ class Checkpointer:
         except Exception as e:
             raise CheckpointError(f"cannot read meta of checkpoint {self._step_dir(step)}: {_brief(e)}") from e
 
-    def restore(self, target, step: int | None = None) -> tuple[Any, dict]:
+    def restore(self, target=None, step: int | None = None) -> tuple[Any, dict]:
         """Restores into `target` (ShapeDtypeStruct leaves with .sharding, or arrays whose
-        sharding is reused), so a checkpoint written on N devices loads onto M. Returns
+        sharding is reused; None: the tree as saved, on one device), so a checkpoint written
+        on N devices loads onto M. Returns
         (tree, meta). Raises ValueError if `target` does not match the checkpoint's
         structure, shapes or dtypes, CheckpointError if the checkpoint is damaged."""
         step = self._resolve(step)
         step_dir = self._step_dir(step)
-        target = jax.tree.map(self._abstract_leaf, target)
         try:
-            saved = _flat(self._mgr.item_metadata(step)[STATE].tree)
+            tree = self._mgr.item_metadata(step)[STATE].tree
         except Exception as e:
             raise CheckpointError(f"cannot read the array metadata of checkpoint {step_dir}: {_brief(e)}") from e
+        if target is None:  # as saved, on one device
+            target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree)
+        target = jax.tree.map(self._abstract_leaf, target)
+        saved = _flat(tree)
         self._check_target(_flat(target), saved, step_dir)
         has_sums = (step_dir / CHECKSUMS).is_dir()  # absent in checkpoints from other writers
         items = {STATE: ocp.args.StandardRestore(target), META: ocp.args.JsonRestore()}
@@ -286,6 +290,36 @@ class Checkpointer:
                 raise CheckpointError(f"checkpoint {step_dir} is corrupted: restored values differ from the "
                                       f"fingerprints written at save time for {', '.join(bad[:10])}")
         return tree, meta
+
+    def restore_intact(self, target, *, log=print) -> tuple[Any, dict]:
+        """Restores the newest step that reads back intact, like `restore(target)`.
+
+        A damaged step (truncated, emptied, missing or flipped files, garbled JSON, ...) is moved
+        aside to `<directory>.damaged/` (never deleted) with a warning, and the next older step
+        is tried. Raises CheckpointError, naming every damaged step, when none is intact; a
+        target that does not match (another architecture) raises ValueError as `restore` does.
+        """
+        damaged = []
+        for step in reversed(self.all_steps()):
+            try:
+                return self.restore(target, step)
+            except CheckpointError as e:
+                moved = self._move_aside(step)
+                damaged.append(f"step {step} ({e}) -> {moved}")
+                log(f"warning: checkpoint step {step} is damaged, moved to {moved}; trying an older one ({e})")
+        raise CheckpointError(f"no intact checkpoint in {self.directory}; damaged: " + "; ".join(damaged)
+                              + ". Start afresh with a new --workdir (the damaged steps were kept).")
+
+    def _move_aside(self, step: int) -> Path:
+        aside = self.directory.with_name(self.directory.name + ".damaged")
+        aside.mkdir(exist_ok=True)
+        dest = aside / str(step)
+        n = 1
+        while dest.exists():
+            dest, n = aside / f"{step}.{n}", n + 1
+        os.rename(self._step_dir(step), dest)
+        self._mgr.reload()
+        return dest
 
     @staticmethod
     def _abstract_leaf(x):

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -104,7 +105,7 @@ def cmd_train(args) -> int:
         record = fit(cfg, workdir)
     except Preempted as e:
         print(f"preempted: {e}")
-        return 0
+        return 130 if e.signum == signal.SIGINT else 0
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
@@ -153,38 +154,30 @@ def cmd_eval(args) -> int:
 def cmd_sample(args) -> int:
     import jax
 
-    import zoo
-    from train import report
-    from train.loop import sample_text
+    from train import tasks
     from train.evaluate import variables_for
 
+    task = tasks.of_model(args.model)
+    if task.sample is None:
+        raise ValueError(f"zoo sample works for generative models (char_lstm, dcgan), not {args.model!r}")
     model, variables = variables_for(args.model, pretrained=args.pretrained, path=args.path, workdir=args.workdir)
-    key = jax.random.key(args.seed)
-    task = zoo.get_spec(args.model).task
-    if task == "language_model":
-        print(sample_text(model, variables, args.prompt, args.length, key, args.temperature))
-    elif task == "gan":
-        z = jax.random.normal(key, (args.num, model.latent_dim))
-        out = report.save_grid(model.apply(variables, z, method="generate"), Path(args.out or "samples.png"))
-        print(f"saved {out}")
-    else:
-        raise SystemExit(f"zoo sample works for generative models (char_lstm, dcgan), not {args.model!r}")
+    options = {k: getattr(args, k) for k in ("prompt", "length", "temperature", "num", "out")}
+    print(task.sample(model, variables, jax.random.key(args.seed), options))
     return 0
 
 
 def cmd_export(args) -> int:
     """Best (or latest) checkpoint of a run -> evaluated on the test split -> exported (and shipped)."""
-    import zoo
+    from train import tasks
     from train.evaluate import evaluate_run, restore_workdir
     from train.export import export, ship
-    from train.tasks import VAL_METRIC
 
     workdir = Path(args.workdir or Path("runs") / args.model)
     cfg, model, variables, step = restore_workdir(workdir, args.which)
     if cfg.model != args.model:
         raise ValueError(f"{workdir} holds a {cfg.model!r} run, not {args.model!r}")
     metrics = evaluate_run(cfg, model, variables, args.split)  # the checkpoint restored above, not again
-    name = VAL_METRIC[zoo.get_spec(args.model).task][0]  # the metric the run was selected on
+    name = tasks.of_model(args.model).val_metric  # the metric the run was selected on
     command = (workdir / "command.txt").read_text().strip() if (workdir / "command.txt").exists() else None
     out = export(
         args.out,

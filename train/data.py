@@ -376,18 +376,6 @@ def image_classification(arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, 
     return images, labels.astype(np.int32, copy=False)
 
 
-def to_float(images_uint8):
-    """uint8 pixels -> float32 in [0, 1]; call it on device, inside the jitted step.
-
-    Args:
-      images_uint8: uint8 array (numpy or jax), any shape.
-
-    Returns:
-      float32 array of the same shape (same array library as the input).
-    """
-    return images_uint8.astype(jnp.float32) / 255.0
-
-
 def rows_as_sequence(images: np.ndarray) -> np.ndarray:
     """Single-channel images as sequences: time = rows, features = columns.
 
@@ -560,54 +548,6 @@ def _affine_sample(x: jax.Array, angles: jax.Array, shifts: jax.Array) -> jax.Ar
             corner = x[batch, jnp.clip(yi, 0, h - 1), jnp.clip(xi, 0, w - 1)]
             out = out + corner * (wy_k * wx_k * inside).astype(x.dtype)[..., None]
     return out
-
-
-def random_rotate(rng: jax.Array, x: jax.Array, max_degrees: float) -> jax.Array:
-    """Rotates each image by an angle uniform in [-max_degrees, max_degrees] (bilinear, zero fill).
-
-    Args:
-      rng: jax random key.
-      x: float (N, H, W, C) images.
-      max_degrees: largest rotation, in degrees.
-
-    Returns:
-      Same shape and dtype.
-    """
-    n = x.shape[0]
-    angles = jnp.deg2rad(jax.random.uniform(rng, (n,), minval=-max_degrees, maxval=max_degrees))
-    return _affine_sample(x, angles, jnp.zeros((n, 2), jnp.float32))
-
-
-def random_shift(rng: jax.Array, x: jax.Array, max_pixels: int) -> jax.Array:
-    """Translates each image by whole pixels, uniform in [-max_pixels, max_pixels] per axis (zero fill).
-
-    Args:
-      rng: jax random key.
-      x: float (N, H, W, C) images.
-      max_pixels: largest shift per axis.
-
-    Returns:
-      Same shape and dtype.
-    """
-    n = x.shape[0]
-    shifts = jax.random.randint(rng, (n, 2), -max_pixels, max_pixels + 1).astype(jnp.float32)
-    return _affine_sample(x, jnp.zeros((n,), jnp.float32), shifts)
-
-
-def normalize(x: jax.Array, mean, std) -> jax.Array:
-    """(x - mean) / std, broadcast over the channel axis.
-
-    Not part of `augment`: evaluation must normalize too, augmentation must not run there.
-
-    Args:
-      x: float (..., C) images.
-      mean: scalar or (C,) mean.
-      std: scalar or (C,) standard deviation.
-
-    Returns:
-      Normalized array, same shape and dtype.
-    """
-    return (x - jnp.asarray(mean, x.dtype)) / jnp.asarray(std, x.dtype)
 
 
 def augment(

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import jax
-import numpy as np
 
 import zoo
-from train import parallel, tasks
+from train import tasks, workdir as workdirs
 from train.checkpoint import Checkpointer
 from train.config import Config, resolve
-from train.loop import build_model, evaluate, initial_state, state_tree
+from train.loop import build_model, evaluate_arrays
 
 
-def _read_config(workdir: Path) -> Config:
+def read_config(workdir: Path) -> Config:
+    """The resolved config a `zoo train` run saved in its workdir."""
     path = Path(workdir) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"no run in {workdir} (missing config.json); train first: zoo train MODEL --workdir {workdir}")
@@ -26,14 +25,10 @@ def _read_config(workdir: Path) -> Config:
 def restore_workdir(workdir: Path, which: str | None = None):
     """(cfg, model, variables, step) from a run directory's best (default) or latest checkpoint."""
     workdir = Path(workdir).absolute()
-    cfg = _read_config(workdir)
-    task = zoo.get_spec(cfg.model).task
+    cfg = read_config(workdir)
+    task = tasks.of_model(cfg.model)
     model = build_model(cfg)
-    spec = model.input_spec()
-    example = np.zeros(spec.example_shape(1, free_axis=cfg.seq_len), np.int32 if spec.dtype == "int32" else np.float32)
-    metric, mode = tasks.VAL_METRIC[task]
-    state = initial_state(cfg.__class__(**{**cfg.to_json(), "init_from": ""}), model, task, example, 1)
-    with Checkpointer(workdir / "checkpoints", best_metric=f"val_{metric}", best_mode=mode) as ckpt:
+    with Checkpointer(workdir / "checkpoints", best_metric=f"val_{task.val_metric}", best_mode=task.mode) as ckpt:
         step = ckpt.best_step() if which in (None, "best") else None
         if step is None:
             if which == "best":
@@ -41,31 +36,25 @@ def restore_workdir(workdir: Path, which: str | None = None):
             step = ckpt.latest_step()
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
-        replicated = parallel.NamedSharding(parallel.make_mesh(jax.devices()[:1]), parallel.P())
-        target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), state_tree(state))
-        restored, _ = ckpt.restore(target, step)
+        restored, _ = ckpt.restore(None, step)  # the tree as saved; only its variables are used
     variables = {"params": restored["params"], **restored["model_state"]}
+    expected = jax.eval_shape(lambda: zoo.init(model, jax.random.key(0)))
+    zoo.pretrained.check_tree(expected, variables, f"checkpoint step {step} in {workdir} does not match {cfg.model}")
     return cfg, model, variables, step
 
 
-def _eval_arrays(task: str, cfg: Config, split: str) -> dict:
-    splits = tasks.load_splits(task, cfg)
-    if split == "test":
-        return splits.test
-    if split in ("val", "validation"):
-        return splits.val
-    if split == "train":
-        return splits.train
-    raise ValueError(f"split must be train, validation or test, got {split!r}")
+def _eval_arrays(cfg: Config, split: str) -> dict:
+    if split not in ("train", "val", "validation", "test"):
+        raise ValueError(f"--split must be train, validation or test, got {split!r}")
+    splits = tasks.load_splits(tasks.of_model(cfg.model), cfg)
+    return {"test": splits.test, "train": splits.train}.get(split, splits.val)
 
 
 def _finish(result: dict, out: Path | None) -> dict:
     if out is not None and jax.process_index() == 0:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(tmp, out)
+        workdirs.write_text(out, json.dumps(result, indent=2) + "\n")
         result["saved"] = str(out)
     return result
 
@@ -82,8 +71,7 @@ def evaluate_workdir(name: str, workdir, *, split: str = "test", which: str | No
 
 def evaluate_run(cfg: Config, model, variables: dict, split: str) -> dict:
     """Metrics of a run's restored `variables` on `split` of the data view its config trained on."""
-    task = zoo.get_spec(cfg.model).task
-    return evaluate(task, model, variables, _eval_arrays(task, cfg, split), batch_size=cfg.eval_batch_size)
+    return evaluate_arrays(tasks.of_model(cfg.model), model, variables, _eval_arrays(cfg, split), batch_size=cfg.eval_batch_size)
 
 
 def evaluate_pretrained(name: str, tag: str | None, *, path=None, split: str = "test", data_dir=None, out=None) -> dict:
@@ -94,8 +82,7 @@ def evaluate_pretrained(name: str, tag: str | None, *, path=None, split: str = "
     manifest = read_manifest(name, pretrained=tag, path=path)
     overrides = dict(manifest.get("train_config") or {})
     cfg = resolve(name, {**{k: v for k, v in overrides.items() if k not in ("model",)}, "data_dir": data_dir})
-    task = zoo.get_spec(name).task
-    metrics = evaluate(task, model, variables, _eval_arrays(task, cfg, split), batch_size=cfg.eval_batch_size)
+    metrics = evaluate_run(cfg, model, variables, split)
     source = f"pretrained {name}.{tag}" if tag else f"export {path}"
     return _finish({"model": name, "dataset": cfg.dataset, "split": split, "source": source, "metrics": metrics}, out)
 

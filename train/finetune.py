@@ -12,34 +12,16 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
 
 
 def _is_head(path: tuple[str, ...]) -> bool:
     return any(part == "head" or part.startswith("head_") for part in path)
 
 
-def _flatten(tree, prefix=()):
-    if isinstance(tree, dict):
-        out = {}
-        for k, v in tree.items():
-            out.update(_flatten(v, prefix + (str(k),)))
-        return out
-    return {prefix: tree}
-
-
-def _unflatten(flat: dict) -> dict:
-    out: dict = {}
-    for path, leaf in flat.items():
-        node = out
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = leaf
-    return out
-
-
 def merge_pretrained(fresh: dict, loaded: dict, *, log=print) -> dict:
     """`fresh` variables with every leaf replaced by `loaded`'s, heads excepted (see module doc)."""
-    fresh_flat, loaded_flat = _flatten(jax.device_get(fresh)), _flatten(jax.device_get(loaded))
+    fresh_flat, loaded_flat = flatten_dict(jax.device_get(fresh)), flatten_dict(jax.device_get(loaded))
     merged, replaced = {}, []
     for path, leaf in fresh_flat.items():
         name = "/".join(path)
@@ -65,7 +47,7 @@ def merge_pretrained(fresh: dict, loaded: dict, *, log=print) -> dict:
         raise ValueError(f"--init-from: the pretrained weights have parameters the model lacks: {', '.join(extra)}")
     if replaced:
         log("init-from: freshly initialized (new head): " + "; ".join(replaced))
-    return _unflatten(merged)
+    return unflatten_dict(merged)
 
 
 def init_from(source: str, model, fresh: dict, *, log=print) -> dict:

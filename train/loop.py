@@ -1,15 +1,14 @@
-"""fit(): the training loop. Resume, epochs of compiled chunks, eval, logging, early stop,
-checkpoints, samples; and evaluate() for finished runs and exported weights.
+"""The training loop: set up a run, then per epoch run / evaluate / checkpoint-if-due / stop-if-done.
 
-Determinism: the data order of an epoch is a pure function of (seed, epoch), step
-randomness is fold_in(base key, step), and dispatch chunks are aligned to the epoch
-start, so a run resumed from any checkpoint replays the uninterrupted run exactly.
+Determinism: the data order of an epoch is a pure function of (seed, epoch), step randomness
+is fold_in(base key, step), and dispatch chunks are aligned to the epoch start, so a run
+resumed from any checkpoint replays the uninterrupted run exactly, metrics.jsonl included.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
 import signal
 import time
 from pathlib import Path
@@ -17,14 +16,12 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import zoo
-from train import data, parallel, report, tasks
+from train import data, parallel, report, tasks, workdir as workdirs
 from train.checkpoint import Checkpointer
 from train.config import Config
 from train.state import TrainState, create_state, glorot_reinit, make_optimizer, make_schedule
-from train.steps import to_input
 
 
 class TrainingDiverged(RuntimeError):
@@ -32,7 +29,11 @@ class TrainingDiverged(RuntimeError):
 
 
 class Preempted(Exception):
-    """SIGTERM arrived; a checkpoint was saved and the run can be resumed."""
+    """SIGTERM or SIGINT arrived; a checkpoint was saved and the run can be resumed."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
 
 
 def _tuples(value):
@@ -46,216 +47,335 @@ def build_model(cfg: Config):
 
 def state_tree(state: TrainState) -> dict:
     """The checkpointed part of a TrainState (arrays only)."""
-    return {
-        "step": state.step,
-        "params": state.params,
-        "model_state": state.model_state,
-        "opt_state": state.opt_state,
-        "rng": state.rng,
-    }
+    return {"step": state.step, "params": state.params, "model_state": state.model_state,
+            "opt_state": state.opt_state, "rng": state.rng}
 
 
-def _example_input(x: np.ndarray):
-    return to_input(jnp.asarray(x[:1]))
+class _StopSignals:
+    """SIGTERM and SIGINT become a flag checked at dispatch boundaries (main thread only): the
+    loop saves a checkpoint there and stops, instead of dying inside an async save."""
 
-
-class _SigtermFlag:
-    """Turns SIGTERM into a flag checked at dispatch boundaries (main thread only)."""
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
-        self.raised = False
-        self._old = None
+        self.signum: int | None = None
+        self._old: dict = {}
 
     def __enter__(self):
         try:
-            self._old = signal.signal(signal.SIGTERM, self._handle)
+            self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         except ValueError:  # not the main thread: leave signals alone
-            self._old = None
+            self._old = {}
         return self
 
     def _handle(self, signum, frame):
-        self.raised = True
+        self.signum = signum
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
 
 
-def initial_state(cfg: Config, model, task: str, train_x: np.ndarray, total_steps: int, *, log=print) -> TrainState:
+def initial_state(cfg: Config, model, task: tasks.Task, total_steps: int, *, log=print) -> TrainState:
     """A fresh TrainState for `cfg`: optimizer and schedule, init (default/glorot/init_from)."""
     schedule = make_schedule(cfg.schedule, cfg.lr, total_steps, cfg.warmup_steps)
     tx = make_optimizer(
         cfg.optimizer, schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm, b1=cfg.b1
     )
     init_key, state_key, reinit_key = jax.random.split(jax.random.key(cfg.seed), 3)
-    # GANs take latent noise, not the data: their input spec builds the example.
-    variables = zoo.init(model, init_key, None if task == "gan" else _example_input(train_x))
+    variables = zoo.init(model, init_key)  # params depend on the input's shape only: the spec's example
     if cfg.init == "glorot":
         variables = {**variables, "params": glorot_reinit(variables["params"], reinit_key)}
-    elif cfg.init != "default":
-        raise ValueError(f"init must be 'default' or 'glorot', got {cfg.init!r}")
     if cfg.init_from:
         from train.finetune import init_from
 
         variables = init_from(cfg.init_from, model, variables, log=log)
-    return create_state(model, variables, tx, state_key, gan=task == "gan")
+    return create_state(model, variables, tx, state_key, players=task.players)
 
 
-def fit(cfg: Config, workdir: str | Path, *, log=print) -> dict:
-    """Trains `cfg.model` in `workdir`, resuming from its latest checkpoint if there is one.
+# ---------------------------------------------------------------- the run's bookkeeping
 
-    Returns the final epoch's record (train and validation metrics, timings).
-    Raises TrainingDiverged on a non-finite loss and Preempted after a SIGTERM save.
-    """
-    workdir = Path(workdir).absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
-    spec = zoo.get_spec(cfg.model)
-    task = spec.task
-    model = build_model(cfg)
-    splits = tasks.load_splits(task, cfg)
 
+@dataclasses.dataclass
+class Book:
+    """What the loop tracks between steps; saved in every checkpoint's meta."""
+
+    epoch: int = 0  # epochs completed
+    best: float | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    finished: bool = False  # early-stopped, or max_steps reached mid-epoch
+    # This epoch's per-step train metrics so far, summed in float64 (exact for float32 values
+    # at these counts), so a run resumed mid-epoch logs the same epoch means.
+    sums: dict = dataclasses.field(default_factory=dict)
+    sum_steps: int = 0
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything one `fit` works with, built by `setup`."""
+
+    cfg: Config
+    task: tasks.Task
+    model: object
+    workdir: Path
+    log: object
+    splits: tasks.Splits
+    strategy: object
+    evaluator: object
+    train_data: dict
+    val_data: dict
+    eval_batch: int
+    state: TrainState
+    ckpt: Checkpointer
+    metrics_log: report.MetricsLog
+    steps_per_epoch: int
+    total_steps: int
+    step: int
+    book: Book
+    lock: workdirs.Lock
+    signals: _StopSignals = dataclasses.field(default_factory=_StopSignals)
+    max_in_flight: int = 0  # 0: unbounded
+
+    def close(self) -> None:
+        try:
+            self.ckpt.close()
+        finally:
+            self.metrics_log.close()
+            self.lock.release()
+
+
+def _devices(cfg: Config) -> list:
     devices = jax.devices()
     if cfg.num_devices:
         if cfg.num_devices > len(devices):
-            raise ValueError(f"num_devices={cfg.num_devices} but only {len(devices)} devices exist")
+            raise ValueError(f"--num-devices {cfg.num_devices}: only {len(devices)} devices exist")
         devices = devices[: cfg.num_devices]
+    return devices
+
+
+def max_in_flight(devices) -> int:
+    """Steps that may be queued without a host sync (0: no bound).
+
+    XLA:CPU (jaxlib 0.10) deadlocks in an all-reduce rendezvous once ~90 sharded steps are
+    queued over several CPU devices (tests/test_parallel.py reproduces it with a real epoch),
+    so on multi-device CPU meshes the loop waits for a step before queueing many more.
+    """
+    return 8 if devices[0].platform == "cpu" and len(devices) > 1 else 0
+
+
+def setup(cfg: Config, workdir: Path, *, log=print, model=None, task: tasks.Task | None = None,
+          splits: tasks.Splits | None = None) -> Run:
+    """Builds the run: data, devices, state (resumed from the newest intact checkpoint)."""
+    workdir = Path(workdir).absolute()
+    lock = workdirs.acquire(workdir)
+    try:
+        return _setup(cfg, workdir, lock, log, model, task, splits)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _setup(cfg, workdir, lock, log, model, task, splits) -> Run:
+    task = task or tasks.of_model(cfg.model)
+    model = model if model is not None else build_model(cfg)
+    splits = splits or tasks.load_splits(task, cfg)
+    tasks.check_labels(task, splits.train, model, cfg.dataset)
+    devices = _devices(cfg)
     mesh = parallel.make_mesh(devices)
     parallel.check_batch_size(cfg.batch_size, len(devices))
     n_train = len(splits.train["x"])
     steps_per_epoch = n_train // cfg.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"batch size {cfg.batch_size} is larger than the {n_train} training examples")
+        raise ValueError(f"--batch-size {cfg.batch_size} is larger than the {n_train} training examples")
     total_steps = cfg.epochs * steps_per_epoch
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
 
-    state = initial_state(cfg, model, task, splits.train["x"], total_steps, log=log)
-
-    metric, mode = tasks.VAL_METRIC[task]
-    ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=cfg.keep_checkpoints, best_metric=f"val_{metric}", best_mode=mode)
-    meta = {"epoch": 0, "best": None, "best_epoch": 0, "bad_epochs": 0, "finished": False}
+    state = initial_state(cfg, model, task, total_steps, log=log)
+    ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=cfg.keep_checkpoints,
+                        best_metric=f"val_{task.val_metric}", best_mode=task.mode)
+    book = Book()
     replicated = parallel.NamedSharding(mesh, parallel.P())
+    metrics_log = report.MetricsLog(workdir)
     if ckpt.latest_step() is not None:
         target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), state_tree(state))
-        restored, saved_meta = ckpt.restore(target)
-        _check_same_run(saved_meta.get("config", {}), cfg)
-        warning = schedule_change(saved_meta.get("config", {}), cfg)
-        if warning:
+        restored, saved = ckpt.restore_intact(target, log=log)
+        _check_same_run(saved.get("config", {}), cfg)
+        if warning := schedule_change(saved.get("config", {}), cfg):
             log(f"warning: {warning}")
         state = state.replace(**restored)
-        meta.update({k: saved_meta[k] for k in meta if k in saved_meta})
-        # Re-decided for this run: a larger --epochs/--max-steps continues a completed run
-        # (the while condition stops one that is done); only an early stop stays final.
-        meta["finished"] = bool(cfg.early_stop_patience and meta["bad_epochs"] >= cfg.early_stop_patience)
-        log(f"resumed from step {int(restored['step'])} (epoch {meta['epoch']}) in {ckpt.directory}")
+        book = Book(**{k: saved[k] for k in dataclasses.asdict(book) if k in saved})
+        # Re-decided for this run: a larger --epochs/--max-steps continues a completed run;
+        # only an early stop stays final.
+        book.finished = bool(cfg.early_stop_patience and book.bad_epochs >= cfg.early_stop_patience)
+        metrics_log.truncate(int(restored["step"]))  # lines logged after that checkpoint are replayed
+        log(f"resumed from step {int(restored['step'])} (epoch {book.epoch}) in {ckpt.directory}")
     if report.is_writer():
-        (workdir / "config.json").write_text(json.dumps(cfg.to_json(), indent=2, sort_keys=True) + "\n")
+        workdirs.write_text(workdir / "config.json", json.dumps(cfg.to_json(), indent=2, sort_keys=True) + "\n")
 
-    step_fn = tasks.train_step(task, model, cfg)
-    pmap_step = tasks.train_step(task, model, cfg, axis_name=parallel.AXIS) if cfg.strategy == "pmap" else None
-    strategy = parallel.make_strategy(cfg.strategy, step_fn, mesh, pmap_step_fn=pmap_step)
-    evaluator = parallel.make_evaluator(tasks.eval_step(task, model), mesh)
-    eval_bs = max(len(devices), cfg.eval_batch_size - cfg.eval_batch_size % len(devices))
-    train_data = strategy.place_data(splits.train)
-    val_data = jax.tree.map(lambda a: parallel.put_global(a, replicated), splits.val)
-    n_val = len(splits.val["x"])
+    strategy = parallel.make_strategy(cfg.strategy, task.train_step(model, cfg), mesh)
+    eval_batch = max(len(devices), cfg.eval_batch_size - cfg.eval_batch_size % len(devices))
     state = strategy.place_state(state)
-    metrics_log = report.MetricsLog(workdir)
-    step = int(np.asarray(strategy.unreplicate(state).step))
+    return Run(
+        cfg=cfg, task=task, model=model, workdir=workdir, log=log, splits=splits, strategy=strategy,
+        evaluator=parallel.make_evaluator(task.eval_step(model), mesh), train_data=strategy.place_data(splits.train),
+        val_data=jax.tree.map(lambda a: parallel.put_global(a, replicated), splits.val), eval_batch=eval_batch,
+        state=state, ckpt=ckpt, metrics_log=metrics_log, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+        step=int(np.asarray(strategy.unreplicate(state).step)), book=book, lock=lock, max_in_flight=max_in_flight(devices),
+    )
+
+
+# ---------------------------------------------------------------- one epoch
+
+
+def _diverged(run: Run, bad_step: int, what: str) -> TrainingDiverged:
+    cfg = run.cfg
+    return TrainingDiverged(
+        f"non-finite {what} at step {bad_step} (lr={cfg.lr}, optimizer={cfg.optimizer}); not saved. "
+        f"Last good checkpoint: step {run.ckpt.latest_step()} in {run.ckpt.directory}. The labels and inputs "
+        "were checked before training, so the optimization diverged: lower --lr or set --clip-norm."
+    )
+
+
+def run_epoch(run: Run) -> dict:
+    """Trains to the end of the current epoch (or `total_steps`); returns timing facts.
+
+    Per-step metrics stay on device until a sync (every `log_every` steps, at the end, or when
+    `max_in_flight` steps are queued); each sync adds them to the book's float64 sums.
+    """
+    cfg, book = run.cfg, run.book
+    epoch, spe = run.step // run.steps_per_epoch, run.steps_per_epoch
+    order = np.asarray(data.epoch_order(cfg.seed, epoch, len(run.splits.train["x"])))
+    order = order[: spe * cfg.batch_size].reshape(spe, cfg.batch_size)
+    pos = run.step - epoch * spe
+    if pos == 0:
+        book.sums, book.sum_steps = {}, 0
+    progress = report.Progress(spe, f"epoch {epoch + 1}/{cfg.epochs}", cfg.batch_size, done=pos)
+    per_dispatch = cfg.steps_per_dispatch or parallel.default_steps_per_dispatch(spe)
+    pending, t0, compile_s, steps_run = [], time.perf_counter(), None, 0
+
+    def sync():
+        nonlocal pending
+        fetched = [jax.tree.map(np.asarray, p) for p in pending]
+        pending = []
+        losses = np.concatenate([f["loss"] for f in fetched])
+        if not np.all(np.isfinite(losses)):
+            raise _diverged(run, run.step - len(losses) + int(np.argmin(np.isfinite(losses))), "loss")
+        for f in fetched:
+            for k, v in f.items():
+                book.sums[k] = book.sums.get(k, 0.0) + float(np.sum(v, dtype=np.float64))
+        book.sum_steps += len(losses)
+        progress.update(len(losses), float(losses[-1]))
+
+    while pos < spe and run.step < run.total_steps:
+        k = min(per_dispatch, spe - pos, run.total_steps - run.step)
+        tc = time.perf_counter()
+        run.state, m = run.strategy.run_chunk(run.state, run.train_data, order[pos : pos + k])
+        if compile_s is None:
+            jax.block_until_ready(m)
+            compile_s = time.perf_counter() - tc
+        pos, run.step, steps_run = pos + k, run.step + k, steps_run + k
+        pending.append(m)
+        queued = sum(len(p["loss"]) for p in pending)
+        at_end = pos >= spe or run.step >= run.total_steps
+        if at_end or run.signals.signum or queued >= cfg.log_every or (run.max_in_flight and queued >= run.max_in_flight):
+            sync()
+        if run.signals.signum:
+            _save(run, epoch, None, force=True)
+            run.ckpt.wait()
+            name = signal.Signals(run.signals.signum).name
+            raise Preempted(f"{name}: saved step {run.step} in {run.ckpt.directory}; rerun to resume", run.signals.signum)
+        if cfg.checkpoint_steps and run.step % cfg.checkpoint_steps < k and not at_end:
+            _save(run, epoch, None)
+    progress.close()
+    if pos < spe:  # max_steps ended the run mid-epoch
+        book.finished = True
+    else:
+        book.epoch = epoch + 1
+    epoch_s = time.perf_counter() - t0
+    return {"epoch_s": epoch_s, "compile_s": compile_s or 0.0,
+            "examples_per_s": steps_run * cfg.batch_size / epoch_s if steps_run else 0}
+
+
+# ---------------------------------------------------------------- evaluate / checkpoint / stop
+
+
+def evaluate(run: Run, timing: dict) -> dict:
+    """Validation metrics; logs the epoch's record (train means, validation, timing) and returns it."""
+    book = run.book
+    variables = run.strategy.unreplicate(run.state).variables()
+    val = tasks.summarize(run.evaluator(variables, run.val_data, len(run.splits.val["x"]), run.eval_batch))
+    record = {
+        "epoch": book.epoch,
+        "step": run.step,
+        **{f"train_{k}": v / book.sum_steps for k, v in book.sums.items()},
+        **{f"val_{k}": v for k, v in val.items() if isinstance(v, float)},
+        **timing,
+    }
+    run.metrics_log.write(record)
+    run.log(f"epoch {book.epoch} step {run.step} " + report.fmt({k: v for k, v in record.items() if k != "epoch_s"})
+            + f" time={timing['epoch_s']:.1f}s")
+    value = val[run.task.val_metric]
+    if run.task.better(value, book.best):
+        book.best, book.best_epoch, book.bad_epochs = value, book.epoch, 0
+    else:
+        book.bad_epochs += 1
+    cfg = run.cfg
+    if cfg.sample_every and book.epoch % cfg.sample_every == 0 and run.task.epoch_sample and report.is_writer():
+        run.task.epoch_sample(run.model, jax.device_get(variables), run.splits.val, run.workdir / "samples",
+                              book.epoch, cfg.seed, run.log)
+    return record
+
+
+def should_stop(run: Run) -> bool:
+    """Early stopping, max_steps and the last epoch all end the run."""
+    cfg, book = run.cfg, run.book
+    if cfg.early_stop_patience and book.bad_epochs >= cfg.early_stop_patience:
+        run.log(f"early stop: val_{run.task.val_metric} has not improved for {book.bad_epochs} epochs "
+                f"(best {book.best:.4g} at epoch {book.best_epoch})")
+        book.finished = True
+    if run.step >= run.total_steps:
+        book.finished = True
+    return book.finished
+
+
+def checkpoint_if_due(run: Run, record: dict) -> None:
+    if run.book.finished or run.book.epoch % run.cfg.checkpoint_every == 0:
+        _save(run, run.book.epoch, record)
+
+
+def _save(run: Run, epoch_done: int, record: dict | None, force: bool = False) -> None:
+    tree = state_tree(run.strategy.unreplicate(run.state))
+    # Losses are checked only at syncs, and the step that overflows still reports a finite
+    # loss: never let non-finite parameters become the "last good" checkpoint.
+    if not _all_finite((tree["params"], tree["model_state"])):
+        run.ckpt.wait()
+        raise _diverged(run, run.step, "parameters")
+    metric = f"val_{run.task.val_metric}"
+    metrics = {metric: record[metric]} if record else None
+    meta = {**dataclasses.asdict(run.book), "epoch": epoch_done, "step": run.step, "config": run.cfg.to_json()}
+    run.ckpt.save(run.step, tree, meta, metrics, force=force)
+
+
+def fit(cfg: Config, workdir: str | Path, *, log=print, model=None, task: tasks.Task | None = None,
+        splits: tasks.Splits | None = None) -> dict:
+    """Trains `cfg.model` (or `model`) in `workdir`, resuming from its newest intact checkpoint.
+
+    Returns the final epoch's record (train and validation metrics, timings).
+    Raises TrainingDiverged on a non-finite loss and Preempted after a SIGTERM/SIGINT save.
+    """
+    run = setup(cfg, workdir, log=log, model=model, task=task, splits=splits)
     record: dict = {}
-
-    def save(epoch_done: int, val_record: dict | None, force: bool = False):
-        tree = state_tree(strategy.unreplicate(state))
-        # Losses are checked only at log syncs, and the step that overflows still reports a
-        # finite loss: never let non-finite parameters become the "last good" checkpoint.
-        if not _all_finite((tree["params"], tree["model_state"])):
-            ckpt.wait()
-            raise TrainingDiverged(
-                f"non-finite parameters at step {step} (lr={cfg.lr}, optimizer={cfg.optimizer}); not saved. "
-                f"Last good checkpoint: step {ckpt.latest_step()} in {ckpt.directory}. Lower --lr or set --clip-norm."
-            )
-        metrics = {f"val_{metric}": val_record[metric]} if val_record else None
-        ckpt.save(step, tree, {**meta, "epoch": epoch_done, "step": step, "config": cfg.to_json()}, metrics, force=force)
-
     try:
-        with _SigtermFlag() as sigterm:
-            epoch = step // steps_per_epoch
-            while step < total_steps and not meta["finished"]:
-                order = np.asarray(data.epoch_order(cfg.seed, epoch, n_train))
-                order = order[: steps_per_epoch * cfg.batch_size].reshape(steps_per_epoch, cfg.batch_size)
-                pos = step - epoch * steps_per_epoch
-                progress = report.Progress(steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}", cfg.batch_size)
-                progress.done = pos
-                chunks, pending, t0, compile_s = [], [], time.perf_counter(), None
-                per_dispatch = cfg.steps_per_dispatch or parallel.default_steps_per_dispatch(steps_per_epoch)
-                while pos < steps_per_epoch and step < total_steps:
-                    k = min(per_dispatch, steps_per_epoch - pos, total_steps - step)
-                    tc = time.perf_counter()
-                    state, m = strategy.run_chunk(state, train_data, order[pos : pos + k])
-                    if compile_s is None:
-                        jax.block_until_ready(m)
-                        compile_s = time.perf_counter() - tc
-                    pos += k
-                    step += k
-                    pending.append(m)  # stays on device until the next sync
-                    at_end = pos >= steps_per_epoch or step >= total_steps
-                    if at_end or sigterm.raised or sum(len(p["loss"]) for p in pending) >= cfg.log_every:
-                        fetched = [jax.tree.map(np.asarray, p) for p in pending]
-                        losses = np.concatenate([f["loss"] for f in fetched])
-                        if not np.all(np.isfinite(losses)):
-                            bad = step - len(losses) + int(np.argmin(np.isfinite(losses)))
-                            raise TrainingDiverged(
-                                f"non-finite loss at step {bad} (lr={cfg.lr}, optimizer={cfg.optimizer}); "
-                                f"stopped without saving. Last good checkpoint: step {ckpt.latest_step()} in "
-                                f"{ckpt.directory}. Lower --lr or set --clip-norm."
-                            )
-                        chunks.extend(fetched)
-                        progress.update(len(losses), float(losses[-1]))
-                        pending = []
-                    if sigterm.raised:
-                        save(epoch, None, force=True)
-                        ckpt.wait()
-                        raise Preempted(f"SIGTERM: saved step {step} in {ckpt.directory}; rerun to resume")
-                    if cfg.checkpoint_steps and step % cfg.checkpoint_steps < k and not at_end:
-                        save(epoch, None)
-                progress.close()
-                epoch_s = time.perf_counter() - t0
-                if pos < steps_per_epoch:  # max_steps ended the run mid-epoch
-                    meta["finished"] = True
-                else:
-                    epoch += 1
-                train_means = {k: float(np.mean(np.concatenate([c[k] for c in chunks]))) for k in chunks[0]} if chunks else {}
-                host_state = strategy.unreplicate(state)
-                val = tasks.summarize(evaluator(host_state, val_data, n_val, eval_bs))
-                record = {
-                    "epoch": epoch,
-                    "step": step,
-                    **{f"train_{k}": v for k, v in train_means.items()},
-                    **{f"val_{k}": v for k, v in val.items() if isinstance(v, float)},
-                    "epoch_s": epoch_s,
-                    "compile_s": compile_s or 0.0,
-                    "examples_per_s": (len(chunks) and sum(len(c["loss"]) for c in chunks) * cfg.batch_size / epoch_s),
-                }
-                metrics_log.write(record)
-                log(f"epoch {epoch} step {step} " + report.fmt({k: v for k, v in record.items() if k != "epoch_s"}) + f" time={epoch_s:.1f}s")
-                value = val[metric]
-                improved = meta["best"] is None or (value > meta["best"] if mode == "max" else value < meta["best"])
-                if improved:
-                    meta.update(best=value, best_epoch=epoch, bad_epochs=0)
-                else:
-                    meta["bad_epochs"] += 1
-                if cfg.early_stop_patience and meta["bad_epochs"] >= cfg.early_stop_patience:
-                    log(f"early stop: val_{metric} has not improved for {meta['bad_epochs']} epochs (best {meta['best']:.4g} at epoch {meta['best_epoch']})")
-                    meta["finished"] = True
-                if step >= total_steps:
-                    meta["finished"] = True
-                if cfg.sample_every and epoch % cfg.sample_every == 0 and report.is_writer():
-                    write_samples(task, model, host_state, splits.val, workdir / "samples", epoch, cfg.seed, log)
-                if meta["finished"] or epoch % cfg.checkpoint_every == 0:
-                    save(epoch, val)
+        with run.signals:
+            while not run.book.finished and run.step < run.total_steps:
+                timing = run_epoch(run)
+                record = evaluate(run, timing)
+                should_stop(run)
+                checkpoint_if_due(run, record)
     finally:
-        ckpt.close()
-        metrics_log.close()
+        run.close()
     return record
 
 
@@ -283,8 +403,7 @@ def schedule_change(saved: dict, cfg: Config) -> str | None:
     """A warning when a resumed run's learning-rate schedule is not the one it started with.
 
     Schedules are functions of the step and of the run length, so resuming with another
-    --epochs/--max-steps (or lr, schedule, warmup) makes the rate jump at the resume point
-    instead of continuing the curve the checkpoint was trained on.
+    --epochs/--max-steps (or lr, schedule, warmup) makes the rate jump at the resume point.
     """
     keys = ("schedule", "lr", "warmup_steps", "epochs", "max_steps")
     if cfg.schedule == "constant" and saved.get("schedule", "constant") == "constant":
@@ -296,50 +415,15 @@ def schedule_change(saved: dict, cfg: Config) -> str | None:
             "this run, so the rate jumps at the resume point instead of following the curve the checkpoint was trained on")
 
 
-def write_samples(task: str, model, state: TrainState, val: dict, outdir: Path, epoch: int, seed: int, log=print) -> None:
-    """AE: originals above reconstructions; GAN: 64 samples from fixed noise; LM: a text sample."""
-    variables = jax.device_get(state.variables())
-    if task == "reconstruction":
-        x = to_input(jnp.asarray(val["x"][:32]))
-        recon = model.apply(variables, x)
-        grid = jnp.concatenate([x, recon], 0)
-        report.save_grid(grid, outdir / f"recon_epoch{epoch:03d}.png")
-    elif task == "gan":
-        z = jax.random.normal(jax.random.key(seed + 1_000_003), (64, tasks.latent_dim(model)))
-        report.save_grid(model.apply(variables, z, method="generate"), outdir / f"samples_epoch{epoch:03d}.png")
-    elif task == "language_model":
-        text = sample_text(model, variables, "ROMEO:", 200, jax.random.key(seed + epoch))
-        outdir.mkdir(parents=True, exist_ok=True)
-        (outdir / f"text_epoch{epoch:03d}.txt").write_text(text)
-        log("sample: " + text.replace("\n", "\n        "))
-
-
-def sample_text(model, variables, prompt: str, length: int, key, temperature: float = 0.8) -> str:
-    """Generates `length` characters after `prompt` with a char-level LM."""
-    tokens = jnp.asarray(zoo.rnn.encode(prompt))[None]
-    out = jax.jit(lambda v, k, t: model.apply(v, k, t, length, temperature, method="generate"))(variables, key, tokens)
-    return prompt + zoo.rnn.decode(out[0])
-
-
-def evaluate(task: str, model, variables: dict, arrays: dict, *, batch_size: int = 1000, devices=None) -> dict:
-    """Metrics of `variables` on `arrays` ({"x", "y"}), in one compiled dispatch.
+def evaluate_arrays(task: tasks.Task, model, variables: dict, arrays: dict, *, batch_size: int = 1000, devices=None) -> dict:
+    """Metrics of `variables` on host `arrays` ({"x", "y"?}), batches split over `devices`.
 
     Classification adds per-class precision/recall/F1, macro F1 and the confusion matrix.
     """
     devices = jax.devices() if devices is None else devices
     mesh = parallel.make_mesh(devices)
     replicated = parallel.NamedSharding(mesh, parallel.P())
-    state = TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=variables["params"],
-        model_state={k: v for k, v in variables.items() if k != "params"},
-        opt_state=(),
-        rng=jnp.zeros((2,), jnp.uint32),
-        apply_fn=model.apply,
-        tx=optax.identity(),
-    )
-    state = jax.tree.map(lambda a: parallel.put_global(a, replicated), state)
-    on_device = jax.tree.map(lambda a: parallel.put_global(a, replicated), arrays)
+    variables, on_device = (jax.tree.map(lambda a: parallel.put_global(a, replicated), t) for t in (variables, arrays))
     bs = max(len(devices), batch_size - batch_size % len(devices))
-    run = parallel.make_evaluator(tasks.eval_step(task, model), mesh)
-    return tasks.summarize(run(state, on_device, len(arrays["x"]), bs))
+    run = parallel.make_evaluator(task.eval_step(model), mesh)
+    return tasks.summarize(run(variables, on_device, len(arrays["x"]), bs))

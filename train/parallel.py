@@ -8,9 +8,9 @@ multi-host run computes the same order without communication.
 
 - "jit": `jax.jit` with NamedSharding over a 1-D mesh of all devices (all hosts). The
   state is replicated, the batch sharded; XLA inserts the gradient all-reduce.
-- "pmap": the classic `jax.pmap` step with `lax.pmean` over axis "data"; the state
-  carries a leading device axis. BatchNorm statistics are averaged across devices
-  after each step.
+- "pmap": the classic `jax.pmap` step; the state carries a leading device axis. The step
+  is the same function as under jit: `pmap_edge` adds the collectives around it (gradients
+  averaged inside the optimizer update, metrics and BatchNorm statistics after the step).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -82,12 +83,9 @@ def check_batch_size(batch_size: int, num_devices: int) -> None:
         )
 
 
-# XLA:CPU in jaxlib 0.10 sends dots, reductions and convolutions to YNNPACK by default
-# (its default list, checked here by timing each variant). XLA's own (Eigen) convolutions
-# ran these models' train steps much faster on a 2-core AMD EPYC (AVX-512), e.g. one 3x3
-# 32->64 conv forward+backward 16.3 -> 9.5 ms, the CNN step 19.8 -> 15.3 ms
-# (bench/cpu_probe.py conv / options), so zoo keeps the default list minus convolutions. It is an experimental XLA option, so it
-# is only set for the jaxlib line it was measured on (an unknown option fails the compile).
+# XLA:CPU's default YNNPACK list minus convolutions: XLA's own convolutions were faster for
+# these models (bench/README.md, "Where the CPU time goes"). An experimental option, so only
+# for the jaxlib line it was measured on (an unknown option fails the compile).
 CPU_COMPILER_OPTIONS = {
     "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
 }
@@ -113,12 +111,8 @@ def compiler_options(devices=None) -> dict | None:
 
 
 def unroll_scan() -> bool:
-    """Whether to unroll the steps of a dispatch chunk.
-
-    XLA:CPU runs a train step inside a rolled `lax.scan` (a while loop) much slower than the
-    same step at top level (bench/cpu_probe.py scan: 292 vs 16 ms per CNN step of 64
-    images), so on CPU chunks are unrolled (and kept short, see `default_steps_per_dispatch`).
-    """
+    """Whether to unroll the steps of a dispatch chunk: on CPU, where a step inside a rolled
+    `lax.scan` runs ~18x slower than at top level (bench/README.md)."""
     return jax.default_backend() == "cpu"
 
 
@@ -142,7 +136,8 @@ def _scan(body, state, xs):
 
 
 def _gather(data, idx):
-    return jax.tree.map(lambda a: a[idx], data)
+    """The batch of examples `idx`, with their dataset positions as "index" (see steps.py)."""
+    return {**jax.tree.map(lambda a: a[idx], data), "index": idx}
 
 
 class JitStrategy:
@@ -187,8 +182,26 @@ class JitStrategy:
         return self._chunk._cache_size()
 
 
+def _pmean_gradients(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """`tx` applied to the gradients averaged over the pmap axis (same state structure)."""
+    return optax.GradientTransformation(tx.init, lambda g, s, p=None: tx.update(jax.lax.pmean(g, AXIS), s, p))
+
+
+def pmap_edge(step_fn: Callable) -> Callable:
+    """The collectives of data parallelism under pmap, around an unchanged `step_fn`:
+    gradients averaged inside the optimizer update (so clipping sees the global gradient),
+    metrics and model state (BatchNorm statistics) averaged after the step."""
+
+    def step(state, batch):
+        new, metrics = step_fn(state.replace(tx=_pmean_gradients(state.tx)), batch)
+        new = new.replace(tx=state.tx, model_state=jax.lax.pmean(new.model_state, AXIS))
+        return new, jax.lax.pmean(metrics, AXIS)
+
+    return step
+
+
 class PmapStrategy:
-    """The classic `jax.pmap` data parallelism with `lax.pmean` (local devices only)."""
+    """The classic `jax.pmap` data parallelism (local devices only), via `pmap_edge`."""
 
     name = "pmap"
 
@@ -201,9 +214,11 @@ class PmapStrategy:
         self.replicated = NamedSharding(mesh, P())
         self._stacked = NamedSharding(mesh, P(AXIS))
 
+        device_step = pmap_edge(step_fn)
+
         def chunk(state, data, idx):  # per device: idx (K, B / n)
             def body(state, i):
-                return step_fn(state, _gather(data, i))
+                return device_step(state, _gather(data, i))
 
             return _scan(body, state, idx)
 
@@ -229,17 +244,17 @@ class PmapStrategy:
         return self._chunk._cache_size() if hasattr(self._chunk, "_cache_size") else -1
 
 
-def make_strategy(name: str, step_fn: Callable, mesh: Mesh, *, pmap_step_fn: Callable | None = None):
-    """The strategy object by name. `pmap_step_fn` is the step bound with axis_name="data"."""
+def make_strategy(name: str, step_fn: Callable, mesh: Mesh):
+    """The strategy object by name, running `step_fn` (the same pure step for both)."""
     if name == "jit":
         return JitStrategy(step_fn, mesh)
     if name == "pmap":
-        return PmapStrategy(pmap_step_fn or step_fn, mesh)
+        return PmapStrategy(step_fn, mesh)
     raise ValueError(f"unknown strategy {name!r}; expected one of {STRATEGIES}")
 
 
 def make_evaluator(eval_fn: Callable, mesh: Mesh):
-    """Full-dataset evaluation: sums `eval_fn(state, batch, mask)` over fixed-size batches.
+    """Full-dataset evaluation: sums `eval_fn(variables, batch, mask)` over fixed-size batches.
 
     One compiled program per batch shape, dispatched per batch from the host (eval is
     rare, and a rolled scan would hit the XLA:CPU while-loop slowdown); sums accumulate on
@@ -249,21 +264,20 @@ def make_evaluator(eval_fn: Callable, mesh: Mesh):
     batch_sharding = NamedSharding(mesh, P(AXIS))
 
     @functools.partial(jax.jit, out_shardings=replicated, compiler_options=compiler_options(mesh.devices.flat))
-    def batch_sums(state, data, idx, mask):
-        # "index": each example's position in the dataset, for per-example eval noise (GAN).
-        batch = jax.lax.with_sharding_constraint({**_gather(data, idx), "index": idx}, batch_sharding)
-        return eval_fn(state, batch, jax.lax.with_sharding_constraint(mask, batch_sharding))
+    def batch_sums(variables, data, idx, mask):
+        batch = jax.lax.with_sharding_constraint(_gather(data, idx), batch_sharding)
+        return eval_fn(variables, batch, jax.lax.with_sharding_constraint(mask, batch_sharding))
 
     add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b), donate_argnums=0)
 
-    def run(state, data, n: int, batch_size: int):
+    def run(variables, data, n: int, batch_size: int):
         nb = -(-n // batch_size)
         flat = np.arange(nb * batch_size)
         mask = (flat < n).astype(np.float32).reshape(nb, batch_size)
         idx = np.minimum(flat, n - 1).astype(np.int32).reshape(nb, batch_size)  # padding repeats the last example
         total = None
         for b in range(nb):
-            sums = batch_sums(state, data, put_global(idx[b], replicated), put_global(mask[b], replicated))
+            sums = batch_sums(variables, data, put_global(idx[b], replicated), put_global(mask[b], replicated))
             total = sums if total is None else add(total, sums)
         return total
 

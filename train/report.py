@@ -31,6 +31,17 @@ class MetricsLog:
 
             self._tb = SummaryWriter(str(Path(workdir) / "tb"))
 
+    def truncate(self, step: int) -> None:
+        """Drops the records logged after `step`: a resumed run replays (and logs) them again."""
+        if not is_writer() or not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines(keepends=True)
+        keep = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+        if len(keep) != len(lines):
+            from train.workdir import write_text
+
+            write_text(self.path, "".join(keep))
+
     def write(self, record: dict) -> None:
         if not is_writer():
             return
@@ -55,17 +66,17 @@ def fmt(metrics: dict) -> str:
 class Progress:
     """A tqdm bar with live loss and throughput; silent when stderr is not a TTY."""
 
-    def __init__(self, total: int, desc: str, batch_size: int):
+    def __init__(self, total: int, desc: str, batch_size: int, *, done: int = 0):
         from tqdm.auto import tqdm
 
         self.batch_size = batch_size
-        self.bar = tqdm(total=total, desc=desc, disable=not (sys.stderr.isatty() and is_writer()), leave=False)
+        self.bar = tqdm(total=total, initial=done, desc=desc, disable=not (sys.stderr.isatty() and is_writer()), leave=False)
         self.start = time.perf_counter()
-        self.done = 0
+        self.steps = 0  # run by this process (for the rate)
 
     def update(self, steps: int, loss: float) -> None:
-        self.done += steps
-        rate = self.done * self.batch_size / max(time.perf_counter() - self.start, 1e-9)
+        self.steps += steps
+        rate = self.steps * self.batch_size / max(time.perf_counter() - self.start, 1e-9)
         self.bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{rate:,.0f}")
         self.bar.update(steps)
 

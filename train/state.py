@@ -22,7 +22,7 @@ SCHEDULES = ("constant", "cosine", "onecycle")
 
 @struct.dataclass
 class TrainState:
-    """Full training state. For GANs `opt_state` is {"generator": ..., "discriminator": ...}."""
+    """Full training state. With players (GANs) `opt_state` is {player: its optimizer state}."""
 
     step: jax.Array
     params: Any
@@ -113,23 +113,21 @@ def create_state(
     tx: optax.GradientTransformation,
     rng: jax.Array,
     *,
-    gan: bool = False,
+    players: tuple[str, ...] = (),
 ) -> TrainState:
     """A TrainState from a module, its initialized variables and an optimizer.
 
     Args:
       model: the flax module (its `apply` becomes `apply_fn`).
       variables: as returned by `zoo.init` ({"params": ..., maybe "batch_stats"}).
-      tx: the optax optimizer (for a GAN: used for both players, each with its own state).
+      tx: the optax optimizer (with `players`: used for each, each with its own state).
       rng: the run's base key (typed key or raw uint32 key data).
-      gan: True for models with "generator"/"discriminator" parameter subtrees.
+      players: parameter subtrees optimized separately (a GAN's "generator" and
+        "discriminator"); empty: one optimizer state for all parameters.
     """
     params = variables["params"]
     model_state = {k: v for k, v in variables.items() if k != "params"}
-    if gan:
-        opt_state = {part: tx.init(params[part]) for part in ("generator", "discriminator")}
-    else:
-        opt_state = tx.init(params)
+    opt_state = {part: tx.init(params[part]) for part in players} if players else tx.init(params)
     if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
         rng = jax.random.key_data(rng)
     return TrainState(

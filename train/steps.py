@@ -1,18 +1,21 @@
 """Pure train and eval steps, one loss per task.
 
 Every train step is `(state, batch) -> (state, metrics)`: module-level, no configs, no
-devices. Randomness comes from `state.key` (fold_in of the base key and the step).
-Static behaviour (which loss, which augmentation, the pmap axis name) is bound with
-`functools.partial` by the caller before jitting. Metrics are means over the batch.
+devices, no collectives (a strategy adds those at its edge, train/parallel.py). Static
+behaviour (which loss, which augmentation) is bound with `functools.partial` by the task
+record (train/tasks.py). Metrics are means over the batch.
 
 Batches are dicts: "x" (uint8 images/rows or int32 tokens, converted here on device),
-"y" (labels; a dict of labels for multitask). Eval steps return SUMS plus a count so a
-padded last batch (mask 0) gives exact means.
+"y" (labels; a dict of labels for multitask) and "index" (each example's position in the
+dataset, added by the strategies and the evaluator). Randomness is a function of the step
+key (`state.key`, fold_in of the base key and the step) and of the examples in the batch,
+never of the device that runs it. Eval steps return SUMS plus a count so a padded last
+batch (mask 0) gives exact means.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -45,10 +48,8 @@ def binary_loss(logits, x, y):
 def reconstruction_loss(recon, x, y):
     """Pixel-wise binary cross-entropy of reconstructions in [0, 1]; MSE as a metric.
 
-    BCE rather than MSE as the objective: with a sigmoid output, MSE's gradient vanishes
-    where the sigmoid saturates, and on MNIST (mostly black pixels) the autoencoder then
-    collapses to an all-black image (MSE stuck at 0.112 for 3 epochs, measured); BCE's
-    gradient w.r.t. the pre-activation is simply (recon - x).
+    BCE, not MSE, as the objective: under MSE the autoencoder collapsed to a black image
+    (bench/README.md).
     """
     p = jnp.clip(recon, 1e-6, 1.0 - 1e-6)
     bce = -(x * jnp.log(p) + (1.0 - x) * jnp.log1p(-p)).reshape(x.shape[0], -1).mean(-1)  # (B,)
@@ -72,34 +73,25 @@ def multitask_loss(outputs, x, y):
     return total, metrics
 
 
-LOSSES: dict[str, Callable] = {
-    "classification": classification_loss,
-    "sequence_classification": classification_loss,
-    "binary": binary_loss,
-    "reconstruction": reconstruction_loss,
-    "language_model": language_model_loss,
-    "multitask": multitask_loss,
-}
+def batch_key(state: TrainState, batch: dict) -> jax.Array:
+    """The batch's key: the step key folded with its first example's index.
+
+    Under pmap each device holds a different slice of the global batch, so its dropout masks
+    and augmentations differ from the other devices' without any device-specific code; under
+    jit the one global batch gives the same key on any device count.
+    """
+    index = batch.get("index")
+    return state.key if index is None else jax.random.fold_in(state.key, index[0])
 
 
-def _pmean(tree, axis_name):
-    return jax.lax.pmean(tree, axis_name) if axis_name else tree
+def latents(key: jax.Array, index: jax.Array, latent_dim: int, dtype=jnp.float32) -> jax.Array:
+    """(B, latent_dim) noise, row i drawn from fold_in(key, index[i]): a function of the
+    example, so it is the same whichever device (or batch split) draws it."""
+    return jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (latent_dim,), dtype))(index)
 
 
-def _device_key(key: jax.Array, axis_name: str | None) -> jax.Array:
-    # Under pmap every device holds the same state.key: without this, all devices would draw
-    # the same dropout masks / augmentations for their slice of the batch.
-    return jax.random.fold_in(key, jax.lax.axis_index(axis_name)) if axis_name else key
-
-
-def _latent(key: jax.Array, batch_size: int, latent_dim: int, dtype, axis_name: str | None) -> jax.Array:
-    """(batch_size, latent_dim) noise. Under pmap: this device's rows of the global batch's
-    noise, so every device gets distinct latents and pmap draws the same z as jit."""
-    if not axis_name:
-        return jax.random.normal(key, (batch_size, latent_dim), dtype)
-    n = jax.lax.axis_size(axis_name)
-    z = jax.random.normal(key, (n * batch_size, latent_dim), dtype)  # (global B, Z)
-    return jax.lax.dynamic_slice_in_dim(z, jax.lax.axis_index(axis_name) * batch_size, batch_size)
+def _index(batch: dict, n: int) -> jax.Array:
+    return batch.get("index", jnp.arange(n))
 
 
 def train_step(
@@ -108,18 +100,16 @@ def train_step(
     *,
     loss_fn: Callable,
     augment: Callable | None = None,
-    axis_name: str | None = None,
 ) -> tuple[TrainState, Metrics]:
     """One optimizer step of a supervised task (everything except GANs).
 
     Args:
       state: the TrainState.
-      batch: {"x": inputs, "y": targets}.
-      loss_fn: one of LOSSES.
+      batch: {"x": inputs, "y": targets, "index"?: example indices}.
+      loss_fn: `(output, x, y) -> (per-example loss, per-example metrics)`.
       augment: optional `(rng, x_float) -> x_float`, applied on device.
-      axis_name: set under pmap: gradients, metrics and model state are averaged over it.
     """
-    aug_key, dropout_key = jax.random.split(_device_key(state.key, axis_name))
+    aug_key, dropout_key = jax.random.split(batch_key(state, batch))
     x = to_input(batch["x"])
     if augment is not None:
         x = augment(aug_key, x)
@@ -130,28 +120,28 @@ def train_step(
             state.variables(params), x, train=True, rngs={"dropout": dropout_key}, mutable=mutable
         )
         loss, metrics = loss_fn(out, x, batch.get("y"))
-        return loss.mean(), (jax.tree.map(jnp.mean, metrics), new_state)
+        return loss.astype(jnp.float32).mean(), (jax.tree.map(jnp.mean, metrics), new_state)
 
     (loss, (metrics, new_model_state)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-    grads = _pmean(grads, axis_name)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     state = state.replace(
         step=state.step + 1,
         params=optax.apply_updates(state.params, updates),
         opt_state=opt_state,
-        model_state=_pmean(dict(new_model_state), axis_name),
+        model_state=dict(new_model_state),
     )
-    return state, _pmean({"loss": loss, **metrics}, axis_name)
+    return state, {"loss": loss, **metrics}
 
 
-def eval_step(state: TrainState, batch: dict, mask: jax.Array, *, loss_fn: Callable, num_classes: int = 0) -> Metrics:
-    """Sums of loss and metrics over the unmasked examples, plus "count".
+def eval_step(variables: dict, batch: dict, mask: jax.Array, *, apply_fn: Callable, loss_fn: Callable,
+              num_classes: int = 0) -> Metrics:
+    """Sums of loss and metrics of `apply_fn(variables, x)` over the unmasked examples, plus "count".
 
     With num_classes > 0 (classification) also returns the (num_classes, num_classes)
     confusion matrix, rows = true class, columns = prediction.
     """
     x = to_input(batch["x"])
-    out = state.apply_fn(state.variables(), x, train=False)
+    out = apply_fn(variables, x, train=False)
     loss, metrics = loss_fn(out, x, batch.get("y"))
     sums = {k: jnp.sum(v * mask) for k, v in {"loss": loss, **metrics}.items()}
     sums["count"] = jnp.sum(mask)
@@ -161,19 +151,17 @@ def eval_step(state: TrainState, batch: dict, mask: jax.Array, *, loss_fn: Calla
     return sums
 
 
-def gan_step(
-    state: TrainState, batch: dict, *, latent_dim: int, axis_name: str | None = None
-) -> tuple[TrainState, Metrics]:
+def gan_step(state: TrainState, batch: dict, *, latent_dim: int) -> tuple[TrainState, Metrics]:
     """One discriminator update then one generator update, in one compiled program.
 
     Discriminator: BCE(D(real), 1) + BCE(D(G(z)), 0). Generator: the non-saturating
     BCE(D'(G(z)), 1) through the updated discriminator D'. As in the tutorial's loop, G runs
     forward ONCE per step: its samples serve both updates, and the generator's gradient
     is pulled back through that one forward pass (`jax.vjp`), so G's BatchNorm statistics
-    are updated once per step too.
+    are updated once per step too. Noise: `latents(state.key, batch["index"])`.
     """
     real = to_input(batch["x"])
-    z = _latent(state.key, real.shape[0], latent_dim, real.dtype, axis_name)
+    z = latents(state.key, _index(batch, real.shape[0]), latent_dim, real.dtype)
     apply = state.apply_fn
     g_params, d_params = state.params["generator"], state.params["discriminator"]
 
@@ -198,7 +186,6 @@ def gan_step(
     (d_loss, (model_state, d_real, d_fake)), d_grads = jax.value_and_grad(d_objective, has_aux=True)(
         d_params, dict(model_state)
     )
-    d_grads = _pmean(d_grads, axis_name)
     d_updates, d_opt = state.tx.update(d_grads, state.opt_state["discriminator"], d_params)
     d_params = optax.apply_updates(d_params, d_updates)
 
@@ -208,7 +195,6 @@ def gan_step(
 
     (g_loss, model_state), d_fake_images = jax.value_and_grad(g_objective, has_aux=True)(fake, dict(model_state))
     (g_grads,) = g_pullback(d_fake_images)
-    g_grads = _pmean(g_grads, axis_name)
     g_updates, g_opt = state.tx.update(g_grads, state.opt_state["generator"], g_params)
     g_params = optax.apply_updates(g_params, g_updates)
 
@@ -216,26 +202,22 @@ def gan_step(
         step=state.step + 1,
         params={"generator": g_params, "discriminator": d_params},
         opt_state={"generator": g_opt, "discriminator": d_opt},
-        model_state=_pmean(dict(model_state), axis_name),
+        model_state=dict(model_state),
     )
-    metrics = {"loss": d_loss + g_loss, "d_loss": d_loss, "g_loss": g_loss, "d_real": d_real, "d_fake": d_fake}
-    return state, _pmean(metrics, axis_name)
+    return state, {"loss": d_loss + g_loss, "d_loss": d_loss, "g_loss": g_loss, "d_real": d_real, "d_fake": d_fake}
 
 
-def gan_eval_step(state: TrainState, batch: dict, mask: jax.Array, *, latent_dim: int) -> Metrics:
+def gan_eval_step(variables: dict, batch: dict, mask: jax.Array, *, apply_fn: Callable, latent_dim: int) -> Metrics:
     """Discriminator BCE on real test images and on as many fresh fakes (sums, "count").
 
-    Example i's fake comes from noise fold_in(key(0), i), i = batch["index"] (set by the
-    evaluator; default arange), so the metrics do not depend on the eval batch size.
+    Example i's fake comes from `latents(key(0), index)`, so the metrics do not depend on the
+    eval batch size.
     """
     real = to_input(batch["x"])
-    index = batch.get("index", jnp.arange(real.shape[0]))
-    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(index)
-    z = jax.vmap(lambda k: jax.random.normal(k, (latent_dim,), real.dtype))(keys)  # (B, Z)
-    variables = state.variables()
-    fake = state.apply_fn(variables, z, method="generate")
-    real_logits = state.apply_fn(variables, real, method="discriminate")[:, 0]
-    fake_logits = state.apply_fn(variables, fake, method="discriminate")[:, 0]
+    z = latents(jax.random.key(0), _index(batch, real.shape[0]), latent_dim, real.dtype)  # (B, Z)
+    fake = apply_fn(variables, z, method="generate")
+    real_logits = apply_fn(variables, real, method="discriminate")[:, 0]
+    fake_logits = apply_fn(variables, fake, method="discriminate")[:, 0]
     d_loss = optax.sigmoid_binary_cross_entropy(real_logits, 1.0) + optax.sigmoid_binary_cross_entropy(fake_logits, 0.0)
     g_loss = optax.sigmoid_binary_cross_entropy(fake_logits, 1.0)
     return {

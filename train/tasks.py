@@ -1,93 +1,95 @@
-"""Per-task glue: which data view, which loss, which eval metric, for each registry task.
+"""What training means for each task: one `Task` record per registry task label.
 
-Everything here maps a (ModelSpec, Config) to plain data and bound step functions; the
-steps themselves (train/steps.py) stay config-free.
+A record names the task's data view, its train and eval steps, its validation metric and
+direction, and its samplers. The loop, the CLI, evaluation and export look the record up once
+(`get(label)`) and never compare task names. A new task is one new record (README: "Add a task").
+The steps themselves (train/steps.py) stay config-free.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from pathlib import Path
 from typing import Callable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from train import data, steps
+import zoo
+from train import data, report, steps
 from train.config import Config
 
-# (validation metric, mode) used for early stopping and the "best" checkpoint.
-VAL_METRIC = {
-    "classification": ("accuracy", "max"),
-    "sequence_classification": ("accuracy", "max"),
-    "binary": ("accuracy", "max"),
-    "multitask": ("digit_accuracy", "max"),
-    "reconstruction": ("mse", "min"),
-    "language_model": ("loss", "min"),
-    "gan": ("g_loss", "min"),
-}
 
-IMAGE_TASKS = ("classification", "binary", "reconstruction", "gan", "multitask")
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One trainable task.
 
+    Attributes:
+      name: the registry task label it serves (`zoo.get_spec(model).task`).
+      datasets: the TFDS datasets it can train on.
+      view: a split's TFDS arrays -> host arrays {"x", and "y" unless unsupervised}.
+      train_step: `(model, cfg) -> step`, step = `(state, batch) -> (state, metrics)`.
+      eval_step: `model -> eval`, eval = `(variables, batch, mask) -> sums` (with "count").
+      val_metric, mode: the validation metric that selects the best checkpoint and drives
+        early stopping, and whether "max" or "min" is better.
+      players: parameter subtrees with their own optimizer state (a GAN's two players).
+      epoch_sample: optional `(model, variables, val, outdir, epoch, seed, log)`, written after
+        each `sample_every` epochs (grids, text).
+      sample: optional `(model, variables, key, options) -> message` for `zoo sample`.
+      labels: the label arrays of a view that hold class ids (validated against the model).
+    """
 
-@dataclasses.dataclass
-class Splits:
-    """Host arrays, each a dict {"x": ..., "y": ...}; y may be absent or a dict."""
+    name: str
+    datasets: tuple[str, ...]
+    view: Callable[[dict], dict]
+    train_step: Callable
+    eval_step: Callable
+    val_metric: str
+    mode: str
+    players: tuple[str, ...] = ()
+    epoch_sample: Callable | None = None
+    sample: Callable | None = None
+    labels: Callable[[dict], dict] = lambda arrays: {}
 
-    train: dict
-    val: dict
-    test: dict
-
-
-def image_task_view(arrays: dict, task: str) -> dict:
-    """{"image", "label"} arrays of an image dataset -> {"x", "y"} as `task` trains on them."""
-    x, y = data.image_classification(arrays)
-    if task == "sequence_classification":
-        return {"x": data.rows_as_sequence(x), "y": y}
-    if task == "binary":
-        return {"x": x, "y": data.binary_labels(y)}
-    if task == "multitask":
-        return {"x": x, "y": data.multitask_labels(y)}
-    if task in ("reconstruction", "gan"):
-        return {"x": x}
-    return {"x": x, "y": y}
-
-
-def _take(arrays: dict, sl: slice) -> dict:
-    import jax
-
-    return jax.tree.map(lambda a: a[sl], arrays)
+    def better(self, value: float, best: float | None) -> bool:
+        """Whether validation `value` improves on `best` (None: nothing yet)."""
+        return best is None or (value > best if self.mode == "max" else value < best)
 
 
-def load_splits(task: str, cfg: Config) -> Splits:
-    """Loads train/validation/test for `task` from TFDS (or the array cache)."""
-    if task == "language_model":
-        if cfg.dataset not in data.TEXT_DATASETS:
-            raise ValueError(f"task {task!r} trains on a text dataset {data.TEXT_DATASETS}, not {cfg.dataset!r}")
-        out = {}
-        for split in ("train", "validation", "test"):
-            tokens = data.encode_chars(data.load_split(cfg.dataset, split, data_dir=cfg.data_dir)["text"])
-            x, y = data.char_windows(tokens, cfg.seq_len)
-            out[split] = {"x": x, "y": y}
-        train = out["train"]
-        if cfg.train_limit:
-            train = _take(train, slice(0, cfg.train_limit))
-        return Splits(train, out["validation"], out["test"])
-    if cfg.dataset not in data.IMAGE_DATASETS:
-        raise ValueError(f"task {task!r} trains on an image dataset {data.IMAGE_DATASETS}, not {cfg.dataset!r}")
-    full = image_task_view(data.load_split(cfg.dataset, "train", data_dir=cfg.data_dir), task)
-    test = image_task_view(data.load_split(cfg.dataset, "test", data_dir=cfg.data_dir), task)
-    n = len(full["x"])
-    if not 0 <= cfg.val_size < n:
-        raise ValueError(f"val_size must be in [0, {n}), got {cfg.val_size}")
-    cut = n - cfg.val_size
-    train = _take(full, slice(0, cut))
-    val = _take(full, slice(cut, n)) if cfg.val_size else test
-    if cfg.train_limit:
-        train = _take(train, slice(0, cfg.train_limit))
-    return Splits(train, val, test)
+# ---------------------------------------------------------------- data views
+
+
+def _images(view: Callable[[np.ndarray, np.ndarray], dict]) -> Callable[[dict], dict]:
+    def one(arrays: dict) -> dict:
+        return view(*data.image_classification(arrays))
+
+    return one
+
+
+def _text(arrays: dict) -> dict:
+    return {"tokens": data.encode_chars(arrays["text"])}  # windows are cut by load_splits
+
+
+# ---------------------------------------------------------------- steps
+
+
+def _supervised(loss_fn: Callable, *, confusion: bool = False):
+    """(train_step factory, eval_step factory) of a task trained by `loss_fn`."""
+
+    def train_step(model, cfg: Config):
+        return functools.partial(steps.train_step, loss_fn=loss_fn, augment=augment_fn(cfg))
+
+    def eval_step(model):
+        num_classes = model.num_classes if confusion else 0
+        return functools.partial(steps.eval_step, apply_fn=model.apply, loss_fn=loss_fn, num_classes=num_classes)
+
+    return train_step, eval_step
 
 
 def augment_fn(cfg: Config) -> Callable | None:
+    """The on-device augmentation `cfg` asks for (None: none)."""
     if not (cfg.augment_flip or cfg.augment_rotate or cfg.augment_shift):
         return None
     return functools.partial(
@@ -95,25 +97,149 @@ def augment_fn(cfg: Config) -> Callable | None:
     )
 
 
-def latent_dim(model) -> int:
-    return getattr(model, "latent_dim", 100)
+# ---------------------------------------------------------------- samplers
 
 
-def train_step(task: str, model, cfg: Config, axis_name: str | None = None) -> Callable:
-    """The task's train step with its static arguments bound: (state, batch) -> (state, metrics)."""
-    if task == "gan":
-        return functools.partial(steps.gan_step, latent_dim=latent_dim(model), axis_name=axis_name)
-    return functools.partial(
-        steps.train_step, loss_fn=steps.LOSSES[task], augment=augment_fn(cfg), axis_name=axis_name
+def _reconstruction_grid(model, variables, val, outdir: Path, epoch: int, seed: int, log) -> None:
+    x = steps.to_input(jnp.asarray(val["x"][:32]))
+    report.save_grid(jnp.concatenate([x, model.apply(variables, x)], 0), outdir / f"recon_epoch{epoch:03d}.png")
+
+
+def _gan_grid(model, variables, val, outdir: Path, epoch: int, seed: int, log) -> None:
+    z = jax.random.normal(jax.random.key(seed + 1_000_003), (64, model.latent_dim))
+    report.save_grid(model.apply(variables, z, method="generate"), outdir / f"samples_epoch{epoch:03d}.png")
+
+
+def _gan_sample(model, variables, key, options: dict) -> str:
+    z = jax.random.normal(key, (options["num"], model.latent_dim))
+    out = report.save_grid(model.apply(variables, z, method="generate"), Path(options.get("out") or "samples.png"))
+    return f"saved {out}"
+
+
+def sample_text(model, variables, prompt: str, length: int, key, temperature: float = 0.8) -> str:
+    """Generates `length` characters after `prompt` with a char-level LM."""
+    tokens = jnp.asarray(data.encode_chars(prompt))[None]
+    out = jax.jit(lambda v, k, t: model.apply(v, k, t, length, temperature, method="generate"))(variables, key, tokens)
+    return prompt + data.decode_chars(out[0])
+
+
+def _text_file(model, variables, val, outdir: Path, epoch: int, seed: int, log) -> None:
+    text = sample_text(model, variables, "ROMEO:", 200, jax.random.key(seed + epoch))
+    outdir.mkdir(parents=True, exist_ok=True)
+    (outdir / f"text_epoch{epoch:03d}.txt").write_text(text)
+    log("sample: " + text.replace("\n", "\n        "))
+
+
+def _text_sample(model, variables, key, options: dict) -> str:
+    return sample_text(model, variables, options["prompt"], options["length"], key, options["temperature"])
+
+
+# ---------------------------------------------------------------- the records
+
+_IMAGES = data.IMAGE_DATASETS
+_classify = _supervised(steps.classification_loss, confusion=True)
+_gan = (
+    lambda model, cfg: functools.partial(steps.gan_step, latent_dim=model.latent_dim),
+    lambda model: functools.partial(steps.gan_eval_step, apply_fn=model.apply, latent_dim=model.latent_dim),
+)
+
+TASKS: dict[str, Task] = {
+    t.name: t
+    for t in (
+        Task("classification", _IMAGES, _images(lambda x, y: {"x": x, "y": y}), *_classify, "accuracy", "max",
+             labels=lambda a: {"y": a["y"]}),
+        Task("sequence_classification", _IMAGES, _images(lambda x, y: {"x": data.rows_as_sequence(x), "y": y}),
+             *_classify, "accuracy", "max", labels=lambda a: {"y": a["y"]}),
+        Task("binary", _IMAGES, _images(lambda x, y: {"x": x, "y": data.binary_labels(y)}),
+             *_supervised(steps.binary_loss), "accuracy", "max"),
+        Task("multitask", _IMAGES, _images(lambda x, y: {"x": x, "y": data.multitask_labels(y)}),
+             *_supervised(steps.multitask_loss), "digit_accuracy", "max", labels=lambda a: dict(a["y"])),
+        Task("reconstruction", _IMAGES, _images(lambda x, y: {"x": x}), *_supervised(steps.reconstruction_loss),
+             "mse", "min", epoch_sample=_reconstruction_grid),
+        Task("language_model", data.TEXT_DATASETS, _text, *_supervised(steps.language_model_loss), "loss", "min",
+             epoch_sample=_text_file, sample=_text_sample),
+        Task("gan", _IMAGES, _images(lambda x, y: {"x": x}), *_gan, "g_loss", "min",
+             players=("generator", "discriminator"), epoch_sample=_gan_grid, sample=_gan_sample),
     )
+}
 
 
-def eval_step(task: str, model) -> Callable:
-    """The task's eval step: (state, batch, mask) -> sums (with "count", maybe "confusion")."""
-    if task == "gan":
-        return functools.partial(steps.gan_eval_step, latent_dim=latent_dim(model))
-    num_classes = getattr(model, "num_classes", 0) if task in ("classification", "sequence_classification") else 0
-    return functools.partial(steps.eval_step, loss_fn=steps.LOSSES[task], num_classes=num_classes)
+def get(label: str) -> Task:
+    """The Task record for a registry task label."""
+    try:
+        return TASKS[label]
+    except KeyError:
+        raise ValueError(f"no training task {label!r}; the engine trains {', '.join(sorted(TASKS))}") from None
+
+
+def of_model(name: str) -> Task:
+    """The Task record of registry model `name`."""
+    return get(zoo.get_spec(name).task)
+
+
+# ---------------------------------------------------------------- splits
+
+
+@dataclasses.dataclass
+class Splits:
+    """Host arrays, each a dict {"x": ..., "y"?: ...}; y may be a dict (multitask)."""
+
+    train: dict
+    val: dict
+    test: dict
+
+
+def _take(arrays: dict, sl: slice) -> dict:
+    return jax.tree.map(lambda a: a[sl], arrays)
+
+
+def load_splits(task: Task, cfg: Config) -> Splits:
+    """Train/validation/test host arrays of `cfg.dataset`, as `task` trains on them.
+
+    Datasets without a validation split hold out the last `cfg.val_size` train examples.
+    """
+    if cfg.dataset not in task.datasets:
+        raise ValueError(f"task {task.name!r} trains on {', '.join(task.datasets)}, not {cfg.dataset!r}")
+    load = functools.partial(data.load_split, cfg.dataset, data_dir=cfg.data_dir)
+    if "validation" in data.SPLITS[cfg.dataset]:
+        train, val, test = (task.view(load(split)) for split in ("train", "validation", "test"))
+    else:
+        full, test = task.view(load("train")), task.view(load("test"))
+        n = len(next(iter(full.values())))
+        if not 0 <= cfg.val_size < n:
+            raise ValueError(f"val_size must be in [0, {n}), got {cfg.val_size}")
+        cut = n - cfg.val_size
+        train = _take(full, slice(0, cut))
+        val = _take(full, slice(cut, n)) if cfg.val_size else test
+    if "tokens" in train:  # text: next-character windows
+        train, val, test = (dict(zip(("x", "y"), data.char_windows(s["tokens"], cfg.seq_len))) for s in (train, val, test))
+    if cfg.train_limit:
+        train = _take(train, slice(0, cfg.train_limit))
+    return Splits(train, val, test)
+
+
+def check_labels(task: Task, arrays: dict, model, dataset: str) -> None:
+    """Raises ValueError if a class label lies outside [0, num_classes) of `model`.
+
+    Checked once on the host before training: the cross-entropy of an out-of-range label is
+    NaN without any error, which would otherwise surface as a "diverged" run.
+    """
+    counts = dict(getattr(model, "heads", ())) or {"y": getattr(model, "num_classes", None)}
+    for name, labels in task.labels(arrays).items():
+        n = counts.get(name)
+        labels = np.asarray(labels)
+        if n is None or labels.size == 0:
+            continue
+        bad = labels[(labels < 0) | (labels >= n)]
+        if bad.size:
+            what = "num_classes" if name == "y" else f"the {name!r} head's classes"
+            raise ValueError(
+                f"{dataset}: label {int(bad[0])} is outside [0, {n}) ({what} = {n}); {bad.size} labels are out of "
+                f"range. Train with --classes to keep a subset, or set num_classes to at least {int(labels.max()) + 1}"
+            )
+
+
+# ---------------------------------------------------------------- metrics
 
 
 def summarize(sums: dict) -> dict:
