@@ -342,7 +342,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
     def do_GET(self):
         hostile = {"/endless": self._endless, "/huge": self._huge, "/trickle": self._trickle, "/stall": self._stall,
-                   "/loop": self._loop}
+                   "/short": self._short, "/loop": self._loop}
         if self.path not in hostile:
             return super().do_GET()
         try:
@@ -350,23 +350,25 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):  # the client gave up: what we want
             pass
 
-    def _endless(self):  # a body that never ends, without a Content-Length
+    # Each endpoint gives up after a while (64 MiB, 10 s) so that a regression fails the
+    # test instead of hanging it.
+    def _endless(self):  # a body that does not end, without a Content-Length
         self.send_response(200)
         self.end_headers()
-        while True:
+        for _ in range(1024):
             self.wfile.write(bytes(1 << 16))
 
     def _huge(self):  # announces 1 TB
         self.send_response(200)
         self.send_header("Content-Length", str(10**12))
         self.end_headers()
-        while True:
+        for _ in range(1024):
             self.wfile.write(bytes(1 << 16))
 
-    def _trickle(self):  # one byte every 50 ms, forever: each read succeeds, the whole never ends
+    def _trickle(self):  # one byte every 50 ms: each read succeeds, the whole takes long
         self.send_response(200)
         self.end_headers()
-        while True:
+        for _ in range(200):
             self.wfile.write(b"\0")
             self.wfile.flush()
             time.sleep(0.05)
@@ -376,6 +378,12 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         self.end_headers()
         self.wfile.flush()
         time.sleep(5)
+
+    def _short(self):  # announces 1000 bytes, sends 10, hangs up
+        self.send_response(200)
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        self.wfile.write(bytes(10))
 
     def _loop(self):
         self.send_response(302)
@@ -495,6 +503,13 @@ def test_url_404_names_url_and_status(server, tmp_path):
     _, url, _ = server
     error, _ = _timed_load(f"{url}/missing.tar.gz")
     assert type(error) is OSError and str(error) == f"{url}/missing.tar.gz: HTTP 404 File not found"
+    assert temporaries(tmp_path) == []
+
+
+def test_url_cut_off_body_is_a_network_error(server, tmp_path):
+    _, url, _ = server
+    error, _ = _timed_load(f"{url}/short")
+    assert type(error) is OSError and str(error) == f"{url}/short: the connection closed after 10 of 1000 bytes"
     assert temporaries(tmp_path) == []
 
 

@@ -319,6 +319,8 @@ def _to_json(value: Any, what: str) -> Any:
 
 def model_from_manifest(manifest: Mapping) -> nn.Module:
     """The registry model an export's manifest names, built with its `model_overrides`."""
+    if not isinstance(manifest.get("model"), str):
+        raise ValueError(f"an export manifest names its registry model in 'model', got {manifest.get('model')!r}")
     return create(manifest["model"], **_from_json(manifest.get("model_overrides") or {}))
 
 

@@ -154,7 +154,9 @@ def _remove_dead_temporaries(directory: Path) -> None:
     """Removes `.download-*`/`.extract-*` of this host whose process no longer exists.
 
     A process killed mid-download (SIGTERM, SIGKILL) runs no cleanup; this is its cleanup.
-    Temporaries of other hosts (a shared cache) and of live processes are left alone.
+    Temporaries of other hosts (a shared cache) and of live processes are left alone. "This
+    host" means the same hostname and process ids: containers that share a cache must not
+    share a hostname while having separate process-id namespaces.
     """
     host = socket.gethostname()
     for entry in directory.iterdir():
@@ -175,6 +177,7 @@ def _download(url: str, out, max_bytes: int, timeout: float) -> str:
         named); TimeoutError (an OSError) if it did not finish within `timeout` seconds.
       ValueError: it sent more than `max_bytes`.
     """
+    import http.client
     import urllib.error
     import urllib.request
 
@@ -196,6 +199,8 @@ def _download(url: str, out, max_bytes: int, timeout: float) -> str:
                     raise TimeoutError(late)
                 digest.update(chunk)
                 out.write(chunk)
+            if length.isdigit() and size != int(length):  # http.client ends a cut-off body quietly
+                raise OSError(f"{url}: the connection closed after {size} of {length} bytes")
     except urllib.error.HTTPError as e:
         raise OSError(f"{url}: HTTP {e.code} {e.reason}") from None
     except urllib.error.URLError as e:
@@ -206,8 +211,10 @@ def _download(url: str, out, max_bytes: int, timeout: float) -> str:
         if str(e) == late:
             raise
         raise TimeoutError(late) from None
-    except OSError as e:  # a reset connection, an incomplete read, ...
-        raise OSError(f"{url}: download failed ({e})") from None
+    except (OSError, http.client.HTTPException) as e:
+        if str(e).startswith(url):  # ours, above
+            raise  # a reset connection, an incomplete body, ...
+        raise OSError(f"{url}: download failed ({type(e).__name__}: {e})") from None
     return digest.hexdigest()
 
 
