@@ -845,7 +845,7 @@ def test_weights_index_entries_are_checked(tmp_path, entry, message):
 
 def test_import_zoo_and_pretrained_is_light():
     code = (
-        "import sys, zoo, zoo.pretrained; zoo.pretrained.register_shipped(); zoo.pretrained.available(); "
+        "import sys, zoo, zoo.exports, zoo.pretrained; zoo.pretrained.register_shipped(); zoo.pretrained.available(); "
         "heavy = [m for m in sys.modules if m.split('.')[0] in "
         "('orbax', 'tensorflow', 'tensorflow_datasets', 'optax', 'torch', 'train')]; "
         "print(heavy); assert not heavy, heavy"
