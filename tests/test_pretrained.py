@@ -517,6 +517,7 @@ def test_url_redirect_loop_is_refused(server, tmp_path):
     _, url, _ = server
     error, seconds = _timed_load(f"{url}/loop")
     assert type(error) is OSError and str(error).startswith(f"{url}/loop: HTTP 302 ") and "infinite loop" in str(error)
+    assert "\n" not in str(error)
     assert seconds < 10 and temporaries(tmp_path) == []
 
 

@@ -184,37 +184,46 @@ def _download(url: str, out, max_bytes: int, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     too_big = f"{url}: the download is larger than {max_bytes} bytes (max_bytes=, ZOO_MAX_DOWNLOAD_BYTES); refusing it"
     late = f"{url}: the download did not finish within {timeout:g} s (ZOO_DOWNLOAD_TIMEOUT)"
-    digest, size = hashlib.sha256(), 0
+
+    def failed(e: Exception) -> OSError:  # a socket timeout, a reset connection, a bad status line, ...
+        if isinstance(e, TimeoutError) or isinstance(getattr(e, "reason", None), TimeoutError):
+            return TimeoutError(late)
+        if isinstance(e, urllib.error.HTTPError):
+            e.close()
+            cause = f"HTTP {e.code} {e.reason}"
+        elif isinstance(e, urllib.error.URLError):
+            cause = f"cannot download ({e.reason})"
+        else:
+            cause = f"download failed ({type(e).__name__}: {e})"
+        return OSError(f"{url}: " + " ".join(cause.split()))  # one line (urllib's redirect-loop reason has three)
+
+    network_errors = (OSError, http.client.HTTPException)  # URLError and TimeoutError are OSErrors
     try:
-        # timeout= bounds each socket wait; the loop checks the overall deadline between reads
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            length = response.headers.get("Content-Length", "")
-            if length.isdigit() and int(length) > max_bytes:
+        # timeout= bounds each socket wait; the loop below checks the overall deadline
+        response = urllib.request.urlopen(url, timeout=timeout)
+    except network_errors as e:
+        raise failed(e) from None
+    digest, size = hashlib.sha256(), 0
+    with response:
+        length = response.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > max_bytes:
+            raise ValueError(too_big)
+        while True:
+            try:
+                chunk = response.read1(1 << 20)  # whatever arrived: a trickle cannot stall the loop
+            except network_errors as e:
+                raise failed(e) from None
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > max_bytes:
                 raise ValueError(too_big)
-            while chunk := response.read1(1 << 20):  # read1: whatever arrived, so a trickle cannot stall the loop
-                size += len(chunk)
-                if size > max_bytes:
-                    raise ValueError(too_big)
-                if time.monotonic() > deadline:
-                    raise TimeoutError(late)
-                digest.update(chunk)
-                out.write(chunk)
-            if length.isdigit() and size != int(length):  # http.client ends a cut-off body quietly
-                raise OSError(f"{url}: the connection closed after {size} of {length} bytes")
-    except urllib.error.HTTPError as e:
-        raise OSError(f"{url}: HTTP {e.code} {e.reason}") from None
-    except urllib.error.URLError as e:
-        if isinstance(e.reason, TimeoutError):
-            raise TimeoutError(late) from None
-        raise OSError(f"{url}: cannot download ({e.reason})") from None
-    except TimeoutError as e:
-        if str(e) == late:
-            raise
-        raise TimeoutError(late) from None
-    except (OSError, http.client.HTTPException) as e:
-        if str(e).startswith(url):  # ours, above
-            raise  # a reset connection, an incomplete body, ...
-        raise OSError(f"{url}: download failed ({type(e).__name__}: {e})") from None
+            if time.monotonic() > deadline:
+                raise TimeoutError(late)
+            digest.update(chunk)
+            out.write(chunk)
+    if length.isdigit() and size != int(length):  # http.client ends a cut-off body quietly
+        raise OSError(f"{url}: the connection closed after {size} of {length} bytes")
     return digest.hexdigest()
 
 
@@ -254,7 +263,7 @@ def _fetch(url: str, sha256: str | None, max_bytes: int | None) -> Path:
         if extracted is not None:
             shutil.rmtree(extracted, ignore_errors=True)
         if archive is not None:
-            os.unlink(archive)
+            Path(archive).unlink(missing_ok=True)
 
 
 # --- load ------------------------------------------------------------------------------------
