@@ -111,6 +111,28 @@ def test_eval_prints_accuracy_and_per_class_table(cnn_run, cli_env):
     assert np.asarray(metrics["confusion"]).sum() == 10000
 
 
+def test_export_writes_the_best_checkpoint_and_ships_it(cnn_run, cli_env, tmp_path):
+    workdir, _ = cnn_run
+    out, weights = tmp_path / "export", tmp_path / "weights"
+    env = dict(cli_env, ZOO_WEIGHTS_DIR=str(weights))
+    printed = ok(run_zoo("export", "cnn", out, "--workdir", workdir, "--ship", "tiny", env=env)).stdout
+    step, best = restored_params(workdir, "best")
+    assert f"exported cnn step {step} (accuracy=" in printed and f"to {out}" in printed
+    assert "shipped as cnn.tiny" in printed
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"] == "cnn" and manifest["dataset"] == "mnist"
+    assert manifest["metric"]["name"] == "accuracy" and manifest["metric"]["step"] == step
+    assert manifest["metric"]["split"] == "test" and manifest["metric"]["count"] == 10000
+    assert manifest["command"].startswith("zoo train cnn")
+    assert (weights / "cnn.tiny" / "manifest.json").read_bytes() == (out / "manifest.json").read_bytes()
+    _, exported = zoo.load("cnn", path=out)
+    for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(exported)[0], jax.tree.leaves(best)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
+    # an existing export is not replaced without --overwrite: one line, exit 2
+    again = run_zoo("export", "cnn", out, "--workdir", workdir, env=env)
+    assert again.returncode == 2 and again.stderr == f"error: {out} already exists (pass overwrite=True to replace it)\n"
+
+
 def test_resume_equals_uninterrupted_run(cnn_run, tfds_dir, cli_env, tmp_path):
     """Rerunning the finished 1-epoch run with --epochs 2 resumes from its checkpoint and ends
     bit-identical to a fresh 2-epoch run (same data order, same step keys, same program).

@@ -7,17 +7,25 @@ whole file runs in seconds on CPU.
 
 from __future__ import annotations
 
+import errno
 import functools
+import gzip
 import hashlib
 import http.server
 import io
 import json
+import os
 import re
 import shutil
+import signal
+import socket
+import stat
 import subprocess
 import sys
 import tarfile
 import threading
+import time
+import zipfile
 from pathlib import Path
 
 import jax
@@ -29,15 +37,15 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import zoo  # noqa: E402
-from train.export import archive, export, ship  # noqa: E402
-from zoo import pretrained  # noqa: E402
+from zoo import exports, pretrained  # noqa: E402
+from zoo.exports import archive, ship, write_export  # noqa: E402
 from zoo.pretrained import available, load, register_shipped  # noqa: E402
 
 
 def random_variables(name: str, seed: int = 0, **overrides) -> dict:
     """Random numpy variables with the exact tree of `zoo.create(name, **overrides)`."""
     rng = np.random.default_rng(seed)
-    shapes = pretrained.expected_variables(zoo.create(name, **overrides))
+    shapes = exports.expected_variables(zoo.create(name, **overrides))
     return jax.tree.map(lambda s: rng.uniform(0.5, 1.5, s.shape).astype(s.dtype), shapes)
 
 
@@ -64,7 +72,7 @@ def rewrite_manifest(directory: Path, **changes) -> None:
 def cnn_export(tmp_path_factory):
     """(export dir, variables) of a random cnn; copy it before changing anything."""
     variables = random_variables("cnn")
-    out = export(
+    out = write_export(
         tmp_path_factory.mktemp("exports") / "cnn",
         "cnn",
         variables,
@@ -99,7 +107,7 @@ def isolated(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", ["cnn", "dcgan"])  # dcgan: batch_stats and nested modules
 def test_export_load_round_trip(name, tmp_path):
     variables = random_variables(name, seed=3)
-    out = export(tmp_path / name, name, variables)
+    out = write_export(tmp_path / name, name, variables)
     model, loaded = load(name, path=out)
 
     assert type(model) is zoo.get_spec(name).module
@@ -118,7 +126,7 @@ def test_export_of_sharded_variables_loads_on_one_device(tmp_path):
     sharded["params"]["head"]["kernel"] = jax.device_put(  # (3136, 10) split over 4 devices
         variables["params"]["head"]["kernel"], jax.NamedSharding(mesh, jax.P("data"))
     )
-    _, loaded = load("cnn", path=export(tmp_path / "cnn", "cnn", sharded))
+    _, loaded = load("cnn", path=write_export(tmp_path / "cnn", "cnn", sharded))
     assert_same(loaded, variables)
     assert all(len(x.devices()) == 1 for x in jax.tree.leaves(loaded))
 
@@ -140,7 +148,7 @@ def test_manifest_contents(cnn_export):
 
 
 def test_overrides_round_trip_as_tuples(tmp_path):
-    out = export(tmp_path / "mlp", "mlp", random_variables("mlp", hidden=(16, 8)), model_overrides={"hidden": (16, 8)})
+    out = write_export(tmp_path / "mlp", "mlp", random_variables("mlp", hidden=(16, 8)), model_overrides={"hidden": (16, 8)})
     assert json.loads((out / "manifest.json").read_text())["model_overrides"] == {"hidden": [16, 8]}
     model, variables = load("mlp", path=out)
     assert model.hidden == (16, 8)
@@ -150,15 +158,15 @@ def test_overrides_round_trip_as_tuples(tmp_path):
 def test_export_refuses_existing_dir_unless_overwrite(cnn_copy):
     new = random_variables("cnn", seed=1)
     with pytest.raises(FileExistsError, match="overwrite=True"):
-        export(cnn_copy, "cnn", new)
-    export(cnn_copy, "cnn", new, overwrite=True)
+        write_export(cnn_copy, "cnn", new)
+    write_export(cnn_copy, "cnn", new, overwrite=True)
     assert_same(load("cnn", path=cnn_copy)[1], new)
     assert [p.name for p in cnn_copy.parent.iterdir()] == ["cnn"]
 
 
 def test_export_checks_variables_against_the_model(tmp_path):
     with pytest.raises(ValueError, match=r"params/dense_0/kernel: expected shape \(784, 500\) float32, found shape \(784, 128\)"):
-        export(tmp_path / "x", "mlp", random_variables("mlp_small"))
+        write_export(tmp_path / "x", "mlp", random_variables("mlp_small"))
     assert not list(tmp_path.iterdir())
 
 
@@ -222,6 +230,68 @@ def test_not_an_export(tmp_path):
         load("cnn", path=tmp_path / "nope")
 
 
+def _make_special(path: Path, kind: str) -> None:
+    if kind == "FIFO":
+        os.mkfifo(path)
+    elif kind == "socket":
+        os.mknod(path, stat.S_IFSOCK | 0o600)
+    else:  # a character device like /dev/null: needs CAP_MKNOD
+        try:
+            os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 3))
+        except PermissionError:
+            pytest.skip("creating a character device needs CAP_MKNOD")
+
+
+def _load_in_thread(path, timeout: float = 30.0) -> Exception | None:
+    """The exception load() raised, or None; fails if it is still blocked after `timeout`."""
+    outcome = []
+
+    def run():
+        try:
+            load("cnn", path=path)
+            outcome.append(None)
+        except Exception as e:  # noqa: BLE001 - handed to the test
+            outcome.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"load({path}) still blocked after {timeout} s"
+    return outcome[0]
+
+
+@pytest.mark.parametrize("kind", ["FIFO", "socket", "character device"])
+def test_special_file_is_refused_before_it_is_opened(cnn_copy, kind):
+    # Opening a FIFO for reading blocks until a writer appears: a hash-everything loader hangs.
+    _make_special(cnn_copy / "params" / "special", kind)
+    error = _load_in_thread(cnn_copy)
+    assert isinstance(error, ValueError) and f"params/special: is a {kind} (exports hold only regular files)" in str(error)
+    with pytest.raises(ValueError, match=f"params/special: is a {kind}"):
+        archive(cnn_copy, cnn_copy.parent / "cnn.tar.gz")
+
+
+def test_fifo_manifest_is_refused_before_it_is_opened(cnn_copy):
+    (cnn_copy / "manifest.json").unlink()
+    os.mkfifo(cnn_copy / "manifest.json")
+    error = _load_in_thread(cnn_copy)
+    assert isinstance(error, ValueError) and "manifest.json: is a FIFO, not a regular file" in str(error)
+
+
+def test_os_error_names_the_export(cnn_copy, monkeypatch):
+    target = data_files(cnn_copy)[0]
+
+    def failing_sha256(path):
+        if Path(path) == target:
+            raise OSError(errno.EIO, "Input/output error", str(path))
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+    monkeypatch.setattr(exports, "sha256_file", failing_sha256)
+    with pytest.raises(OSError) as caught:
+        load("cnn", path=cnn_copy)
+    assert caught.value.errno == errno.EIO and caught.value.filename == str(target)
+    assert str(caught.value) == f"[Errno 5] cannot load {cnn_copy}: Input/output error: '{target}'"
+
+
 # --- strict structure ------------------------------------------------------------------------
 
 
@@ -244,7 +314,7 @@ def test_checkpoint_of_another_model_is_refused(cnn_export):
 def test_tree_mismatch_names_path_and_shapes(tmp_path, model, overrides, message):
     # Export a valid mlp_small/cnn, then edit its (unpinned) manifest to claim another model.
     source = "cnn" if model == "cnn" else "mlp_small"
-    out = export(tmp_path / "x", source, random_variables(source))
+    out = write_export(tmp_path / "x", source, random_variables(source))
     rewrite_manifest(out, model=model, model_overrides=overrides)
     with pytest.raises(ValueError, match=message):
         load(model, path=out)
@@ -265,8 +335,60 @@ def test_load_arguments(cnn_export):
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves the fixture's www dir, plus hostile endpoints a download must survive."""
+
     def log_message(self, *args):
         pass
+
+    def do_GET(self):
+        hostile = {"/endless": self._endless, "/huge": self._huge, "/trickle": self._trickle, "/stall": self._stall,
+                   "/short": self._short, "/loop": self._loop}
+        if self.path not in hostile:
+            return super().do_GET()
+        try:
+            hostile[self.path]()
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up: what we want
+            pass
+
+    # Each endpoint gives up after a while (64 MiB, 10 s) so that a regression fails the
+    # test instead of hanging it.
+    def _endless(self):  # a body that does not end, without a Content-Length
+        self.send_response(200)
+        self.end_headers()
+        for _ in range(1024):
+            self.wfile.write(bytes(1 << 16))
+
+    def _huge(self):  # announces 1 TB
+        self.send_response(200)
+        self.send_header("Content-Length", str(10**12))
+        self.end_headers()
+        for _ in range(1024):
+            self.wfile.write(bytes(1 << 16))
+
+    def _trickle(self):  # one byte every 50 ms: each read succeeds, the whole takes long
+        self.send_response(200)
+        self.end_headers()
+        for _ in range(200):
+            self.wfile.write(b"\0")
+            self.wfile.flush()
+            time.sleep(0.05)
+
+    def _stall(self):  # headers, then silence
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.flush()
+        time.sleep(5)
+
+    def _short(self):  # announces 1000 bytes, sends 10, hangs up
+        self.send_response(200)
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        self.wfile.write(bytes(10))
+
+    def _loop(self):
+        self.send_response(302)
+        self.send_header("Location", "/loop")
+        self.end_headers()
 
 
 @pytest.fixture
@@ -361,6 +483,249 @@ def test_url_unsafe_archive_is_refused(server, tmp_path, name, kind):
     assert not (tmp_path / "evil").exists() and not (tmp_path / "cache" / "evil").exists()
 
 
+# --- hostile downloads: every one ends in seconds, with a one-line error and no temporaries ------
+
+
+def temporaries(tmp_path) -> list[str]:
+    exports_dir = tmp_path / "cache" / "exports"
+    return sorted(p.name for p in exports_dir.iterdir() if p.name.startswith((".download-", ".extract-"))) if exports_dir.exists() else []
+
+
+def _timed_load(path, **kwargs):
+    """load("cnn", path=...) -> (exception, seconds); the load must fail."""
+    start = time.monotonic()
+    with pytest.raises(Exception) as caught:
+        load("cnn", path=path, **kwargs)
+    return caught.value, time.monotonic() - start
+
+
+def test_url_404_names_url_and_status(server, tmp_path):
+    _, url, _ = server
+    error, _ = _timed_load(f"{url}/missing.tar.gz")
+    assert type(error) is OSError and str(error) == f"{url}/missing.tar.gz: HTTP 404 File not found"
+    assert temporaries(tmp_path) == []
+
+
+def test_url_cut_off_body_is_a_network_error(server, tmp_path):
+    _, url, _ = server
+    error, _ = _timed_load(f"{url}/short")
+    assert type(error) is OSError and str(error) == f"{url}/short: the connection closed after 10 of 1000 bytes"
+    assert temporaries(tmp_path) == []
+
+
+def test_url_redirect_loop_is_refused(server, tmp_path):
+    _, url, _ = server
+    error, seconds = _timed_load(f"{url}/loop")
+    assert type(error) is OSError and str(error).startswith(f"{url}/loop: HTTP 302 ") and "infinite loop" in str(error)
+    assert "\n" not in str(error)
+    assert seconds < 10 and temporaries(tmp_path) == []
+
+
+@pytest.mark.parametrize("endpoint", ["endless", "huge"])  # huge: refused from its Content-Length
+def test_url_download_is_capped(server, tmp_path, endpoint):
+    _, url, _ = server
+    error, seconds = _timed_load(f"{url}/{endpoint}", max_bytes=1 << 20)
+    assert type(error) is ValueError and str(error) == (
+        f"{url}/{endpoint}: the download is larger than 1048576 bytes (max_bytes=, ZOO_MAX_DOWNLOAD_BYTES); refusing it"
+    )
+    assert seconds < 10 and temporaries(tmp_path) == []
+
+
+def test_url_download_cap_from_environment(cnn_export, server, tmp_path, monkeypatch):
+    www, url, _ = server
+    sha = archive(cnn_export[0], www / "cnn.tar.gz")
+    monkeypatch.setenv("ZOO_MAX_DOWNLOAD_BYTES", "1000")
+    error, _ = _timed_load(f"{url}/cnn.tar.gz", sha256=sha)
+    assert type(error) is ValueError and "larger than 1000 bytes" in str(error)
+    monkeypatch.setenv("ZOO_MAX_DOWNLOAD_BYTES", "lots")
+    with pytest.raises(ValueError, match="ZOO_MAX_DOWNLOAD_BYTES must be a positive int, got 'lots'"):
+        load("cnn", path=f"{url}/cnn.tar.gz")
+    monkeypatch.delenv("ZOO_MAX_DOWNLOAD_BYTES")
+    assert_same(load("cnn", path=f"{url}/cnn.tar.gz", sha256=sha, max_bytes=1 << 20)[1], cnn_export[1])
+
+
+def test_max_bytes_argument_is_checked(cnn_export):
+    with pytest.raises(ValueError, match="max_bytes= applies to an http"):
+        load("cnn", path=cnn_export[0], max_bytes=10)
+    with pytest.raises(ValueError, match="max_bytes must be a positive int, got 0"):
+        load("cnn", path="http://127.0.0.1:9/x.tar.gz", max_bytes=0)
+
+
+# trickle: 20 bytes a second, every single read succeeds, so only an overall deadline stops it;
+# stall: no byte after the headers, so a single read waits until the socket timeout
+@pytest.mark.parametrize("endpoint", ["trickle", "stall"])
+def test_url_download_has_an_overall_deadline(server, tmp_path, monkeypatch, endpoint):
+    _, url, _ = server
+    monkeypatch.setenv("ZOO_DOWNLOAD_TIMEOUT", "1")
+    error, seconds = _timed_load(f"{url}/{endpoint}")
+    assert type(error) is TimeoutError
+    assert str(error) == f"{url}/{endpoint}: the download did not finish within 1 s (ZOO_DOWNLOAD_TIMEOUT)"
+    assert 1 <= seconds < 3 and temporaries(tmp_path) == []
+
+
+def _gzip_bomb(path: Path, header: tarfile.TarInfo, size: int) -> None:
+    """A tar.gz whose first member header announces `size` bytes of zeros, truncated at the end.
+
+    Concatenated gzip members of 1 MiB of zeros each: 200 MiB cost ~200 KB and no time to
+    build. The last member is cut short, so an extractor that decompressed everything before
+    checking its limits would fail on the truncation, not on the limit.
+    """
+    header.size = size
+    zeros = gzip.compress(bytes(1 << 20))
+    with open(path, "wb") as f:
+        f.write(gzip.compress(header.tobuf(format=tarfile.USTAR_FORMAT)))
+        for _ in range(size >> 20):
+            f.write(zeros)
+        f.write(zeros[:-8])
+
+
+def _pax_header() -> tarfile.TarInfo:
+    info = tarfile.TarInfo("././@PaxHeader")  # tarfile reads a pax header into memory whole
+    info.type = tarfile.XHDTYPE
+    return info
+
+
+@pytest.mark.parametrize("header", [tarfile.TarInfo("cnn/params/big"), _pax_header()], ids=["file", "pax_header"])
+def test_url_gzip_bomb_is_refused_while_extracting(server, tmp_path, header):
+    www, url, _ = server
+    _gzip_bomb(www / "bomb.tar.gz", header, 200 << 20)
+    assert (www / "bomb.tar.gz").stat().st_size < 1 << 20
+    error, seconds = _timed_load(f"{url}/bomb.tar.gz", max_bytes=8 << 20)
+    assert type(error) is ValueError
+    assert str(error) == f"{url}/bomb.tar.gz: the archive expands to more than {8 << 20} bytes; refusing it"
+    assert seconds < 10 and temporaries(tmp_path) == []
+
+
+def _many_files(path: Path, count: int, size: int) -> None:
+    with tarfile.open(path, "w:gz") as tar:
+        for i in range(count):
+            info = tarfile.TarInfo(f"cnn/f{i:04d}")
+            info.size = size
+            tar.addfile(info, io.BytesIO(bytes(size)))
+
+
+def test_extraction_stops_at_the_byte_cap(tmp_path):
+    _many_files(tmp_path / "many.tar.gz", 64, 1 << 20)  # 64 MiB of files
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(ValueError, match=f"many: the archive expands to more than {8 << 20} bytes"):
+        exports.extract_archive(tmp_path / "many.tar.gz", dest, "many", max_bytes=8 << 20)
+    written = [p.stat().st_size for p in dest.rglob("*") if p.is_file()]
+    assert 0 < sum(written) <= 8 << 20  # stopped while extracting, not after
+
+
+def test_extraction_stops_at_the_member_cap(tmp_path):
+    _many_files(tmp_path / "many.tar.gz", 50, 1)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(ValueError, match="many: the archive has more than 5 members; refusing it"):
+        exports.extract_archive(tmp_path / "many.tar.gz", dest, "many", max_bytes=1 << 20, max_members=5)
+    assert len([p for p in dest.rglob("*") if p.is_file()]) == 5  # the sixth was never written
+
+
+def _zip_bytes() -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        z.writestr("cnn/manifest.json", "{}")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "body,cause",
+    [
+        (_zip_bytes(), "Not a gzipped file (b'PK')"),
+        (b"<html>Sign in to continue</html>", "Not a gzipped file (b'<h')"),
+        (b"", "empty file"),
+        (gzip.compress(b"plain text, not a tar archive " * 40), "invalid header"),
+        ("truncated", "truncated: Compressed file ended before the end-of-stream marker was reached"),
+    ],
+    ids=["zip", "html", "empty", "gzip_not_tar", "truncated"],
+)
+def test_url_bad_archive_is_one_line_naming_url_and_cause(cnn_export, server, tmp_path, body, cause):
+    www, url, _ = server
+    if body == "truncated":
+        archive(cnn_export[0], www / "full.tar.gz")
+        body = (www / "full.tar.gz").read_bytes()[:-100]
+    (www / "bad.tar.gz").write_bytes(body)
+    error, _ = _timed_load(f"{url}/bad.tar.gz")
+    assert type(error) is ValueError and str(error) == f"{url}/bad.tar.gz: not a valid tar.gz archive ({cause})"
+    assert temporaries(tmp_path) == []
+
+
+_CHILD_LOAD = "import sys, zoo; print('loading', flush=True); zoo.load('cnn', path=sys.argv[1])"
+
+
+def _child_downloading(url: str, tmp_path: Path) -> subprocess.Popen:
+    """A child process stuck downloading `url` (a trickle), once its temporary file exists."""
+    child = subprocess.Popen([sys.executable, "-c", _CHILD_LOAD, url], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    deadline = time.monotonic() + 120
+    while not temporaries(tmp_path):
+        assert child.poll() is None, child.communicate()
+        assert time.monotonic() < deadline, "the child never started downloading"
+        time.sleep(0.05)
+    time.sleep(0.3)  # well inside the read loop
+    return child
+
+
+def test_ctrl_c_mid_download_leaves_no_temporaries(server, tmp_path):
+    _, url, _ = server
+    child = _child_downloading(f"{url}/trickle", tmp_path)
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=30)
+    assert b"KeyboardInterrupt" in err
+    assert temporaries(tmp_path) == []  # removed by the child itself, on its way out
+
+
+def test_sigterm_mid_download_is_cleaned_up_by_the_next_download(server, tmp_path):
+    _, url, _ = server
+    child = _child_downloading(f"{url}/trickle", tmp_path)
+    child.send_signal(signal.SIGTERM)
+    child.communicate(timeout=30)
+    assert child.returncode == -signal.SIGTERM
+    (left,) = temporaries(tmp_path)  # SIGTERM runs no Python cleanup...
+    assert left.startswith(f".download-{socket.gethostname()}-{child.pid}-")
+    with pytest.raises(OSError, match="HTTP 404"):  # ...the next download, in any process, does
+        load("cnn", path=f"{url}/missing.tar.gz")
+    assert temporaries(tmp_path) == []
+
+
+def test_only_dead_temporaries_are_removed(server, tmp_path):
+    _, url, _ = server
+    exports_dir = tmp_path / "cache" / "exports"
+    exports_dir.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    host = socket.gethostname()
+    keep = [f".download-{host}-{os.getpid()}-abc123", f".download-another-host-{dead}-abc123"]  # alive; not ours to judge
+    gone = [f".download-{host}-{dead}-abc123", f".extract-{host}-{dead}-x_y9"]
+    for name in keep + gone[:1]:
+        (exports_dir / name).write_bytes(b"partial")
+    (exports_dir / gone[1]).mkdir()
+    (exports_dir / gone[1] / "cnn").mkdir()
+    with pytest.raises(OSError, match="HTTP 404"):
+        load("cnn", path=f"{url}/missing.tar.gz")
+    assert temporaries(tmp_path) == sorted(keep)
+
+
+@pytest.mark.parametrize("case", ["404", "zip", "eio"])
+def test_cli_eval_path_errors_are_one_line_and_exit_2(cnn_copy, server, capsys, monkeypatch, case):
+    from train.cli import main
+
+    www, url, _ = server
+    monkeypatch.setenv("ZOO_COMPILATION_CACHE", "off")
+    monkeypatch.delenv("ZOO_DEBUG", raising=False)
+    (www / "x.zip").write_bytes(_zip_bytes())
+    path = {"404": f"{url}/missing.tar.gz", "zip": f"{url}/x.zip", "eio": str(cnn_copy)}[case]
+    if case == "eio":
+        def failing_sha256(p):
+            raise OSError(errno.EIO, "Input/output error", str(p))
+
+        monkeypatch.setattr(exports, "sha256_file", failing_sha256)
+    assert main(["eval", "cnn", "--path", path]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and (err.startswith(f"error: {path}: ") or err.startswith(f"error: [Errno 5] cannot load {path}: "))
+
+
 # --- shipped weights -------------------------------------------------------------------------
 
 
@@ -450,12 +815,38 @@ def test_package_weights_are_consistent(monkeypatch):
             load(model, pretrained=tag)  # verifies every file, checks the tree strictly, restores
 
 
+def test_manifest_layout_is_unchanged(monkeypatch, tmp_path):
+    """exports writes the exact JSON layout (bytes) of the shipped index and export manifests."""
+    monkeypatch.delenv("ZOO_WEIGHTS_DIR")
+    weights = pretrained.weights_dir()
+    entries = [e for tags in available().values() for e in tags.values()]
+    assert entries, "no shipped weights to compare with"
+    for path in [weights / "manifest.json"] + [weights / e["dir"] / "manifest.json" for e in entries]:
+        exports.write_json_atomic(tmp_path / "again.json", json.loads(path.read_text()))
+        assert (tmp_path / "again.json").read_bytes() == path.read_bytes(), path
+
+
+@pytest.mark.parametrize(
+    "entry,message",
+    [
+        ({"dir": "../cnn.mnist", "manifest_sha256": "0" * 64}, "entry 'cnn.mnist' must be a dict whose 'dir' is 'cnn.mnist'"),
+        ({"dir": "cnn.mnist", "manifest_sha256": "abc"}, "sha256 must be 64 hex digits, got 'abc'"),
+    ],
+)
+def test_weights_index_entries_are_checked(tmp_path, entry, message):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "manifest.json").write_text(json.dumps({"format": 1, "weights": {"cnn.mnist": entry}}))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        available()
+
+
 # --- import cost -----------------------------------------------------------------------------
 
 
 def test_import_zoo_and_pretrained_is_light():
     code = (
-        "import sys, zoo, zoo.pretrained; zoo.pretrained.register_shipped(); zoo.pretrained.available(); "
+        "import sys, zoo, zoo.exports, zoo.pretrained; zoo.pretrained.register_shipped(); zoo.pretrained.available(); "
         "heavy = [m for m in sys.modules if m.split('.')[0] in "
         "('orbax', 'tensorflow', 'tensorflow_datasets', 'optax', 'torch', 'train')]; "
         "print(heavy); assert not heavy, heavy"

@@ -30,6 +30,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
+from zoo.exports import check_tree
+
 log = logging.getLogger(__name__)
 STATE, META, CHECKSUMS = "state", "meta", "checksums"
 
@@ -56,16 +58,6 @@ def _key_str(k) -> str:
 def _flat(tree) -> dict[str, Any]:
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {"/".join(_key_str(k) for k in path): leaf for path, leaf in leaves}
-
-
-def abstract_like(tree, sharding=None):
-    """`tree` as jax.ShapeDtypeStruct leaves carrying `sharding` (e.g. replicated over a
-    mesh), the restore target for the current devices. sharding=None keeps each jax.Array's
-    own sharding."""
-    def one(x):
-        s = sharding if sharding is not None else getattr(x, "sharding", None)
-        return jax.ShapeDtypeStruct(np.shape(x), _dtype(x), sharding=s)
-    return jax.tree.map(one, tree)
 
 
 # ---------------------------------------------------------------- fingerprints
@@ -250,13 +242,6 @@ class Checkpointer:
                                     f"(available: {self.all_steps()})")
         return step
 
-    def restore_meta(self, step: int | None = None) -> dict:
-        step = self._resolve(step)
-        try:
-            return dict(self._mgr.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META])
-        except Exception as e:
-            raise CheckpointError(f"cannot read meta of checkpoint {self._step_dir(step)}: {_brief(e)}") from e
-
     def restore(self, target=None, step: int | None = None) -> tuple[Any, dict]:
         """Restores into `target` (ShapeDtypeStruct leaves with .sharding, or arrays whose
         sharding is reused; None: the tree as saved, on one device), so a checkpoint written
@@ -272,8 +257,9 @@ class Checkpointer:
         if target is None:  # as saved, on one device
             target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree)
         target = jax.tree.map(self._abstract_leaf, target)
-        saved = _flat(tree)
-        self._check_target(_flat(target), saved, step_dir)
+        # Compared before restoring: Orbax's own errors (if any) do not name the leaf.
+        check_tree(_flat(target), _flat(tree), f"checkpoint {step_dir} does not match the restore target "
+                                               f"(different architecture or config?)")
         has_sums = (step_dir / CHECKSUMS).is_dir()  # absent in checkpoints from other writers
         items = {STATE: ocp.args.StandardRestore(target), META: ocp.args.JsonRestore()}
         if has_sums:
@@ -331,23 +317,3 @@ class Checkpointer:
         if isinstance(x, jax.Array):
             return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
         return x  # numpy leaves restore as numpy
-
-    @staticmethod
-    def _check_target(target: dict, saved: dict, step_dir: Path) -> None:
-        """Compares before restoring: Orbax's own errors (if any) do not name the leaf."""
-        problems = []
-        for k in sorted(target.keys() | saved.keys()):
-            if k not in saved:
-                problems.append(f"  {k}: in the target {tuple(np.shape(target[k]))} but not in the checkpoint")
-            elif k not in target:
-                problems.append(f"  {k}: in the checkpoint {tuple(saved[k].shape)} but not in the target")
-            else:
-                t, s = target[k], saved[k]
-                t_shape, s_shape = tuple(np.shape(t)), tuple(getattr(s, "shape", ()) or ())
-                t_dt, s_dt = _dtype(t), getattr(s, "dtype", None)
-                if t_shape != s_shape or (s_dt is not None and np.dtype(s_dt) != t_dt):
-                    problems.append(f"  {k}: target expects shape {t_shape} {t_dt}, "
-                                    f"checkpoint has shape {s_shape} {s_dt}")
-        if problems:
-            raise ValueError(f"checkpoint {step_dir} does not match the restore target "
-                             f"(different architecture or config?):\n" + "\n".join(problems))

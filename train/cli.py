@@ -170,7 +170,7 @@ def cmd_export(args) -> int:
     """Best (or latest) checkpoint of a run -> evaluated on the test split -> exported (and shipped)."""
     from train import tasks
     from train.evaluate import evaluate_run, restore_workdir
-    from train.export import export, ship
+    from zoo.exports import ship, write_export
 
     workdir = Path(args.workdir or Path("runs") / args.model)
     cfg, model, variables, step = restore_workdir(workdir, args.which)
@@ -179,7 +179,7 @@ def cmd_export(args) -> int:
     metrics = evaluate_run(cfg, model, variables, args.split)  # the checkpoint restored above, not again
     name = tasks.of_model(args.model).val_metric  # the metric the run was selected on
     command = (workdir / "command.txt").read_text().strip() if (workdir / "command.txt").exists() else None
-    out = export(
+    out = write_export(
         args.out,
         args.model,
         variables,
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         _setup_jax(args)
     try:
         return args.func(args)
-    except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
+    except (ValueError, KeyError, TypeError, OSError) as e:  # OSError: unreadable files, failed downloads
         if os.environ.get("ZOO_DEBUG"):
             raise
         print(f"error: {e}", file=sys.stderr)

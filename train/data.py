@@ -25,7 +25,6 @@ This module imports TensorFlow/TFDS only inside the functions that need them.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import socket
 import tempfile
@@ -38,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 # The 65 characters of tiny_shakespeare, sorted(set(text)), defined once in zoo.rnn.
+from zoo.exports import sha256_file
 from zoo.rnn import TINY_SHAKESPEARE_VOCAB as CHAR_VOCAB  # one vocabulary for data and model
 
 IMAGE_DATASETS = ("mnist", "fashion_mnist", "cifar10")
@@ -120,14 +120,6 @@ def _check_name_split(name: str, split: str | None = None) -> None:
 # Vendored files
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_sha256sums(vendored_dir: str | os.PathLike | None = None) -> dict[str, str]:
     """Parses `<vendored_dir>/SHA256SUMS` (sha256sum format).
 
@@ -170,7 +162,7 @@ def verify_vendored(name: str, *, vendored_dir: str | os.PathLike | None = None)
         path = root / rel
         if not path.exists():
             raise FileNotFoundError(f"vendored file {path} is listed in {root / 'SHA256SUMS'} but missing")
-        found = _sha256(path)
+        found = sha256_file(path)
         if found != expected:
             raise ChecksumMismatchError(
                 f"vendored file {path} is corrupt or was modified: sha256 expected {expected}, found {found}"

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import jax
 
-import zoo
-from train import tasks, workdir as workdirs
+from train import tasks
 from train.checkpoint import Checkpointer
 from train.config import Config, resolve
 from train.loop import build_model, evaluate_arrays
+from zoo.exports import check_tree, expected_variables, write_text_atomic
 
 
 def read_config(workdir: Path) -> Config:
@@ -38,8 +38,7 @@ def restore_workdir(workdir: Path, which: str | None = None):
             raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
         restored, _ = ckpt.restore(None, step)  # the tree as saved; only its variables are used
     variables = {"params": restored["params"], **restored["model_state"]}
-    expected = jax.eval_shape(lambda: zoo.init(model, jax.random.key(0)))
-    zoo.pretrained.check_tree(expected, variables, f"checkpoint step {step} in {workdir} does not match {cfg.model}")
+    check_tree(expected_variables(model), variables, f"checkpoint step {step} in {workdir} does not match {cfg.model}")
     return cfg, model, variables, step
 
 
@@ -54,7 +53,7 @@ def _finish(result: dict, out: Path | None) -> dict:
     if out is not None and jax.process_index() == 0:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        workdirs.write_text(out, json.dumps(result, indent=2) + "\n")
+        write_text_atomic(out, json.dumps(result, indent=2) + "\n")
         result["saved"] = str(out)
     return result
 

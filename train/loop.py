@@ -19,6 +19,7 @@ import numpy as np
 
 import zoo
 from train import data, parallel, report, tasks, workdir as workdirs
+from zoo.exports import from_json, write_text_atomic
 from train.checkpoint import Checkpointer
 from train.config import Config
 from train.state import TrainState, create_state, glorot_reinit, make_optimizer, make_schedule
@@ -36,13 +37,8 @@ class Preempted(Exception):
         self.signum = signum
 
 
-def _tuples(value):
-    # JSON turns tuples into lists; module fields (hashable dataclass) want tuples back.
-    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
-
-
 def build_model(cfg: Config):
-    return zoo.create(cfg.model, **{k: _tuples(v) for k, v in cfg.model_overrides.items()})
+    return zoo.create(cfg.model, **from_json(cfg.model_overrides))
 
 
 def state_tree(state: TrainState) -> dict:
@@ -212,7 +208,7 @@ def _setup(cfg, workdir, lock, log, model, task, splits) -> Run:
         metrics_log.truncate(int(restored["step"]))  # lines logged after that checkpoint are replayed
         log(f"resumed from step {int(restored['step'])} (epoch {book.epoch}) in {ckpt.directory}")
     if report.is_writer():
-        workdirs.write_text(workdir / "config.json", json.dumps(cfg.to_json(), indent=2, sort_keys=True) + "\n")
+        write_text_atomic(workdir / "config.json", json.dumps(cfg.to_json(), indent=2, sort_keys=True) + "\n")
 
     strategy = parallel.make_strategy(cfg.strategy, task.train_step(model, cfg), mesh)
     eval_batch = max(len(devices), cfg.eval_batch_size - cfg.eval_batch_size % len(devices))

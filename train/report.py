@@ -38,9 +38,9 @@ class MetricsLog:
         lines = self.path.read_text().splitlines(keepends=True)
         keep = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
         if len(keep) != len(lines):
-            from train.workdir import write_text
+            from zoo.exports import write_text_atomic
 
-            write_text(self.path, "".join(keep))
+            write_text_atomic(self.path, "".join(keep))
 
     def write(self, record: dict) -> None:
         if not is_writer():

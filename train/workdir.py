@@ -1,4 +1,4 @@
-"""The run directory: one writer at a time (a lock naming its holder) and atomic small writes."""
+"""The run directory: one writer at a time (a lock naming its holder)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import fcntl
 import json
 import os
 import socket
-import tempfile
 from pathlib import Path
 
 LOCK_NAME = ".lock"
@@ -59,19 +58,3 @@ def acquire(workdir: Path) -> Lock:
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode(), 0)
     return Lock(path, fd)
-
-
-def write_text(path: Path, text: str) -> None:
-    """Writes `path` atomically: a temporary sibling, flushed, then renamed over it."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

@@ -6,57 +6,59 @@
     model, variables = zoo.load("cnn", path="https://host/cnn.tar.gz", sha256="9f2c...")
     logits = model.apply(variables, images)
 
-An exported checkpoint (written by `train.export.export`) is a directory:
-
-    manifest.json   {"format": 1, "model": "cnn", "model_overrides": {...}, "files": {path: sha256},
-                     "dataset", "metric": {"name", "value", "split"}, "command", "versions", "created"}
-    params/         a params-only Orbax PyTree checkpoint of the variables dict
-                    ({"params": ..., "batch_stats": ...}) saved from numpy arrays (no pickle)
-
-`manifest.json` pins every other file in the directory. Shipped weights live in
-`zoo/weights/<model>.<tag>/` and are listed in `zoo/weights/manifest.json`
-({"format": 1, "weights": {"cnn.mnist": {"dir", "manifest_sha256", "metric", "size_bytes"}}}),
-which pins each export's manifest.json, so verification chains from the installed package.
-Pass `sha256=` to pin a URL's archive (or a local directory's manifest.json) the same way.
+The export format (an export directory, its manifest.json, the shipped weights index, the
+tar.gz archive) is written, read and verified by zoo/exports.py; this module finds exports
+(shipped, local or downloaded) and loads them. Shipped weights live in
+`zoo/weights/<model>.<tag>/`, pinned by `zoo/weights/manifest.json`, so verification chains
+from the installed package. Pass `sha256=` to pin a URL's archive (or a local directory's
+manifest.json) the same way.
 
 Loading is strict and happens in this order: every file's sha256 is checked (a changed,
-truncated, missing or unlisted file raises ValueError naming it); the manifest's model must
-be `name`; the checkpoint's tree (from its metadata) must match `jax.eval_shape` of the
-model's init exactly (one ValueError lists each parameter path with the expected and the found
-shape); only then are the arrays restored, as host numpy arrays, so a checkpoint loads on any
-device count, without a GPU and without TensorFlow. Orbax is imported only here, inside
-`load`: `import zoo` stays light.
+truncated, missing or unlisted file, a symlink, FIFO or device raises ValueError naming it);
+the manifest's model must be `name`; the checkpoint's tree (from its metadata) must match
+`jax.eval_shape` of the model's init exactly (one ValueError lists each parameter path with
+the expected and the found shape); only then are the arrays restored, as host numpy arrays,
+so a checkpoint loads on any device count, without a GPU and without TensorFlow. Orbax is
+imported only inside `load`: `import zoo` stays light.
+
+Downloads (`path=` an http(s) URL of a tar.gz) are bounded: at most `max_bytes` (default
+1 GiB, `ZOO_MAX_DOWNLOAD_BYTES`) are downloaded and at most as many extracted (plus at most
+`exports.MAX_ARCHIVE_MEMBERS` members); the download must finish within
+`ZOO_DOWNLOAD_TIMEOUT` seconds (default 600; checked between reads, and no single read waits
+longer, so a stalled server is dropped within twice that at worst). Everything is written
+under temporary names `.download-HOST-PID-*` / `.extract-HOST-PID-*` in the cache and removed
+on every exit that runs Python code (errors, Ctrl-C); temporaries of a process that was killed
+(SIGTERM, SIGKILL) are removed by the next download on the same host once that process is gone.
 
 Environment: `ZOO_CACHE` (default `$XDG_CACHE_HOME/zoo` or `~/.cache/zoo`) holds downloaded
-exports; `ZOO_WEIGHTS_DIR` replaces the shipped weights directory (used by tests).
+exports; `ZOO_WEIGHTS_DIR` replaces the shipped weights directory (used by tests);
+`ZOO_MAX_DOWNLOAD_BYTES` and `ZOO_DOWNLOAD_TIMEOUT` as above.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
+import socket
 import tempfile
+import time
 import warnings
-from pathlib import Path, PurePosixPath
-from typing import Any, Mapping
+from pathlib import Path
 
 import jax
-import numpy as np
 from flax import linen as nn
-from flax.traverse_util import flatten_dict
 
-from zoo.registry import _set_pretrained, create, get_spec, init, list_models
+from zoo import exports
+from zoo.registry import _set_pretrained, get_spec, list_models
 
-__all__ = ["load", "available", "register_shipped", "weights_dir", "cache_dir", "verify_export"]
+__all__ = ["load", "available", "register_shipped", "weights_dir", "cache_dir", "read_manifest"]
 
-FORMAT = 1
-MANIFEST = "manifest.json"  # in an export dir, and in the shipped weights dir
-PARAMS_DIR = "params"  # the Orbax checkpoint inside an export dir
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-_TAG = re.compile(r"[A-Za-z0-9_-]+")  # no dots: "<model>.<tag>" must split unambiguously
+DEFAULT_MAX_DOWNLOAD_BYTES = 1 << 30
+DEFAULT_DOWNLOAD_TIMEOUT = 600.0  # seconds for a whole download, not per read
+# .download-HOST-PID-XXXXXXXX: the random tail (tempfile's) never contains "-"
+_TEMPORARY = re.compile(r"\.(?:download|extract)-(?P<host>.+)-(?P<pid>\d+)-[a-z0-9_]+")
 
 
 # --- locations ------------------------------------------------------------------------------
@@ -76,22 +78,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "zoo"
 
 
-# --- the shipped weights manifest (plain JSON: no orbax needed) -------------------------------
-
-
-def _package_manifest(directory: Path | None = None) -> dict:
-    path = (directory or weights_dir()) / MANIFEST
-    if not path.is_file():
-        return {"format": FORMAT, "weights": {}}
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT or not isinstance(manifest.get("weights"), dict):
-        raise ValueError(f"{path}: not a zoo weights manifest of format {FORMAT}")
-    return manifest
-
-
-def _split_key(key: str) -> tuple[str, str]:
-    model, _, tag = key.partition(".")
-    return model, tag
+# --- the shipped weights (plain JSON: no orbax needed) ----------------------------------------
 
 
 def available(name: str | None = None) -> dict:
@@ -105,8 +92,8 @@ def available(name: str | None = None) -> dict:
       "manifest_sha256", "metric" and "size_bytes".
     """
     by_model: dict[str, dict[str, dict]] = {}
-    for key, entry in sorted(_package_manifest()["weights"].items()):
-        model, tag = _split_key(key)
+    for key, entry in sorted(exports.read_index(weights_dir())["weights"].items()):
+        model, _, tag = key.partition(".")
         by_model.setdefault(model, {})[tag] = dict(entry)
     if name is None:
         return by_model
@@ -128,236 +115,144 @@ def register_shipped() -> None:
         _set_pretrained(model, tuple(shipped.get(model, {})))
 
 
-# --- verification ----------------------------------------------------------------------------
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _check_sha256_arg(sha256: str) -> str:
-    if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256.lower()):
-        raise ValueError(f"sha256 must be 64 hex digits, got {sha256!r}")
-    return sha256.lower()
-
-
-def _files_on_disk(directory: Path) -> tuple[set[str], list[str]]:
-    """All regular files under `directory` as relative posix paths, and any symlinks found."""
-    files, links = set(), []
-    for root, dirs, names in os.walk(directory):  # does not descend into symlinked dirs
-        for name in names:
-            full = Path(root, name)
-            rel = full.relative_to(directory).as_posix()
-            if full.is_symlink():
-                links.append(rel)
-            else:
-                files.add(rel)
-        links += [Path(root, d).relative_to(directory).as_posix() for d in dirs if Path(root, d).is_symlink()]
-    return files, links
-
-
-def _is_safe_relpath(rel: str) -> bool:
-    p = PurePosixPath(rel)
-    return bool(rel) and not p.is_absolute() and ".." not in p.parts and "\\" not in rel
-
-
-def verify_export(directory: str | os.PathLike, manifest_sha256: str | None = None) -> dict:
-    """Checks an exported checkpoint's files against its manifest and returns the manifest.
-
-    Args:
-      directory: the export directory.
-      manifest_sha256: if given, the expected sha256 of its manifest.json.
-
-    Raises:
-      ValueError: the manifest is missing, unreadable or pinned to another hash; or a file is
-        changed, truncated, missing, unlisted or a symlink (every such file is named, with
-        the expected and the found sha256).
-    """
-    directory = Path(directory)
-    manifest_path = directory / MANIFEST
-    if not directory.is_dir():
-        raise ValueError(f"{directory} is not a directory (expected an exported checkpoint)")
-    if not manifest_path.is_file():
-        raise ValueError(f"{directory} is not an exported checkpoint: it has no {MANIFEST}")
-    if manifest_sha256 is not None:
-        found = _sha256(manifest_path)
-        if found != _check_sha256_arg(manifest_sha256):
-            raise ValueError(
-                f"{manifest_path}: sha256 mismatch: expected {manifest_sha256.lower()}, found {found}"
-            )
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{manifest_path}: not valid JSON ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ValueError(f"{manifest_path}: not a zoo export manifest of format {FORMAT}")
-    listed = manifest.get("files")
-    if not isinstance(listed, dict) or not all(isinstance(v, str) for v in listed.values()):
-        raise ValueError(f"{manifest_path}: 'files' must map relative paths to sha256 hex digests")
-    bad = [rel for rel in listed if not _is_safe_relpath(rel) or rel == MANIFEST]
-    if bad:
-        raise ValueError(f"{manifest_path}: invalid file paths in 'files': {bad}")
-
-    on_disk, links = _files_on_disk(directory)
-    on_disk.discard(MANIFEST)
-    problems = [f"{rel}: is a symlink (exports hold only regular files)" for rel in links]
-    for rel in sorted(set(listed) | on_disk):
-        if rel not in on_disk:
-            problems.append(f"{rel}: missing (expected sha256 {listed[rel]})")
-        elif rel not in listed:
-            problems.append(f"{rel}: not listed in {MANIFEST} (found sha256 {_sha256(directory / rel)})")
-        else:
-            found = _sha256(directory / rel)
-            if found != listed[rel].lower():
-                problems.append(f"{rel}: sha256 mismatch: expected {listed[rel]}, found {found}")
-    if problems:
-        raise ValueError(f"exported checkpoint {directory} failed verification:\n  " + "\n  ".join(problems))
-    if not (directory / PARAMS_DIR).is_dir():
-        raise ValueError(f"{directory} is not an exported checkpoint: it has no {PARAMS_DIR}/ directory")
-    return manifest
-
-
-# --- strict structure check --------------------------------------------------------------------
-
-
-def _describe(leaf: Any) -> str:
-    shape = getattr(leaf, "shape", None)
-    dtype = getattr(leaf, "dtype", None)
-    return f"shape {tuple(shape) if shape is not None else None} {np.dtype(dtype) if dtype is not None else '?'}"
-
-
-def check_tree(expected: Mapping, found: Mapping, what: str) -> None:
-    """Raises one ValueError listing every path where `found` differs from `expected`.
-
-    Both are nested dicts of array-likes (anything with .shape and .dtype: arrays,
-    jax.ShapeDtypeStruct, orbax ArrayMetadata). Paths are written "params/conv_0/kernel".
-    """
-    exp = flatten_dict(expected, sep="/")
-    got = flatten_dict(found, sep="/")
-    problems = []
-    for path in sorted(exp.keys() | got.keys()):
-        if path not in got:
-            problems.append(f"{path}: missing (expected {_describe(exp[path])})")
-        elif path not in exp:
-            problems.append(f"{path}: unexpected (found {_describe(got[path])}, not in the model)")
-        else:
-            e, g = exp[path], got[path]
-            same_shape = tuple(getattr(g, "shape", ())) == tuple(e.shape)
-            same_dtype = getattr(g, "dtype", None) is not None and np.dtype(g.dtype) == np.dtype(e.dtype)
-            if not (same_shape and same_dtype):
-                problems.append(f"{path}: expected {_describe(e)}, found {_describe(g)}")
-    if problems:
-        raise ValueError(f"{what}:\n  " + "\n  ".join(problems))
-
-
-def _from_json(value: Any) -> Any:
-    """JSON lists back to the tuples module fields use."""
-    if isinstance(value, list):
-        return tuple(_from_json(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _from_json(v) for k, v in value.items()}
-    return value
-
-
-def expected_variables(model: nn.Module) -> dict:
-    """The model's variables as a tree of jax.ShapeDtypeStruct (no memory, no device)."""
-    shapes = jax.eval_shape(lambda: init(model, jax.random.key(0)))
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), shapes)
-
-
-# --- orbax (imported lazily) ------------------------------------------------------------------
-
-
-def _checkpointer():
-    """A synchronous Orbax PyTree checkpointer that involves only this process.
-
-    No cross-host barriers: one process of a multi-host job can export or load alone.
-    """
-    import orbax.checkpoint as ocp
-
-    me = jax.process_index()
-    mp = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
-    return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(multiprocessing_options=mp), multiprocessing_options=mp)
-
-
-def _restore(directory: Path, model_name: str, model: nn.Module) -> dict:
-    """Strictly checks then restores `directory/params` as host numpy arrays."""
-    import orbax.checkpoint as ocp
-
-    params_dir = (directory / PARAMS_DIR).absolute()
-    ckptr = _checkpointer()
-    stored = ckptr.metadata(params_dir).item_metadata.tree
-    expected = expected_variables(model)
-    check_tree(expected, stored, f"checkpoint {directory} does not match model {model_name!r}")
-    restore_args = jax.tree.map(lambda s: ocp.RestoreArgs(restore_type=np.ndarray, dtype=s.dtype), expected)
-    return ckptr.restore(params_dir, args=ocp.args.PyTreeRestore(item=expected, restore_args=restore_args))
-
-
 # --- downloads ---------------------------------------------------------------------------------
 
 
-def _safe_extract(archive: Path, dest: Path, source: str) -> Path:
-    """Extracts a tar(.gz) of an export into `dest`; returns the export's root directory.
+def _env_number(name: str, default: float, kind: type) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or not value > 0:
+        raise ValueError(f"{name} must be a positive {kind.__name__}, got {raw!r}")
+    return value
 
-    Only regular files and directories with relative paths inside `dest` are accepted:
-    absolute paths, `..`, links and devices are refused before anything is written.
+
+def _download_limits(max_bytes: int | None) -> tuple[int, float]:
+    """(max bytes, deadline in seconds) from the argument and the environment."""
+    if max_bytes is None:
+        max_bytes = _env_number("ZOO_MAX_DOWNLOAD_BYTES", DEFAULT_MAX_DOWNLOAD_BYTES, int)
+    elif isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
+        raise ValueError(f"max_bytes must be a positive int, got {max_bytes!r}")
+    return max_bytes, _env_number("ZOO_DOWNLOAD_TIMEOUT", DEFAULT_DOWNLOAD_TIMEOUT, float)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _remove_dead_temporaries(directory: Path) -> None:
+    """Removes `.download-*`/`.extract-*` of this host whose process no longer exists.
+
+    A process killed mid-download (SIGTERM, SIGKILL) runs no cleanup; this is its cleanup.
+    Temporaries of other hosts (a shared cache) and of live processes are left alone. "This
+    host" means the same hostname and process ids: containers that share a cache must not
+    share a hostname while having separate process-id namespaces.
     """
-    import tarfile
-
-    with tarfile.open(archive, "r:*") as tar:
-        members = tar.getmembers()
-        for m in members:
-            if not _is_safe_relpath(m.name):
-                raise ValueError(f"{source}: refusing archive member {m.name!r} (absolute path or '..')")
-            if not (m.isfile() or m.isdir()):
-                raise ValueError(f"{source}: refusing archive member {m.name!r} (links and special files are not allowed)")
-        root = dest.resolve()
-        for m in members:
-            target = (dest / m.name).resolve()
-            if root not in target.parents and target != root:
-                raise ValueError(f"{source}: refusing archive member {m.name!r} outside the target")
-            if m.isdir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with tar.extractfile(m) as src, open(target, "xb") as out:  # "x": no duplicate members
-                shutil.copyfileobj(src, out)
-    if (dest / MANIFEST).is_file():
-        return dest
-    entries = list(dest.iterdir())
-    if len(entries) == 1 and (entries[0] / MANIFEST).is_file():
-        return entries[0]
-    raise ValueError(f"{source}: no {MANIFEST} at the top level or in a single top directory")
+    host = socket.gethostname()
+    for entry in directory.iterdir():
+        match = _TEMPORARY.fullmatch(entry.name)
+        if match is None or match["host"] != host or _alive(int(match["pid"])):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
-def _fetch(url: str, sha256: str | None) -> Path:
+def _download(url: str, out, max_bytes: int, timeout: float) -> str:
+    """Streams `url` into the open binary file `out`; returns the sha256 of its bytes.
+
+    Raises:
+      OSError: the server could not be reached or answered an HTTP error (URL and status
+        named); TimeoutError (an OSError) if it did not finish within `timeout` seconds.
+      ValueError: it sent more than `max_bytes`.
+    """
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    too_big = f"{url}: the download is larger than {max_bytes} bytes (max_bytes=, ZOO_MAX_DOWNLOAD_BYTES); refusing it"
+    late = f"{url}: the download did not finish within {timeout:g} s (ZOO_DOWNLOAD_TIMEOUT)"
+
+    def failed(e: Exception) -> OSError:  # a socket timeout, a reset connection, a bad status line, ...
+        if isinstance(e, TimeoutError) or isinstance(getattr(e, "reason", None), TimeoutError):
+            return TimeoutError(late)
+        if isinstance(e, urllib.error.HTTPError):
+            e.close()
+            cause = f"HTTP {e.code} {e.reason}"
+        elif isinstance(e, urllib.error.URLError):
+            cause = f"cannot download ({e.reason})"
+        else:
+            cause = f"download failed ({type(e).__name__}: {e})"
+        return OSError(f"{url}: " + " ".join(cause.split()))  # one line (urllib's redirect-loop reason has three)
+
+    network_errors = (OSError, http.client.HTTPException)  # URLError and TimeoutError are OSErrors
+    try:
+        # timeout= bounds each socket wait; the loop below checks the overall deadline
+        response = urllib.request.urlopen(url, timeout=timeout)
+    except network_errors as e:
+        raise failed(e) from None
+    digest, size = hashlib.sha256(), 0
+    with response:
+        length = response.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > max_bytes:
+            raise ValueError(too_big)
+        while True:
+            try:
+                chunk = response.read1(1 << 20)  # whatever arrived: a trickle cannot stall the loop
+            except network_errors as e:
+                raise failed(e) from None
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > max_bytes:
+                raise ValueError(too_big)
+            if time.monotonic() > deadline:
+                raise TimeoutError(late)
+            digest.update(chunk)
+            out.write(chunk)
+    if length.isdigit() and size != int(length):  # http.client ends a cut-off body quietly
+        raise OSError(f"{url}: the connection closed after {size} of {length} bytes")
+    return digest.hexdigest()
+
+
+def _fetch(url: str, sha256: str | None, max_bytes: int | None) -> Path:
     """The export at `url` (a tar.gz), downloaded and extracted into the cache once.
 
     Everything is written to temporary names in the cache first; an export appears under its
-    final name only after the archive matched `sha256` and its files matched its manifest,
-    so an interrupted or rejected download leaves nothing behind.
+    final name only after the archive matched `sha256` and its files matched its manifest.
+    The `finally` below also runs on KeyboardInterrupt; temporaries of killed processes are
+    removed by `_remove_dead_temporaries` on the next download.
     """
-    import urllib.request
-
+    max_bytes, timeout = _download_limits(max_bytes)
     key = hashlib.sha256(f"{url}\n{sha256 or ''}".encode()).hexdigest()[:32]
     final = cache_dir() / "exports" / key
     if final.is_dir():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, archive = tempfile.mkstemp(dir=final.parent, prefix=".download-")
-    extracted = None
+    _remove_dead_temporaries(final.parent)
+    owner = f"{socket.gethostname()}-{os.getpid()}-"
+    archive, extracted = None, None
     try:
-        digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            while chunk := response.read(1 << 20):
-                digest.update(chunk)
-                out.write(chunk)
-        if sha256 is not None and digest.hexdigest() != sha256:
-            raise ValueError(f"{url}: sha256 mismatch: expected {sha256}, found {digest.hexdigest()}")
-        extracted = Path(tempfile.mkdtemp(dir=final.parent, prefix=".extract-"))
-        root = _safe_extract(Path(archive), extracted, url)
-        verify_export(root)
+        fd, archive = tempfile.mkstemp(dir=final.parent, prefix=f".download-{owner}")
+        with os.fdopen(fd, "wb") as out:
+            found = _download(url, out, max_bytes, timeout)
+        if sha256 is not None and found != sha256:
+            raise ValueError(f"{url}: sha256 mismatch: expected {sha256}, found {found}")
+        extracted = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".extract-{owner}"))
+        root = exports.extract_archive(archive, extracted, url, max_bytes=max_bytes)
+        exports.verify_export(root)
         try:
             os.rename(root, final)
         except OSError:
@@ -365,9 +260,10 @@ def _fetch(url: str, sha256: str | None) -> Path:
                 raise
         return final
     finally:
-        os.unlink(archive)
         if extracted is not None:
             shutil.rmtree(extracted, ignore_errors=True)
+        if archive is not None:
+            Path(archive).unlink(missing_ok=True)
 
 
 # --- load ------------------------------------------------------------------------------------
@@ -384,13 +280,19 @@ def _shipped_dir(name: str, tag: str) -> tuple[Path, str]:
                 f" (models with weights: {', '.join(others)})" if others else " (none shipped yet)"
             )
         raise ValueError(f"unknown pretrained tag {tag!r} for {name!r}: {have}.")
-    entry = tags[tag]
-    if not _is_safe_relpath(entry["dir"]) or "/" in entry["dir"]:
-        raise ValueError(f"weights manifest entry {name}.{tag}: invalid dir {entry['dir']!r}")
+    entry = tags[tag]  # read_index checked that "dir" is one safe path component
     return weights_dir() / entry["dir"], entry["manifest_sha256"]
 
 
-def _locate(name: str | None, pretrained: str | None, path, sha256: str | None) -> tuple[Path, dict]:
+def _naming(path, error: OSError) -> OSError:
+    """`error` with `path` in its message (the OS names at most a file inside the export)."""
+    if error.errno:  # OSError(errno, ...) picks the subclass again: PermissionError, ...
+        return OSError(error.errno, f"cannot load {path}: {error.strerror}", error.filename)
+    return OSError(f"cannot load {path}: {error}")
+
+
+def _locate(name: str | None, pretrained: str | None, path, sha256: str | None,
+            max_bytes: int | None = None) -> tuple[Path, dict]:
     """Finds (downloading if needed) and verifies an export; returns (directory, manifest)."""
     if name is not None:
         get_spec(name)
@@ -398,21 +300,27 @@ def _locate(name: str | None, pretrained: str | None, path, sha256: str | None) 
         shipped = ", ".join(available(name)) or "none shipped yet"
         raise ValueError(f"load({name!r}): pass exactly one of pretrained=<tag> (shipped: {shipped}) or path=")
     if sha256 is not None:
-        sha256 = _check_sha256_arg(sha256)
+        sha256 = exports.check_sha256(sha256)
+    is_url = isinstance(path, str) and path.startswith(("http://", "https://"))
+    if max_bytes is not None and not is_url:
+        raise ValueError(f"max_bytes= applies to an http(s) URL in path=, got path={path!r}")
     if pretrained is not None:
         if sha256 is not None:
             raise ValueError("sha256= applies to path=; shipped weights are pinned by the package")
         directory, sha256 = _shipped_dir(name, pretrained)
-        manifest = verify_export(directory, manifest_sha256=sha256)
-    elif isinstance(path, str) and path.startswith(("http://", "https://")):
-        directory = _fetch(path, sha256)
+        manifest = exports.verify_export(directory, manifest_sha256=sha256)
+    elif is_url:
+        directory = _fetch(path, sha256, max_bytes)
         try:
-            manifest = verify_export(directory)
+            manifest = exports.verify_export(directory)
         except ValueError as e:
             raise ValueError(f"{e}\n(the cached download of {path}; delete {directory} to fetch it again)") from None
     else:
         directory = Path(path)
-        manifest = verify_export(directory, manifest_sha256=sha256)
+        try:
+            manifest = exports.verify_export(directory, manifest_sha256=sha256)
+        except OSError as e:
+            raise _naming(path, e) from e
 
     if name is not None and manifest.get("model") != name:
         raise ValueError(
@@ -423,7 +331,11 @@ def _locate(name: str | None, pretrained: str | None, path, sha256: str | None) 
 
 
 def read_manifest(name: str | None = None, pretrained: str | None = None, *, path=None, sha256: str | None = None) -> dict:
-    """The verified manifest of shipped weights (`name`, `pretrained`) or of an export (`path`)."""
+    """The verified manifest of shipped weights (`name`, `pretrained`) or of an export (`path`).
+
+    Unlike `zoo.exports.read_manifest(directory)`, this finds the export first (a shipped
+    tag, a directory or a URL, downloaded if needed) and checks every file's sha256.
+    """
     return _locate(name, pretrained, path, sha256)[1]
 
 
@@ -433,6 +345,7 @@ def load(
     *,
     path: str | os.PathLike | None = None,
     sha256: str | None = None,
+    max_bytes: int | None = None,
 ) -> tuple[nn.Module, dict]:
     """Loads a registered model with exported weights, verified and strictly checked.
 
@@ -443,6 +356,8 @@ def load(
         one (downloaded once into the cache, `ZOO_CACHE`).
       sha256: optional pin: the archive's sha256 for a URL, the manifest.json's sha256 for
         a directory.
+      max_bytes: for a URL, the most bytes to download and to extract (default 1 GiB or
+        `ZOO_MAX_DOWNLOAD_BYTES`).
 
     Returns:
       (model, variables): the module built with the checkpoint's overrides, and its
@@ -451,11 +366,17 @@ def load(
     Raises:
       UnknownModelError: `name` is not registered.
       ValueError: unknown tag (the message lists the shipped ones), failed verification,
-        another model's checkpoint, or a tree that does not match the model (the message
-        names each parameter path with the expected and the found shape).
+        another model's checkpoint, a tree that does not match the model (the message
+        names each parameter path with the expected and the found shape), a download
+        over `max_bytes`, or an archive that is not a tar.gz of one export.
+      OSError: a file could not be read (the message names `path`), or a download failed:
+        the URL unreachable, an HTTP error (URL and status named), or TimeoutError after
+        `ZOO_DOWNLOAD_TIMEOUT` seconds.
     """
-    directory, manifest = _locate(name, pretrained, path, sha256)
-    overrides = _from_json(manifest.get("model_overrides") or {})
-    model = create(name, **overrides)
-    variables = _restore(directory, name, model)
+    directory, manifest = _locate(name, pretrained, path, sha256, max_bytes)
+    model = exports.model_from_manifest(manifest)
+    try:
+        variables = exports.restore_variables(directory, model, name)
+    except OSError as e:
+        raise _naming(path if path is not None else directory, e) from e
     return model, jax.device_put(variables)

@@ -1,0 +1,654 @@
+"""The export format: writing, reading, verifying and packing exported checkpoints.
+
+    from zoo import exports
+    out = exports.write_export("runs/cnn/export", "cnn", variables, dataset="mnist",
+                               metric={"name": "accuracy", "value": 0.991, "split": "test"},
+                               command="zoo train cnn --dataset mnist")
+    manifest = exports.verify_export(out)                  # every file against its sha256
+    model = exports.model_from_manifest(manifest)
+    variables = exports.restore_variables(out, model, "cnn")   # strict check, then host numpy
+    sha = exports.archive(out, "cnn-mnist.tar.gz")         # host it: zoo.load("cnn", path=url, sha256=sha)
+    exports.ship(out, "mnist")                             # zoo.load("cnn", pretrained="mnist")
+
+An exported checkpoint is a directory of regular files (no links, FIFOs or devices):
+
+    manifest.json   {"format": 1, "model": "cnn", "model_overrides": {...}, "files": {path: sha256},
+                     "dataset", "metric": {"name", "value", "split"}, "command", "train_config",
+                     "versions", "created"}
+    params/         a params-only Orbax PyTree checkpoint of the variables dict
+                    ({"params": ..., "batch_stats": ...}) saved from numpy arrays (no pickle)
+
+`manifest.json` pins every other file. The shipped weights directory holds an index,
+`manifest.json` = {"format": 1, "weights": {"cnn.mnist": {"dir", "manifest_sha256", "metric",
+"size_bytes"}}}, which pins each export's manifest.json (`read_index`, written by `ship`).
+An archive (`archive`, `extract_archive`) is a tar.gz holding one export in one top directory.
+
+Orbax is imported inside the functions that need it, so `import zoo` stays light. Where the
+shipped weights and the download cache live is zoo/pretrained.py's business, not this module's.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gzip
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import stat
+import tarfile
+import tempfile
+import zlib
+from pathlib import Path, PurePosixPath
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from flax import linen as nn
+from flax.core import unfreeze
+from flax.traverse_util import flatten_dict
+
+from zoo.registry import create, init
+
+__all__ = [
+    "FORMAT", "MANIFEST", "PARAMS_DIR", "MAX_ARCHIVE_MEMBERS",
+    "write_export", "archive", "ship", "extract_archive",
+    "verify_export", "read_manifest", "read_index", "list_files",
+    "model_from_manifest", "expected_variables", "restore_variables", "check_tree",
+    "sha256_file", "check_sha256", "check_tag", "write_text_atomic", "write_json_atomic",
+]
+
+FORMAT = 1
+MANIFEST = "manifest.json"  # in an export dir, and in the shipped weights dir (the index)
+PARAMS_DIR = "params"  # the Orbax checkpoint inside an export dir
+MAX_ARCHIVE_MEMBERS = 10_000  # an export has a few dozen files; more is an attack or a mistake
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_TAG = re.compile(r"[A-Za-z0-9_-]+")  # no dots: "<model>.<tag>" must split unambiguously
+
+
+# --- small building blocks ----------------------------------------------------------------------
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The hex sha256 of a file's bytes."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def check_sha256(value: Any) -> str:
+    """`value` lower-cased if it is 64 hex digits; else ValueError."""
+    if not isinstance(value, str) or not _SHA256.fullmatch(value.lower()):
+        raise ValueError(f"sha256 must be 64 hex digits, got {value!r}")
+    return value.lower()
+
+
+def check_tag(tag: Any) -> str:
+    """`tag` if it is a valid pretrained tag (letters, digits, '_', '-'); else ValueError."""
+    if not isinstance(tag, str) or not _TAG.fullmatch(tag):
+        raise ValueError(f"tag must be letters, digits, '_' or '-', got {tag!r}")
+    return tag
+
+
+def _is_safe_relpath(rel: str) -> bool:
+    p = PurePosixPath(rel)
+    return bool(rel) and not p.is_absolute() and ".." not in p.parts and "\\" not in rel
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Writes `path` so readers see the old or the new content, never a part (temp file + os.replace)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """`data` as indented, key-sorted JSON plus a newline (the layout of every manifest), atomically."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISLNK, "a symlink"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def list_files(directory: str | os.PathLike) -> list[str]:
+    """Every file under `directory`, as sorted relative posix paths.
+
+    Uses only `lstat`, so nothing is opened: a symlink, FIFO, device or socket anywhere in the
+    tree raises ValueError naming each one (opening a FIFO would block forever).
+    """
+    directory = Path(directory)
+    files, bad = [], []
+
+    def fail(error: OSError) -> None:  # os.walk skips unreadable directories unless told
+        raise error
+
+    for root, dirs, names in os.walk(directory, onerror=fail):
+        real_dirs = []
+        for name in dirs + names:  # os.walk lists a symlink to a directory among the dirs
+            full = Path(root, name)
+            mode = os.lstat(full).st_mode
+            rel = full.relative_to(directory).as_posix()
+            if stat.S_ISDIR(mode):
+                real_dirs.append(name)
+            elif stat.S_ISREG(mode):
+                files.append(rel)
+            else:
+                bad.append(f"{rel}: is {_kind(mode)} (exports hold only regular files)")
+        dirs[:] = real_dirs  # descend into real directories only
+    if bad:
+        raise ValueError(f"exported checkpoint {directory} failed verification:\n  " + "\n  ".join(sorted(bad)))
+    return sorted(files)
+
+
+# --- reading and verifying ----------------------------------------------------------------------
+
+
+def read_manifest(directory: str | os.PathLike, manifest_sha256: str | None = None) -> dict:
+    """The parsed, validated manifest.json of an export, without checking its other files.
+
+    Args:
+      directory: the export directory.
+      manifest_sha256: if given, the expected sha256 of its manifest.json.
+
+    Raises:
+      ValueError: not a directory, no manifest.json (or not a regular file), another hash,
+        not JSON, not format 1, or a 'files' entry that is not a safe relative path.
+    """
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST
+    if not directory.is_dir():
+        raise ValueError(f"{directory} is not a directory (expected an exported checkpoint)")
+    try:
+        mode = os.lstat(manifest_path).st_mode
+    except FileNotFoundError:
+        raise ValueError(f"{directory} is not an exported checkpoint: it has no {MANIFEST}") from None
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{manifest_path}: is {_kind(mode)}, not a regular file")
+    if manifest_sha256 is not None:
+        expected, found = check_sha256(manifest_sha256), sha256_file(manifest_path)
+        if found != expected:
+            raise ValueError(f"{manifest_path}: sha256 mismatch: expected {expected}, found {found}")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{manifest_path}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ValueError(f"{manifest_path}: not a zoo export manifest of format {FORMAT}")
+    listed = manifest.get("files")
+    if not isinstance(listed, dict) or not all(isinstance(v, str) for v in listed.values()):
+        raise ValueError(f"{manifest_path}: 'files' must map relative paths to sha256 hex digests")
+    bad = [rel for rel in listed if not _is_safe_relpath(rel) or rel == MANIFEST]
+    if bad:
+        raise ValueError(f"{manifest_path}: invalid file paths in 'files': {bad}")
+    return manifest
+
+
+def verify_export(directory: str | os.PathLike, manifest_sha256: str | None = None) -> dict:
+    """Checks an exported checkpoint's files against its manifest and returns the manifest.
+
+    Args:
+      directory: the export directory.
+      manifest_sha256: if given, the expected sha256 of its manifest.json.
+
+    Raises:
+      ValueError: see `read_manifest`; a symlink or special file anywhere in the directory
+        (refused before anything is opened); or a file that is changed, truncated, missing
+        or unlisted (every such file is named, with the expected and the found sha256).
+    """
+    directory = Path(directory)
+    manifest = read_manifest(directory, manifest_sha256)
+    listed = manifest["files"]
+    on_disk = set(list_files(directory)) - {MANIFEST}
+    problems = []
+    for rel in sorted(set(listed) | on_disk):
+        if rel not in on_disk:
+            problems.append(f"{rel}: missing (expected sha256 {listed[rel]})")
+        elif rel not in listed:
+            problems.append(f"{rel}: not listed in {MANIFEST} (found sha256 {sha256_file(directory / rel)})")
+        else:
+            found = sha256_file(directory / rel)
+            if found != listed[rel].lower():
+                problems.append(f"{rel}: sha256 mismatch: expected {listed[rel]}, found {found}")
+    if problems:
+        raise ValueError(f"exported checkpoint {directory} failed verification:\n  " + "\n  ".join(problems))
+    if not (directory / PARAMS_DIR).is_dir():
+        raise ValueError(f"{directory} is not an exported checkpoint: it has no {PARAMS_DIR}/ directory")
+    return manifest
+
+
+def read_index(directory: str | os.PathLike) -> dict:
+    """The shipped-weights index `directory/manifest.json` (an empty index if there is none).
+
+    Raises:
+      ValueError: not format 1, or an entry whose "dir" is not its own key or whose
+        "manifest_sha256" is not 64 hex digits.
+    """
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        return {"format": FORMAT, "weights": {}}
+    index = json.loads(path.read_text())
+    if not isinstance(index, dict) or index.get("format") != FORMAT or not isinstance(index.get("weights"), dict):
+        raise ValueError(f"{path}: not a zoo weights manifest of format {FORMAT}")
+    for key, entry in index["weights"].items():
+        if not isinstance(entry, dict) or entry.get("dir") != key or not _is_safe_relpath(key) or "/" in key:
+            raise ValueError(f"{path}: entry {key!r} must be a dict whose 'dir' is {key!r}, got {entry!r}")
+        check_sha256(entry.get("manifest_sha256"))
+    return index
+
+
+# --- strict structure check ---------------------------------------------------------------------
+
+
+def _shape_dtype(leaf: Any) -> tuple[tuple[int, ...], np.dtype | None]:
+    dtype = getattr(leaf, "dtype", None)
+    return tuple(np.shape(leaf)), (np.dtype(dtype) if dtype is not None else None)
+
+
+def _describe(leaf: Any) -> str:
+    shape, dtype = _shape_dtype(leaf)
+    return f"shape {shape} {dtype if dtype is not None else '?'}"
+
+
+def check_tree(expected: Mapping, found: Mapping, what: str) -> None:
+    """Raises one ValueError listing every path where `found` differs from `expected`.
+
+    Both are nested (or already flat "a/b") dicts of array-likes: anything with .shape and
+    .dtype (arrays, jax.ShapeDtypeStruct, orbax ArrayMetadata). A leaf must match in path,
+    shape and dtype; paths are written "params/conv_0/kernel".
+
+    Args:
+      expected: what the caller needs (the model's variables, a restore target).
+      found: what is there (a checkpoint's metadata, variables to export).
+      what: the message's first line, e.g. "checkpoint X does not match model 'cnn'".
+    """
+    exp = flatten_dict(expected, sep="/")
+    got = flatten_dict(found, sep="/")
+    problems = []
+    for path in sorted(exp.keys() | got.keys()):
+        if path not in got:
+            problems.append(f"{path}: missing (expected {_describe(exp[path])})")
+        elif path not in exp:
+            problems.append(f"{path}: unexpected (found {_describe(got[path])})")
+        else:
+            (e_shape, e_dtype), (g_shape, g_dtype) = _shape_dtype(exp[path]), _shape_dtype(got[path])
+            if e_shape != g_shape or e_dtype is None or g_dtype != e_dtype:
+                problems.append(f"{path}: expected {_describe(exp[path])}, found {_describe(got[path])}")
+    if problems:
+        raise ValueError(f"{what}:\n  " + "\n  ".join(problems))
+
+
+def expected_variables(model: nn.Module) -> dict:
+    """The model's variables as a tree of jax.ShapeDtypeStruct (no memory, no device)."""
+    shapes = jax.eval_shape(lambda: init(model, jax.random.key(0)))
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), shapes)
+
+
+def from_json(value: Any) -> Any:
+    """JSON lists back to the tuples module fields use."""
+    if isinstance(value, list):
+        return tuple(from_json(v) for v in value)
+    if isinstance(value, dict):
+        return {k: from_json(v) for k, v in value.items()}
+    return value
+
+
+def _to_json(value: Any, what: str) -> Any:
+    """`value` as JSON (tuples become lists); raises TypeError if it is not JSON-able."""
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{what} must be JSON-serializable: {e}") from None
+
+
+def model_from_manifest(manifest: Mapping) -> nn.Module:
+    """The registry model an export's manifest names, built with its `model_overrides`."""
+    if not isinstance(manifest.get("model"), str):
+        raise ValueError(f"an export manifest names its registry model in 'model', got {manifest.get('model')!r}")
+    return create(manifest["model"], **from_json(manifest.get("model_overrides") or {}))
+
+
+# --- orbax (imported lazily) --------------------------------------------------------------------
+
+
+def _checkpointer():
+    """A synchronous Orbax PyTree checkpointer that involves only this process.
+
+    No cross-host barriers: one process of a multi-host job can export or load alone.
+    """
+    import orbax.checkpoint as ocp
+
+    me = jax.process_index()
+    mp = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(multiprocessing_options=mp), multiprocessing_options=mp)
+
+
+def restore_variables(directory: str | os.PathLike, model: nn.Module, name: str) -> dict:
+    """Strictly checks, then restores an export's variables as host numpy arrays.
+
+    Call `verify_export` first: this reads the Orbax files without checking their hashes.
+
+    Args:
+      directory: the export directory.
+      model: the module the variables are for (see `model_from_manifest`).
+      name: its registry name, for the error message.
+
+    Raises:
+      ValueError: the checkpoint's tree differs from the model's (each parameter path with
+        the expected and the found shape and dtype); nothing is restored then.
+    """
+    import orbax.checkpoint as ocp
+
+    params_dir = (Path(directory) / PARAMS_DIR).absolute()
+    ckptr = _checkpointer()
+    stored = ckptr.metadata(params_dir).item_metadata.tree
+    expected = expected_variables(model)
+    check_tree(expected, stored, f"checkpoint {directory} does not match model {name!r}")
+    restore_args = jax.tree.map(lambda s: ocp.RestoreArgs(restore_type=np.ndarray, dtype=s.dtype), expected)
+    return ckptr.restore(params_dir, args=ocp.args.PyTreeRestore(item=expected, restore_args=restore_args))
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+
+def _versions() -> dict[str, str]:
+    import zoo  # here, not at the top: zoo/__init__ imports this module
+
+    versions = {"python": platform.python_version(), "zoo": zoo.__version__}
+    for package, dist in (("jax", "jax"), ("jaxlib", "jaxlib"), ("flax", "flax"), ("orbax", "orbax-checkpoint"), ("numpy", "numpy")):
+        try:
+            versions[package] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _move_into_place(tmp: Path, final: Path, overwrite: bool) -> None:
+    """Renames the complete directory `tmp` to `final`, replacing it if `overwrite`.
+
+    POSIX cannot swap two directories atomically, so an existing `final` is first renamed
+    aside: readers see the old export, briefly none, then the new one; never a mix.
+    """
+    if not final.exists():
+        os.rename(tmp, final)
+        return
+    if not overwrite:
+        raise FileExistsError(f"{final} already exists (pass overwrite=True to replace it)")
+    old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))
+    os.rename(final, old / final.name)
+    os.rename(tmp, final)
+    shutil.rmtree(old)
+
+
+def write_export(
+    directory: str | os.PathLike,
+    model_name: str,
+    variables: Mapping,
+    *,
+    model_overrides: Mapping[str, Any] | None = None,
+    dataset: str | None = None,
+    metric: Mapping[str, Any] | None = None,
+    command: str | Sequence[str] | None = None,
+    train_config: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Writes `variables` of registry model `model_name` as an exported checkpoint directory.
+
+    The export is written to a temporary sibling and renamed into place once complete, so
+    a reader never sees a half-written export.
+
+    Args:
+      directory: the export directory to create (missing parents are created).
+      model_name: registry name; `zoo.load(model_name, path=directory)` rebuilds the model.
+      variables: the variables dict ({"params": ..., "batch_stats": ...}); jax or numpy
+        arrays, gathered to this host.
+      model_overrides: keyword arguments of `zoo.create` (JSON-able; tuples are stored as
+        lists and turned back into tuples on load).
+      dataset: the dataset the weights were trained on, e.g. "mnist".
+      metric: e.g. {"name": "accuracy", "value": 0.991, "split": "test"}.
+      command: the `zoo train ...` command that produced the weights (a string or argv).
+      train_config: the resolved training config (JSON-able); `zoo eval --pretrained`
+        rebuilds the same data view (dataset, seq_len, ...) from it.
+      overwrite: replace an existing `directory` (see `_move_into_place`).
+
+    Returns:
+      The absolute path of the export.
+
+    Raises:
+      FileExistsError: `directory` exists and `overwrite` is False.
+      ValueError: `variables` do not match the model (each path with expected and found shape).
+    """
+    import orbax.checkpoint as ocp
+
+    directory = Path(directory).absolute()  # orbax needs absolute paths
+    if directory.exists() and not overwrite:
+        raise FileExistsError(f"{directory} already exists (pass overwrite=True to replace it)")
+    overrides = _to_json(dict(model_overrides or {}), "model_overrides")
+    model = model_from_manifest({"model": model_name, "model_overrides": overrides})
+    if metric is not None and not {"name", "value"} <= set(metric):
+        raise ValueError(f"metric needs at least 'name' and 'value' (and ideally 'split'), got {dict(metric)}")
+    host = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), unfreeze(variables))
+    what = f"variables do not match model {model_name!r}" + (f" with overrides {overrides}" if overrides else "")
+    check_tree(expected_variables(model), host, what)
+    if command is not None and not isinstance(command, str):
+        command = shlex.join(command)
+
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
+    try:
+        _checkpointer().save(tmp / PARAMS_DIR, args=ocp.args.PyTreeSave(host))
+        files = list_files(tmp)
+        manifest = {
+            "format": FORMAT,
+            "model": model_name,
+            "model_overrides": overrides,
+            "files": {rel: sha256_file(tmp / rel) for rel in files},
+            "dataset": dataset,
+            "metric": _to_json(dict(metric), "metric") if metric is not None else None,
+            "command": command,
+            "train_config": _to_json(dict(train_config), "train_config") if train_config is not None else None,
+            "versions": _versions(),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        write_json_atomic(tmp / MANIFEST, manifest)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+        _move_into_place(tmp, directory, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def archive(export_dir: str | os.PathLike, archive_path: str | os.PathLike) -> str:
+    """Packs an export into a reproducible tar.gz (one top directory) and returns its sha256.
+
+    Host the file anywhere; `zoo.load(name, path=url, sha256=<the returned hash>)` then
+    downloads, verifies and caches it. The export is verified before packing.
+    """
+    export_dir = Path(export_dir)
+    verify_export(export_dir)
+    archive_path = Path(archive_path)
+    top = export_dir.resolve().name
+
+    def normalize(info: tarfile.TarInfo) -> tarfile.TarInfo:  # same bytes for the same export
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        info.mtime = 0
+        info.mode = 0o644
+        return info
+
+    fd, tmp = tempfile.mkstemp(dir=archive_path.parent, prefix=f".{archive_path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
+            with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                for rel in list_files(export_dir):
+                    tar.add(export_dir / rel, arcname=f"{top}/{rel}", recursive=False, filter=normalize)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, archive_path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return sha256_file(archive_path)
+
+
+def ship(
+    export_dir: str | os.PathLike,
+    tag: str,
+    *,
+    weights_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Copies an export into the shipped weights as `<model>.<tag>/` and pins it in the index.
+
+    The export is verified and restored once first (strict tree check). Afterwards
+    `zoo.load(model, pretrained=tag)` finds it; commit the new directory and manifest.json.
+
+    Args:
+      export_dir: an export written by `write_export`.
+      tag: the pretrained tag, usually the dataset, e.g. "mnist" (letters, digits, _ and -).
+      weights_dir: the weights directory to update; default `zoo.pretrained.weights_dir()`.
+      overwrite: replace weights already shipped under this tag.
+
+    Returns:
+      The new index entry: {"dir", "manifest_sha256", "metric", "size_bytes"}.
+    """
+    check_tag(tag)
+    export_dir = Path(export_dir)
+    manifest = verify_export(export_dir)
+    model = manifest.get("model")
+    restore_variables(export_dir, model_from_manifest(manifest), model)
+    if weights_dir is None:
+        from zoo.pretrained import weights_dir as default_weights_dir  # the location is pretrained's
+
+        weights_dir = default_weights_dir()
+    weights = Path(weights_dir)
+    weights.mkdir(parents=True, exist_ok=True)
+    index = read_index(weights)
+    key = f"{model}.{tag}"
+    if key in index["weights"] and not overwrite:
+        raise FileExistsError(f"{key} is already shipped in {weights} (pass overwrite=True to replace it)")
+
+    tmp = Path(tempfile.mkdtemp(dir=weights, prefix=f".{key}.tmp-"))
+    try:
+        shutil.rmtree(tmp)
+        shutil.copytree(export_dir, tmp, symlinks=True)
+        verify_export(tmp)
+        _move_into_place(tmp, weights / key, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    final = weights / key
+    entry = {
+        "dir": key,
+        "manifest_sha256": sha256_file(final / MANIFEST),
+        "metric": manifest.get("metric"),
+        "size_bytes": sum((final / rel).stat().st_size for rel in list_files(final)),
+    }
+    index["weights"][key] = entry
+    write_json_atomic(weights / MANIFEST, index)
+    return entry
+
+
+# --- extracting a downloaded archive ------------------------------------------------------------
+
+
+class _CappedReader:
+    """A read-only stream that raises ValueError once more than `limit` bytes were read from it."""
+
+    def __init__(self, stream, limit: int, source: str):
+        self._stream, self._limit, self._source, self.count = stream, limit, source, 0
+
+    def read(self, size: int = -1) -> bytes:
+        # Never ask for more than one byte past the cap: a decompression bomb stops here.
+        room = self._limit - self.count + 1
+        data = self._stream.read(room if size is None or size < 0 else min(size, room))
+        self.count += len(data)
+        if self.count > self._limit:
+            raise ValueError(f"{self._source}: the archive expands to more than {self._limit} bytes; refusing it")
+        return data
+
+
+def extract_archive(
+    archive_path: str | os.PathLike,
+    dest: str | os.PathLike,
+    source: str,
+    *,
+    max_bytes: int,
+    max_members: int = MAX_ARCHIVE_MEMBERS,
+) -> Path:
+    """Extracts a tar.gz holding one export into the empty directory `dest`; returns its root.
+
+    Members are read one at a time from the decompressed stream, and extraction stops as
+    soon as a limit is passed (not after decompressing everything), so a small gzip bomb
+    costs at most `max_bytes` of reading and writing. Only regular files and directories
+    with relative paths are accepted (links, devices, FIFOs, absolute paths and '..' are
+    refused, as are duplicate files); tarfile's "data" filter applies on top.
+
+    Args:
+      archive_path: the tar.gz file.
+      dest: an empty directory to extract into.
+      source: the archive's URL or path, named in every error.
+      max_bytes: the most decompressed bytes (tar headers and file contents) to read.
+      max_members: the most archive members (files and directories).
+
+    Returns:
+      `dest` if it holds manifest.json, else the single top directory that does.
+
+    Raises:
+      ValueError: one line naming `source` and the cause (not a tar.gz, truncated, a
+        refused member, a limit passed, no manifest.json at the top).
+    """
+    dest = Path(dest)
+    count, size, seen = 0, 0, set()
+    try:
+        with gzip.open(archive_path, "rb") as gz:
+            capped = _CappedReader(gz, max_bytes, source)
+            with tarfile.open(fileobj=capped, mode="r|") as tar:  # a stream: members in order
+                for member in tar:
+                    count += 1
+                    if count > max_members:
+                        raise ValueError(f"{source}: the archive has more than {max_members} members; refusing it")
+                    name = member.name
+                    if not _is_safe_relpath(name):
+                        raise ValueError(f"{source}: refusing archive member {name!r} (absolute path or '..')")
+                    if not (member.isfile() or member.isdir()):
+                        raise ValueError(f"{source}: refusing archive member {name!r} (links and special files are not allowed)")
+                    if member.isfile():
+                        key = PurePosixPath(name).as_posix()
+                        if key in seen:
+                            raise ValueError(f"{source}: refusing archive member {name!r} (a duplicate)")
+                        seen.add(key)
+                        size += member.size
+                        if size > max_bytes:
+                            raise ValueError(f"{source}: the archive expands to more than {max_bytes} bytes; refusing it")
+                    try:
+                        tar.extract(member, dest, filter="data")
+                    except tarfile.FilterError as e:
+                        raise ValueError(f"{source}: refusing archive member {name!r} ({e})") from None
+    except (tarfile.ReadError, gzip.BadGzipFile, EOFError, zlib.error) as e:
+        cause = str(e) or type(e).__name__
+        if isinstance(e, EOFError):
+            cause = f"truncated: {cause}"
+        raise ValueError(f"{source}: not a valid tar.gz archive ({cause})") from None
+    if (dest / MANIFEST).is_file():
+        return dest
+    entries = list(dest.iterdir())
+    if len(entries) == 1 and (entries[0] / MANIFEST).is_file():
+        return entries[0]
+    raise ValueError(f"{source}: no {MANIFEST} at the top level or in a single top directory")
