@@ -36,8 +36,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# The 65 characters of tiny_shakespeare, sorted(set(text)), defined once in zoo.rnn.
 from zoo.exports import sha256_file
+
+# The 65 characters of tiny_shakespeare, sorted(set(text)), defined once in zoo.rnn.
 from zoo.rnn import TINY_SHAKESPEARE_VOCAB as CHAR_VOCAB  # one vocabulary for data and model
 
 IMAGE_DATASETS = ("mnist", "fashion_mnist", "cifar10")
