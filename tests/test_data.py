@@ -80,7 +80,7 @@ def test_tampered_vendored_file_is_rejected(tmp_path):
         data.verify_vendored("tiny_shakespeare", vendored_dir=tmp_path)
     message = str(err.value)
     assert "input.txt" in message and expected in message
-    assert data._sha256(tmp_path / "tiny_shakespeare" / "input.txt") in message
+    assert data.sha256_file(tmp_path / "tiny_shakespeare" / "input.txt") in message
 
 
 def test_missing_vendored_file_is_rejected(tmp_path):

@@ -102,7 +102,7 @@ def cmd_train(args) -> int:
     if not (workdir / "command.txt").exists():
         (workdir / "command.txt").write_text("zoo " + " ".join(sys.argv[1:] if argv_is_cli() else ["train", args.model]) + "\n")
     try:
-        record = fit(cfg, workdir)
+        record = fit(cfg, workdir).record
     except Preempted as e:
         print(f"preempted: {e}")
         return 130 if e.signum == signal.SIGINT else 0

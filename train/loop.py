@@ -23,6 +23,7 @@ from zoo.exports import from_json, write_text_atomic
 from train.checkpoint import Checkpointer
 from train.config import Config
 from train.state import TrainState, create_state, glorot_reinit, make_optimizer, make_schedule
+from train.steps import to_input
 
 
 class TrainingDiverged(RuntimeError):
@@ -72,14 +73,21 @@ class _StopSignals:
             signal.signal(s, handler)
 
 
-def initial_state(cfg: Config, model, task: tasks.Task, total_steps: int, *, log=print) -> TrainState:
-    """A fresh TrainState for `cfg`: optimizer and schedule, init (default/glorot/init_from)."""
+def initial_state(cfg: Config, model, task: tasks.Task, total_steps: int, *, example=None, log=print) -> TrainState:
+    """A fresh TrainState for `cfg`: optimizer and schedule, init (default/glorot/init_from).
+
+    `example`: one host input, to initialize a module that has no zoo input spec.
+    """
     schedule = make_schedule(cfg.schedule, cfg.lr, total_steps, cfg.warmup_steps)
     tx = make_optimizer(
         cfg.optimizer, schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm, b1=cfg.b1
     )
     init_key, state_key, reinit_key = jax.random.split(jax.random.key(cfg.seed), 3)
-    variables = zoo.init(model, init_key)  # params depend on the input's shape only: the spec's example
+    if hasattr(model, "input_spec"):
+        variables = zoo.init(model, init_key)  # params depend on the input's shape only: the spec's example
+    else:
+        rngs = dict(zip(("params", "dropout", "noise"), jax.random.split(init_key, 3)))
+        variables = jax.jit(model.init)(rngs, to_input(jnp.asarray(example)))
     if cfg.init == "glorot":
         variables = {**variables, "params": glorot_reinit(variables["params"], reinit_key)}
     if cfg.init_from:
@@ -164,6 +172,8 @@ def setup(cfg: Config, workdir: Path, *, log=print, model=None, task: tasks.Task
           splits: tasks.Splits | None = None) -> Run:
     """Builds the run: data, devices, state (resumed from the newest intact checkpoint)."""
     workdir = Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    workdirs.check_shared(workdir)
     lock = workdirs.acquire(workdir)
     try:
         return _setup(cfg, workdir, lock, log, model, task, splits)
@@ -188,7 +198,7 @@ def _setup(cfg, workdir, lock, log, model, task, splits) -> Run:
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
 
-    state = initial_state(cfg, model, task, total_steps, log=log)
+    state = initial_state(cfg, model, task, total_steps, example=splits.train["x"][:1], log=log)
     ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=cfg.keep_checkpoints,
                         best_metric=f"val_{task.val_metric}", best_mode=task.mode)
     book = Book()
@@ -275,14 +285,16 @@ def run_epoch(run: Run) -> dict:
         pending.append(m)
         queued = sum(len(p["loss"]) for p in pending)
         at_end = pos >= spe or run.step >= run.total_steps
-        if at_end or run.signals.signum or queued >= cfg.log_every or (run.max_in_flight and queued >= run.max_in_flight):
+        save_due = bool(cfg.checkpoint_steps and run.step % cfg.checkpoint_steps < k and not at_end)
+        # A checkpoint's book must hold every step before it: sync before any save.
+        if at_end or save_due or run.signals.signum or queued >= cfg.log_every or queued >= (run.max_in_flight or queued + 1):
             sync()
         if run.signals.signum:
             _save(run, epoch, None, force=True)
             run.ckpt.wait()
             name = signal.Signals(run.signals.signum).name
             raise Preempted(f"{name}: saved step {run.step} in {run.ckpt.directory}; rerun to resume", run.signals.signum)
-        if cfg.checkpoint_steps and run.step % cfg.checkpoint_steps < k and not at_end:
+        if save_due:
             _save(run, epoch, None)
     progress.close()
     if pos < spe:  # max_steps ended the run mid-epoch
@@ -354,25 +366,33 @@ def _save(run: Run, epoch_done: int, record: dict | None, force: bool = False) -
     run.ckpt.save(run.step, tree, meta, metrics, force=force)
 
 
+@dataclasses.dataclass
+class Result:
+    """What `fit` ends with: the last epoch's record ({} if nothing was left to train) and the
+    final TrainState (on the host's devices, unreplicated)."""
+
+    record: dict
+    state: TrainState
+
+
 def fit(cfg: Config, workdir: str | Path, *, log=print, model=None, task: tasks.Task | None = None,
-        splits: tasks.Splits | None = None) -> dict:
+        splits: tasks.Splits | None = None) -> Result:
     """Trains `cfg.model` (or `model`) in `workdir`, resuming from its newest intact checkpoint.
 
-    Returns the final epoch's record (train and validation metrics, timings).
     Raises TrainingDiverged on a non-finite loss and Preempted after a SIGTERM/SIGINT save.
     """
     run = setup(cfg, workdir, log=log, model=model, task=task, splits=splits)
     record: dict = {}
-    try:
-        with run.signals:
+    with run.signals:  # also while close() waits for the last async save
+        try:
             while not run.book.finished and run.step < run.total_steps:
                 timing = run_epoch(run)
                 record = evaluate(run, timing)
                 should_stop(run)
                 checkpoint_if_due(run, record)
-    finally:
-        run.close()
-    return record
+        finally:
+            run.close()
+    return Result(record, run.strategy.unreplicate(run.state))
 
 
 @jax.jit

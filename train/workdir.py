@@ -5,7 +5,9 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import secrets
 import socket
+import time
 from pathlib import Path
 
 LOCK_NAME = ".lock"
@@ -58,3 +60,33 @@ def acquire(workdir: Path) -> Lock:
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode(), 0)
     return Lock(path, fd)
+
+
+def check_shared(workdir: Path) -> None:
+    """Multi-host runs: raises ValueError on EVERY process unless all of them see `workdir`.
+
+    Process 0 writes a marker named by a token it broadcasts; each process looks for it for up
+    to `ZOO_SHARED_WORKDIR_TIMEOUT` seconds (default 60, for slow network filesystems); then
+    all processes exchange what they saw, so none of them goes on to wait forever for the
+    others at the first checkpoint.
+    """
+    import jax
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    if jax.process_count() == 1:
+        return
+    token = int(multihost_utils.broadcast_one_to_all(np.int32(secrets.randbits(31))))
+    marker = Path(workdir) / f".shared-{token}"
+    if jax.process_index() == 0:
+        marker.touch()
+    deadline = time.monotonic() + float(os.environ.get("ZOO_SHARED_WORKDIR_TIMEOUT", "60"))
+    while not (seen := marker.exists()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    everyone = np.asarray(multihost_utils.process_allgather(np.int32(seen))).reshape(-1)
+    if jax.process_index() == 0:
+        marker.unlink()
+    if not everyone.all():
+        blind = [int(i) for i in np.flatnonzero(everyone == 0)]
+        raise ValueError(f"--workdir {workdir} must be on storage shared by all processes: process(es) {blind} "
+                         f"do not see the files process 0 writes there")
