@@ -4,8 +4,8 @@ Imports torch (`import zoo` does not import this file). Build twins through the 
 with the same options as `zoo.create`:
 
     net = zoo.torch_model("cnn", num_classes=5).eval()
-    net.load_state_dict(zoo.to_torch(model, variables))   # keys as zoo.torch_port writes them
-    logits = net(images_nchw)                               # float32 (B, C, H, W) in [0, 1]
+    net.load_state_dict(zoo.to_torch(zoo.create("cnn", num_classes=5), variables))
+    logits = net(images_nchw)                     # float32 (B, C, H, W) in [0, 1]
 
 Each twin takes the zoo module's fields as keyword arguments (all required: the defaults
 live in zoo's modules and registry only). Layer for layer the same as the Flax model, in
