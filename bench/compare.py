@@ -1,4 +1,4 @@
-"""Side-by-side training speed: zoo (JAX/Flax, as the engine trains) vs PyTorch (tests/torch_ref.py).
+"""Side-by-side training speed: zoo (JAX/Flax, as the engine trains) vs PyTorch (zoo.torch_model twins).
 
 For each model at the tutorial recipe (same architecture, batch size, optimizer and loss), one
 process builds three trainers on real MNIST and then ALTERNATES them for `--repeats` rounds:
@@ -13,8 +13,8 @@ can. "Time per epoch" is EXTRAPOLATED: ms/step x (60000 // batch) steps, unless 
     zoo        the task record's train step (train.tasks), jitted with donation by train.parallel.JitStrategy
                over a 1-device mesh, 1 step per dispatch (the CPU engine setting); data uint8 on
                device, batches cut on device by index; host syncs only at the end of a round.
-    torch-mem  the same architecture (tests.torch_ref), same optimizer/loss; float tensors in
-               memory, batches by index x[idx] from a torch.randperm per epoch.
+    torch-mem  the PyTorch twin (zoo.torch_model: the same architecture), same optimizer/loss;
+               float tensors in memory, batches by index x[idx] from a torch.randperm per epoch.
     torch-dl   as the tutorials write it: DataLoader(TensorDataset(x, y), batch_size, shuffle=True)
                over the same float tensors (num_workers=0, drop_last=False, the defaults).
 
@@ -210,7 +210,7 @@ class TorchTrainer:
         import torch
         from torch import nn
 
-        from tests.torch_ref import TORCH_MODELS
+        import zoo
 
         self.torch, self.nn = torch, nn
         self.name = "torch_dl" if loader else "torch_mem"
@@ -219,7 +219,7 @@ class TorchTrainer:
         r = RECIPES[model_name]
         self.batch = r["batch"]
         torch.manual_seed(seed)
-        self.net = TORCH_MODELS[model_name]().to(dev).train()
+        self.net = zoo.torch_model(model_name).to(dev).train()
         x = torch.from_numpy(data["train_x"]).permute(0, 3, 1, 2).float().div_(255.0).contiguous()  # (N,1,28,28)
         tx = torch.from_numpy(data["test_x"]).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
         if model_name == "lstm":

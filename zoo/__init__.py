@@ -21,7 +21,7 @@ from zoo.registry import (
     list_models,
     param_count,
 )
-from zoo.torch_port import from_torch
+from zoo.torch_port import from_torch, to_torch, torch_model
 
 register_shipped()  # reads zoo/weights/manifest.json only (no orbax)
 
@@ -45,4 +45,6 @@ __all__ = [
     "multitask",
     "param_count",
     "rnn",
+    "to_torch",
+    "torch_model",
 ]

@@ -1,32 +1,40 @@
-"""Load PyTorch weights of the tutorial architectures into zoo models.
+"""PyTorch <-> zoo: weights both ways, and the PyTorch twin of every registry model.
 
     import torch, zoo
-    variables = zoo.from_torch("cnn", torch_net.state_dict())
-    logits = zoo.create("cnn").apply(variables, images_nhwc)
+    variables = zoo.from_torch("cnn", torch_net.state_dict())  # any layer names: conv1/fc1, main.0, ...
+    net = zoo.torch_model("cnn")                                 # the PyTorch nn.Module twin
+    net.load_state_dict(zoo.to_torch("cnn", variables))          # strict: same keys and shapes
 
-`from_torch` never imports torch: the state dict may hold torch tensors (read with
-`.detach().cpu().numpy()`) or anything `np.asarray` accepts. It returns the variables
-dict of the model ({"params": ...}, plus "batch_stats" for dcgan) with float32 jax
-arrays on the default device, like `zoo.init`.
+`from_torch` and `to_torch` never import torch themselves (`to_torch` returns torch tensors
+when torch is importable, numpy arrays otherwise); `torch_model` imports torch (it builds the
+modules of zoo/torch_models.py).
 
-The torch key names are those of the reference modules in tests/torch_ref.py (which
-follow the tutorials). Layout changes: Linear (out, in) -> kernel (in, out); Conv2d
-(out, in, kh, kw) -> (kh, kw, in, out); ConvTranspose2d (in, out, kh, kw) -> (kh, kw, out,
-in) (flax's transpose_kernel=True layout, no flip); LSTM weight_ih/hh_l{k} (4H, F) ->
-wi/wh (F, 4H) and b = bias_ih + bias_hh (gate order i, f, g, o in both); Embedding
-weight -> embedding; BatchNorm weight/bias -> scale/bias, running_mean/var ->
-batch_stats mean/var (num_batches_tracked is ignored). Dense layers that read a
-flattened image take their input rows from PyTorch's (C, H, W) order to zoo's (H, W, C)
-order (a no-op for one channel, e.g. MNIST MLPs).
+Matching by structure. `from_torch` groups the state dict's tensors into layers: the tensors
+of one module path (weight, bias, running_mean, running_var, num_batches_tracked), and for an
+nn.LSTM the `*_l{k}` tensors of each stacked layer k. It keeps them in state-dict order (the
+order the torch module registers its layers in) and pairs each with the zoo layer of the same
+kind and shapes. Where several zoo layers have the same kind and shapes (a tie), a torch layer
+whose module path is (or ends with) the twin's name for one of them takes that one; otherwise
+order decides: the torch layer takes the tied zoo layer right after its predecessor's partner
+(the first zoo layer, for the first torch layer). Names never pair layers of different shapes.
+The result is strict: a tensor left over, a layer missing, a shape that differs or a tie that
+neither names nor order settle raises ONE ValueError listing each torch key involved with its
+expected and found shape.
 
-The conversion is strict: the expected variables come from `jax.eval_shape` of the
-model's init, and a missing key, an unexpected key or a wrong shape raises one
-ValueError listing every offending torch key with the expected and the found shape.
+Layouts: Linear (out, in) -> kernel (in, out); Conv2d (out, in, kh, kw) -> (kh, kw, in, out);
+ConvTranspose2d (in, out, kh, kw) -> (kh, kw, out, in) (zoo.layers.ConvTranspose's layout, no
+flip); LSTM weight_ih/hh_l{k} (4H, F) -> wi/wh (F, 4H) and b = bias_ih + bias_hh (gate order i,
+f, g, o in both); Embedding weight -> embedding; BatchNorm weight/bias -> scale/bias,
+running_mean/var -> batch_stats mean/var (num_batches_tracked: read if present, never used).
+A Linear that reads a flattened image takes its input rows from PyTorch's (C, H, W) order to
+zoo's (H, W, C) order (a no-op for one channel, e.g. MNIST MLPs). `to_torch` inverts each of
+these, writing the LSTM sum as bias_ih = b, bias_hh = -0.0 and num_batches_tracked = 0.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Callable, Mapping
 
 import jax
@@ -37,234 +45,557 @@ from flax import linen as nn
 from zoo import autoencoder, cnn, gan, mlp, multitask, rnn
 from zoo.registry import create, init
 
-__all__ = ["from_torch"]
+__all__ = ["from_torch", "to_torch", "torch_model"]
 
 
-# --- layer kinds: flax leaf name -> where its value comes from in the torch layer -------
+# --- layer kinds: how a torch layer's tensors map to a zoo layer's leaves ----------------------
 
 
 @dataclasses.dataclass(frozen=True)
-class _Leaf:
-    """One flax leaf built from torch keys `<prefix>.<suffix>` (summed if several).
+class Tensor:
+    """One zoo leaf <-> torch tensor(s) `<module>.<suffix>`: flax = torch.transpose(perm).
 
-    `perm` reorders the torch axes into the flax layout (flax = torch.transpose(perm));
-    `fix` is an optional further rearrangement that keeps the shape.
+    Several suffixes are summed into the leaf (an LSTM's bias_ih + bias_hh).
     """
 
+    leaf: str
     suffixes: tuple[str, ...]
     perm: tuple[int, ...] | None = None
     collection: str = "params"
-    fix: Callable[[np.ndarray], np.ndarray] | None = None
 
 
-_BIAS = _Leaf(("bias",))
-DENSE = {"kernel": _Leaf(("weight",), (1, 0)), "bias": _BIAS}
-CONV = {"kernel": _Leaf(("weight",), (2, 3, 1, 0)), "bias": _BIAS}
-DECONV = {"kernel": _Leaf(("weight",), (2, 3, 1, 0)), "bias": _BIAS}  # (in, out, kh, kw) -> (kh, kw, out, in)
-EMBED = {"embedding": _Leaf(("weight",))}
-BATCHNORM = {
-    "scale": _Leaf(("weight",)),
-    "bias": _BIAS,
-    "mean": _Leaf(("running_mean",), collection="batch_stats"),
-    "var": _Leaf(("running_var",), collection="batch_stats"),
-}
-IGNORED_SUFFIXES = ("num_batches_tracked",)
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """A torch layer type: its tensors, and its buffers that have no zoo counterpart."""
+
+    name: str
+    tensors: tuple[Tensor, ...]
+    buffers: tuple[str, ...] = ()
 
 
-def lstm_layer(k: int) -> dict[str, _Leaf]:
-    """Layer k of a torch nn.LSTM (keys weight_ih_l{k}, ...) -> one zoo LSTMLayer."""
-    return {
-        "wi": _Leaf((f"weight_ih_l{k}",), (1, 0)),
-        "wh": _Leaf((f"weight_hh_l{k}",), (1, 0)),
-        "b": _Leaf((f"bias_ih_l{k}", f"bias_hh_l{k}")),
-    }
+_BIAS = Tensor("bias", ("bias",))
+LINEAR = Kind("Linear", (Tensor("kernel", ("weight",), (1, 0)), _BIAS))
+CONV = Kind("Conv2d", (Tensor("kernel", ("weight",), (2, 3, 1, 0)), _BIAS))
+CONV_TRANSPOSE = Kind("ConvTranspose2d", (Tensor("kernel", ("weight",), (2, 3, 1, 0)), _BIAS))
+EMBEDDING = Kind("Embedding", (Tensor("embedding", ("weight",)),))
+BATCHNORM = Kind(
+    "BatchNorm2d",
+    (
+        Tensor("scale", ("weight",)),
+        _BIAS,
+        Tensor("mean", ("running_mean",), collection="batch_stats"),
+        Tensor("var", ("running_var",), collection="batch_stats"),
+    ),
+    buffers=("num_batches_tracked",),
+)
+# One stacked layer of an nn.LSTM; its torch keys carry the layer's "_l{k}" tag.
+LSTM = Kind(
+    "LSTM",
+    (
+        Tensor("wi", ("weight_ih",), (1, 0)),
+        Tensor("wh", ("weight_hh",), (1, 0)),
+        Tensor("b", ("bias_ih", "bias_hh")),
+    ),
+)
 
 
-def dense_from_image(in_shape: tuple[int, ...]) -> dict[str, _Leaf]:
-    """A Linear reading a flattened (H, W, C) image: torch flattens it as (C, H, W)."""
-    if len(in_shape) != 3:
-        return DENSE
-    h, w, c = in_shape
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """One zoo layer and its place in the PyTorch twin.
 
-    def chw_to_hwc(kernel):  # (C*H*W, out) rows -> (H*W*C, out) rows
-        return kernel.reshape(c, h, w, -1).transpose(1, 2, 0, 3).reshape(h * w * c, -1)
+    Attributes:
+      torch_name: the twin's module path ("fc1", "main.3", "lstm"); keys are
+        `<torch_name>.<suffix><tag>`.
+      path: the flax module path, e.g. ("generator", "bn_0").
+      kind: the torch layer type.
+      tag: "_l{k}" for stacked layer k of an nn.LSTM, else "".
+      image: (H, W, C) of the image a Linear reads flattened (torch flattens it (C, H, W)).
+    """
 
-    return {"kernel": _Leaf(("weight",), (1, 0), fix=chw_to_hwc), "bias": _BIAS}
-
-
-# --- per family: rows (torch prefix, flax path, layer kind) for a configured module --------
-
-Row = tuple[str, tuple[str, ...], Mapping[str, _Leaf]]
-
-
-def _mlp_rows(m: mlp.MLP) -> list[Row]:
-    names = [f"dense_{i}" for i in range(len(m.hidden))] + ["head"]
-    kinds = [dense_from_image(tuple(m.in_shape))] + [DENSE] * len(m.hidden)
-    return [(f"fc{i + 1}", (name,), kind) for i, (name, kind) in enumerate(zip(names, kinds))]
+    torch_name: str
+    path: tuple[str, ...]
+    kind: Kind
+    tag: str = ""
+    image: tuple[int, int, int] | None = None
 
 
-def _cnn_rows(m: cnn.CNN) -> list[Row]:
+# --- per family: the zoo layers of a configured module, in the twin's state-dict order ----------
+
+
+def _image(shape) -> tuple[int, int, int] | None:
+    return tuple(shape) if len(shape) == 3 else None
+
+
+def _mlp_layers(m: mlp.MLP) -> list[Layer]:
+    paths = [f"dense_{i}" for i in range(len(m.hidden))] + ["head"]
+    return [
+        Layer(f"fc{i + 1}", (p,), LINEAR, image=_image(m.in_shape) if i == 0 else None) for i, p in enumerate(paths)
+    ]
+
+
+def _cnn_layers(m: cnn.CNN) -> list[Layer]:
     h, w, _ = m.in_shape
-    for _ in m.features:
+    for _ in m.features:  # 3x3 'same' conv then a 2x2 pool that floors odd sizes
         h, w = h // 2, w // 2
-    convs = [(f"conv{i + 1}", (f"conv_{i}",), CONV) for i in range(len(m.features))]
-    return convs + [("fc", ("head",), dense_from_image((h, w, m.features[-1])))]
+    convs = [Layer(f"conv{i + 1}", (f"conv_{i}",), CONV) for i in range(len(m.features))]
+    return convs + [Layer("fc", ("head",), LINEAR, image=(h, w, m.features[-1]))]
 
 
-def _lstm_rows(m: rnn.LSTMClassifier) -> list[Row]:
-    return [("lstm", (f"lstm_{k}",), lstm_layer(k)) for k in range(m.num_layers)] + [("fc", ("head",), DENSE)]
+def _lstm_stack(num_layers: int) -> list[Layer]:
+    return [Layer("lstm", (f"lstm_{k}",), LSTM, tag=f"_l{k}") for k in range(num_layers)]
 
 
-def _char_lstm_rows(m: rnn.CharLSTM) -> list[Row]:
-    return [("embedding", ("embed",), EMBED)] + _lstm_rows(m)
+def _lstm_layers(m: rnn.LSTMClassifier) -> list[Layer]:
+    return _lstm_stack(m.num_layers) + [Layer("fc", ("head",), LINEAR)]
 
 
-def _autoencoder_rows(m: autoencoder.ConvAutoencoder) -> list[Row]:
-    return [(f"encoder.{2 * i}", (f"enc_{i}",), CONV) for i in range(3)] + [
-        (f"decoder.{2 * i}", (f"dec_{i}",), DECONV) for i in range(3)
+def _char_lstm_layers(m: rnn.CharLSTM) -> list[Layer]:
+    return [Layer("embedding", ("embed",), EMBEDDING)] + _lstm_stack(m.num_layers) + [Layer("fc", ("head",), LINEAR)]
+
+
+def _autoencoder_layers(m: autoencoder.ConvAutoencoder) -> list[Layer]:
+    return [Layer(f"encoder.{2 * i}", (f"enc_{i}",), CONV) for i in range(3)] + [
+        Layer(f"decoder.{2 * i}", (f"dec_{i}",), CONV_TRANSPOSE) for i in range(3)
     ]
 
 
-def _generator_rows(m: gan.Generator) -> list[Row]:
+def _generator_layers(m: gan.Generator) -> list[Layer]:
     return [
-        ("main.0", ("deconv_0",), DECONV),
-        ("main.1", ("bn_0",), BATCHNORM),
-        ("main.3", ("deconv_1",), DECONV),
-        ("main.4", ("bn_1",), BATCHNORM),
-        ("main.6", ("deconv_2",), DECONV),
+        Layer("main.0", ("deconv_0",), CONV_TRANSPOSE),
+        Layer("main.1", ("bn_0",), BATCHNORM),
+        Layer("main.3", ("deconv_1",), CONV_TRANSPOSE),
+        Layer("main.4", ("bn_1",), BATCHNORM),
+        Layer("main.6", ("deconv_2",), CONV_TRANSPOSE),
     ]
 
 
-def _discriminator_rows(m: gan.Discriminator) -> list[Row]:
+def _discriminator_layers(m: gan.Discriminator) -> list[Layer]:
     return [
-        ("main.0", ("conv_0",), CONV),
-        ("main.2", ("conv_1",), CONV),
-        ("main.3", ("bn_1",), BATCHNORM),
-        ("main.5", ("conv_2",), CONV),
+        Layer("main.0", ("conv_0",), CONV),
+        Layer("main.2", ("conv_1",), CONV),
+        Layer("main.3", ("bn_1",), BATCHNORM),
+        Layer("main.5", ("conv_2",), CONV),
     ]
 
 
-def _nested(prefix: str, rows: list[Row]) -> list[Row]:
-    return [(f"{prefix}.{t}", (prefix, *path), kind) for t, path, kind in rows]
+def _nested(prefix: str, layers: list[Layer]) -> list[Layer]:
+    return [
+        dataclasses.replace(layer, torch_name=f"{prefix}.{layer.torch_name}", path=(prefix, *layer.path))
+        for layer in layers
+    ]
 
 
-def _dcgan_rows(m: gan.DCGAN) -> list[Row]:
-    return _nested("generator", _generator_rows(m)) + _nested("discriminator", _discriminator_rows(m))
+def _dcgan_layers(m: gan.DCGAN) -> list[Layer]:
+    return _nested("generator", _generator_layers(m)) + _nested("discriminator", _discriminator_layers(m))
 
 
-def _multitask_rows(m: multitask.MultiTaskNet) -> list[Row]:
-    kinds = [dense_from_image(tuple(m.in_shape))] + [DENSE] * (len(m.trunk) - 1)
-    trunk = [(f"shared.{2 * i}", (f"trunk_{i}",), kind) for i, kind in enumerate(kinds)]
-    return trunk + [(f"heads.{name}", (f"head_{name}",), DENSE) for name, _ in m.heads]
+def _multitask_layers(m: multitask.MultiTaskNet) -> list[Layer]:
+    trunk = [
+        Layer(f"shared.{2 * i}", (f"trunk_{i}",), LINEAR, image=_image(m.in_shape) if i == 0 else None)
+        for i in range(len(m.trunk))
+    ]
+    return trunk + [Layer(f"heads.{name}", (f"head_{name}",), LINEAR) for name, _ in m.heads]
 
 
-_FAMILIES: dict[type[nn.Module], Callable[[Any], list[Row]]] = {
-    mlp.MLP: _mlp_rows,
-    cnn.CNN: _cnn_rows,
-    rnn.LSTMClassifier: _lstm_rows,
-    rnn.CharLSTM: _char_lstm_rows,
-    autoencoder.ConvAutoencoder: _autoencoder_rows,
-    gan.Generator: _generator_rows,
-    gan.Discriminator: _discriminator_rows,
-    gan.DCGAN: _dcgan_rows,
-    multitask.MultiTaskNet: _multitask_rows,
+_FAMILIES: dict[type[nn.Module], Callable[[Any], list[Layer]]] = {
+    mlp.MLP: _mlp_layers,
+    cnn.CNN: _cnn_layers,
+    rnn.LSTMClassifier: _lstm_layers,
+    rnn.CharLSTM: _char_lstm_layers,
+    autoencoder.ConvAutoencoder: _autoencoder_layers,
+    gan.Generator: _generator_layers,
+    gan.Discriminator: _discriminator_layers,
+    gan.DCGAN: _dcgan_layers,
+    multitask.MultiTaskNet: _multitask_layers,
 }
 
 
-# --- conversion --------------------------------------------------------------------------
+# --- the zoo side: layers with the shapes the configured model expects -------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Slot:
+    """A zoo layer with its expected leaves: (tensor, flax ShapeDtypeStruct) pairs."""
+
+    layer: Layer
+    tensors: tuple[tuple[Tensor, Any], ...]
+
+    def key(self, suffix: str) -> str:
+        return _key(self.layer.torch_name, suffix, self.layer.tag)
+
+    def where(self, t: Tensor) -> str:
+        return f"{t.collection}/{'/'.join(self.layer.path)}/{t.leaf}"
+
+    def torch_shapes(self) -> dict[str, tuple[int, ...]]:
+        """torch suffix -> the shape torch stores it in."""
+        return {s: _torch_shape(t, want.shape) for t, want in self.tensors for s in t.suffixes}
+
+
+def _key(name: str, suffix: str, tag: str) -> str:
+    return f"{name}.{suffix}{tag}" if name else f"{suffix}{tag}"
+
+
+def _torch_shape(t: Tensor, flax_shape) -> tuple[int, ...]:
+    flax_shape = tuple(flax_shape)
+    if t.perm is None:
+        return flax_shape
+    return tuple(flax_shape[t.perm.index(i)] for i in range(len(flax_shape)))
+
+
+def _resolve(model_or_name: nn.Module | str, what: str) -> tuple[str, list[_Slot], Any]:
+    """(label for messages, the model's slots in twin order, its variables as ShapeDtypeStructs)."""
+    model = create(model_or_name) if isinstance(model_or_name, str) else model_or_name
+    label = model_or_name if isinstance(model_or_name, str) else type(model).__name__
+    layers_of = _FAMILIES.get(type(model))
+    if layers_of is None:
+        raise TypeError(
+            f"{what}: no PyTorch mapping for {type(model).__name__}; expected one of "
+            f"{', '.join(sorted(c.__name__ for c in _FAMILIES))} or a registry name"
+        )
+    expected = jax.eval_shape(lambda: init(model, jax.random.key(0)))
+    slots, covered = [], set()
+    for layer in layers_of(model):
+        tensors = []
+        for t in layer.kind.tensors:
+            want = _subtree(expected.get(t.collection, {}), (*layer.path, t.leaf))
+            if want is not None:  # absent e.g. for the bias of a use_bias=False layer
+                tensors.append((t, want))
+                covered.add((t.collection, *layer.path, t.leaf))
+        slots.append(_Slot(layer, tuple(tensors)))
+    uncovered = _paths(expected) - covered
+    if uncovered or not all(s.tensors for s in slots):
+        raise RuntimeError(f"zoo.torch_port's layer table for {type(model).__name__} is out of date: {sorted(uncovered)}")
+    return label, slots, expected
+
+
+# --- the torch side: the state dict's tensors grouped into layers ------------------------------
+
+_LSTM_SUFFIX = re.compile(r"(weight|bias)_(ih|hh)(_l\d+)")
+
+
+@dataclasses.dataclass
+class _Group:
+    """The tensors of one torch layer: suffix -> state-dict key / shape."""
+
+    name: str
+    tag: str
+    keys: dict[str, str] = dataclasses.field(default_factory=dict)
+    shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+
+    def key(self, suffix: str) -> str:
+        return self.keys.get(suffix) or _key(self.name, suffix, self.tag)
+
+
+def _groups(state_dict: Mapping[str, Any]) -> list[_Group]:
+    groups: dict[tuple[str, str], _Group] = {}
+    for key, value in state_dict.items():
+        if not isinstance(key, str):
+            raise TypeError(f"from_torch: state dict keys must be str, got {key!r} ({type(key).__name__})")
+        name, _, suffix = key.rpartition(".")
+        tag = ""
+        if m := _LSTM_SUFFIX.fullmatch(suffix):  # nn.LSTM: one group per stacked layer
+            suffix, tag = f"{m[1]}_{m[2]}", m[3]
+        group = groups.setdefault((name, tag), _Group(name, tag))
+        group.keys[suffix] = key
+        group.shapes[suffix] = _shape(value)
+    return list(groups.values())
+
+
+def _fits(group: _Group, slot: _Slot) -> bool:
+    shapes = {s: shape for s, shape in group.shapes.items() if s not in slot.layer.kind.buffers}
+    return shapes == slot.torch_shapes()
+
+
+def _named(group: _Group, slot: _Slot) -> bool:
+    """The torch module path is the twin's name for `slot`, or ends with it."""
+    name = slot.layer.torch_name
+    return group.tag == slot.layer.tag and (group.name == name or group.name.endswith("." + name))
+
+
+def _pair(groups: list[_Group], slots: list[_Slot], fits: dict[int, list[int]]) -> tuple[dict[int, int], set[int]]:
+    """Pairs torch groups with slots: (group index -> slot index, indices of tied groups left open).
+
+    `fits[i]`: the slots group i fits. Structure first (the only group and slot of their kind
+    and shapes), then, for ties, names, then order (the slot right after the partner of the
+    previous torch layer that fits any).
+    """
+    fitting_groups = [i for i in fits if fits[i]]
+    fitting_slots = sorted({j for js in fits.values() for j in js})
+    pairs: dict[int, int] = {}
+
+    def open_slots(i):
+        return [j for j in fits[i] if j not in pairs.values()]
+
+    def rivals(j):
+        return [i for i in fitting_groups if i not in pairs and j in fits[i]]
+
+    def by_structure_or_name():
+        found = {}
+        for i in fitting_groups:
+            if i in pairs:
+                continue
+            cands = open_slots(i)
+            if len(cands) == 1 and rivals(cands[0]) == [i]:
+                found[i] = cands[0]
+                continue
+            named = [j for j in cands if _named(groups[i], slots[j])]
+            if len(named) == 1 and [k for k in rivals(named[0]) if _named(groups[k], slots[named[0]])] == [i]:
+                found[i] = named[0]
+        return found
+
+    def by_order():
+        found = {}
+        for pos, i in enumerate(fitting_groups):
+            if i in pairs:
+                continue
+            if pos == 0:
+                after = fitting_slots[0]
+            elif fitting_groups[pos - 1] in pairs:
+                later = [j for j in fitting_slots if j > pairs[fitting_groups[pos - 1]]]
+                after = later[0] if later else None
+            else:
+                continue
+            if after in open_slots(i) and after not in found.values():
+                found[i] = after
+        return found
+
+    while True:
+        found = by_structure_or_name() or by_order()
+        if not found:
+            break
+        pairs.update(found)
+    tied = {i for i in fitting_groups if i not in pairs and open_slots(i)}
+    return pairs, tied
+
+
+# --- from_torch ----------------------------------------------------------------------------------
+
+
+def from_torch(model_or_name: nn.Module | str, state_dict: Mapping[str, Any]) -> dict:
+    """Converts a PyTorch state dict of the same architecture into a zoo model's variables.
+
+    Layers are matched by kind and shape in state-dict order, whatever their names (see the
+    module docstring); names only settle ties between layers of the same kind and shapes.
+
+    Args:
+      model_or_name: a registry name (its default configuration, e.g. "cnn") or a zoo module
+        (any configuration, e.g. `zoo.create("mlp", hidden=(64,))`).
+      state_dict: key -> tensor, as `torch_module.state_dict()` returns it (torch tensors or
+        anything `np.asarray` accepts).
+
+    Returns:
+      The variables dict (`{"params": ...}` and, for BatchNorm models, `"batch_stats"`) with
+      jax arrays of the model's parameter dtype (float32) as leaves, like `zoo.init`.
+
+    Raises:
+      ValueError: a tensor left over, a layer missing, a shape that differs or an unsettled
+        tie; one error lists every torch key involved with its expected and found shape.
+      TypeError: the model has no PyTorch mapping, or `state_dict` is not a mapping.
+    """
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"from_torch: state_dict must be a mapping of name -> tensor, got {type(state_dict).__name__}")
+    label, slots, _ = _resolve(model_or_name, "from_torch")
+    groups = _groups(state_dict)
+    fits = {i: [j for j, slot in enumerate(slots) if _fits(g, slot)] for i, g in enumerate(groups)}
+    pairs, tied = _pair(groups, slots, fits)
+    problems = _mismatches(groups, slots, fits, pairs, tied)
+    if problems:
+        raise ValueError(f"from_torch: the state dict does not match {label!r}:\n  " + "\n  ".join(problems))
+    variables: dict = {}
+    for i, j in pairs.items():
+        group, slot = groups[i], slots[j]
+        for t, want in slot.tensors:
+            arrays = [_to_numpy(state_dict[group.keys[s]]) for s in t.suffixes]
+            value = arrays[0]
+            for a in arrays[1:]:  # LSTM: bias_ih + bias_hh
+                value = value + a
+            if t.perm is not None:
+                value = value.transpose(t.perm)
+            if slot.layer.image is not None and t.leaf == "kernel":
+                value = _chw_rows_to_hwc(value, slot.layer.image)
+            node = variables.setdefault(t.collection, {})
+            for part in slot.layer.path:
+                node = node.setdefault(part, {})
+            node[t.leaf] = jnp.asarray(value, want.dtype)
+    return variables
+
+
+def _mismatches(
+    groups: list[_Group], slots: list[_Slot], fits: dict[int, list[int]], pairs: dict[int, int], tied: set[int]
+) -> list[str]:
+    """One line per torch key that does not fit: unsettled ties, then differences in order."""
+    problems = []
+    tied_slots = {j for i in tied for j in fits[i] if j not in pairs.values()}
+    for i in sorted(tied):
+        cands = " or ".join(
+            f"{'/'.join(slots[j].layer.path)} ({slots[j].layer.torch_name!r} in the twin)" for j in fits[i] if j in tied_slots
+        )
+        problems += [
+            f"ambiguous {key!r} (shape {groups[i].shapes[s]}): fits {cands} equally; "
+            "neither its name nor its order settles which"
+            for s, key in groups[i].keys.items()
+        ]
+    # Left over on both sides: pair by the same family (Linear with Linear, ...) in order, to report
+    # which keys differ; what stays unpaired is unexpected (torch) or missing (zoo).
+    free_groups = [i for i in range(len(groups)) if i not in pairs and i not in tied]
+    free_slots = [j for j in range(len(slots)) if j not in pairs.values() and j not in tied_slots]
+    report: list[tuple[int, str]] = []  # (sort position, line)
+    for j in free_slots:
+        slot = slots[j]
+        same = [i for i in free_groups if _family(groups[i].shapes) == _family(slot.torch_shapes())]
+        if same:
+            free_groups.remove(same[0])
+            report += [(same[0], line) for line in _differences(groups[same[0]], slot)]
+        else:
+            report += [
+                (len(groups), f"missing key {slot.key(s)!r} (expected shape {_torch_shape(t, want.shape)}, for "
+                 f"{slot.where(t)} {tuple(want.shape)}; no torch layer of this kind is left; named as in zoo.torch_model)")
+                for t, want in slot.tensors
+                for s in t.suffixes
+            ]
+    for i in free_groups:
+        report += [(i, f"unexpected key {key!r} (shape {groups[i].shapes[s]})") for s, key in groups[i].keys.items()]
+    return problems + [line for _, line in sorted(report, key=lambda r: r[0])]
+
+
+def _differences(group: _Group, slot: _Slot) -> list[str]:
+    """Lines for the keys of a torch layer paired with `slot` by family that do not fit it."""
+    lines = []
+    for t, want in slot.tensors:
+        for s in t.suffixes:
+            expected = _torch_shape(t, want.shape)
+            for_ = f"for {slot.where(t)} {tuple(want.shape)}"
+            if s not in group.shapes:
+                lines.append(f"missing key {group.key(s)!r} (expected shape {expected}, {for_})")
+            elif group.shapes[s] != expected:
+                lines.append(f"{group.key(s)!r}: expected shape {expected}, found {group.shapes[s]} ({for_})")
+    known = {s for t, _ in slot.tensors for s in t.suffixes} | set(slot.layer.kind.buffers)
+    lines += [f"unexpected key {key!r} (shape {group.shapes[s]})" for s, key in group.keys.items() if s not in known]
+    return lines
+
+
+def _family(shapes: Mapping[str, tuple[int, ...]]) -> str:
+    """A coarse layer type, to pair leftovers for the report."""
+    if {"weight_ih", "weight_hh", "bias_ih", "bias_hh"} & set(shapes):
+        return "lstm"
+    if {"running_mean", "running_var"} & set(shapes):
+        return "batchnorm"
+    if "weight" in shapes:
+        return f"weight rank {len(shapes['weight'])}"
+    return "other"
+
+
+# --- to_torch --------------------------------------------------------------------------------------
+
+
+def to_torch(model_or_name: nn.Module | str, variables: Mapping[str, Any]) -> dict[str, Any]:
+    """Converts a zoo model's variables into the state dict of its PyTorch twin.
+
+    `zoo.torch_model(name).load_state_dict(zoo.to_torch(name, variables))` accepts it with
+    strict=True, and `from_torch(name, to_torch(name, variables))` gives `variables` back bit
+    for bit.
+
+    Args:
+      model_or_name: a registry name (default configuration) or a zoo module.
+      variables: the model's variables (`{"params": ...}`, plus "batch_stats" for BatchNorm
+        models), e.g. from `zoo.init` or `zoo.load`.
+
+    Returns:
+      key -> float32 torch tensor (int64 for num_batches_tracked) in the twin's order, or numpy
+      arrays when torch cannot be imported.
+
+    Raises:
+      ValueError: `variables` is not of that model (each path is listed with the expected and
+        found shape).
+      TypeError: the model has no PyTorch mapping.
+    """
+    label, slots, expected = _resolve(model_or_name, "to_torch")
+    _check_variables(variables, expected, label)
+    out: dict[str, np.ndarray] = {}
+    for slot in slots:
+        for t, _ in slot.tensors:
+            value = np.array(_subtree(variables[t.collection], (*slot.layer.path, t.leaf)), np.float32)
+            if slot.layer.image is not None and t.leaf == "kernel":
+                value = _hwc_rows_to_chw(value, slot.layer.image)
+            if t.perm is not None:
+                value = value.transpose(np.argsort(t.perm))
+            out[slot.key(t.suffixes[0])] = np.ascontiguousarray(value)
+            for s in t.suffixes[1:]:  # bias_hh: -0.0 keeps bias_ih + bias_hh == b bit for bit
+                out[slot.key(s)] = np.full_like(value, -0.0)
+        for b in slot.layer.kind.buffers:
+            out[slot.key(b)] = np.zeros((), np.int64)
+    try:
+        import torch
+    except ImportError:
+        return out
+    return {key: torch.from_numpy(value) for key, value in out.items()}
+
+
+def _check_variables(variables: Any, expected: Mapping, label: str) -> None:
+    if not isinstance(variables, Mapping):
+        raise TypeError(f"to_torch: variables must be a mapping like {{'params': ...}}, got {type(variables).__name__}")
+    want = {path: tuple(leaf.shape) for path, leaf in _leaves(expected).items()}
+    got = {path: np.shape(leaf) for path, leaf in _leaves(variables).items()}
+    problems = [f"missing {'/'.join(p)} (expected shape {want[p]})" for p in want if p not in got]
+    problems += [f"unexpected {'/'.join(p)} (shape {got[p]})" for p in got if p not in want]
+    problems += [
+        f"{'/'.join(p)}: expected shape {want[p]}, found {got[p]}" for p in want if p in got and got[p] != want[p]
+    ]
+    if problems:
+        raise ValueError(f"to_torch: the variables do not match {label!r}:\n  " + "\n  ".join(problems))
+
+
+# --- torch_model -----------------------------------------------------------------------------------
+
+
+def torch_model(model_or_name: nn.Module | str, **overrides: Any):
+    """The PyTorch nn.Module twin of a zoo model (imports torch).
+
+    The twin has the same architecture in PyTorch's conventions (NCHW images, the tutorials'
+    layer types) and the state-dict keys `to_torch` writes. Images go in as (B, C, H, W);
+    `dcgan` keeps the tutorial's [-1, 1] image range (see zoo/torch_models.py).
+
+    Args:
+      model_or_name: a registry name or a zoo module.
+      **overrides: with a name, the same options as `zoo.create` (hidden sizes, features,
+        num_classes, in_shape, num_layers, ...).
+
+    Returns:
+      A freshly initialized torch.nn.Module (PyTorch's default initialization).
+    """
+    if isinstance(model_or_name, str):
+        model = create(model_or_name, **overrides)
+    elif overrides:
+        raise TypeError(f"torch_model: overrides {sorted(overrides)} need a registry name, got a module")
+    else:
+        model = model_or_name
+    from zoo import torch_models  # imports torch
+
+    return torch_models.twin(model)
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+def _chw_rows_to_hwc(kernel: np.ndarray, image: tuple[int, int, int]) -> np.ndarray:
+    h, w, c = image
+    return kernel.reshape(c, h, w, -1).transpose(1, 2, 0, 3).reshape(h * w * c, -1)  # (H*W*C, out)
+
+
+def _hwc_rows_to_chw(kernel: np.ndarray, image: tuple[int, int, int]) -> np.ndarray:
+    h, w, c = image
+    return kernel.reshape(h, w, c, -1).transpose(2, 0, 1, 3).reshape(c * h * w, -1)  # (C*H*W, out)
 
 
 def _to_numpy(value: Any) -> np.ndarray:
-    if hasattr(value, "detach"):  # a torch tensor, without importing torch
-        value = value.detach()
-    if hasattr(value, "cpu"):
-        value = value.cpu()
-    if hasattr(value, "numpy"):
-        value = value.numpy()
-    return np.asarray(value)
+    if hasattr(value, "detach"):  # a torch tensor (without importing torch); .float() also reads bf16
+        return value.detach().cpu().float().numpy()
+    return np.asarray(value, np.float32)
 
 
 def _shape(value: Any) -> tuple[int, ...]:
     shape = getattr(value, "shape", None)
     return tuple(shape) if shape is not None else np.shape(value)
-
-
-def from_torch(model_or_name: nn.Module | str, state_dict: Mapping[str, Any]) -> dict:
-    """Converts a PyTorch state dict into the variables of a zoo model.
-
-    Args:
-      model_or_name: a registry name (its default configuration, e.g. "cnn") or a zoo
-        module (for non-default configurations, e.g. `zoo.create("mlp", hidden=(64,))`).
-      state_dict: torch key -> tensor (or any array-like), as `torch_module.state_dict()`
-        returns it; key names as in tests/torch_ref.py.
-
-    Returns:
-      The variables dict (`{"params": ...}` and, for BatchNorm models, `"batch_stats"`)
-      with float32 jax arrays (default device) as leaves, like `zoo.init` returns.
-
-    Raises:
-      ValueError: keys missing, unexpected, or of the wrong shape (all of them are listed,
-        each with the torch key and the expected and found shapes).
-      TypeError: the model has no PyTorch mapping.
-    """
-    model = create(model_or_name) if isinstance(model_or_name, str) else model_or_name
-    label = model_or_name if isinstance(model_or_name, str) else type(model).__name__
-    rows_of = _FAMILIES.get(type(model))
-    if rows_of is None:
-        raise TypeError(f"from_torch: no PyTorch mapping for {type(model).__name__}")
-    if not isinstance(state_dict, Mapping):
-        raise TypeError(f"from_torch: state_dict must be a mapping of name -> tensor, got {type(state_dict).__name__}")
-    expected = jax.eval_shape(lambda: init(model, jax.random.key(0)))
-
-    variables: dict = {}
-    used: set[str] = set()
-    problems: list[str] = []
-    for prefix, path, kind in rows_of(model):
-        for name, leaf in kind.items():
-            want = _subtree(expected.get(leaf.collection, {}), (*path, name))
-            if want is None:
-                continue  # e.g. no bias in a use_bias=False layer: a torch bias is then unexpected
-            keys = [f"{prefix}.{s}" for s in leaf.suffixes]
-            used.update(keys)
-            where = f"{leaf.collection}/{'/'.join(path)}/{name}"
-            value = _convert(state_dict, keys, leaf, tuple(want.shape), where, problems)
-            if value is not None:
-                node = variables.setdefault(leaf.collection, {})
-                for part in path:
-                    node = node.setdefault(part, {})
-                node[name] = value
-    ignored = {f"{prefix}.{s}" for prefix, _, kind in rows_of(model) if kind is BATCHNORM for s in IGNORED_SUFFIXES}
-    extra = [key for key in state_dict if key not in used | ignored]
-    problems += [f"unexpected key {key!r} (shape {_shape(state_dict[key])})" for key in extra]
-    if problems:
-        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
-        raise ValueError(f"from_torch: the state dict does not match {label!r}:\n  " + "\n  ".join(shown))
-    missing_leaves = _paths(expected) - _paths(variables)
-    assert not missing_leaves, f"from_torch mapping for {label!r} does not cover {sorted(missing_leaves)}"
-    return jax.tree.map(jnp.asarray, variables)
-
-
-def _convert(state_dict, keys, leaf: _Leaf, want, where: str, problems: list[str]) -> np.ndarray | None:
-    """The flax value of `leaf` from `keys`, or None after appending to `problems`."""
-    want_torch = want if leaf.perm is None else tuple(want[leaf.perm.index(i)] for i in range(len(want)))
-    ok = True
-    for key in keys:
-        if key not in state_dict:
-            problems.append(f"missing key {key!r} (expected shape {want_torch}, for {where} {want})")
-            ok = False
-        elif _shape(state_dict[key]) != want_torch:
-            found = _shape(state_dict[key])
-            problems.append(f"{key!r}: expected shape {want_torch}, found {found} (for {where} {want})")
-            ok = False
-    if not ok:
-        return None
-    value = sum(_to_numpy(state_dict[key]).astype(np.float32) for key in keys)  # LSTM: bias_ih + bias_hh
-    if leaf.perm is not None:
-        value = value.transpose(leaf.perm)
-    if leaf.fix is not None:
-        value = leaf.fix(value)
-    assert value.shape == want, (where, value.shape, want)
-    return value
 
 
 def _subtree(tree: Any, path: tuple[str, ...]) -> Any:
@@ -276,8 +607,15 @@ def _subtree(tree: Any, path: tuple[str, ...]) -> Any:
     return tree
 
 
-def _paths(tree: Mapping, prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
-    out: set[tuple[str, ...]] = set()
+def _leaves(tree: Mapping, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    out: dict[tuple[str, ...], Any] = {}
     for key, value in tree.items():
-        out |= _paths(value, prefix + (key,)) if isinstance(value, Mapping) else {prefix + (key,)}
+        if isinstance(value, Mapping):
+            out.update(_leaves(value, prefix + (key,)))
+        else:
+            out[prefix + (key,)] = value
     return out
+
+
+def _paths(tree: Mapping) -> set[tuple[str, ...]]:
+    return set(_leaves(tree))
