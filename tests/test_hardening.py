@@ -235,6 +235,9 @@ def test_resume_falls_back_past_a_damaged_latest_checkpoint(finished_run, kind, 
     warnings = []
     with Checkpointer(workdir / "checkpoints") as ckpt:
         tree, meta = ckpt.restore_intact(None, log=warnings.append)
+    if kind == "no_metadata":  # Orbax's step metadata (timestamps, metrics) only: the arrays verify
+        assert meta["step"] == steps[-1] and int(tree["step"]) == steps[-1] and not warnings
+        return
     assert meta["step"] == steps[-2] and int(tree["step"]) == steps[-2]
     assert len(warnings) == 1 and f"step {steps[-1]} is damaged" in warnings[0]
     assert (workdir / "checkpoints.damaged" / str(steps[-1])).is_dir()  # kept, not deleted

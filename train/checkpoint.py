@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 STATE, META, CHECKSUMS = "state", "meta", "checksums"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ValueError):
     """A checkpoint on disk is missing, truncated or corrupted (message names the step dir)."""
 
 
