@@ -11,46 +11,105 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import os
 import signal
 import sys
 from pathlib import Path
 
-from train.config import Config
+from train.config import ALIASES, Config, flag, loads_finite
 
-# Flags of `zoo train`, generated from Config so the two can never drift apart.
+# Flags of `zoo train`, generated from Config (help and valid values from each field's
+# metadata) so the two can never drift apart.
 _SKIP = {"model", "model_overrides"}
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, no abbreviated flags, and close-name hints for unknown flags."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # a new flag must not change what an abbreviation meant
+        self.flags: list[str] = []  # set first: the base class adds --help
+        self.hints: dict[str, str] = {}  # other spellings users try -> the flag
+        self.commands: dict[str, _Parser] = {}
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs):
+        action = super().add_argument(*args, **kwargs)
+        self.flags.extend(s for s in action.option_strings if s.startswith("--"))
+        return action
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def suggest(self, unknown: list[str]) -> str:
+        """'; did you mean --x?' for the first unknown flag with a close known one, else ''."""
+        for arg in unknown:
+            name = arg.split("=", 1)[0]
+            if not name.startswith("--"):
+                continue
+            close = self.hints.get(name) or next(iter(difflib.get_close_matches(name, self.flags, n=1)), None)
+            if close:
+                return f"; did you mean {close}?"
+        return ""
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            parser = self.commands.get(getattr(namespace, "command", None), self)
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}{parser.suggest(unknown)}")
+        return namespace
+
+
+def _add_config_flags(parser: _Parser) -> None:
     for field in dataclasses.fields(Config):
         if field.name in _SKIP:
             continue
-        flag = "--" + field.name.replace("_", "-")
+        default = field.default if field.default not in (None, "") else "none"
         kind = {"int": int, "float": float, "str": str, "bool": bool, "str | None": str}.get(str(field.type), str)
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            help_text = f"{field.metadata['help']} [default {'on' if default else 'off'}]"
+            parser.add_argument(flag(field.name), action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
-            parser.add_argument(flag, type=kind, default=None, metavar=field.name.upper())
+            help_text = f"{field.metadata['help']} [{field.metadata['check'].describe()}; default {default}]"
+            parser.add_argument(flag(field.name), type=kind, default=None, metavar=field.name.upper(), help=help_text)
+    parser.hints.update({flag(alias): flag(name) for alias, name in ALIASES.items()})
     parser.add_argument(
         "--set", action="append", default=[], metavar="FIELD=JSON",
-        help="model override, e.g. --set dropout_rate=0.25 --set 'hidden=[256,128]'",
+        help="model override, e.g. --set dropout_rate=0.25 --set 'hidden=[256,128]' (a bare word is a string: "
+             "--set act=relu); zoo list shows the models, their fields are in zoo/*.py",
+    )
+    parser.add_argument(
+        "--config", metavar="FILE.json",
+        help="a JSON object of these fields (the train/configs/*.json recipe format, \"model_overrides\" for "
+             "--set), applied over the recipe and under explicit flags",
     )
 
 
+def _looks_like_json(raw: str) -> bool:
+    """Values a user meant as JSON (a list, object, quoted string or number), as opposed to a bare word."""
+    return raw[:1] in ("[", "{", '"') or raw.lstrip("+-.")[:1].isdigit()
+
+
 def _overrides(args) -> dict:
+    """The Config fields given as flags (unset ones are None) and the --set model overrides."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if f.name not in _SKIP}
     if args.set:
         model_overrides = {}
         for item in args.set:
             key, sep, raw = item.partition("=")
-            if not sep:
-                raise SystemExit(f"--set expects FIELD=JSON, got {item!r}")
+            if not sep or not key:
+                raise ValueError(f"--set {item}: must be FIELD=JSON, e.g. --set dropout_rate=0.25")
             try:
-                model_overrides[key] = json.loads(raw)
-            except json.JSONDecodeError:
-                model_overrides[key] = raw
+                model_overrides[key] = loads_finite(raw)
+            except json.JSONDecodeError as e:
+                if _looks_like_json(raw):
+                    raise ValueError(f"--set {item}: malformed JSON ({e}); a string value starting with "
+                                     "[ { \" or a digit must be JSON-quoted") from e
+                model_overrides[key] = raw  # a bare word (--set act=relu) is a string
+            except ValueError as e:  # NaN, Infinity, -Infinity
+                raise ValueError(f"--set {item}: {e}") from e
         values["model_overrides"] = model_overrides
     return values
 
@@ -88,14 +147,23 @@ def cmd_list(args) -> int:
     return 0
 
 
+def train_config(args) -> Config:
+    """The validated Config of parsed `zoo train` arguments: recipe < --config file < flags.
+
+    Also checks that the model initializes with its overrides (shapes only), so every error
+    comes before any work. Raises ValueError naming the flag (or file), the value and what is allowed.
+    """
+    from train.config import check_model, resolve
+
+    cfg = resolve(args.model, _overrides(args), config_file=args.config)
+    check_model(cfg)
+    return cfg
+
+
 def cmd_train(args) -> int:
-    from train.config import resolve
+    cfg = train_config(args)  # before anything is written
     from train.loop import Preempted, TrainingDiverged, fit
 
-    import zoo
-
-    zoo.get_spec(args.model)  # unknown names fail here, before anything is written
-    cfg = resolve(args.model, _overrides(args))
     workdir = Path(args.workdir or Path("runs") / args.model)
     print(f"training {cfg.model} on {cfg.dataset} in {workdir.absolute()}")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -205,12 +273,17 @@ def cmd_prepare(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zoo", description="JAX/Flax model zoo: train, evaluate and sample the tutorial models.")
+    parser = _Parser(prog="zoo", description="JAX/Flax model zoo: train, evaluate and sample the tutorial models.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list registered models").set_defaults(func=cmd_list)
 
-    t = sub.add_parser("train", help="train a model (resumes if the workdir has a checkpoint)")
-    t.add_argument("model")
+    t = sub.add_parser(
+        "train", help="train a model (resumes if the workdir has a checkpoint)",
+        description="Train a model; resumes if the workdir has a checkpoint. Every value is checked before any "
+                    "work. Defaults below are Config's; the model's recipe (train/configs/MODEL.json), then "
+                    "--config, then the flags override them.",
+    )
+    t.add_argument("model", help="registered model name (zoo list)")
     t.add_argument("--workdir", help="run directory (default runs/MODEL)")
     t.add_argument("--test", action="store_true", help="evaluate the final model on the test split when done")
     t.add_argument("--coordinator", help="multi-host: coordinator host:port (or JAX_COORDINATOR_ADDRESS)")
@@ -257,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="+")
     p.add_argument("--data-dir")
     p.set_defaults(func=cmd_prepare)
+    parser.commands = dict(sub.choices)
     return parser
 
 

@@ -1,7 +1,11 @@
 """Training configuration: one flat dataclass, defaults per model from train/configs/<model>.json.
 
-Precedence: dataclass defaults < the model's recipe JSON < explicit overrides (CLI flags).
-The resolved config is saved in the workdir (config.json) and inside every checkpoint.
+Precedence: dataclass defaults < the model's recipe JSON < a --config JSON file < explicit
+overrides (CLI flags); `model_overrides` are merged key by key across those layers.
+Each field carries its help text and its check in `dataclasses.field(metadata=...)`: the CLI
+builds its flags and help from them, and `Config.validate` (called by `resolve`) checks them,
+so a resolved config is always valid. The resolved config is saved in the workdir
+(config.json) and inside every checkpoint.
 """
 
 from __future__ import annotations
@@ -9,80 +13,324 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+INITS = ("default", "glorot")
+
+
+# ---------------------------------------------------------------- what a valid value is
+
+
+@dataclasses.dataclass(frozen=True)
+class Integer:
+    """A Python int (not a bool) in [lo, hi]."""
+
+    lo: int
+    hi: int | None = None
+
+    def ok(self, value: Any) -> bool:
+        return (isinstance(value, int) and not isinstance(value, bool) and value >= self.lo
+                and (self.hi is None or value <= self.hi))
+
+    def describe(self) -> str:
+        return f"an integer >= {self.lo}" if self.hi is None else f"an integer in [{self.lo}, {self.hi}]"
+
+
+@dataclasses.dataclass(frozen=True)
+class Number:
+    """A finite int or float, > lo (or >= lo when `lo_inclusive`), and < hi if given."""
+
+    lo: float
+    lo_inclusive: bool = True
+    hi: float | None = None
+
+    def ok(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        above = value >= self.lo if self.lo_inclusive else value > self.lo
+        return above and (self.hi is None or value < self.hi)
+
+    def describe(self) -> str:
+        if self.hi is not None:
+            return f"a number in {'[' if self.lo_inclusive else '('}{self.lo:g}, {self.hi:g})"
+        return f"a finite number {'>=' if self.lo_inclusive else '>'} {self.lo:g}"
+
+
+@dataclasses.dataclass(frozen=True)
+class OneOf:
+    """One of the names `names()` returns (a function, so the owning module is imported late)."""
+
+    names: Callable[[], Sequence[str]]
+
+    def ok(self, value: Any) -> bool:
+        return isinstance(value, str) and value in self.names()
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(self.names())
+
+    def hint(self, value: Any) -> str:
+        close = difflib.get_close_matches(str(value), self.names(), n=1)
+        return f" (did you mean {close[0]}?)" if close else ""
+
+
+@dataclasses.dataclass(frozen=True)
+class OfType:
+    """An instance of `kind` (or None when `optional`)."""
+
+    kind: type
+    what: str
+    optional: bool = False
+
+    def ok(self, value: Any) -> bool:
+        return (value is None and self.optional) or (isinstance(value, self.kind) and not (
+            self.kind is int and isinstance(value, bool)))
+
+    def describe(self) -> str:
+        return self.what
+
+
+def _optimizers():
+    from train.state import OPTIMIZERS
+
+    return OPTIMIZERS
+
+
+def _schedules():
+    from train.state import SCHEDULES
+
+    return SCHEDULES
+
+
+def _strategies():
+    from train.parallel import STRATEGIES
+
+    return STRATEGIES
+
+
+def _datasets():
+    from train.data import SPLITS
+
+    return tuple(sorted(SPLITS))
+
+
+def option(default: Any, help: str, check, *, aliases: tuple[str, ...] = ()) -> Any:
+    """A Config field with its help text, its check and other names users may try for it.
+
+    `default` is the value, or a zero-argument factory (e.g. `dict`) for a mutable default.
+    """
+    kind = {"default_factory": default} if callable(default) else {"default": default}
+    return dataclasses.field(**kind, metadata={"help": help, "check": check, "aliases": aliases})
+
+
+# ---------------------------------------------------------------- the config
+
+POSITIVE, COUNT = Integer(1), Integer(0)  # >= 1; >= 0 where 0 means off / all / auto
 
 
 @dataclasses.dataclass
 class Config:
     """Everything that defines a training run (all JSON-able)."""
 
-    model: str
-    dataset: str = "mnist"
-    epochs: int = 1
-    batch_size: int = 64
-    optimizer: str = "adam"  # sgd | momentum | adam | adamw | rmsprop
-    lr: float = 1e-3
-    momentum: float = 0.9
-    b1: float = 0.9
-    weight_decay: float = 0.0
-    clip_norm: float = 0.0
-    schedule: str = "constant"  # constant | cosine | onecycle
-    warmup_steps: int = 0
-    init: str = "default"  # default | glorot (Xavier uniform, as the tutorials' nn.init.xavier_uniform_)
-    model_overrides: dict = dataclasses.field(default_factory=dict)
-    augment_flip: bool = False
-    augment_rotate: float = 0.0  # degrees
-    augment_shift: int = 0  # pixels
-    val_size: int = 5000  # held out from the end of the train split (datasets without a validation split)
-    seq_len: int = 100  # language models: characters per training window
-    seed: int = 0
-    strategy: str = "jit"  # jit | pmap
-    num_devices: int = 0  # 0 = all devices (all hosts)
-    steps_per_dispatch: int = 0  # steps per compiled dispatch (lax.scan); 0 = auto: 1 on CPU, an epoch on GPU/TPU
-    log_every: int = 100  # steps between host syncs (progress bar, non-finite check)
-    eval_batch_size: int = 1000
-    early_stop_patience: int = 0  # epochs without improvement of the validation metric; 0 = off
-    checkpoint_every: int = 1  # epochs
-    checkpoint_steps: int = 0  # also save every N steps (at dispatch boundaries); 0 = off
-    keep_checkpoints: int = 3
-    max_steps: int = 0  # stop after this many steps in total; 0 = epochs * steps per epoch
-    train_limit: int = 0  # use only the first N training examples; 0 = all (for quick tests)
-    sample_every: int = 1  # epochs between PNG grids / text samples; 0 = off
-    init_from: str = ""  # pretrained tag "cnn.mnist" or an export dir: fine-tune from those weights
-    data_dir: str | None = None
+    model: str = dataclasses.field(metadata={"help": "registered model name (zoo list)", "check": OfType(str, "a model name")})
+    dataset: str = option("mnist", "dataset to train on", OneOf(_datasets))
+    epochs: int = option(1, "epochs to train", POSITIVE, aliases=("num_epochs", "n_epochs"))
+    batch_size: int = option(64, "global batch size, split over the devices", POSITIVE, aliases=("bs",))
+    optimizer: str = option("adam", "optimizer", OneOf(_optimizers))
+    lr: float = option(1e-3, "peak learning rate", Number(0, lo_inclusive=False), aliases=("learning_rate",))
+    momentum: float = option(0.9, "momentum (--optimizer momentum)", Number(0, hi=1))
+    b1: float = option(0.9, "Adam's first-moment decay (adam, adamw)", Number(0, hi=1), aliases=("beta1",))
+    weight_decay: float = option(0.0, "weight decay (decoupled for adamw, L2 for the others); 0 = off", Number(0),
+                                 aliases=("wd",))
+    clip_norm: float = option(0.0, "clip gradients to this global norm; 0 = off", Number(0),
+                              aliases=("grad_clip", "max_grad_norm"))
+    schedule: str = option("constant", "learning-rate schedule", OneOf(_schedules))
+    warmup_steps: int = option(0, "linear warmup steps (cosine schedule)", COUNT, aliases=("warmup",))
+    init: str = option("default", "parameter init: the model's own, or glorot (Xavier uniform, as the tutorials' "
+                       "nn.init.xavier_uniform_)", OneOf(lambda: INITS))
+    model_overrides: dict = option(dict, "model fields overriding the registered defaults (CLI: --set FIELD=JSON)",
+                                   OfType(dict, "a JSON object of model fields"))
+    augment_flip: bool = option(False, "random horizontal flips (not for digits)", OfType(bool, "true or false"))
+    augment_rotate: float = option(0.0, "largest random rotation in degrees; 0 = off", Number(0, hi=360))
+    augment_shift: int = option(0, "largest random shift in pixels per axis; 0 = off", COUNT)
+    val_size: int = option(5000, "examples held out from the end of the train split for validation (datasets "
+                           "without a validation split)", COUNT)
+    seq_len: int = option(100, "language models: characters per training window", POSITIVE)
+    seed: int = option(0, "seed of init, data order and step randomness", Integer(0, 2**32 - 1))
+    strategy: str = option("jit", "data parallelism: jit (sharded, multi-host) or pmap (one host)", OneOf(_strategies))
+    num_devices: int = option(0, "devices to use; 0 = all devices (all hosts)", COUNT)
+    steps_per_dispatch: int = option(0, "steps per compiled dispatch (lax.scan); 0 = auto: 1 on CPU, an epoch on "
+                                     "GPU/TPU", COUNT)
+    log_every: int = option(100, "steps between host syncs (progress bar, non-finite check)", POSITIVE)
+    eval_batch_size: int = option(1000, "batch size of validation and test evaluation", POSITIVE)
+    early_stop_patience: int = option(0, "stop after this many epochs without improvement of the validation "
+                                      "metric; 0 = off", COUNT, aliases=("patience",))
+    checkpoint_every: int = option(1, "epochs between checkpoints (the last epoch is always saved)", POSITIVE)
+    checkpoint_steps: int = option(0, "also save every N steps (at dispatch boundaries); 0 = off", COUNT)
+    keep_checkpoints: int = option(3, "checkpoints kept (plus the best)", POSITIVE, aliases=("max_to_keep",))
+    max_steps: int = option(0, "stop after this many steps in total; 0 = epochs * steps per epoch", COUNT,
+                            aliases=("steps", "num_steps"))
+    train_limit: int = option(0, "use only the first N training examples; 0 = all (for quick tests)", COUNT)
+    sample_every: int = option(1, "epochs between PNG grids / text samples; 0 = off", COUNT)
+    init_from: str = option("", "fine-tune from a pretrained tag (cnn.mnist) or an export dir", OfType(str, "a string"))
+    data_dir: str | None = option(None, "TFDS data dir; none = $TFDS_DATA_DIR or ~/tensorflow_datasets",
+                                  OfType(str, "a directory", optional=True))
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
+    def validate(self) -> Config:
+        """Checks every field and that the model builds with `model_overrides`; returns self.
 
-FIELDS = {f.name for f in dataclasses.fields(Config)}
+        Raises:
+          ValueError: "--flag VALUE: must be ..." for the first invalid field (the CLI's
+            spelling), or the model registry's error for an unknown model or override.
+        """
+        for f in dataclasses.fields(self):
+            if error := field_error(f.name, getattr(self, f.name)):
+                raise ValueError(f"{flag(f.name)} {error}")
+        _create_model(self)
+        return self
 
 
-def _check_keys(keys, where: str) -> None:
-    for key in keys:
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+ALIASES = {alias: name for name, f in FIELDS.items() for alias in f.metadata.get("aliases", ())}
+
+
+def flag(name: str) -> str:
+    """The CLI flag of field `name` (model_overrides is set with --set)."""
+    return "--set" if name == "model_overrides" else "--" + name.replace("_", "-")
+
+
+def field_error(name: str, value: Any) -> str | None:
+    """None if `value` is valid for field `name`, else "VALUE: must be ..."."""
+    check = FIELDS[name].metadata["check"]
+    if check.ok(value):
+        return None
+    hint = check.hint(value) if isinstance(check, OneOf) else ""
+    return f"{value!r}: must be {check.describe()}{hint}"
+
+
+def _check_registered(model: str) -> None:
+    import zoo
+
+    try:
+        zoo.get_spec(model)
+    except KeyError as e:  # the registry's message names the close and the available models
+        raise ValueError(e.args[0]) from e
+
+
+def _create_model(cfg: Config) -> None:
+    """zoo.create raises for an unknown model or model option (and for bad sizes where the model checks them)."""
+    import zoo
+    from zoo.exports import from_json
+
+    _check_registered(cfg.model)
+    try:
+        zoo.create(cfg.model, **from_json(cfg.model_overrides))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{_set_flags(cfg.model_overrides)}: {e}") from e
+
+
+def check_model(cfg: Config) -> None:
+    """Raises ValueError unless `cfg`'s model builds and initializes (shapes only, nothing computed).
+
+    `validate` only creates the module; this also traces `zoo.init`, which is where bad
+    sizes (e.g. num_classes=0) fail in models that do not check their fields.
+    """
+    import jax
+
+    import zoo
+    from zoo.exports import from_json
+
+    model = zoo.create(cfg.model, **from_json(cfg.model_overrides))
+    try:
+        jax.eval_shape(lambda key: zoo.init(model, key), jax.random.key(0))
+    except Exception as e:  # whatever the model raised: a user error in its options
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(f"{_set_flags(cfg.model_overrides)}: {cfg.model} cannot be initialized: "
+                         f"{type(e).__name__}: {first}") from e
+
+
+def _set_flags(model_overrides: dict) -> str:
+    if not model_overrides:
+        return f"{flag('model_overrides')} (none)"
+    return flag("model_overrides") + " " + " ".join(f"{k}={json.dumps(v)}" for k, v in model_overrides.items())
+
+
+def _unknown_key(key: str) -> str:
+    """The error for a key that is no Config field, with the closest field name if there is one."""
+    close = ALIASES.get(key) or next(iter(difflib.get_close_matches(key, [*FIELDS, *ALIASES], n=1)), None)
+    close = ALIASES.get(close, close)
+    hint = f" Did you mean {close!r}?" if close else ""
+    return f"unknown config key {key!r}.{hint}"
+
+
+def read_json_config(path: str | Path) -> dict:
+    """The Config fields in a recipe or --config JSON file ("_comment" ignored), each checked.
+
+    Raises:
+      ValueError: naming the file: invalid JSON (with line and column), not an object, a
+        "model" key (the model is chosen by name), an unknown key, or an invalid value.
+      OSError: the file cannot be read.
+    """
+    path = Path(path)
+    try:
+        values = loads_finite(path.read_text())
+    except ValueError as e:  # json.JSONDecodeError (with line and column) or a NaN/Infinity
+        raise ValueError(f"{path}: invalid JSON: {e}") from e
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: must be a JSON object of config fields, got {type(values).__name__}")
+    values.pop("_comment", None)
+    for key, value in values.items():
+        if key == "model":
+            raise ValueError(f"{path}: 'model' cannot be set in a config file; the model is chosen by name")
         if key not in FIELDS:
-            close = difflib.get_close_matches(key, FIELDS, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"{where}: unknown config key {key!r}.{hint}")
+            raise ValueError(f"{path}: {_unknown_key(key)}")
+        if error := field_error(key, value):
+            raise ValueError(f"{path}: {key} {error}")
+    return values
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a finite number")
+
+
+def loads_finite(text: str) -> Any:
+    """json.loads without the NaN, Infinity and -Infinity that Python's json accepts by default."""
+    return json.loads(text, parse_constant=_reject_constant)
 
 
 def recipe(model: str) -> dict:
     """The default recipe for `model` (train/configs/<model>.json), {} if there is none."""
     path = CONFIG_DIR / f"{model}.json"
-    if not path.exists():
-        return {}
-    values = json.loads(path.read_text())
-    values.pop("_comment", None)
-    _check_keys(values, str(path))
-    return values
+    return read_json_config(path) if path.exists() else {}
 
 
-def resolve(model: str, overrides: dict[str, Any] | None = None) -> Config:
-    """The run's config: the model's recipe with `overrides` (None values ignored) applied."""
+def resolve(model: str, overrides: dict[str, Any] | None = None, *, config_file: str | Path | None = None) -> Config:
+    """The run's config, validated: the model's recipe, then `config_file`, then `overrides`.
+
+    Args:
+      model: registered model name.
+      overrides: Config fields (None values ignored), e.g. from CLI flags.
+      config_file: a JSON object of Config fields (the recipe format), applied before `overrides`.
+
+    `model_overrides` of the three layers are merged key by key (a later layer wins per key).
+    Raises ValueError for an unknown key (suggesting the closest field) or an invalid value.
+    """
+    _check_registered(model)  # before its name becomes a recipe path
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    _check_keys(overrides, "override")
-    values = {**recipe(model), **overrides, "model": model}
-    return Config(**values)
+    if overrides.get("model", model) != model:
+        raise ValueError(f"overrides name model {overrides['model']!r} but the model is {model!r}")
+    for key, value in overrides.items():
+        if key not in FIELDS:
+            raise ValueError(_unknown_key(key))
+        if error := field_error(key, value):
+            raise ValueError(f"{flag(key)} {error}")
+    layers = [recipe(model), read_json_config(config_file) if config_file is not None else {}, overrides]
+    values: dict[str, Any] = {}
+    for layer in layers:
+        values.update({**layer, "model_overrides": {**values.get("model_overrides", {}), **layer.get("model_overrides", {})}})
+    return Config(**{**values, "model": model}).validate()

@@ -1,0 +1,352 @@
+"""Every `zoo train` value is checked before any work (issue 11 item 9): one-line errors naming
+the flag (or file), the value and what is allowed; the --config file; flag help from Config.
+
+The attack list runs through `train.cli.main` in-process (fast) and, for a sample, through the
+real CLI in a subprocess (exit code, no traceback, nothing written).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from train import cli, config
+from train.config import Config, Integer, Number, OneOf, resolve
+
+REPO = Path(__file__).resolve().parents[1]
+
+# (flags, text the one error line must contain: the flag, the value, and what is allowed)
+ATTACKS = [
+    (["--checkpoint-every", "0"], ["--checkpoint-every 0", ">= 1"]),
+    (["--epochs", "0"], ["--epochs 0", ">= 1"]),
+    (["--epochs", "-1"], ["--epochs -1", ">= 1"]),
+    (["--batch-size", "-64"], ["--batch-size -64", ">= 1"]),
+    (["--batch-size", "0"], ["--batch-size 0", ">= 1"]),
+    (["--max-steps", "-1"], ["--max-steps -1", ">= 0"]),
+    (["--num-devices", "-1"], ["--num-devices -1", ">= 0"]),
+    (["--steps-per-dispatch", "-1"], ["--steps-per-dispatch -1", ">= 0"]),
+    (["--set", "num_classes=0"], ["--set num_classes=0"]),
+    (["--set", "hidden=[1,2"], ["--set hidden=[1,2", "malformed JSON", "line 1 column"]),
+    (["--set", "dropout_rate=NaN"], ["--set dropout_rate=NaN", "not a finite number"]),
+    (["--set", "hiden=3"], ["--set hiden=3", "hidden"]),
+    (["--augment-rotate", "nan"], ["--augment-rotate nan", "[0, 360)"]),
+    (["--lr", "-1"], ["--lr -1", "> 0"]),
+    (["--lr", "inf"], ["--lr inf", "finite"]),
+    (["--clip-norm", "-1"], ["--clip-norm -1", ">= 0"]),
+    (["--train-limit", "-5"], ["--train-limit -5", ">= 0"]),
+    (["--optimizer", "adma"], ["--optimizer 'adma'", "sgd, momentum, adam, adamw, rmsprop", "did you mean adam"]),
+    (["--schedule", "linear"], ["--schedule 'linear'", "constant, cosine, onecycle"]),
+    (["--strategy", "ddp"], ["--strategy 'ddp'", "jit, pmap"]),
+    (["--init", "xavier"], ["--init 'xavier'", "default, glorot"]),
+    (["--dataset", "mnsit"], ["--dataset 'mnsit'", "mnist", "tiny_shakespeare", "did you mean mnist"]),
+    (["--val-size", "-1"], ["--val-size -1", ">= 0"]),
+    (["--log-every", "0"], ["--log-every 0", ">= 1"]),
+    (["--keep-checkpoints", "0"], ["--keep-checkpoints 0", ">= 1"]),
+    (["--eval-batch-size", "0"], ["--eval-batch-size 0", ">= 1"]),
+    (["--warmup-steps", "-1"], ["--warmup-steps -1", ">= 0"]),
+    (["--momentum", "1"], ["--momentum 1", "[0, 1)"]),
+    (["--momentum", "-0.1"], ["--momentum -0.1", "[0, 1)"]),
+    (["--b1", "1.5"], ["--b1 1.5", "[0, 1)"]),
+    (["--weight-decay", "-1"], ["--weight-decay -1", ">= 0"]),
+    (["--seq-len", "0"], ["--seq-len 0", ">= 1"]),
+    (["--early-stop-patience", "-1"], ["--early-stop-patience -1", ">= 0"]),
+    (["--sample-every", "-1"], ["--sample-every -1", ">= 0"]),
+    (["--seed", "-1"], ["--seed -1"]),
+    (["--learning-rate", "1"], ["unrecognized arguments: --learning-rate 1", "did you mean --lr"]),
+    (["--epoch", "3"], ["unrecognized arguments: --epoch 3", "did you mean --epochs"]),  # no abbreviations
+    (["--epochs", "three"], ["--epochs", "three"]),
+]
+
+
+def _id(case) -> str:
+    return " ".join(case[0])
+
+
+# Each run gets --data-dir TMP/data: a check that failed to fire costs a temp dir, not ~/tensorflow_datasets.
+
+
+def _one_error_line(rc: int, stderr: str, expected: list[str]) -> None:
+    assert rc == 2, f"exit {rc}\n{stderr}"
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    for text in expected:
+        assert text in lines[0], (text, lines[0])
+    assert "Traceback" not in stderr
+
+
+@pytest.fixture
+def no_jax_setup(monkeypatch):
+    """main() in-process: no persistent compilation cache, no multi-host init."""
+    monkeypatch.setenv("ZOO_COMPILATION_CACHE", "off")
+    for key in ("JAX_COORDINATOR_ADDRESS", "ZOO_DEBUG"):
+        monkeypatch.delenv(key, raising=False)
+
+
+@pytest.mark.parametrize("flags, expected", ATTACKS, ids=[_id(c) for c in ATTACKS])
+def test_attack_exits_2_with_one_line_before_any_work(flags, expected, tmp_path, capsys, no_jax_setup):
+    workdir = tmp_path / "run"
+    try:
+        rc = cli.main(["train", "mlp", "--workdir", str(workdir), "--data-dir", str(tmp_path / "data"), *flags])
+    except SystemExit as e:  # argparse errors
+        rc = e.code
+    out, err = capsys.readouterr()
+    _one_error_line(rc, err, expected)
+    assert not workdir.exists() and "training" not in out
+
+
+# A sample through the real CLI: the process boundary (exit code, stderr, no traceback).
+SUBPROCESS = ["--checkpoint-every 0", "--batch-size -64", "--set num_classes=0", "--set hidden=[1,2",
+              "--augment-rotate nan", "--learning-rate 1"]
+
+
+@pytest.mark.parametrize("flags, expected", [c for c in ATTACKS if _id(c) in SUBPROCESS],
+                         ids=[_id(c) for c in ATTACKS if _id(c) in SUBPROCESS])
+def test_attack_through_the_real_cli(flags, expected, tmp_path, cli_env):
+    workdir = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "train.cli", "train", "mlp", "--workdir", str(workdir),
+                             "--data-dir", str(tmp_path / "data"), *flags],
+                            env=cli_env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    _one_error_line(result.returncode, result.stderr, expected)
+    assert not workdir.exists()
+
+
+def test_bad_config_file_through_the_real_cli(tmp_path, cli_env):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"epochs": 2,\n "lr": }')
+    result = subprocess.run([sys.executable, "-m", "train.cli", "train", "mlp", "--workdir", str(tmp_path / "run"),
+                             "--data-dir", str(tmp_path / "data"), "--config", str(bad)],
+                            env=cli_env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    _one_error_line(result.returncode, result.stderr, [str(bad), "invalid JSON", "line 2 column"])
+    assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- resolve() and Config.validate()
+
+
+def test_resolve_suggests_the_field_for_an_unknown_key():
+    with pytest.raises(ValueError, match=r"^unknown config key 'learning_rate'. Did you mean 'lr'\?$"):
+        resolve("mlp", {"learning_rate": 1})
+    with pytest.raises(ValueError, match="unknown config key 'batchsize'. Did you mean 'batch_size'"):
+        resolve("mlp", {"batchsize": 1})
+    with pytest.raises(ValueError, match="unknown config key 'xyzzy'.$"):  # nothing close: no hint
+        resolve("mlp", {"xyzzy": 1})
+
+
+def test_resolve_uses_the_flag_spelling():
+    with pytest.raises(ValueError, match=r"^--checkpoint-every 0: must be an integer >= 1$"):
+        resolve("mlp", {"checkpoint_every": 0})
+
+
+@pytest.mark.parametrize("field, value", [("epochs", "3"), ("epochs", 3.0), ("epochs", True), ("lr", True),
+                                          ("lr", "0.1"), ("augment_flip", 1), ("model_overrides", [1]),
+                                          ("init_from", 3), ("data_dir", 5)])
+def test_resolve_rejects_wrong_types(field, value):
+    with pytest.raises(ValueError, match=f"^{config.flag(field)} {re.escape(repr(value))}: must be "):
+        resolve("mlp", {field: value})
+
+
+def test_resolve_rejects_an_unknown_model_with_the_registry_hint():
+    with pytest.raises(ValueError, match="unknown model 'mpl'. Did you mean 'mlp'"):
+        resolve("mpl")
+
+
+def test_resolve_rejects_an_override_naming_another_model():
+    with pytest.raises(ValueError, match="'cnn'"):
+        resolve("mlp", {"model": "cnn"})
+
+
+@pytest.mark.parametrize("model", sorted(p.stem for p in config.CONFIG_DIR.glob("*.json")))
+def test_every_recipe_resolves(model):
+    cfg = resolve(model)
+    assert cfg.model == model
+    assert all(getattr(cfg, k) == v for k, v in config.recipe(model).items())
+
+
+def test_every_shipped_train_config_resolves():
+    """zoo eval --pretrained resolves the manifest's train_config: it must stay valid."""
+    manifests = sorted((REPO / "zoo" / "weights").glob("*/manifest.json"))
+    assert manifests
+    for path in manifests:
+        manifest = json.loads(path.read_text())
+        train_config = {k: v for k, v in manifest["train_config"].items() if k != "model"}
+        assert resolve(manifest["model"], train_config).to_json() == manifest["train_config"]
+
+
+def test_validate_returns_the_config():
+    cfg = Config(model="mlp")
+    assert cfg.validate() is cfg
+
+
+def test_check_model_turns_an_init_failure_into_a_value_error():
+    with pytest.raises(ValueError, match=r"^--set num_classes=0: mlp cannot be initialized: "):
+        config.check_model(Config(model="mlp", model_overrides={"num_classes": 0}))
+    config.check_model(Config(model="mlp", model_overrides={"hidden": [32]}))  # fine
+
+
+# ---------------------------------------------------------------- properties per field
+
+
+def _fields(kind):
+    return [f.name for f in dataclasses.fields(Config) if isinstance(f.metadata.get("check"), kind)]
+
+
+def _expect_rejected(name, value):
+    with pytest.raises(ValueError) as e:
+        Config(model="mlp", **{name: value}).validate()
+    assert str(e.value).startswith(f"{config.flag(name)} {value!r}: must be ")
+
+
+@pytest.mark.parametrize("name", _fields(Integer))
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_integer_fields(name, data):
+    check = config.FIELDS[name].metadata["check"]
+    _expect_rejected(name, data.draw(st.integers(max_value=check.lo - 1), "below"))
+    if check.hi is not None:
+        _expect_rejected(name, data.draw(st.integers(min_value=check.hi + 1), "above"))
+    valid = data.draw(st.integers(min_value=check.lo, max_value=check.hi if check.hi is not None else 10**9), "valid")
+    assert getattr(Config(model="mlp", **{name: valid}).validate(), name) == valid
+
+
+@pytest.mark.parametrize("name", _fields(Number))
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_number_fields(name, data):
+    check = config.FIELDS[name].metadata["check"]
+    _expect_rejected(name, data.draw(st.sampled_from([math.nan, math.inf, -math.inf]), "non-finite"))
+    below = st.floats(max_value=check.lo, allow_nan=False, allow_infinity=False).filter(
+        lambda v: v < check.lo or (v == check.lo and not check.lo_inclusive))  # -0.0 == 0.0 is not below
+    _expect_rejected(name, data.draw(below, "below"))
+    if check.hi is not None:
+        _expect_rejected(name, data.draw(st.floats(min_value=check.hi, allow_nan=False, allow_infinity=False), "above"))
+    valid = st.floats(min_value=check.lo, exclude_min=not check.lo_inclusive,
+                      max_value=check.hi if check.hi is not None else 1e6, exclude_max=check.hi is not None)
+    value = data.draw(valid, "valid")
+    assert getattr(Config(model="mlp", **{name: value}).validate(), name) == value
+
+
+@pytest.mark.parametrize("name", _fields(OneOf))
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_name_fields(name, data):
+    names = config.FIELDS[name].metadata["check"].names()
+    _expect_rejected(name, data.draw(st.text().filter(lambda s: s not in names), "unknown"))
+    value = data.draw(st.sampled_from(names), "valid")
+    assert getattr(Config(model="mlp", **{name: value}).validate(), name) == value
+
+
+def test_name_lists_come_from_their_modules():
+    from train import data, parallel, state
+
+    names = {name: config.FIELDS[name].metadata["check"].names() for name in _fields(OneOf)}
+    assert names == {"dataset": tuple(sorted(data.SPLITS)), "optimizer": state.OPTIMIZERS,
+                     "schedule": state.SCHEDULES, "strategy": parallel.STRATEGIES, "init": config.INITS}
+
+
+# ---------------------------------------------------------------- recipe and --config files
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_config_file_sits_between_recipe_and_flags(tmp_path):
+    recipe = config.recipe("mlp_binary")  # epochs 5, lr 0.003, model_overrides {"in_shape": ...}
+    file = _write(tmp_path / "c.json", json.dumps({"_comment": "ignored", "epochs": 7, "lr": 0.01,
+                                                   "model_overrides": {"dropout_rate": 0.1}}))
+    cfg = resolve("mlp_binary", {"lr": 0.02, "model_overrides": {"dropout_rate": 0.2}}, config_file=file)
+    assert cfg.epochs == 7  # file over recipe
+    assert cfg.lr == 0.02  # flags over file
+    assert cfg.batch_size == recipe["batch_size"]  # recipe over defaults
+    assert cfg.weight_decay == Config(model="x").weight_decay  # defaults
+    # model overrides merge key by key: the recipe's in_shape stays
+    assert cfg.model_overrides == {"in_shape": recipe["model_overrides"]["in_shape"], "dropout_rate": 0.2}
+
+
+def test_config_flag_reaches_resolve(tmp_path):
+    file = _write(tmp_path / "c.json", '{"epochs": 7, "lr": 0.01}')
+    args = cli.build_parser().parse_args(["train", "mlp", "--config", str(file), "--lr", "0.5"])
+    cfg = cli.train_config(args)
+    assert (cfg.epochs, cfg.lr) == (7, 0.5)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('{"epochs": 2,\n  "lr": }', r"invalid JSON: Expecting value: line 2 column 9"),
+    ('{"epochs": NaN}', "invalid JSON: NaN is not a finite number"),
+    ('{"learning_rate": 0.1}', "unknown config key 'learning_rate'. Did you mean 'lr'"),
+    ('{"epochs": "3"}', "epochs '3': must be an integer >= 1"),
+    ('{"momentum": 1.0}', r"momentum 1.0: must be a number in \[0, 1\)"),
+    ('{"model": "cnn"}', "'model' cannot be set in a config file"),
+    ('[1, 2]', "must be a JSON object of config fields, got list"),
+])
+def test_config_file_errors_name_the_file(tmp_path, text, expected):
+    file = _write(tmp_path / "c.json", text)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(file))}: {expected}"):
+        resolve("mlp", config_file=file)
+
+
+def test_malformed_recipe_names_the_file(tmp_path, monkeypatch):
+    _write(tmp_path / "mlp.json", '{"epochs": 2 "lr": 1}')
+    monkeypatch.setattr(config, "CONFIG_DIR", tmp_path)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(tmp_path / 'mlp.json'))}: invalid JSON: .*line 1 column 14"):
+        resolve("mlp")
+
+
+# ---------------------------------------------------------------- --set
+
+
+def test_set_keeps_a_bare_word_as_a_string():
+    args = cli.build_parser().parse_args(["train", "mlp", "--set", "act=relu"])
+    with pytest.raises(ValueError, match='^--set act="relu": .*unknown option \'act\''):  # reached the model
+        cli.train_config(args)
+
+
+def test_set_parses_json_values():
+    args = cli.build_parser().parse_args(["train", "mlp", "--set", "hidden=[32, 16]", "--set", "dropout_rate=0.5"])
+    assert cli.train_config(args).model_overrides == {"hidden": [32, 16], "dropout_rate": 0.5}
+
+
+@pytest.mark.parametrize("item", ["hidden=[1,2", 'x={"a":', 'x="abc', "x=1.2.3", "x=-1e", "noequals", "=3"])
+def test_set_rejects_malformed_values(item):
+    args = cli.build_parser().parse_args(["train", "mlp", "--set", item])
+    with pytest.raises(ValueError, match=f"^--set {re.escape(item)}: "):
+        cli.train_config(args)
+
+
+# ---------------------------------------------------------------- help
+
+
+def test_every_train_flag_has_help_from_its_field(capsys):
+    train = cli.build_parser().commands["train"]
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for action in train._actions:
+        assert action.help, action.option_strings
+    for field in dataclasses.fields(Config):
+        if field.name in ("model", "model_overrides"):
+            continue
+        assert config.flag(field.name) in text
+        action = next(a for a in train._actions if config.flag(field.name) in a.option_strings)
+        assert action.help.startswith(field.metadata["help"])
+        if field.type != "bool":
+            assert field.metadata["check"].describe() in action.help
+
+
+def test_help_states_the_allowed_values():
+    train = cli.build_parser().commands["train"]
+    helps = {a.option_strings[0]: a.help for a in train._actions if a.option_strings}
+    assert "a finite number > 0" in helps["--lr"]
+    assert "one of sgd, momentum, adam, adamw, rmsprop" in helps["--optimizer"]
+    assert "an integer >= 1" in helps["--checkpoint-every"]
+    assert "FILE.json" in train.format_usage() and "--config" in helps
