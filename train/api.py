@@ -139,9 +139,13 @@ def fit(
     values.pop("model", None)
     if isinstance(data, str):
         values["dataset"] = data
-    cfg = resolve(name, values)
-    splits = None if isinstance(data, str) else user_splits(data, cfg, val_size_given="val_size" in values)
-    if splits is not None:
+    if module is None:
+        cfg = resolve(name, values)
+    else:  # your own module: no recipe, no registry model to build
+        cfg = Config(**{"model": name, **values}).validate(registered=False)
+    splits = None
+    if not isinstance(data, str):
+        splits = tasks.select_classes(the_task, user_splits(data, cfg, val_size_given="val_size" in values), cfg.classes)
         cfg = dataclasses.replace(cfg, dataset="arrays")
     with tempfile.TemporaryDirectory(prefix="zoo-fit-") as tmp:
         where = Path(workdir) if workdir is not None else Path(tmp)

@@ -66,8 +66,9 @@ def _add_config_flags(parser: _Parser) -> None:
     for field in dataclasses.fields(Config):
         if field.name in _SKIP:
             continue
-        default = field.default if field.default not in (None, "") else "none"
-        kind = {"int": int, "float": float, "str": str, "bool": bool, "str | None": str}.get(str(field.type), str)
+        default = field.default if field.default not in (None, "", dataclasses.MISSING) else "none"
+        kind = {"int": int, "float": float, "str": str, "bool": bool, "str | None": str, "list": _int_list}.get(
+            str(field.type), str)
         if kind is bool:
             help_text = f"{field.metadata['help']} [default {'on' if default else 'off'}]"
             parser.add_argument(flag(field.name), action=argparse.BooleanOptionalAction, default=None, help=help_text)
@@ -85,6 +86,14 @@ def _add_config_flags(parser: _Parser) -> None:
         help="a JSON object of these fields (the train/configs/*.json recipe format, \"model_overrides\" for "
              "--set), applied over the recipe and under explicit flags",
     )
+
+
+def _int_list(raw: str) -> list:
+    """"0,1,2" -> [0, 1, 2] (argparse reports a ValueError as an invalid value of the flag)."""
+    return [int(part) for part in raw.split(",") if part.strip()]
+
+
+_int_list.__name__ = "comma-separated integers"  # argparse names the type in its error
 
 
 def _looks_like_json(raw: str) -> bool:

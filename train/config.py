@@ -127,6 +127,20 @@ def option(default: Any, help: str, check, *, aliases: tuple[str, ...] = ()) -> 
 
 # ---------------------------------------------------------------- the config
 
+@dataclasses.dataclass(frozen=True)
+class Classes:
+    """A list of distinct non-negative int class labels, at least two (or empty: all classes)."""
+
+    def ok(self, value: Any) -> bool:
+        return isinstance(value, list) and (not value or (
+            len(value) >= 2 and len(set(value)) == len(value)
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)))
+
+    def describe(self) -> str:
+        return "at least two distinct class labels >= 0 (e.g. 0,1,2), or empty for all"
+
+
+DTYPES = ("float32", "bfloat16", "float16")
 POSITIVE, COUNT = Integer(1), Integer(0)  # >= 1; >= 0 where 0 means off / all / auto
 
 
@@ -177,12 +191,20 @@ class Config:
     init_from: str = option("", "fine-tune from a pretrained tag (cnn.mnist) or an export dir", OfType(str, "a string"))
     data_dir: str | None = option(None, "TFDS data dir; none = $TFDS_DATA_DIR or ~/tensorflow_datasets",
                                   OfType(str, "a directory", optional=True))
+    classes: list = option(list, "train on these class labels only, relabelled 0..k-1 (num_classes becomes k); "
+                           "CLI: --classes 0,1,2; empty = all", Classes())
+    train_only: str = option("", "train only the parameters whose path matches these comma-separated patterns "
+                             "(e.g. head, or 'conv_1/*,head'); the rest stay frozen; empty = all", OfType(str, "patterns"),
+                             aliases=("freeze", "trainable"))
+    dtype: str = option("float32", "compute dtype of the model (parameters stay float32, the loss is float32)",
+                        OneOf(lambda: DTYPES), aliases=("precision",))
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
-    def validate(self) -> Config:
-        """Checks every field and that the model builds with `model_overrides`; returns self.
+    def validate(self, *, registered: bool = True) -> Config:
+        """Checks every field and (`registered`) that the registry model builds with
+        `model_overrides`; returns self.
 
         Raises:
           ValueError: "--flag VALUE: must be ..." for the first invalid field (the CLI's
@@ -191,7 +213,8 @@ class Config:
         for f in dataclasses.fields(self):
             if error := field_error(f.name, getattr(self, f.name)):
                 raise ValueError(f"{flag(f.name)} {error}")
-        _create_model(self)
+        if registered:
+            _create_model(self)
         return self
 
 

@@ -10,44 +10,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import jax
-import numpy as np
-from flax.traverse_util import flatten_dict, unflatten_dict
-
-
-def _is_head(path: tuple[str, ...]) -> bool:
-    return any(part == "head" or part.startswith("head_") for part in path)
+import zoo
 
 
 def merge_pretrained(fresh: dict, loaded: dict, *, log=print) -> dict:
-    """`fresh` variables with every leaf replaced by `loaded`'s, heads excepted (see module doc)."""
-    fresh_flat, loaded_flat = flatten_dict(jax.device_get(fresh)), flatten_dict(jax.device_get(loaded))
-    merged, replaced = {}, []
-    for path, leaf in fresh_flat.items():
-        name = "/".join(path)
-        if path not in loaded_flat:
-            if _is_head(path):
-                replaced.append(f"{name} (new)")
-                merged[path] = leaf
-                continue
-            raise ValueError(f"--init-from: the pretrained weights have no {name} (expected shape {np.shape(leaf)})")
-        src = loaded_flat[path]
-        if np.shape(src) != np.shape(leaf):
-            if not _is_head(path):
-                raise ValueError(
-                    f"--init-from: {name} has shape {np.shape(src)} in the pretrained weights "
-                    f"but the model expects {np.shape(leaf)}"
-                )
-            replaced.append(f"{name} {np.shape(src)} -> {np.shape(leaf)}")
-            merged[path] = leaf
-        else:
-            merged[path] = np.asarray(src, np.asarray(leaf).dtype)
-    extra = sorted("/".join(p) for p in loaded_flat if p not in fresh_flat)
-    if extra:
-        raise ValueError(f"--init-from: the pretrained weights have parameters the model lacks: {', '.join(extra)}")
+    """`fresh` variables with every leaf replaced by `loaded`'s, new heads excepted (see module doc)."""
+    try:
+        merged, replaced = zoo.finetune.merge_pretrained(fresh, loaded)
+    except ValueError as e:
+        raise ValueError(f"--init-from: {e}") from None
     if replaced:
         log("init-from: freshly initialized (new head): " + "; ".join(replaced))
-    return unflatten_dict(merged)
+    return merged
 
 
 def init_from(source: str, model, fresh: dict, *, log=print) -> dict:

@@ -16,6 +16,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 import zoo
 from train import data, parallel, report, tasks, workdir as workdirs
@@ -39,7 +40,14 @@ class Preempted(Exception):
 
 
 def build_model(cfg: Config):
-    return zoo.create(cfg.model, **from_json(cfg.model_overrides))
+    """The registry model of `cfg`, with --set overrides, --classes' num_classes and --dtype."""
+    overrides = from_json(cfg.model_overrides)
+    if cfg.classes:
+        if overrides.setdefault("num_classes", len(cfg.classes)) != len(cfg.classes):
+            raise ValueError(f"--classes gives {len(cfg.classes)} classes but --set num_classes={overrides['num_classes']}")
+    if cfg.dtype != "float32":
+        overrides["dtype"] = cfg.dtype
+    return zoo.create(cfg.model, **overrides)
 
 
 def state_tree(state: TrainState) -> dict:
@@ -82,6 +90,9 @@ def initial_state(cfg: Config, model, task: tasks.Task, total_steps: int, *, exa
     tx = make_optimizer(
         cfg.optimizer, schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm, b1=cfg.b1
     )
+    if cfg.train_only:  # frozen parameters get zero updates (and no optimizer state)
+        tx = optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()},
+                                   lambda params: zoo.param_labels(params, cfg.train_only))
     init_key, state_key, reinit_key = jax.random.split(jax.random.key(cfg.seed), 3)
     if hasattr(model, "input_spec"):
         variables = zoo.init(model, init_key)  # params depend on the input's shape only: the spec's example

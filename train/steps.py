@@ -31,6 +31,11 @@ def to_input(x: jax.Array) -> jax.Array:
     return x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x
 
 
+def as_float32(outputs):
+    """Model outputs (any pytree) in float32: losses and metrics of a bfloat16 model are float32."""
+    return jax.tree.map(lambda o: o.astype(jnp.float32), outputs)
+
+
 # ---- per-task losses: (model output, float input, batch) -> (per-example loss, per-example metrics)
 
 
@@ -119,8 +124,8 @@ def train_step(
         out, new_state = state.apply_fn(
             state.variables(params), x, train=True, rngs={"dropout": dropout_key}, mutable=mutable
         )
-        loss, metrics = loss_fn(out, x, batch.get("y"))
-        return loss.astype(jnp.float32).mean(), (jax.tree.map(jnp.mean, metrics), new_state)
+        loss, metrics = loss_fn(as_float32(out), x, batch.get("y"))
+        return loss.mean(), (jax.tree.map(jnp.mean, metrics), new_state)
 
     (loss, (metrics, new_model_state)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
@@ -134,20 +139,20 @@ def train_step(
 
 
 def eval_step(variables: dict, batch: dict, mask: jax.Array, *, apply_fn: Callable, loss_fn: Callable,
-              num_classes: int = 0) -> Metrics:
+              confusion: bool = False) -> Metrics:
     """Sums of loss and metrics of `apply_fn(variables, x)` over the unmasked examples, plus "count".
 
-    With num_classes > 0 (classification) also returns the (num_classes, num_classes)
-    confusion matrix, rows = true class, columns = prediction.
+    With `confusion` (single-head classification) also returns the (C, C) confusion matrix,
+    C = the number of logits, rows = true class, columns = prediction.
     """
     x = to_input(batch["x"])
-    out = apply_fn(variables, x, train=False)
+    out = as_float32(apply_fn(variables, x, train=False))
     loss, metrics = loss_fn(out, x, batch.get("y"))
     sums = {k: jnp.sum(v * mask) for k, v in {"loss": loss, **metrics}.items()}
     sums["count"] = jnp.sum(mask)
-    if num_classes:
-        pred = jnp.argmax(out, -1)
-        sums["confusion"] = jnp.zeros((num_classes, num_classes), jnp.float32).at[batch["y"], pred].add(mask)
+    if confusion:
+        n = out.shape[-1]
+        sums["confusion"] = jnp.zeros((n, n), jnp.float32).at[batch["y"], jnp.argmax(out, -1)].add(mask)
     return sums
 
 
@@ -173,7 +178,8 @@ def gan_step(state: TrainState, batch: dict, *, latent_dim: int) -> tuple[TrainS
 
     def discriminate(d_params, model_state, images):
         variables = {"params": {"generator": g_params, "discriminator": d_params}, **model_state}
-        return apply(variables, images, train=True, method="discriminate", mutable=["batch_stats"])
+        logits, model_state = apply(variables, images, train=True, method="discriminate", mutable=["batch_stats"])
+        return as_float32(logits), model_state
 
     def d_objective(d_params, model_state):
         real_logits, model_state = discriminate(d_params, model_state, real)
@@ -216,8 +222,8 @@ def gan_eval_step(variables: dict, batch: dict, mask: jax.Array, *, apply_fn: Ca
     real = to_input(batch["x"])
     z = latents(jax.random.key(0), _index(batch, real.shape[0]), latent_dim, real.dtype)  # (B, Z)
     fake = apply_fn(variables, z, method="generate")
-    real_logits = apply_fn(variables, real, method="discriminate")[:, 0]
-    fake_logits = apply_fn(variables, fake, method="discriminate")[:, 0]
+    real_logits = as_float32(apply_fn(variables, real, method="discriminate"))[:, 0]
+    fake_logits = as_float32(apply_fn(variables, fake, method="discriminate"))[:, 0]
     d_loss = optax.sigmoid_binary_cross_entropy(real_logits, 1.0) + optax.sigmoid_binary_cross_entropy(fake_logits, 0.0)
     g_loss = optax.sigmoid_binary_cross_entropy(fake_logits, 1.0)
     return {

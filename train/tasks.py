@@ -82,8 +82,7 @@ def _supervised(loss_fn: Callable, *, confusion: bool = False):
         return functools.partial(steps.train_step, loss_fn=loss_fn, augment=augment_fn(cfg))
 
     def eval_step(model):
-        num_classes = model.num_classes if confusion else 0
-        return functools.partial(steps.eval_step, apply_fn=model.apply, loss_fn=loss_fn, num_classes=num_classes)
+        return functools.partial(steps.eval_step, apply_fn=model.apply, loss_fn=loss_fn, confusion=confusion)
 
     return train_step, eval_step
 
@@ -215,7 +214,29 @@ def load_splits(task: Task, cfg: Config) -> Splits:
         train, val, test = (dict(zip(("x", "y"), data.char_windows(s["tokens"], cfg.seq_len))) for s in (train, val, test))
     if cfg.train_limit:
         train = _take(train, slice(0, cfg.train_limit))
-    return Splits(train, val, test)
+    return select_classes(task, Splits(train, val, test), cfg.classes)
+
+
+def select_classes(task: Task, splits: Splits, classes) -> Splits:
+    """Keeps the examples of `classes` only, relabelled 0..k-1 in the order given (no-op if empty)."""
+    if not classes:
+        return splits
+    if not isinstance(splits.train.get("y"), np.ndarray) or set(task.labels(splits.train)) != {"y"}:
+        raise ValueError(f"--classes applies to single-label classification, not to task {task.name!r}")
+    parts = (splits.train, splits.val, splits.test)
+    top = max(max(classes), *(int(s["y"].max()) for s in parts if len(s["y"])))
+    table = np.full(top + 1, -1)  # label -> new label, -1: dropped
+    table[list(classes)] = np.arange(len(classes))
+
+    def keep(split: dict) -> dict:
+        y = table[split["y"]]
+        rows = np.flatnonzero(y >= 0)
+        return {**jax.tree.map(lambda a: a[rows], split), "y": y[rows].astype(np.int32)}
+
+    out = Splits(*(keep(s) for s in parts))
+    if not len(out.train["y"]):
+        raise ValueError(f"--classes {','.join(map(str, classes))}: no training example has these labels")
+    return out
 
 
 def check_labels(task: Task, arrays: dict, model, dataset: str) -> None:

@@ -9,7 +9,8 @@
 Importing zoo loads only jax, flax and numpy (no TensorFlow, tfds, optax or orbax).
 """
 
-from zoo import autoencoder, cnn, gan, mlp, multitask, rnn
+from zoo import autoencoder, cnn, finetune, gan, mlp, multitask, rnn
+from zoo.finetune import param_labels
 from zoo.pretrained import available, load, register_shipped
 from zoo.registry import (
     InputSpec,
@@ -35,6 +36,7 @@ __all__ = [
     "available",
     "cnn",
     "create",
+    "finetune",
     "from_torch",
     "gan",
     "get_spec",
@@ -44,6 +46,7 @@ __all__ = [
     "mlp",
     "multitask",
     "param_count",
+    "param_labels",
     "rnn",
     "to_torch",
     "torch_model",
