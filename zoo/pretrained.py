@@ -50,8 +50,8 @@ from pathlib import Path
 import jax
 from flax import linen as nn
 
-from zoo import exports
-from zoo.registry import _set_pretrained, get_spec, list_models
+from zoo import exports, finetune
+from zoo.registry import _set_pretrained, get_spec, init, list_models
 
 __all__ = ["load", "available", "register_shipped", "weights_dir", "cache_dir", "read_manifest"]
 
@@ -346,8 +346,14 @@ def load(
     path: str | os.PathLike | None = None,
     sha256: str | None = None,
     max_bytes: int | None = None,
+    num_classes: int | None = None,
+    seed: int = 0,
 ) -> tuple[nn.Module, dict]:
     """Loads a registered model with exported weights, verified and strictly checked.
+
+    With `num_classes` different from the checkpoint's, the model gets a new output head,
+    freshly initialized from `seed`; every other weight is loaded, and a warning names the
+    leaves that were reset.
 
     Args:
       name: registry name; must equal the checkpoint's model.
@@ -358,6 +364,8 @@ def load(
         a directory.
       max_bytes: for a URL, the most bytes to download and to extract (default 1 GiB or
         `ZOO_MAX_DOWNLOAD_BYTES`).
+      num_classes: the number of classes of the model to return (fine-tuning to new classes).
+      seed: the seed of a new head's initialization.
 
     Returns:
       (model, variables): the module built with the checkpoint's overrides, and its
@@ -379,4 +387,17 @@ def load(
         variables = exports.restore_variables(directory, model, name)
     except OSError as e:
         raise _naming(path if path is not None else directory, e) from e
+    if num_classes is not None and num_classes != getattr(model, "num_classes", None):
+        model, variables = _new_head(model, variables, num_classes, seed)
     return model, jax.device_put(variables)
+
+
+def _new_head(model: nn.Module, loaded: dict, num_classes: int, seed: int) -> tuple[nn.Module, dict]:
+    """`model` with `num_classes` logits: loaded weights, a fresh head (seeded), the reset named."""
+    if not hasattr(model, "num_classes"):
+        raise ValueError(f"{type(model).__name__} has no num_classes to change (its heads are fixed by its fields)")
+    new = model.clone(num_classes=num_classes)
+    merged, replaced = finetune.merge_pretrained(init(new, jax.random.key(seed)), loaded)
+    warnings.warn(f"{type(model).__name__} with num_classes={num_classes}: freshly initialized "
+                  f"(seed {seed}): {'; '.join(replaced)}", stacklevel=3)
+    return new, merged
