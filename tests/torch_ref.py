@@ -119,8 +119,7 @@ class CharLSTM(nn.Module):
 class ConvAutoencoder(nn.Module):
     """Conv encoder 28 -> 14 -> 7 -> 4 and transposed-conv decoder 4 -> 7 -> 14 -> 28.
 
-    Keys: encoder.{0,2,4}, decoder.{0,2,4}. The encoder ends with the ReLU that zoo applies
-    in `__call__` (zoo's `encode` returns the code before it).
+    Keys: encoder.{0,2,4}, decoder.{0,2,4}. The encoder ends with a ReLU, as zoo's `encode` does.
     """
 
     def __init__(self, features=(32, 64), latent: int = 16):
