@@ -1,4 +1,4 @@
-"""zoo.layers.ConvTranspose must equal flax's nn.ConvTranspose (PyTorch semantics)."""
+"""zoo.layers: each fast layer equals its reference (flax / autodiff) and honours dtype/param_dtype."""
 
 import flax.linen as nn
 import jax
@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zoo.layers import Conv, ConvTranspose
+from zoo import layers
+from zoo.layers import Conv, ConvTranspose, LSTMLayer, lstm_cell, lstm_recurrence
 
 
 @pytest.mark.parametrize(
@@ -39,10 +40,8 @@ def test_strided_conv_matches_flax(h, cin, cout, k, s, p):
 
 
 def test_lstm_recurrence_gradient_matches_autodiff():
-    """The hand-written backward pass of rnn.lstm_recurrence equals autodiff through a
-    lax.scan of rnn.lstm_cell, for every input (weights, projections, initial carry)."""
-    from zoo import rnn
-
+    """The hand-written backward pass of lstm_recurrence equals autodiff through a
+    lax.scan of lstm_cell, for every input (weights, projections, initial carry)."""
     r = np.random.default_rng(0)
     t, b, h = 7, 3, 5
     wh = jnp.asarray(r.normal(size=(h, 4 * h)), jnp.float32)
@@ -52,7 +51,7 @@ def test_lstm_recurrence_gradient_matches_autodiff():
 
     def reference(wh, gx, carry):
         def step(c, g):
-            c = rnn.lstm_cell(wh, c, g)
+            c = lstm_cell(wh, c, g)
             return c, c[0]
 
         final, hs = jax.lax.scan(step, carry, gx)
@@ -65,7 +64,61 @@ def test_lstm_recurrence_gradient_matches_autodiff():
 
         return f
 
-    np.testing.assert_allclose(rnn.lstm_recurrence(wh, gx, carry)[0], reference(wh, gx, carry)[0], atol=1e-6)
+    np.testing.assert_allclose(lstm_recurrence(wh, gx, carry)[0], reference(wh, gx, carry)[0], atol=1e-6)
     want = jax.grad(loss(reference), argnums=(0, 1, 2))(wh, gx, carry)
-    got = jax.jit(jax.grad(loss(rnn.lstm_recurrence), argnums=(0, 1, 2)))(wh, gx, carry)
+    got = jax.jit(jax.grad(loss(lstm_recurrence), argnums=(0, 1, 2)))(wh, gx, carry)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), got, want)
+
+
+def test_max_pool_2x2_matches_reduce_window():
+    x = jax.random.normal(jax.random.key(0), (2, 7, 9, 3))
+    np.testing.assert_array_equal(layers.max_pool_2x2(x), nn.max_pool(x, (2, 2), (2, 2)))
+
+
+def test_old_import_paths_still_work():
+    from zoo import cnn, rnn
+
+    assert cnn.max_pool_2x2 is layers.max_pool_2x2
+    assert rnn.lstm_recurrence is lstm_recurrence and rnn.lstm_cell is lstm_cell
+
+
+def test_lstm_layer_equals_scanned_cells():
+    x = jax.random.normal(jax.random.key(0), (3, 5, 4))
+    layer = LSTMLayer(6)
+    v = layer.init(jax.random.key(1), x)
+    hs, (h, c) = layer.apply(v, x)
+    p = v["params"]
+    carry = (jnp.zeros((3, 6)), jnp.zeros((3, 6)))
+    for t in range(5):
+        carry = lstm_cell(p["wh"], carry, x[:, t] @ p["wi"] + p["b"])
+        np.testing.assert_allclose(hs[:, t], carry[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(c, carry[1], rtol=1e-5, atol=1e-6)
+
+
+LAYERS = [
+    (lambda **kw: Conv(5, 4, 2, 1, **kw), (2, 8, 8, 3)),
+    (lambda **kw: ConvTranspose(5, 4, 2, 1, **kw), (2, 7, 7, 3)),
+    (lambda **kw: LSTMLayer(6, **kw), (2, 5, 3)),
+]
+
+
+@pytest.mark.parametrize("make,shape", LAYERS, ids=["conv", "conv_transpose", "lstm"])
+def test_layer_dtypes(make, shape):
+    x = jax.random.normal(jax.random.key(0), shape)
+    first = lambda out: out[0] if isinstance(out, tuple) else out  # noqa: E731 (LSTMLayer: (hs, carry))
+    ref = make()
+    v = ref.init(jax.random.key(1), x)
+    want = first(ref.apply(v, x))
+    # bfloat16 compute, float32 parameters: output in bfloat16 and close to float32
+    low = make(dtype=jnp.bfloat16)
+    assert {a.dtype for a in jax.tree.leaves(low.init(jax.random.key(1), x))} == {jnp.dtype(jnp.float32)}
+    got = first(low.apply(v, x))
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=0, atol=0.03 * float(jnp.abs(want).max()))
+    # bfloat16 storage
+    stored = make(param_dtype=jnp.bfloat16).init(jax.random.key(1), x)
+    assert {a.dtype for a in jax.tree.leaves(stored)} == {jnp.dtype(jnp.bfloat16)}
+    # the gradient flows in bfloat16 and comes back as float32 for float32 parameters
+    grads = jax.grad(lambda v: jnp.sum(first(low.apply(v, x)).astype(jnp.float32) ** 2))(v)
+    for g in jax.tree.leaves(grads):
+        assert g.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(g)))

@@ -1,5 +1,6 @@
 """Registry-driven model checks: every registered model gets all of these, no boilerplate."""
 
+import dataclasses
 import subprocess
 import sys
 
@@ -7,9 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 import zoo
-from zoo import cnn, gan, mlp, rnn
+from zoo import autoencoder, cnn, gan, mlp, multitask, registry, rnn
 
 MODELS = zoo.list_models()
 EXPECTED = {
@@ -88,11 +91,29 @@ def test_train_mode_runs(built):
         assert not updates
 
 
+# Written out independently of the registry: each entry built directly from its class, the
+# documented per-example input shape, and the shape `embed` returns for one example.
+DIRECT = {
+    "mlp": (mlp.MLP(), (28, 28, 1), (256,)),
+    "mlp_small": (mlp.MLP(hidden=(128, 64)), (28, 28, 1), (64,)),
+    "mlp_binary": (mlp.MLP(hidden=(5,), num_classes=1, in_shape=(10,)), (10,), (5,)),
+    "cnn": (cnn.CNN(), (28, 28, 1), (3136,)),
+    "cnn_cifar": (cnn.CNN(features=(32, 64, 128), in_shape=(32, 32, 3)), (32, 32, 3), (2048,)),
+    "lstm": (rnn.LSTMClassifier(), (28, 28), (128,)),
+    "char_lstm": (rnn.CharLSTM(), (None,), (None, 256)),
+    "autoencoder": (autoencoder.ConvAutoencoder(), (28, 28, 1), (4, 4, 16)),
+    "dcgan": (gan.DCGAN(), (100,), (3136,)),
+    "multitask": (multitask.MultiTaskNet(), (28, 28, 1), (128,)),
+}
+
+
 def test_spec_matches_direct_use(built):
     spec, model, _ = built
-    direct = spec.module(**spec.defaults)
-    assert direct == model
-    assert model.input_spec() == spec.input
+    direct, input_shape, embedding = DIRECT[spec.name]
+    assert model == direct  # the registry builds exactly the documented configuration
+    assert spec.module is type(direct)
+    assert spec.input.shape == input_shape == direct.input_spec().shape
+    assert spec.embedding == embedding
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -153,13 +174,6 @@ def test_direct_use_without_registry():
     assert mlp.MLP().apply(zoo.init(mlp.MLP(), jax.random.key(0)), jnp.zeros((1, 28, 28, 1))).shape == (1, 10)
 
 
-def test_max_pool_2x2_matches_reduce_window():
-    x = jax.random.normal(jax.random.key(0), (2, 7, 9, 3))
-    import flax.linen as nn
-
-    np.testing.assert_array_equal(cnn.max_pool_2x2(x), nn.max_pool(x, (2, 2), (2, 2)))
-
-
 def test_gan_parts_usable_separately():
     g, d = gan.Generator(), gan.Discriminator()
     z = jax.random.normal(jax.random.key(0), (4, 100))
@@ -201,6 +215,289 @@ def test_char_vocab_roundtrip_and_unknown():
     assert rnn.decode(rnn.encode("To be, or not")) == "To be, or not"
     with pytest.raises(ValueError, match="'é'"):
         rnn.encode("café")
+
+
+# ---------------------------------------------------------------- embed
+
+
+def _embed_input(spec, model, batch=3):
+    """What `embed` reads: the model's input, except the DCGAN's (images for its discriminator)."""
+    if hasattr(model, "discriminate"):
+        return jax.random.uniform(jax.random.key(4), (batch, 28, 28, 1), jnp.float32)
+    return _example(spec, batch)
+
+
+def test_embed_shape_and_head_of_embed_is_the_forward_pass(built):
+    spec, model, variables = built
+    x = _embed_input(spec, model)
+    feats = model.apply(variables, x, method="embed")
+    assert feats.shape == _expected_shapes(spec.embedding, 3)
+    assert feats.shape[1:] == tuple(8 if d is None else d for d in DIRECT[spec.name][2])
+    head_of_embed = model.apply(variables, feats, method="from_embedding")
+    full = model.apply(variables, x, method="discriminate" if spec.name == "dcgan" else None)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), head_of_embed, full)
+    assert "embed" not in {f.name for f in dataclasses.fields(spec.module)}  # no field shadows the method
+
+
+def test_embed_is_what_the_head_reads():
+    """Spot checks that `embed` is the layer before the head, not just any tensor of that shape."""
+    x = jax.random.uniform(jax.random.key(0), (2, 28, 28, 1))
+    net = cnn.CNN()
+    v = zoo.init(net, jax.random.key(1))
+    feats = net.apply(v, x, method="embed")
+    want = v["params"]["head"]["bias"] + feats @ v["params"]["head"]["kernel"]
+    np.testing.assert_allclose(net.apply(v, x), want, rtol=1e-5, atol=1e-5)
+    assert float(feats.min()) >= 0.0  # ReLU + max pool features
+
+    lm = rnn.CharLSTM(embed_dim=8, hidden=16, num_layers=2)
+    toks = jnp.asarray(rnn.encode("To be"))[None]
+    lv = zoo.init(lm, jax.random.key(2), toks)
+    hs = lm.apply(lv, toks, method="embed")  # (1, 5, 16)
+    _, finals = lm.apply(lv, toks, return_carries=True)
+    np.testing.assert_allclose(hs[:, -1], finals[-1][0], rtol=1e-6)  # top layer's last h
+
+    ae = autoencoder.ConvAutoencoder()
+    av = zoo.init(ae, jax.random.key(3))
+    code = ae.apply(av, x, method="embed")
+    np.testing.assert_array_equal(code, ae.apply(av, x, method="encode"))
+    np.testing.assert_allclose(ae.apply(av, code, method="decode"), ae.apply(av, x), rtol=1e-6, atol=1e-6)
+
+
+def test_cnn_embed_has_no_dropout():
+    net = cnn.CNN(dropout_rate=0.5)
+    x = jax.random.uniform(jax.random.key(0), (4, 28, 28, 1))
+    v = zoo.init(net, jax.random.key(1))
+    rngs = {"dropout": jax.random.key(2)}
+    np.testing.assert_array_equal(net.apply(v, x, train=True, rngs=rngs, method="embed"), net.apply(v, x, method="embed"))
+    # ... while the forward pass in train mode does drop features before the head
+    assert not np.allclose(net.apply(v, x, train=True, rngs=rngs), net.apply(v, x))
+
+
+# ---------------------------------------------------------------- precision
+
+
+def test_bfloat16_compute_float32_params(built):
+    spec, model, variables = built
+    x = _example(spec)
+    if spec.name == "dcgan":
+        x = jax.random.normal(jax.random.key(1), x.shape)
+    low = zoo.create(spec.name, dtype=jnp.bfloat16)
+    assert low.param_dtype == jnp.float32
+    shapes = jax.eval_shape(lambda: zoo.init(low, jax.random.key(0)))
+    assert {leaf.dtype for leaf in jax.tree.leaves(shapes)} == {jnp.dtype(jnp.float32)}
+    out32 = model.apply(variables, x)
+    out16 = low.apply(variables, x)
+    for lo, hi in zip(jax.tree.leaves(out16), jax.tree.leaves(out32)):
+        assert lo.dtype == jnp.bfloat16
+        assert bool(jnp.all(jnp.isfinite(lo)))
+        # bfloat16 keeps ~3 significant digits; measured errors are <= 0.5% of the output's scale
+        scale = float(jnp.max(jnp.abs(hi)))
+        np.testing.assert_allclose(np.asarray(lo, np.float32), hi, rtol=0, atol=0.03 * scale)
+    assert not np.array_equal(np.asarray(jax.tree.leaves(out16)[0], np.float32), jax.tree.leaves(out32)[0])
+
+
+def test_param_dtype_is_used():
+    net = mlp.MLP(hidden=(8,), param_dtype=jnp.bfloat16)
+    v = zoo.init(net, jax.random.key(0))
+    assert {leaf.dtype for leaf in jax.tree.leaves(v)} == {jnp.dtype(jnp.bfloat16)}
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_low_precision_input_is_cast_to_the_compute_dtype(built, dtype):
+    spec, model, variables = built
+    if spec.input.dtype != "float32":
+        pytest.skip("token input")
+    x = _example(spec).astype(dtype)
+    out = model.apply(variables, x)
+    same = model.apply(variables, x.astype(jnp.float32))  # the same values, given as float32
+    for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(same)):
+        assert a.dtype == jnp.float32
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------- input validation
+
+
+def test_batch_size_zero_is_a_clear_error(built):
+    spec, model, variables = built
+    empty = jnp.zeros(spec.input.example_shape(0), spec.input.dtype)
+    with pytest.raises(ValueError, match="batch size 0"):
+        model.apply(variables, empty)
+    with pytest.raises(ValueError, match="batch size 0"):
+        model.apply(variables, jnp.zeros((0,) + _embed_input(spec, model).shape[1:], empty.dtype), method="embed")
+    with pytest.raises(ValueError, match="batch size 0"):
+        zoo.init(model, jax.random.key(0), empty)
+
+
+@pytest.fixture(scope="module")
+def char_lstm():
+    model = rnn.CharLSTM(embed_dim=8, hidden=16, num_layers=1)
+    return model, zoo.init(model, jax.random.key(0))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.one_of(st.integers(65, 2**31 - 1), st.integers(-(2**31), -1)))
+@example(65)
+@example(10**6)
+@example(-1)
+def test_char_lstm_rejects_out_of_range_tokens(char_lstm, bad):
+    model, variables = char_lstm
+    tokens = np.array([[1, 2, bad, 3]], np.int32)
+    with pytest.raises(ValueError, match=rf"token ids in \[0, 65\); got {bad} at index \(0, 2\)"):
+        model.apply(variables, tokens)
+    with pytest.raises(ValueError, match=r"token ids in \[0, 65\)"):
+        model.apply(variables, jnp.asarray(tokens), method="embed")
+    with pytest.raises(ValueError, match=r"token ids in \[0, 65\)"):
+        model.apply(variables, jax.random.key(0), tokens, 3, method="generate")
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.integers(0, 64), min_size=4, max_size=4))
+def test_char_lstm_accepts_every_in_range_token(char_lstm, ids):
+    model, variables = char_lstm
+    out = model.apply(variables, np.array([ids], np.int32))
+    assert out.shape == (1, 4, 65)
+
+
+def test_char_lstm_tokens_are_not_checked_under_jit(char_lstm):
+    """Inside jit the values are unknown: no host check (it would cost a sync per step)."""
+    model, variables = char_lstm
+    out = jax.jit(model.apply)(variables, jnp.array([[1, 70]], jnp.int32))
+    assert out.shape == (1, 2, 65)
+
+
+# ---------------------------------------------------------------- configuration validation
+
+# (model, field) pairs that are sizes or counts: each must be an integer >= 1.
+SIZE_FIELDS = [
+    ("mlp", "num_classes"), ("cnn", "num_classes"), ("lstm", "num_classes"), ("lstm", "hidden"),
+    ("lstm", "num_layers"), ("char_lstm", "vocab_size"), ("char_lstm", "embed_dim"),
+    ("char_lstm", "hidden"), ("char_lstm", "num_layers"), ("autoencoder", "latent"),
+    ("dcgan", "latent_dim"),
+]
+# (model, field, a bad value) for tuple-of-sizes fields
+TUPLE_FIELDS = [
+    ("mlp", "hidden", (500, 0)), ("mlp", "in_shape", ()), ("cnn", "features", ()),
+    ("cnn", "features", (32, -1)), ("cnn", "in_shape", (28, 28)), ("lstm", "in_shape", (28, 0)),
+    ("autoencoder", "features", (32, 64, 128)), ("dcgan", "g_features", (128, 0)),
+    ("dcgan", "d_features", (32,)), ("multitask", "trunk", ()), ("multitask", "in_shape", (0,)),
+]
+
+
+def _rejects(name, field, value, what):
+    spec = zoo.get_spec(name)
+    for build in (lambda: zoo.create(name, **{field: value}), lambda: spec.module(**{**spec.defaults, field: value})):
+        with pytest.raises(ValueError) as err:
+            build()
+        msg = str(err.value)
+        assert field in msg and repr(value) in msg and what in msg and spec.module.__name__ in msg, msg
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(SIZE_FIELDS), st.one_of(st.integers(max_value=0), st.floats(0.5, 10), st.just(True)))
+def test_sizes_must_be_positive_integers(field, value):
+    _rejects(*field, value, "integer >= 1")
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.sampled_from(SIZE_FIELDS), st.integers(1, 10**6))
+def test_positive_sizes_are_accepted(field, value):
+    name, key = field
+    assert getattr(zoo.create(name, **{key: value}), key) == value
+
+
+@pytest.mark.parametrize("name,field,value", TUPLE_FIELDS)
+def test_size_tuples_are_checked(name, field, value):
+    _rejects(name, field, value, "integers >= 1")
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(["mlp", "cnn"]), st.one_of(st.floats(max_value=-1e-9), st.floats(min_value=1.0), st.just(float("nan"))))
+def test_dropout_rate_outside_unit_interval_is_rejected(name, rate):
+    _rejects(name, "dropout_rate", rate, "[0, 1)")
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.floats(0.0, 1.0, exclude_max=True))
+def test_dropout_rate_in_unit_interval_is_accepted(rate):
+    assert zoo.create("cnn", dropout_rate=rate).dropout_rate == rate
+
+
+@pytest.mark.parametrize("heads", [(), (("digit", 0),), (("a", 2), ("a", 3)), (("", 2),), ("digit",)])
+def test_multitask_heads_are_checked(heads):
+    with pytest.raises(ValueError, match="heads"):
+        multitask.MultiTaskNet(heads=heads)
+
+
+def test_json_lists_are_valid_sizes():
+    """Recipes give tuples as JSON lists (e.g. "in_shape": [28, 28, 1])."""
+    net = zoo.create("mlp_binary", in_shape=[28, 28, 1])
+    assert net.input_spec().shape == (28, 28, 1)
+
+
+# ---------------------------------------------------------------- metadata
+
+
+def test_class_names():
+    digits = tuple(str(d) for d in range(10))
+    for name in ("mlp", "mlp_small", "cnn", "lstm"):
+        assert zoo.get_spec(name).class_names == digits
+    assert zoo.get_spec("mlp_binary").class_names == ("even", "odd")
+    assert zoo.get_spec("multitask").class_names == {"digit": digits, "parity": ("even", "odd")}
+    assert "".join(zoo.get_spec("char_lstm").class_names) == rnn.TINY_SHAKESPEARE_VOCAB
+    assert len(zoo.get_spec("char_lstm").class_names) == 65
+    assert zoo.get_spec("cnn_cifar").class_names[:2] == ("airplane", "automobile")
+    assert zoo.get_spec("autoencoder").class_names is None and zoo.get_spec("dcgan").class_names is None
+
+
+def test_class_names_match_the_logits(built):
+    spec, _, _ = built
+    names, output = spec.class_names, spec.output
+    if names is None:
+        return
+    if isinstance(names, dict):
+        assert set(names) == set(output)
+        pairs = [(names[k], output[k]) for k in names]
+    else:
+        pairs = [(names, output)]
+    for labels, shape in pairs:
+        logits = shape[-1]
+        assert len(labels) == (2 if logits == 1 else logits)  # one logit: a binary classifier
+        assert len(set(labels)) == len(labels)
+
+
+def test_preprocessing_is_documented(built):
+    spec, _, _ = built
+    pre = spec.preprocessing
+    assert pre and isinstance(pre, dict)
+    if spec.input.dtype == "float32" and spec.name != "mlp_binary" and spec.task != "gan":
+        assert pre["range"] == (0.0, 1.0)
+        assert tuple(pre["shape"]) == spec.input.shape
+    if spec.name in ("mlp", "cnn", "autoencoder", "multitask", "lstm"):
+        assert "white digit on black" in pre["polarity"] and "1 - x" in pre["polarity"]
+    if len(spec.input.shape) == 3:
+        assert pre["layout"] == "NHWC"
+
+
+def test_list_models_filters():
+    assert zoo.list_models() == sorted(EXPECTED)
+    assert zoo.list_models("cnn*") == ["cnn", "cnn_cifar"]
+    assert zoo.list_models("*lstm") == ["char_lstm", "lstm"]
+    assert zoo.list_models("resnet*") == []
+    shipped = zoo.list_models(pretrained=True)
+    assert shipped == sorted(n for n in MODELS if zoo.get_spec(n).pretrained)
+    assert "cnn" in shipped and "cnn_cifar" not in shipped  # cnn_cifar ships no weights
+    assert zoo.list_models("cnn*", pretrained=True) == ["cnn"]
+
+
+def test_task_is_a_free_label(monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    kw = dict(output=(2,), embedding=(3,), num_params=0, description="d", follows="f", class_names=None, preprocessing={})
+    spec = registry.register("probe", mlp.MLP, task="my-research-label", **kw)
+    assert spec.task == "my-research-label" and "probe" in zoo.list_models()
+    for bad in ("", None):
+        with pytest.raises(ValueError, match="task must be a non-empty string"):
+            registry.register(f"probe_{bad}", mlp.MLP, task=bad, **kw)
 
 
 def test_import_zoo_is_light():

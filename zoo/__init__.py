@@ -5,11 +5,13 @@
     model = zoo.create("cnn")
     variables = zoo.init(model, jax.random.key(0))
     logits = model.apply(variables, images)      # images: float32 NHWC in [0, 1]
+    feats = model.apply(variables, images, method="embed")   # the representation before the head
+    zoo.list_models("cnn*", pretrained=True)     # filter by pattern / shipped weights
 
 Importing zoo loads only jax, flax and numpy (no TensorFlow, tfds, optax or orbax).
 """
 
-from zoo import autoencoder, cnn, finetune, gan, mlp, multitask, rnn
+from zoo import autoencoder, cnn, finetune, gan, layers, mlp, multitask, rnn
 from zoo.finetune import param_labels
 from zoo.pretrained import available, load, register_shipped
 from zoo.registry import (
@@ -41,6 +43,7 @@ __all__ = [
     "gan",
     "get_spec",
     "init",
+    "layers",
     "list_models",
     "load",
     "mlp",

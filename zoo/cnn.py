@@ -1,7 +1,8 @@
 """Convolutional classifiers: the MNIST CNN and the CIFAR-10 ConvNet of the tutorials.
 
 Input: float32 images NHWC in [0, 1], (B, 28, 28, 1) for `cnn`, (B, 32, 32, 3) for
-`cnn_cifar`. Output: logits (B, num_classes).
+`cnn_cifar`. Output: logits (B, num_classes). `embed` gives the flattened conv features
+(B, H'*W'*C'), e.g. (B, 3136) for `cnn`.
 
     from zoo import cnn
     logits = cnn.CNN(num_classes=10).apply(variables, images)
@@ -17,19 +18,19 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import linen as nn
 
-from zoo.registry import InputSpec, check_input, register
+from zoo.layers import Dtype, max_pool_2x2
+from zoo.registry import (
+    DIGITS,
+    MNIST_IMAGES,
+    InputSpec,
+    check_input,
+    check_positive,
+    check_positive_tuple,
+    check_rate,
+    register,
+)
 
-
-def max_pool_2x2(x):
-    """2x2 max pooling with stride 2 (floors odd sizes, as PyTorch's MaxPool2d(2) does).
-
-    A reshape + max instead of `nn.max_pool`: XLA:CPU lowers reduce_window max pooling
-    (and especially its gradient) far more slowly than this (measured in bench/).
-    """
-    b, h, w, c = x.shape
-    x = x[:, : h - h % 2, : w - w % 2, :]
-    x = x.reshape(b, h // 2, 2, w // 2, 2, c)  # (B, H/2, 2, W/2, 2, C)
-    return x.max(axis=(2, 4))
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 class CNN(nn.Module):
@@ -37,29 +38,52 @@ class CNN(nn.Module):
 
     Attributes:
       num_classes: number of logits.
-      features: output channels of each conv block.
+      features: output channels of each conv block (at least one block).
       in_shape: expected (H, W, C) of one image.
-      dropout_rate: dropout before the head (only with train=True).
+      dropout_rate: dropout before the head (only with train=True), in [0, 1).
+      dtype: computation dtype (None: float32); param_dtype: parameter storage dtype.
     """
 
     num_classes: int = 10
     features: tuple[int, ...] = (32, 64)
     in_shape: tuple[int, int, int] = (28, 28, 1)
     dropout_rate: float = 0.0
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    def __post_init__(self):
+        owner = type(self).__name__
+        check_positive(owner, num_classes=self.num_classes)
+        check_positive_tuple(owner, "features", self.features, min_length=1)
+        check_positive_tuple(owner, "in_shape", self.in_shape, length=3)
+        check_rate(owner, "dropout_rate", self.dropout_rate)
+        super().__post_init__()
 
     def input_spec(self) -> InputSpec:
         return InputSpec(tuple(self.in_shape), "float32", "images NHWC in [0, 1]")
 
-    @nn.compact
-    def __call__(self, x, *, train: bool = False):
+    def setup(self):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        self.convs = [nn.Conv(ch, (3, 3), padding=((1, 1), (1, 1)), name=f"conv_{i}", **kw) for i, ch in enumerate(self.features)]
+        self.dropout = nn.Dropout(self.dropout_rate)
+        self.head = nn.Dense(self.num_classes, name="head", **kw)
+
+    def embed(self, x, *, train: bool = False):
+        """Images -> flattened conv features (B, H'*W'*C') in NHWC order (dropout not applied)."""
         check_input(x, self.input_spec(), type(self).__name__)
-        for i, ch in enumerate(self.features):
-            x = nn.Conv(ch, (3, 3), padding=((1, 1), (1, 1)), name=f"conv_{i}")(x)
-            x = max_pool_2x2(nn.relu(x))
-        x = x.reshape(x.shape[0], -1)  # (B, H'*W'*C'), NHWC order
+        x = jnp.asarray(x, self.dtype or jnp.float32)
+        for conv in self.convs:
+            x = max_pool_2x2(nn.relu(conv(x)))
+        return x.reshape(x.shape[0], -1)  # (B, H'*W'*C')
+
+    def from_embedding(self, h, *, train: bool = False):
+        """`embed`'s output -> logits (B, num_classes); dropout here in train mode."""
         if self.dropout_rate:
-            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, name="head")(x)
+            h = self.dropout(h, deterministic=not train)
+        return self.head(h)
+
+    def __call__(self, x, *, train: bool = False):
+        return self.from_embedding(self.embed(x, train=train), train=train)
 
 
 register(
@@ -67,9 +91,12 @@ register(
     CNN,
     task="classification",
     output=(10,),
+    embedding=(7 * 7 * 64,),
     num_params=50_186,
     description="2 conv blocks (32, 64) + dense head for 28x28x1",
     follows="the MNIST CNN tutorial; fixed its flatten size (64*6*6 -> 7*7*64) and removed the ReLU on the logits",
+    class_names=DIGITS,
+    preprocessing=MNIST_IMAGES,
 )
 register(
     "cnn_cifar",
@@ -77,7 +104,10 @@ register(
     defaults={"features": (32, 64, 128), "in_shape": (32, 32, 3)},
     task="classification",
     output=(10,),
+    embedding=(4 * 4 * 128,),
     num_params=113_738,
     description="3 conv blocks (32, 64, 128) + dense head for 32x32x3",
     follows="the CIFAR-10 ConvNet tutorial (3 conv/pool blocks, dense 4*4*128 -> 10)",
+    class_names=CIFAR10_CLASSES,
+    preprocessing={"shape": (32, 32, 3), "layout": "NHWC", "dtype": "float32", "range": (0.0, 1.0), "channels": "RGB"},
 )

@@ -1,22 +1,33 @@
-"""Shared layers: a transposed convolution built from ordinary convolutions.
+"""How zoo's layers are computed fast on XLA (the model files say what the networks are).
 
-`ConvTranspose` computes exactly PyTorch's `ConvTranspose2d(in, out, k, stride, padding)`
-(and flax's `nn.ConvTranspose(..., transpose_kernel=True)` with padding k-1-p), with the
-same parameters: `kernel` (kh, kw, out, in) and `bias` (out,). It never emits an
-input-dilated convolution, which XLA:CPU lowers to a slow generic loop (measured: 31 s
-for the forward+backward of one 7->14, 256->128 layer at batch 128):
-- stride 1: a plain convolution with the spatially flipped kernel;
-- stride s > 1: s*s output phases computed by one plain stride-1 convolution whose
-  output channels are (phase, channel), interleaved back (depth-to-space);
-- a 1x1 input with padding 0 (the latent of a generator): an einsum.
+- `Conv` / `strided_conv`: PyTorch's Conv2d; a strided conv runs as space-to-depth + a
+  stride-1 conv, so its input gradient is never an input-dilated conv (slow on XLA:CPU).
+- `ConvTranspose` / `conv_transpose`: PyTorch's ConvTranspose2d, built from ordinary convs
+  (one phase-stacked conv for stride > 1, an einsum for a 1x1 input).
+- `max_pool_2x2`: reshape + max instead of `reduce_window` (faster on XLA:CPU).
+- `LSTMLayer` / `lstm_recurrence` / `lstm_cell`: an LSTM whose recurrence has a hand-written
+  backward pass (fewer, larger matmuls than autodiff through `lax.scan`).
+
+Every layer takes flax's `dtype` (computation; None = inferred from inputs and params) and
+`param_dtype` (storage). The measurements behind these choices: bench/README.md, "Where the
+CPU time goes".
 """
 
 from __future__ import annotations
+
+import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+from flax.linen.dtypes import promote_dtype
+
+Dtype = Any  # a jnp dtype, e.g. jnp.bfloat16
+
+
+# --- convolutions ----------------------------------------------------------------------------
 
 
 def _phase_taps(k: int, s: int, p: int, a: int) -> list[tuple[int, int]]:
@@ -64,15 +75,17 @@ class Conv(nn.Module):
     stride: int = 1
     padding: int = 0
     use_bias: bool = True
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
         k = self.kernel_size
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features))
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype) if self.use_bias else None
+        x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
         y = strided_conv(x, kernel, self.stride, self.padding)
-        if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,))
-        return y
+        return y if bias is None else y + bias
 
 
 def conv_transpose(x, kernel, stride: int, padding: int):
@@ -92,10 +105,8 @@ def conv_transpose(x, kernel, stride: int, padding: int):
     m_h, m_w = -(-out_h // s), -(-out_w // s)  # phase rows/cols needed
     span = hi - lo + 1
     cin, cout = kernel.shape[3], kernel.shape[2]
-    # One (span, span, Cin, s*s*Cout) kernel holding every phase's taps, zeros elsewhere.
-    # A single conv measured faster on XLA:CPU than s*s small per-phase convs. It is cut
-    # out of the kernel by ONE gather with a trace-time index table (entry k = a zero
-    # tap), rather than s*s*taps scatters, which made the program larger and slower to compile.
+    # One (span, span, Cin, s*s*Cout) kernel holding every phase's taps (zeros elsewhere), cut
+    # out of the kernel by ONE gather with a trace-time index table (entry k = a zero tap).
     table = np.full((span, s), k, np.int32)  # (input offset, phase) -> kernel tap
     for a in range(s):
         for o, tap in taps[a]:
@@ -120,16 +131,139 @@ class ConvTranspose(nn.Module):
     stride: int = 1
     padding: int = 0
     use_bias: bool = True
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
         k = self.kernel_size
-        # LeCun normal over the true fan-in, k*k*in. (flax's ConvTranspose and torch's
-        # ConvTranspose2d count k*k*out instead: for a 1-channel output layer that is 16,
-        # which saturates a sigmoid output and stalled the autoencoder at MSE 0.11.)
+        # LeCun normal over the true fan-in k*k*in (flax and torch count k*k*out, which for a
+        # 1-channel output saturates a sigmoid: the autoencoder stalled at MSE 0.11).
         init = nn.initializers.lecun_normal(in_axis=(0, 1, 3), out_axis=2)
-        kernel = self.param("kernel", init, (k, k, self.features, x.shape[-1]))
+        kernel = self.param("kernel", init, (k, k, self.features, x.shape[-1]), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype) if self.use_bias else None
+        x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
         y = conv_transpose(x, kernel, self.stride, self.padding)
-        if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,))
-        return y
+        return y if bias is None else y + bias
+
+
+# --- pooling ---------------------------------------------------------------------------------
+
+
+def max_pool_2x2(x):
+    """2x2 max pooling with stride 2 (floors odd sizes, as PyTorch's MaxPool2d(2) does).
+
+    Equals `nn.max_pool(x, (2, 2), (2, 2))`; a reshape + max because XLA:CPU runs
+    `reduce_window` pooling (and its gradient) much more slowly.
+    """
+    b, h, w, c = x.shape
+    x = x[:, : h - h % 2, : w - w % 2, :]
+    x = x.reshape(b, h // 2, 2, w // 2, 2, c)  # (B, H/2, 2, W/2, 2, C)
+    return x.max(axis=(2, 4))
+
+
+# --- LSTM ------------------------------------------------------------------------------------
+
+
+def _torch_uniform(hidden: int):
+    # torch.nn.LSTM's default: U(-1/sqrt(H), 1/sqrt(H)) for every weight and bias.
+    bound = 1.0 / math.sqrt(hidden)
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def _gates(z):
+    """Pre-activations (..., 4H) -> activations i, f, g, o (PyTorch's order)."""
+    i, f, g, o = jnp.split(z, 4, axis=-1)
+    return jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+
+
+def lstm_cell(wh, carry, gates_x):
+    """One LSTM step. gates_x: (B, 4H) input projection incl. bias; carry: (h, c)."""
+    h, c = carry
+    i, f, g, o = _gates(gates_x + h @ wh)
+    c = f * c + i * g
+    h = o * jnp.tanh(c)
+    return h, c
+
+
+def _recurrence_fwd(wh, gates_x, carry):
+    def step(carry, gx):  # lstm_cell, keeping the gate activations for the backward pass
+        h, c = carry
+        i, f, g, o = _gates(gx + h @ wh)
+        c = f * c + i * g
+        h = o * jnp.tanh(c)
+        return (h, c), (h, c, jnp.concatenate([i, f, g, o], -1))
+
+    final, (hs, cs, acts) = jax.lax.scan(step, carry, gates_x)
+    return (hs, final), (wh, carry, hs, cs, acts)
+
+
+def _recurrence_bwd(res, cotangents):
+    """Backward through time with ONE matmul per step (dh_prev = dgates @ wh^T); the
+    recurrent weight gradient is a single (H, T*B) @ (T*B, 4H) matmul after the loop."""
+    wh, (h0, c0), hs, cs, acts = res
+    d_hs, (d_h, d_c) = cotangents
+    h_prev = jnp.concatenate([h0[None], hs[:-1]], 0)  # (T, B, H)
+    c_prev = jnp.concatenate([c0[None], cs[:-1]], 0)
+
+    def step(carry, xs):
+        dh_next, dc_next = carry
+        dh_out, c, cp, a = xs
+        i, f, g, o = jnp.split(a, 4, axis=-1)
+        dh = dh_out + dh_next
+        tc = jnp.tanh(c)
+        dc = dc_next + dh * o * (1.0 - tc * tc)
+        dz = jnp.concatenate([dc * g * i * (1.0 - i), dc * cp * f * (1.0 - f), dc * i * (1.0 - g * g), dh * tc * o * (1.0 - o)], -1)
+        return (dz @ wh.T, dc * f), dz
+
+    (d_h0, d_c0), d_z = jax.lax.scan(step, (d_h, d_c), (d_hs, cs, c_prev, acts), reverse=True)
+    d_wh = jnp.einsum("tbh,tbg->hg", h_prev, d_z)  # (H, 4H)
+    return d_wh, d_z, (d_h0, d_c0)
+
+
+@jax.custom_vjp
+def lstm_recurrence(wh, gates_x, carry):
+    """The LSTM recurrence over time: the same function as scanning `lstm_cell`, with a
+    hand-written gradient (`_recurrence_bwd`).
+
+    Args:
+      wh: (H, 4H) recurrent kernel.
+      gates_x: (T, B, 4H) input projections of every step, bias included.
+      carry: initial (h, c), each (B, H).
+
+    Returns:
+      (hs (T, B, H), final carry (h, c)).
+    """
+    return _recurrence_fwd(wh, gates_x, carry)[0]
+
+
+lstm_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+
+
+class LSTMLayer(nn.Module):
+    """A single LSTM layer over (B, T, F) -> outputs (B, T, H), final carry (h, c).
+
+    Parameters: one fused input kernel `wi` (F, 4H), one recurrent kernel `wh` (H, 4H) and ONE
+    bias `b` (4H), gates in PyTorch's order (i, f, g, o). PyTorch's two biases (b_ih + b_hh)
+    only ever appear summed, so this is the same function with 4H fewer parameters. The input
+    projection of all steps is one matmul; only h @ wh runs inside the recurrence.
+    """
+
+    hidden: int
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, carry=None):
+        init = _torch_uniform(self.hidden)
+        wi = self.param("wi", init, (x.shape[-1], 4 * self.hidden), self.param_dtype)
+        wh = self.param("wh", init, (self.hidden, 4 * self.hidden), self.param_dtype)
+        b = self.param("b", init, (4 * self.hidden,), self.param_dtype)
+        x, wi, wh, b = promote_dtype(x, wi, wh, b, dtype=self.dtype)
+        if carry is None:
+            zeros = jnp.zeros((x.shape[0], self.hidden), x.dtype)
+            carry = (zeros, zeros)
+        carry = tuple(jnp.asarray(c, x.dtype) for c in carry)
+        gates_x = jnp.swapaxes(x @ wi + b, 0, 1)  # (T, B, 4H): the recurrence runs over time
+        hs, carry = lstm_recurrence(wh, gates_x, carry)
+        return jnp.swapaxes(hs, 0, 1), carry  # (B, T, H)

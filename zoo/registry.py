@@ -1,16 +1,20 @@
-"""The model registry: one name -> one module class, its defaults and its input spec.
+"""The model registry: one name -> one module class, its defaults, input spec and metadata.
 
 Every model family file calls `register(...)` at import time; `zoo.create("cnn")`,
 `zoo.init(...)`, `zoo.get_spec(...)` and `zoo.list_models()` read from here. The
 registry holds no state beyond the name table, and creating a model is just
-`spec.module(**{**spec.defaults, **overrides})`.
+`spec.module(**{**spec.defaults, **overrides})`. This module also holds the checks every
+model shares: `check_input` (the data fed to a model) and `check_positive` /
+`check_positive_tuple` / `check_rate` (a model's configuration, run when it is constructed).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import Any, Callable, Mapping
+import fnmatch
+import numbers
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -28,17 +32,25 @@ __all__ = [
     "init",
     "param_count",
     "check_input",
+    "check_positive",
+    "check_positive_tuple",
+    "check_rate",
+    "DIGITS",
+    "PARITY",
+    "MNIST_IMAGES",
 ]
 
-TASKS = (
-    "classification",
-    "binary",
-    "sequence_classification",
-    "language_model",
-    "reconstruction",
-    "gan",
-    "multitask",
-)
+# Metadata shared by the MNIST models: class names of a 10-digit head and of a parity head
+# (label 1 = odd), and how an image must look before it is fed to them.
+DIGITS = tuple("0123456789")
+PARITY = ("even", "odd")
+MNIST_IMAGES = {
+    "shape": (28, 28, 1),
+    "layout": "NHWC",
+    "dtype": "float32",
+    "range": (0.0, 1.0),
+    "polarity": "white digit on black (MNIST); invert dark-on-light images: x -> 1 - x",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,13 +87,20 @@ class ModelSpec:
     Attributes:
       name: registry name, e.g. "cnn".
       module: the flax.linen.Module class.
-      task: one of TASKS; decides loss and metrics in the training engine.
+      task: a label saying what kind of model this is ("classification", "gan", ...), to
+        filter and group models by. It is free text to zoo; what a task means for training
+        (its loss and metrics) is decided by the training engine, not here.
       defaults: field overrides that define this variant (applied before user overrides).
       input: the input spec of the default configuration.
       output: per-example output shape(s) of the default configuration (a pytree of
         tuples; None marks the free sequence axis).
+      embedding: per-example shape of `model.apply(variables, x, method="embed")` for the
+        default configuration (the representation before the head).
       num_params: pinned parameter count of the default configuration.
       description: one line; `follows`: the tutorial architecture and what was fixed.
+      class_names: names of the output classes in logit order (a dict per head for
+        multi-head models), or None where outputs are not classes.
+      preprocessing: what the input must look like (range, layout, conventions), as data.
       pretrained: tags of shipped weights (filled in by zoo.pretrained).
     """
 
@@ -91,9 +110,12 @@ class ModelSpec:
     defaults: Mapping[str, Any]
     input: InputSpec
     output: Any
+    embedding: tuple[int | None, ...]
     num_params: int
     description: str
     follows: str
+    class_names: tuple[str, ...] | Mapping[str, tuple[str, ...]] | None
+    preprocessing: Mapping[str, Any]
     pretrained: tuple[str, ...] = ()
 
 
@@ -132,20 +154,24 @@ def register(
     *,
     task: str,
     output: Any,
+    embedding: tuple[int | None, ...],
     num_params: int,
     description: str,
     follows: str,
+    class_names: tuple[str, ...] | Mapping[str, tuple[str, ...]] | None,
+    preprocessing: Mapping[str, Any],
     defaults: Mapping[str, Any] | None = None,
 ) -> ModelSpec:
     """Registers `module` (with `defaults` applied) under `name` and returns its spec.
 
     The input spec is read from the configured module's `input_spec()` method, so the
-    registry and direct use of the class can never disagree.
+    registry and direct use of the class can never disagree. `task` is a label (any
+    non-empty string); see ModelSpec for the other fields.
     """
     if name in _REGISTRY:
         raise ValueError(f"model {name!r} is already registered")
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if not isinstance(task, str) or not task:
+        raise ValueError(f"register({name!r}): task must be a non-empty string label, got {task!r}")
     defaults = dict(defaults or {})
     _check_overrides(module, defaults, f"register({name!r})")
     spec = ModelSpec(
@@ -155,17 +181,30 @@ def register(
         defaults=defaults,
         input=module(**defaults).input_spec(),
         output=output,
+        embedding=tuple(embedding),
         num_params=num_params,
         description=description,
         follows=follows,
+        class_names=class_names,
+        preprocessing=dict(preprocessing),
     )
     _REGISTRY[name] = spec
     return spec
 
 
-def list_models() -> list[str]:
-    """Sorted names of all registered models."""
-    return sorted(_REGISTRY)
+def list_models(pattern: str | None = None, *, pretrained: bool = False) -> list[str]:
+    """Sorted names of the registered models.
+
+    Args:
+      pattern: optional shell-style pattern (fnmatch, case-sensitive), e.g. "cnn*" or "*lstm".
+      pretrained: if True, only models with shipped pretrained weights.
+    """
+    names = sorted(_REGISTRY)
+    if pattern is not None:
+        names = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+    if pretrained:
+        names = [n for n in names if _REGISTRY[n].pretrained]
+    return names
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -190,6 +229,7 @@ def create(name: str, **overrides: Any) -> nn.Module:
     Raises:
       UnknownModelError: `name` is not registered (the message suggests close names).
       TypeError: an override is not a field of the module (the message suggests close names).
+      ValueError: an override is out of range (e.g. a size < 1; the module's own check).
     """
     spec = get_spec(name)
     _check_overrides(spec.module, overrides, f"create({name!r})")
@@ -237,7 +277,8 @@ def param_count(variables_or_params: Any) -> int:
 
 
 def check_input(x: Any, spec: InputSpec, owner: str) -> None:
-    """Raises ValueError, stating `spec`, unless `x` has the spec's rank, sizes and dtype kind.
+    """Raises ValueError, stating `spec`, unless `x` has the spec's rank, sizes and dtype kind
+    and no empty axis (batch size 0 included).
 
     Works on tracers too (only static shape and dtype are read).
     """
@@ -246,6 +287,10 @@ def check_input(x: Any, spec: InputSpec, owner: str) -> None:
     problem = None
     if shape is None or dtype is None:
         problem = f"got {type(x).__name__}, not an array"
+    elif len(shape) >= 1 and shape[0] == 0:
+        problem = f"got batch size 0 (shape {tuple(shape)}); the batch size must be >= 1"
+    elif 0 in shape:
+        problem = f"got an empty axis (shape {tuple(shape)})"
     elif len(shape) != len(spec.shape) + 1:
         problem = f"got rank {len(shape)} with shape {tuple(shape)}"
         if len(shape) == len(spec.shape):
@@ -262,3 +307,32 @@ def check_input(x: Any, spec: InputSpec, owner: str) -> None:
             problem = f"got dtype {dtype} (token ids must be integers)"
     if problem:
         raise ValueError(f"{owner} expects input of {spec}; {problem}.")
+
+
+# --- configuration checks, called by each model's __post_init__ -------------------------------
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_positive(owner: str, **fields: Any) -> None:
+    """Raises ValueError naming the first field that is not an integer >= 1 (a size or count)."""
+    for name, value in fields.items():
+        if not (_is_int(value) and value >= 1):
+            raise ValueError(f"{owner}: {name} must be an integer >= 1, got {value!r}")
+
+
+def check_positive_tuple(owner: str, name: str, value: Any, *, length: int | None = None, min_length: int = 0) -> None:
+    """Raises ValueError unless `value` is a tuple/list of integers >= 1 of the given length."""
+    ok = isinstance(value, (tuple, list)) and all(_is_int(v) and v >= 1 for v in value)
+    ok = ok and (len(value) == length if length is not None else len(value) >= min_length)
+    if not ok:
+        count = f"exactly {length}" if length is not None else f"at least {min_length}"
+        raise ValueError(f"{owner}: {name} must be a tuple of {count} integers >= 1, got {value!r}")
+
+
+def check_rate(owner: str, name: str, value: Any) -> None:
+    """Raises ValueError unless `value` is a number in [0, 1) (a dropout rate)."""
+    if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and 0.0 <= value < 1.0):
+        raise ValueError(f"{owner}: {name} must be a number in [0, 1), got {value!r}")
