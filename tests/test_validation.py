@@ -188,8 +188,9 @@ def test_validate_returns_the_config():
     assert cfg.validate() is cfg
 
 
-def test_check_model_turns_an_init_failure_into_a_value_error():
-    with pytest.raises(ValueError, match=r"^--set num_classes=0: mlp cannot be initialized: "):
+def test_check_model_names_the_override_that_fails():
+    # The model's own field check (zoo.create) or, for fields it does not check, its init.
+    with pytest.raises(ValueError, match=r"^--set num_classes=0: MLP: num_classes must be an integer >= 1, got 0"):
         config.check_model(Config(model="mlp", model_overrides={"num_classes": 0}))
     config.check_model(Config(model="mlp", model_overrides={"hidden": [32]}))  # fine
 
@@ -251,7 +252,8 @@ def test_name_lists_come_from_their_modules():
 
     names = {name: config.FIELDS[name].metadata["check"].names() for name in _fields(OneOf)}
     assert names == {"dataset": tuple(sorted(data.SPLITS)), "optimizer": state.OPTIMIZERS,
-                     "schedule": state.SCHEDULES, "strategy": parallel.STRATEGIES, "init": config.INITS}
+                     "schedule": state.SCHEDULES, "strategy": parallel.STRATEGIES, "init": config.INITS,
+                     "dtype": config.DTYPES}
 
 
 # ---------------------------------------------------------------- recipe and --config files

@@ -245,14 +245,14 @@ def _check_registered(model: str) -> None:
         raise ValueError(e.args[0]) from e
 
 
-def _create_model(cfg: Config) -> None:
+def _create_model(cfg: Config):
     """zoo.create raises for an unknown model or model option (and for bad sizes where the model checks them)."""
     import zoo
     from zoo.exports import from_json
 
     _check_registered(cfg.model)
     try:
-        zoo.create(cfg.model, **from_json(cfg.model_overrides))
+        return zoo.create(cfg.model, **from_json(cfg.model_overrides))
     except (TypeError, ValueError) as e:
         raise ValueError(f"{_set_flags(cfg.model_overrides)}: {e}") from e
 
@@ -268,7 +268,7 @@ def check_model(cfg: Config) -> None:
     import zoo
     from zoo.exports import from_json
 
-    model = zoo.create(cfg.model, **from_json(cfg.model_overrides))
+    model = _create_model(cfg)
     try:
         jax.eval_shape(lambda key: zoo.init(model, key), jax.random.key(0))
     except Exception as e:  # whatever the model raised: a user error in its options
