@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from train import data
+from zoo import rnn
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -210,24 +211,24 @@ def test_offline_cifar10_says_where_to_put_files(tmp_path, monkeypatch):
 
 def test_char_encode_decode_roundtrip():
     text = "First Citizen:\nBefore we proceed any further, hear me speak.\n"
-    tokens = data.encode_chars(text)
+    tokens = rnn.encode(text)
     assert tokens.dtype == np.int32 and tokens.shape == (len(text),)
-    assert data.decode_chars(tokens) == text
-    np.testing.assert_array_equal(data.encode_chars(np.frombuffer(text.encode(), np.uint8)), tokens)
-    np.testing.assert_array_equal(data.encode_chars(text.encode()), tokens)
-    assert data.decode_chars(np.arange(len(data.CHAR_VOCAB))) == data.CHAR_VOCAB
+    assert rnn.decode(tokens) == text
+    np.testing.assert_array_equal(rnn.encode(np.frombuffer(text.encode(), np.uint8)), tokens)
+    np.testing.assert_array_equal(rnn.encode(text.encode()), tokens)
+    assert rnn.decode(np.arange(len(data.CHAR_VOCAB))) == data.CHAR_VOCAB
 
 
 @pytest.mark.parametrize("text, bad", [("hello #world", "'#'"), ("caf\u00e9", "'\u00e9'"), (b"a\tb", "'\\t'")])
 def test_unknown_char_is_named(text, bad):
     with pytest.raises(ValueError) as err:
-        data.encode_chars(text)
+        rnn.encode(text)
     assert bad in str(err.value)
 
 
 def test_decode_rejects_out_of_range_ids():
     with pytest.raises(ValueError):
-        data.decode_chars([0, len(data.CHAR_VOCAB)])
+        rnn.decode([0, len(data.CHAR_VOCAB)])
 
 
 def test_char_windows_shapes_and_shift():

@@ -5,7 +5,7 @@ TensorFlow Datasets (TFDS) is the data layer. `load_split` returns whole splits 
 * image datasets (`mnist`, `fashion_mnist`, `cifar10`): {"image": uint8 (N, H, W, C), "label": int32 (N,)}
 * `tiny_shakespeare`: {"text": uint8 (num_bytes,)}, the split's ASCII text as bytes. A byte array
   rather than a `str` so every split is a plain numpy array that the `.npz` cache can hold without
-  pickling; `encode_chars` accepts it directly, `bytes(arr).decode("ascii")` gives the `str`.
+  pickling; `zoo.rnn.encode` accepts it directly, `bytes(arr).decode("ascii")` gives the `str`.
 
 Offline preparation: files vendored under `data/` (listed in `data/SHA256SUMS`, currently mnist and
 tiny_shakespeare) are sha256-verified and handed to TFDS as its manual directory, so TFDS builds the
@@ -405,58 +405,6 @@ def multitask_labels(labels: np.ndarray) -> dict[str, np.ndarray]:
       {"digit": int32 (N,) the labels, "parity": int32 (N,) 1 = odd}.
     """
     return {"digit": np.asarray(labels).astype(np.int32), "parity": binary_labels(labels)}
-
-
-def _vocab_table() -> np.ndarray:
-    if not CHAR_VOCAB.isascii() or len(set(CHAR_VOCAB)) != len(CHAR_VOCAB):
-        raise ValueError("CHAR_VOCAB must hold distinct ASCII characters")
-    table = np.full(256, -1, dtype=np.int32)  # byte -> token id; -1 marks bytes outside the vocabulary
-    table[np.frombuffer(CHAR_VOCAB.encode("ascii"), dtype=np.uint8)] = np.arange(len(CHAR_VOCAB))
-    return table
-
-
-_BYTE_TO_TOKEN = _vocab_table()
-_TOKEN_TO_BYTE = np.frombuffer(CHAR_VOCAB.encode("ascii"), dtype=np.uint8)
-
-
-def encode_chars(text: str | bytes | np.ndarray) -> np.ndarray:
-    """Characters -> token ids in CHAR_VOCAB.
-
-    Args:
-      text: a str, ASCII bytes, or a uint8 byte array (the "text" of `load_split("tiny_shakespeare", ...)`).
-
-    Returns:
-      int32 (len(text),) token ids.
-
-    Raises:
-      ValueError: a character is not in CHAR_VOCAB (names it and its position).
-    """
-    if isinstance(text, str):
-        if not text.isascii():
-            pos = next(i for i, ch in enumerate(text) if not ch.isascii())
-            raise ValueError(f"character {text[pos]!r} at position {pos} is not in CHAR_VOCAB")
-        text = text.encode("ascii")
-    data = np.frombuffer(text, dtype=np.uint8) if isinstance(text, bytes) else np.asarray(text, dtype=np.uint8)
-    tokens = _BYTE_TO_TOKEN[data]
-    if (bad := np.flatnonzero(tokens < 0)).size:
-        pos = int(bad[0])
-        raise ValueError(f"character {chr(data[pos])!r} at position {pos} is not in CHAR_VOCAB")
-    return tokens
-
-
-def decode_chars(tokens) -> str:
-    """Token ids -> text.
-
-    Args:
-      tokens: integer array-like of ids in [0, len(CHAR_VOCAB)), any shape (flattened).
-
-    Returns:
-      The decoded str.
-    """
-    tokens = np.asarray(tokens).reshape(-1)
-    if tokens.size and (tokens.min() < 0 or tokens.max() >= len(CHAR_VOCAB)):
-        raise ValueError(f"token ids must lie in [0, {len(CHAR_VOCAB)}), got range [{tokens.min()}, {tokens.max()}]")
-    return _TOKEN_TO_BYTE[tokens].tobytes().decode("ascii")
 
 
 def char_windows(tokens: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:

@@ -69,7 +69,7 @@ def _images(view: Callable[[np.ndarray, np.ndarray], dict]) -> Callable[[dict], 
 
 
 def _text(arrays: dict) -> dict:
-    return {"tokens": data.encode_chars(arrays["text"])}  # windows are cut by load_splits
+    return {"tokens": zoo.rnn.encode(arrays["text"])}  # windows are cut by load_splits
 
 
 # ---------------------------------------------------------------- steps
@@ -117,9 +117,9 @@ def _gan_sample(model, variables, key, options: dict) -> str:
 
 def sample_text(model, variables, prompt: str, length: int, key, temperature: float = 0.8) -> str:
     """Generates `length` characters after `prompt` with a char-level LM."""
-    tokens = jnp.asarray(data.encode_chars(prompt))[None]
+    tokens = jnp.asarray(zoo.rnn.encode(prompt))[None]
     out = jax.jit(lambda v, k, t: model.apply(v, k, t, length, temperature, method="generate"))(variables, key, tokens)
-    return prompt + data.decode_chars(out[0])
+    return prompt + zoo.rnn.decode(out[0])
 
 
 def _text_file(model, variables, val, outdir: Path, epoch: int, seed: int, log) -> None:

@@ -16,6 +16,8 @@ only ever appear summed: the same function with 4H fewer parameters per layer
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,18 +38,46 @@ from zoo.registry import (
 TINY_SHAKESPEARE_VOCAB = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
-def encode(text: str, vocab: str = TINY_SHAKESPEARE_VOCAB) -> np.ndarray:
-    """Characters -> int32 token ids; raises ValueError naming any character not in `vocab`."""
-    table = {ch: i for i, ch in enumerate(vocab)}
-    try:
-        return np.array([table[ch] for ch in text], np.int32)
-    except KeyError as e:
-        raise ValueError(f"character {e.args[0]!r} is not in the vocabulary {vocab!r}") from None
+@functools.lru_cache(maxsize=8)
+def _tables(vocab: str) -> tuple[np.ndarray, np.ndarray]:
+    """(byte -> token id, -1 outside the vocabulary; token id -> byte) of an ASCII vocabulary."""
+    if not vocab.isascii() or len(set(vocab)) != len(vocab):
+        raise ValueError("a vocabulary must hold distinct ASCII characters")
+    to_byte = np.frombuffer(vocab.encode("ascii"), dtype=np.uint8)
+    to_token = np.full(256, -1, dtype=np.int32)
+    to_token[to_byte] = np.arange(len(vocab))
+    return to_token, to_byte
+
+
+def encode(text: str | bytes | np.ndarray, vocab: str = TINY_SHAKESPEARE_VOCAB) -> np.ndarray:
+    """Characters -> int32 token ids (one vectorized lookup, fast for a whole corpus).
+
+    Args:
+      text: a str, ASCII bytes, or a uint8 byte array (TFDS's tiny_shakespeare "text").
+      vocab: the vocabulary, ids in its order.
+
+    Raises:
+      ValueError: a character is not in `vocab` (names it and its position).
+    """
+    if isinstance(text, str):
+        if not text.isascii():
+            pos = next(i for i, ch in enumerate(text) if not ch.isascii())
+            raise ValueError(f"character {text[pos]!r} at position {pos} is not in the vocabulary {vocab!r}")
+        text = text.encode("ascii")
+    data = np.frombuffer(text, dtype=np.uint8) if isinstance(text, bytes) else np.asarray(text, dtype=np.uint8)
+    tokens = _tables(vocab)[0][data]
+    if (bad := np.flatnonzero(tokens < 0)).size:
+        pos = int(bad[0])
+        raise ValueError(f"character {chr(data[pos])!r} at position {pos} is not in the vocabulary {vocab!r}")
+    return tokens
 
 
 def decode(tokens, vocab: str = TINY_SHAKESPEARE_VOCAB) -> str:
-    """Token ids -> string."""
-    return "".join(vocab[int(t)] for t in np.asarray(tokens).reshape(-1))
+    """Token ids (any shape, flattened) -> text; raises ValueError for ids outside [0, len(vocab))."""
+    tokens = np.asarray(tokens).reshape(-1)
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= len(vocab)):
+        raise ValueError(f"token ids must lie in [0, {len(vocab)}), got range [{tokens.min()}, {tokens.max()}]")
+    return _tables(vocab)[1][tokens].tobytes().decode("ascii")
 
 
 class LSTMClassifier(nn.Module):
