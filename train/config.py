@@ -266,7 +266,6 @@ def check_model(cfg: Config) -> None:
     import jax
 
     import zoo
-    from zoo.exports import from_json
 
     model = _create_model(cfg)
     try:

@@ -39,7 +39,7 @@ import numpy as np
 from zoo.exports import sha256_file
 
 # The 65 characters of tiny_shakespeare, sorted(set(text)), defined once in zoo.rnn.
-from zoo.rnn import TINY_SHAKESPEARE_VOCAB as CHAR_VOCAB  # one vocabulary for data and model
+from zoo.rnn import TINY_SHAKESPEARE_VOCAB as CHAR_VOCAB  # noqa: F401 - one vocabulary for data and model
 
 IMAGE_DATASETS = ("mnist", "fashion_mnist", "cifar10")
 TEXT_DATASETS = ("tiny_shakespeare",)

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import jax
 import numpy as np
