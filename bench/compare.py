@@ -144,12 +144,13 @@ class ZooTrainer:
         import jax
 
         from train import loop, parallel, tasks
+        from train.config import build_model
 
         self.jax = jax
         self.cfg = cfg or tutorial_config(model_name, seed)
         self.batch = self.cfg.batch_size
         self.task = tasks.of_model(model_name)
-        self.model = loop.build_model(self.cfg)
+        self.model = build_model(self.cfg)
         arrays = self.task.view({"image": data["train_x"], "label": data["train_y"]})
         self.test = self.task.view({"image": data["test_x"], "label": data["test_y"]})
         self.n = len(arrays["x"])
@@ -192,11 +193,11 @@ class ZooTrainer:
         return time.perf_counter() - t0
 
     def evaluate(self) -> dict:
-        from train import loop
+        from train.evaluate import evaluate_arrays
 
         if self.task.name == "gan":
             return {}
-        m = loop.evaluate_arrays(self.task, self.model, self.state.variables(), self.test)
+        m = evaluate_arrays(self.task, self.model, self.state.variables(), self.test)
         return {k: m[k] for k in ("accuracy", "mse", "loss") if k in m}
 
 

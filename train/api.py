@@ -23,7 +23,7 @@ import numpy as np
 
 import zoo
 from train import loop, tasks
-from train.config import Config, resolve
+from train.config import Config, build_model, resolve
 
 
 @dataclasses.dataclass
@@ -152,6 +152,6 @@ def fit(
         result = loop.fit(cfg, where, log=log, model=module, task=the_task, splits=splits)
         history_file = where / "metrics.jsonl"
         history = [json.loads(line) for line in history_file.read_text().splitlines()] if history_file.exists() else []
-    built = module if module is not None else loop.build_model(cfg)
+    built = module if module is not None else build_model(cfg)
     return FitResult(built, jax.device_get(result.state.variables()), result.record or (history[-1] if history else {}),
                      history, cfg, Path(workdir) if workdir is not None else None)

@@ -245,14 +245,26 @@ def _check_registered(model: str) -> None:
         raise ValueError(e.args[0]) from e
 
 
-def _create_model(cfg: Config):
-    """zoo.create raises for an unknown model or model option (and for bad sizes where the model checks them)."""
+def build_model(cfg: Config):
+    """The registry model of `cfg`: its `model_overrides` (--set), `classes` (num_classes
+    follows) and `dtype`."""
     import zoo
     from zoo.exports import from_json
 
+    overrides = from_json(cfg.model_overrides)
+    if cfg.classes:
+        if overrides.setdefault("num_classes", len(cfg.classes)) != len(cfg.classes):
+            raise ValueError(f"--classes gives {len(cfg.classes)} classes but --set num_classes={overrides['num_classes']}")
+    if cfg.dtype != "float32":
+        overrides["dtype"] = cfg.dtype
+    return zoo.create(cfg.model, **overrides)
+
+
+def _create_model(cfg: Config):
+    """build_model, with an unknown model or a bad model option named as the flags that set it."""
     _check_registered(cfg.model)
     try:
-        return zoo.create(cfg.model, **from_json(cfg.model_overrides))
+        return build_model(cfg)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{_set_flags(cfg.model_overrides)}: {e}") from e
 

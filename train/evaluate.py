@@ -7,11 +7,25 @@ from pathlib import Path
 
 import jax
 
-from train import tasks
+from train import parallel, tasks
 from train.checkpoint import Checkpointer
-from train.config import Config, resolve
-from train.loop import build_model, evaluate_arrays
+from train.config import Config, build_model, resolve
 from zoo.exports import check_tree, expected_variables, write_text_atomic
+
+
+def evaluate_arrays(task: tasks.Task, model, variables: dict, arrays: dict, *, batch_size: int = 1000,
+                    devices=None) -> dict:
+    """Metrics of `variables` on host `arrays` ({"x", "y"?}), batches split over `devices`.
+
+    Classification adds per-class precision/recall/F1, macro F1 and the confusion matrix.
+    """
+    devices = jax.devices() if devices is None else devices
+    mesh = parallel.make_mesh(devices)
+    replicated = parallel.NamedSharding(mesh, parallel.P())
+    variables, on_device = (jax.tree.map(lambda a: parallel.put_global(a, replicated), t) for t in (variables, arrays))
+    bs = max(len(devices), batch_size - batch_size % len(devices))
+    run = parallel.make_evaluator(task.eval_step(model), mesh)
+    return tasks.summarize(run(variables, on_device, len(arrays["x"]), bs))
 
 
 def read_config(workdir: Path) -> Config:

@@ -20,9 +20,9 @@ import optax
 
 import zoo
 from train import data, parallel, report, tasks, workdir as workdirs
-from zoo.exports import from_json, write_text_atomic
+from zoo.exports import write_text_atomic
 from train.checkpoint import Checkpointer
-from train.config import Config
+from train.config import Config, build_model
 from train.state import TrainState, create_state, glorot_reinit, make_optimizer, make_schedule
 from train.steps import to_input
 
@@ -37,17 +37,6 @@ class Preempted(Exception):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.signum = signum
-
-
-def build_model(cfg: Config):
-    """The registry model of `cfg`, with --set overrides, --classes' num_classes and --dtype."""
-    overrides = from_json(cfg.model_overrides)
-    if cfg.classes:
-        if overrides.setdefault("num_classes", len(cfg.classes)) != len(cfg.classes):
-            raise ValueError(f"--classes gives {len(cfg.classes)} classes but --set num_classes={overrides['num_classes']}")
-    if cfg.dtype != "float32":
-        overrides["dtype"] = cfg.dtype
-    return zoo.create(cfg.model, **overrides)
 
 
 def state_tree(state: TrainState) -> dict:
@@ -440,17 +429,3 @@ def schedule_change(saved: dict, cfg: Config) -> str | None:
         return None
     return ("resuming with " + ", ".join(changed) + f": the {cfg.schedule} learning-rate schedule is recomputed for "
             "this run, so the rate jumps at the resume point instead of following the curve the checkpoint was trained on")
-
-
-def evaluate_arrays(task: tasks.Task, model, variables: dict, arrays: dict, *, batch_size: int = 1000, devices=None) -> dict:
-    """Metrics of `variables` on host `arrays` ({"x", "y"?}), batches split over `devices`.
-
-    Classification adds per-class precision/recall/F1, macro F1 and the confusion matrix.
-    """
-    devices = jax.devices() if devices is None else devices
-    mesh = parallel.make_mesh(devices)
-    replicated = parallel.NamedSharding(mesh, parallel.P())
-    variables, on_device = (jax.tree.map(lambda a: parallel.put_global(a, replicated), t) for t in (variables, arrays))
-    bs = max(len(devices), batch_size - batch_size % len(devices))
-    run = parallel.make_evaluator(task.eval_step(model), mesh)
-    return tasks.summarize(run(variables, on_device, len(arrays["x"]), bs))
