@@ -715,10 +715,10 @@ def write_safetensors(
       FileExistsError: `path` exists and `overwrite` is False.
       ValueError: `path` does not end in .safetensors, or `variables` do not match the model.
     """
-    from safetensors.numpy import save_file
-
     if not str(path).endswith(SAFETENSORS_SUFFIX):
         raise ValueError(f"a safetensors export must be a file ending in {SAFETENSORS_SUFFIX}, got {str(path)!r}")
+    from safetensors.numpy import save_file
+
     overrides = _to_json(dict(model_overrides or {}), "model_overrides")
     _, host = _checked_host_variables(model_name, variables, overrides)
     tensors = {key: np.ascontiguousarray(leaf) for key, leaf in flatten_dict(host, sep="/").items()}
@@ -814,13 +814,13 @@ def write_onnx(
       FileExistsError: `path` exists and `overwrite` is False.
       ValueError: `path` does not end in .onnx, or `variables` do not match the model.
     """
+    if not str(path).endswith(ONNX_SUFFIX):
+        raise ValueError(f"an ONNX export must be a file ending in {ONNX_SUFFIX}, got {str(path)!r}")
     import logging
 
     import onnx
     from jax2onnx import to_onnx
 
-    if not str(path).endswith(ONNX_SUFFIX):
-        raise ValueError(f"an ONNX export must be a file ending in {ONNX_SUFFIX}, got {str(path)!r}")
     overrides = _to_json(dict(model_overrides or {}), "model_overrides")
     model, host = _checked_host_variables(model_name, variables, overrides)
     spec = model.input_spec()
