@@ -1,7 +1,8 @@
 """Export formats beside Orbax: safetensors (written and loaded back) and ONNX (checked with onnxruntime).
 
-Every shipped model round-trips bit-exactly through safetensors; every model jax2onnx converts
-gives onnxruntime outputs equal to zoo's within 1e-4 at two batch sizes; the `zoo export`
+Every shipped model round-trips bit-exactly through safetensors; every registered model (with
+its shipped weights where there are some) gives onnxruntime outputs equal to zoo's within 1e-4
+at two batch sizes; the `zoo export`
 command converts shipped weights in one call.
 """
 
@@ -179,14 +180,17 @@ def test_import_zoo_stays_light():
 
 # ---------------------------------------------------------------- ONNX
 
-ONNX_MODELS = ["mlp", "cnn", "lstm", "autoencoder", "dcgan", "multitask", "char_lstm", "mlp_binary"]
-
-
-def _onnx_check(model_name: str, tag: str, tmp_path: Path, batch_sizes=(1, 5), time_steps=(16, 7)):
+def _onnx_check(model_name: str, tag: str | None, tmp_path: Path, batch_sizes=(1, 5), time_steps=(16, 7)):
+    """Exports shipped weights (or, without a tag, seeded random ones) and compares onnxruntime with zoo."""
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("jax2onnx")
-    manifest = zoo.pretrained.read_manifest(model_name, tag)
-    model, variables = zoo.load(model_name, pretrained=tag)
+    if tag is None:
+        manifest = {"model_overrides": {}, "dataset": None}
+        model = zoo.create(model_name)
+        variables = zoo.init(model, jax.random.key(0))
+    else:
+        manifest = zoo.pretrained.read_manifest(model_name, tag)
+        model, variables = zoo.load(model_name, pretrained=tag)
     path = exports.write_onnx(tmp_path / f"{model_name}.onnx", model_name, variables,
                               model_overrides=manifest["model_overrides"], dataset=manifest["dataset"])
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -208,11 +212,11 @@ def _onnx_check(model_name: str, tag: str, tmp_path: Path, batch_sizes=(1, 5), t
     return path, manifest
 
 
-@pytest.mark.parametrize("model_name", ONNX_MODELS)
+@pytest.mark.parametrize("model_name", zoo.list_models())
 def test_onnx_matches_zoo_at_two_batch_sizes(model_name, tmp_path):
     import onnx
 
-    tag = zoo.get_spec(model_name).pretrained[0]
+    tag = next(iter(zoo.get_spec(model_name).pretrained), None)
     path, manifest = _onnx_check(model_name, tag, tmp_path)
     props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert props["zoo_model"] == model_name
