@@ -1,9 +1,11 @@
-"""The `zoo` command: list, train, eval, sample, prepare.
+"""The `zoo` command: list, train, eval, sample, export, predict, prepare.
 
     zoo list
     zoo train cnn --epochs 3 --workdir runs/cnn
     zoo eval cnn --workdir runs/cnn            # or: zoo eval cnn --pretrained mnist
     zoo sample char_lstm --pretrained tiny_shakespeare
+    zoo export cnn cnn.onnx --pretrained mnist --format onnx   # or safetensors, orbax (default)
+    zoo predict cnn digit.png --pretrained mnist --top-k 3
     zoo prepare mnist tiny_shakespeare         # TFDS, offline from the vendored data/
 """
 
@@ -243,11 +245,20 @@ def cmd_sample(args) -> int:
     return 0
 
 
-def cmd_export(args) -> int:
-    """Best (or latest) checkpoint of a run -> evaluated on the test split -> exported (and shipped)."""
+def _export_source(args) -> tuple:
+    """(variables, export fields, step) from --pretrained/--path, or a run's best (latest) checkpoint."""
+    if args.pretrained or args.path:
+        if args.workdir or args.which:
+            raise ValueError("zoo export: give --workdir/--which (a run) or --pretrained/--path (an export), not both")
+        from zoo.pretrained import load, read_manifest
+
+        manifest = read_manifest(args.model, args.pretrained, path=args.path)
+        _, variables = load(args.model, args.pretrained, path=args.path)
+        fields = {key: manifest.get(key) for key in ("model_overrides", "dataset", "metric", "command", "train_config")}
+        return variables, fields, None
+
     from train import tasks
     from train.evaluate import evaluate_run, restore_workdir
-    from zoo.exports import ship, write_export
 
     workdir = Path(args.workdir or Path("runs") / args.model)
     cfg, model, variables, step = restore_workdir(workdir, args.which)
@@ -256,22 +267,143 @@ def cmd_export(args) -> int:
     metrics = evaluate_run(cfg, model, variables, args.split)  # the checkpoint restored above, not again
     name = tasks.of_model(args.model).val_metric  # the metric the run was selected on
     command = (workdir / "command.txt").read_text().strip() if (workdir / "command.txt").exists() else None
-    out = write_export(
-        args.out,
-        args.model,
-        variables,
-        model_overrides=cfg.model_overrides,
-        dataset=cfg.dataset,
-        metric={"name": name, "value": metrics[name], "split": args.split, "count": metrics["count"], "step": step},
-        command=command,
-        train_config=cfg.to_json(),
-        overwrite=args.overwrite,
-    )
-    print(f"exported {args.model} step {step} ({name}={metrics[name]:.6g} on {args.split}) to {out}")
+    fields = {
+        "model_overrides": cfg.model_overrides,
+        "dataset": cfg.dataset,
+        "metric": {"name": name, "value": metrics[name], "split": args.split, "count": metrics["count"], "step": step},
+        "command": command,
+        "train_config": cfg.to_json(),
+    }
+    return variables, fields, step
+
+
+def cmd_export(args) -> int:
+    """A run's best (or latest) checkpoint, evaluated on the test split, or shipped weights -> one format (and shipped)."""
+    from zoo import exports
+
+    if args.ship and args.format != "orbax":
+        raise ValueError(f"--ship needs --format orbax (the shipped weights are Orbax exports), got --format {args.format}")
+    variables, fields, step = _export_source(args)
+    if args.format == "orbax":
+        out = exports.write_export(args.out, args.model, variables, overwrite=args.overwrite, **fields)
+    else:
+        write = exports.write_safetensors if args.format == "safetensors" else exports.write_onnx
+        out = write(args.out, args.model, variables, overwrite=args.overwrite,
+                    **{k: fields[k] for k in ("model_overrides", "dataset", "metric")})
+    metric = fields["metric"]
+    scored = f" ({metric['name']}={metric['value']:.6g} on {metric.get('split')})" if metric else ""
+    source = f"step {step}" if step is not None else (f"pretrained {args.pretrained}" if args.pretrained else str(args.path))
+    print(f"exported {args.model} {source}{scored} as {args.format} to {out}")
     if args.ship:
-        entry = ship(out, args.ship, overwrite=args.overwrite)
+        entry = exports.ship(out, args.ship, overwrite=args.overwrite)
         print(f"shipped as {args.model}.{args.ship}: {entry}")
     return 0
+
+
+# ---------------------------------------------------------------- predict
+
+_CLASSIFIER_TASKS = ("classification", "binary", "multitask")
+_RECONSTRUCTION_TASKS = ("reconstruction",)
+
+
+def _class_probabilities(logits, names) -> list[tuple[str, float]]:
+    """(class name, probability) for one example's logits, most likely first.
+
+    One logit is binary (sigmoid: names[1] when the logit is positive); more are a softmax.
+    Class names come from the spec when they match the logits, else the class index.
+    """
+    import jax
+    import numpy as np
+
+    logits = np.asarray(logits, np.float32)
+    if logits.shape == (1,):
+        probs = np.asarray(jax.nn.sigmoid(np.array([-logits[0], logits[0]])))  # 1 - sigmoid(l) = sigmoid(-l)
+    else:
+        probs = np.asarray(jax.nn.softmax(logits))
+    labels = list(names) if names is not None and len(names) == len(probs) else [str(i) for i in range(len(probs))]
+    order = np.argsort(-probs, kind="stable")
+    return [(labels[i], float(probs[i])) for i in order]
+
+
+def _predict_one(model, apply, path: Path, args, names) -> dict:
+    """The top-k predictions (or the reconstruction written) for one image file."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    from zoo.preprocess import preprocess
+
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode now: a truncated file fails here, named
+            batch = preprocess(model, image, invert="auto" if args.invert else False)
+    except FileNotFoundError:
+        raise ValueError("no such file") from None
+    except IsADirectoryError:
+        raise ValueError("is a directory, not an image file") from None
+    except UnidentifiedImageError:
+        raise ValueError("not an image Pillow can read (PNG, JPEG, BMP, ...)") from None
+    except OSError as e:
+        raise ValueError(f"cannot read the image ({e.strerror or e})") from None
+    output = apply(batch)
+    if isinstance(output, dict):  # a multi-head model: top-k per head
+        return {"predictions": {head: [{"class": c, "probability": p} for c, p in
+                                       _class_probabilities(out[0], (names or {}).get(head))[:args.top_k]]
+                                for head, out in sorted(output.items())}}
+    if args.reconstruct:
+        from train.report import save_grid
+
+        recon = np.asarray(output)
+        out = save_grid(np.concatenate([batch, recon]), Path(args.out) / f"{path.stem}.png", ncol=2)
+        return {"reconstruction": str(out), "mse": float(np.mean((recon - batch) ** 2))}
+    return {"predictions": [{"class": c, "probability": p} for c, p in _class_probabilities(output[0], names)[:args.top_k]]}
+
+
+def _predict_line(path: str, result: dict) -> str:
+    if "reconstruction" in result:
+        return f"{path}: wrote {result['reconstruction']} (input | reconstruction, mse {result['mse']:.4g})"
+    predictions = result["predictions"]
+    top = lambda ps: ", ".join(f"{p['class']} ({p['probability']:.3f})" for p in ps)  # noqa: E731
+    if isinstance(predictions, dict):
+        return f"{path}: " + "; ".join(f"{head}: {top(ps)}" for head, ps in predictions.items())
+    return f"{path}: {top(predictions)}"
+
+
+def cmd_predict(args) -> int:
+    """Top-k classes (or reconstructions) for image files; a bad file is named and skipped (exit 2)."""
+    import jax
+
+    import zoo
+    from train.evaluate import variables_for
+    from zoo.preprocess import image_shape
+
+    spec = zoo.get_spec(args.model)
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be a positive integer, got {args.top_k}")
+    if spec.task not in _CLASSIFIER_TASKS + _RECONSTRUCTION_TASKS:
+        raise ValueError(f"zoo predict works for image classifiers and the autoencoder; {args.model!r} is a "
+                         f"{spec.task} model (its input: {spec.input})")
+    args.reconstruct = spec.task in _RECONSTRUCTION_TASKS
+    if args.reconstruct and not args.out:
+        raise ValueError(f"zoo predict {args.model} writes reconstructions as PNGs: give --out DIR")
+    model, variables = variables_for(args.model, pretrained=args.pretrained, path=args.path, workdir=args.workdir)
+    if image_shape(model) is None:
+        raise ValueError(f"zoo predict works for image models; {args.model!r} here takes {model.input_spec()}")
+    apply = jax.jit(lambda x: model.apply(variables, x))
+    results, failed = [], False
+    for file in args.files:
+        try:
+            result = {"file": file, **_predict_one(model, apply, Path(file), args, spec.class_names)}
+        except ValueError as e:
+            failed = True
+            result = {"file": file, "error": str(e)}
+            print(f"error: {file}: {e}", file=sys.stderr)
+        else:
+            if not args.json:
+                print(_predict_line(file, result))
+        results.append(result)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 2 if failed else 0
 
 
 def cmd_prepare(args) -> int:
@@ -320,20 +452,44 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prompt", default="ROMEO:")
     s.add_argument("--length", type=int, default=300)
     s.add_argument("--temperature", type=float, default=0.8)
-    s.add_argument("--num", type=int, default=64)
+    s.add_argument("--n", "--num", dest="num", type=int, default=64, help="images to sample (dcgan) [default 64]")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out")
     s.set_defaults(func=cmd_sample)
 
-    x = sub.add_parser("export", help="export a run's best checkpoint as params-only weights (and ship them)")
+    x = sub.add_parser("export", help="export a run's best checkpoint or shipped weights (orbax, safetensors, onnx)")
     x.add_argument("model")
-    x.add_argument("out", help="export directory to create")
-    x.add_argument("--workdir")
+    x.add_argument("out", help="export directory (orbax) or file (.safetensors, .onnx) to create")
+    x.add_argument("--format", choices=["orbax", "safetensors", "onnx"], default="orbax",
+                   help="orbax: an export directory for zoo.load; safetensors: one weights file for zoo.load; "
+                        "onnx: an inference graph (dynamic batch) for onnxruntime [default orbax]")
+    x.add_argument("--workdir", help="the run to export (default runs/MODEL)")
+    x.add_argument("--pretrained", metavar="TAG", help="instead, convert shipped weights, e.g. mnist")
+    x.add_argument("--path", help="instead, convert an export (directory, .safetensors file or URL)")
     x.add_argument("--which", choices=["best", "latest"], default=None)
     x.add_argument("--split", default="test", help="split whose metric is recorded in the manifest")
     x.add_argument("--ship", metavar="TAG", help="also copy into zoo/weights as MODEL.TAG")
     x.add_argument("--overwrite", action="store_true")
     x.set_defaults(func=cmd_export)
+
+    r = sub.add_parser(
+        "predict", help="classify image files (PNG, JPEG, BMP) with an image classifier, or reconstruct them",
+        description="Top-k classes for each image file, one line per file (or --json). Images are converted to the "
+                    "model's input (zoo.preprocess): grayscale or RGB, resized, and for grayscale models a dark "
+                    "drawing on a light background (mean border brightness > 0.5) is inverted to MNIST's light "
+                    "digit on black. A bad file is reported and skipped; the exit code is then 2.",
+    )
+    r.add_argument("model")
+    r.add_argument("files", nargs="+", metavar="FILE")
+    r.add_argument("--pretrained", metavar="TAG", help="shipped weights, e.g. mnist")
+    r.add_argument("--path", help="exported checkpoint (directory, .safetensors file or URL)")
+    r.add_argument("--workdir", help="a run directory (default runs/MODEL)")
+    r.add_argument("--top-k", type=int, default=3, help="classes to print per file (and per head) [default 3]")
+    r.add_argument("--json", action="store_true", help="print one JSON list of {file, predictions | error}")
+    r.add_argument("--no-invert", dest="invert", action="store_false",
+                   help="never invert grayscale images (by default dark-on-light images are inverted)")
+    r.add_argument("--out", help="the autoencoder: directory for FILE-STEM.png (input | reconstruction)")
+    r.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("prepare", help="prepare datasets with TFDS (offline from data/ for mnist, tiny_shakespeare)")
     p.add_argument("names", nargs="+")
@@ -345,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("train", "eval", "sample", "export"):
+    if args.command in ("train", "eval", "sample", "export", "predict"):
         _setup_jax(args)
     try:
         return args.func(args)

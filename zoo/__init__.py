@@ -7,6 +7,7 @@
     logits = model.apply(variables, images)      # images: float32 NHWC in [0, 1]
     feats = model.apply(variables, images, method="embed")   # the representation before the head
     zoo.list_models("cnn*", pretrained=True)     # filter by pattern / shipped weights
+    batch = zoo.preprocess("cnn", pil_image)     # a picture -> float32 (1, 28, 28, 1), MNIST polarity
 
 Importing zoo loads only jax, flax and numpy (no TensorFlow, tfds, optax or orbax).
 """
@@ -14,6 +15,7 @@ Importing zoo loads only jax, flax and numpy (no TensorFlow, tfds, optax or orba
 from zoo import autoencoder, cnn, finetune, gan, layers, mlp, multitask, rnn
 from zoo.finetune import param_labels
 from zoo.pretrained import available, load, register_shipped
+from zoo.preprocess import preprocess  # the function; the module stays in sys.modules["zoo.preprocess"]
 from zoo.registry import (
     InputSpec,
     ModelSpec,
@@ -50,6 +52,7 @@ __all__ = [
     "multitask",
     "param_count",
     "param_labels",
+    "preprocess",
     "rnn",
     "to_torch",
     "torch_model",

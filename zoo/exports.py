@@ -23,8 +23,13 @@ An exported checkpoint is a directory of regular files (no links, FIFOs or devic
 "size_bytes"}}}, which pins each export's manifest.json (`read_index`, written by `ship`).
 An archive (`archive`, `extract_archive`) is a tar.gz holding one export in one top directory.
 
-Orbax is imported inside the functions that need it, so `import zoo` stays light. Where the
-shipped weights and the download cache live is zoo/pretrained.py's business, not this module's.
+Two single-file formats sit beside it (`write_safetensors`/`read_safetensors`: the same
+variables under flat keys "params/conv_0/kernel", the manifest's fields in the header's
+`__metadata__`; `write_onnx`: the inference graph for other runtimes, written only).
+
+Orbax, safetensors and jax2onnx are imported inside the functions that need them, so
+`import zoo` stays light. Where the shipped weights and the download cache live is
+zoo/pretrained.py's business, not this module's.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ __all__ = [
     "verify_export", "read_manifest", "read_index", "list_files",
     "model_from_manifest", "expected_variables", "restore_variables", "check_tree",
     "sha256_file", "check_sha256", "check_tag", "write_text_atomic", "write_json_atomic",
+    "SAFETENSORS_SUFFIX", "ONNX_SUFFIX", "write_safetensors", "read_safetensors", "restore_safetensors", "write_onnx",
 ]
 
 FORMAT = 1
@@ -440,12 +446,9 @@ def write_export(
     if directory.exists() and not overwrite:
         raise FileExistsError(f"{directory} already exists (pass overwrite=True to replace it)")
     overrides = _to_json(dict(model_overrides or {}), "model_overrides")
-    model = model_from_manifest({"model": model_name, "model_overrides": overrides})
     if metric is not None and not {"name", "value"} <= set(metric):
         raise ValueError(f"metric needs at least 'name' and 'value' (and ideally 'split'), got {dict(metric)}")
-    host = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), unfreeze(variables))
-    what = f"variables do not match model {model_name!r}" + (f" with overrides {overrides}" if overrides else "")
-    check_tree(expected_variables(model), host, what)
+    _, host = _checked_host_variables(model_name, variables, overrides)
     if command is not None and not isinstance(command, str):
         command = shlex.join(command)
 
@@ -652,3 +655,190 @@ def extract_archive(
     if len(entries) == 1 and (entries[0] / MANIFEST).is_file():
         return entries[0]
     raise ValueError(f"{source}: no {MANIFEST} at the top level or in a single top directory")
+
+
+# --- other formats: safetensors (weights + metadata) and ONNX (an inference graph) --------------
+
+SAFETENSORS_SUFFIX = ".safetensors"
+SAFETENSORS_FORMAT = "zoo-safetensors-1"  # __metadata__["format"]: what this module writes and reads
+ONNX_SUFFIX = ".onnx"
+
+
+def _write_file_atomic(path: Path, overwrite: bool, write) -> Path:
+    """Calls `write(tmp_path)` for a temporary sibling of `path`, then renames it into place."""
+    path = Path(path).absolute()
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _checked_host_variables(model_name: str, variables: Mapping, overrides: dict) -> tuple[nn.Module, dict]:
+    """(model, variables as host numpy), after the strict tree check against the model."""
+    model = model_from_manifest({"model": model_name, "model_overrides": overrides})
+    host = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), unfreeze(variables))
+    what = f"variables do not match model {model_name!r}" + (f" with overrides {overrides}" if overrides else "")
+    check_tree(expected_variables(model), host, what)
+    return model, host
+
+
+def write_safetensors(
+    path: str | os.PathLike,
+    model_name: str,
+    variables: Mapping,
+    *,
+    model_overrides: Mapping[str, Any] | None = None,
+    dataset: str | None = None,
+    metric: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Writes `variables` of registry model `model_name` as one .safetensors file.
+
+    Tensors are stored under flat keys ("params/conv_0/kernel", "batch_stats/..."); the
+    header's `__metadata__` (string values) holds "format", "model", "model_overrides"
+    (JSON), "dataset" (if given), "metric" (JSON), "versions" (JSON) and "created". `zoo.load(model_name, path=<file>)`
+    reads it back with the same strict checks as an Orbax export.
+
+    Returns:
+      The absolute path of the file.
+
+    Raises:
+      FileExistsError: `path` exists and `overwrite` is False.
+      ValueError: `path` does not end in .safetensors, or `variables` do not match the model.
+    """
+    if not str(path).endswith(SAFETENSORS_SUFFIX):
+        raise ValueError(f"a safetensors export must be a file ending in {SAFETENSORS_SUFFIX}, got {str(path)!r}")
+    from safetensors.numpy import save_file
+
+    overrides = _to_json(dict(model_overrides or {}), "model_overrides")
+    _, host = _checked_host_variables(model_name, variables, overrides)
+    tensors = {key: np.ascontiguousarray(leaf) for key, leaf in flatten_dict(host, sep="/").items()}
+    metadata = {
+        "format": SAFETENSORS_FORMAT,
+        "model": model_name,
+        "model_overrides": json.dumps(overrides, sort_keys=True),
+        "metric": json.dumps(_to_json(dict(metric), "metric") if metric is not None else None, sort_keys=True),
+        "versions": json.dumps(_versions(), sort_keys=True),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if dataset is not None:
+        metadata["dataset"] = dataset  # a plain string; absent when unknown
+    return _write_file_atomic(path, overwrite, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict, dict]:
+    """(manifest, flat variables) of a .safetensors export, without checking them against a model.
+
+    The manifest has the keys of an export directory's manifest.json ("model",
+    "model_overrides", "dataset", "metric", "versions", "created"), decoded from JSON. Reading
+    a safetensors file runs no code (no pickle): a header and raw little-endian arrays.
+
+    Raises:
+      ValueError: not a readable safetensors file (a corrupt or tampered header), no zoo
+        metadata, or a metadata value that is not the JSON this module writes.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(path, framework="np") as f:
+            metadata = f.metadata() or {}
+            flat = {key: f.get_tensor(key) for key in f.keys()}
+    except SafetensorError as e:
+        raise ValueError(f"{path}: not a valid safetensors file ({e})") from None
+    if metadata.get("format") != SAFETENSORS_FORMAT:
+        raise ValueError(f"{path}: not a zoo safetensors export: its __metadata__ must have "
+                         f"format={SAFETENSORS_FORMAT!r}, got {metadata.get('format')!r}")
+    manifest = {key: metadata.get(key) for key in ("format", "model", "dataset", "created")}
+    for key in ("model_overrides", "metric", "versions"):
+        try:
+            manifest[key] = json.loads(metadata.get(key, "null"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: __metadata__ {key!r} must be JSON, got {metadata[key]!r} ({e})") from None
+    if not isinstance(manifest["model_overrides"], (dict, type(None))):
+        raise ValueError(f"{path}: __metadata__ 'model_overrides' must be a JSON object, got {manifest['model_overrides']!r}")
+    return manifest, flat
+
+
+def restore_safetensors(path: str | os.PathLike, model: nn.Module, name: str, flat: Mapping) -> dict:
+    """The nested variables dict of `flat` (from `read_safetensors`), strictly checked against `model`.
+
+    Raises:
+      ValueError: the tensors differ from the model's variables (each parameter path with
+        the expected and the found shape and dtype).
+    """
+    from flax.traverse_util import unflatten_dict
+
+    check_tree(expected_variables(model), flat, f"{path} does not match model {name!r}")
+    return unflatten_dict(dict(flat), sep="/")
+
+
+def _output_names(fn, spec) -> list[str]:
+    """ONNX output names: the dict keys of a multi-head output, else ["output"]."""
+    out = jax.eval_shape(fn, jax.ShapeDtypeStruct(spec.example_shape(1), spec.dtype))
+    if isinstance(out, Mapping):
+        return sorted(out)  # the order jax flattens a dict in
+    return ["output"] if not isinstance(out, (tuple, list)) else [f"output_{i}" for i in range(len(out))]
+
+
+def write_onnx(
+    path: str | os.PathLike,
+    model_name: str,
+    variables: Mapping,
+    *,
+    model_overrides: Mapping[str, Any] | None = None,
+    dataset: str | None = None,
+    metric: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Writes the inference graph `model.apply(variables, x)` as an ONNX model (jax2onnx).
+
+    The weights are constants of the graph; the input "input" has a dynamic batch axis "B"
+    (and a dynamic time axis "T" for sequence models with a free length). Outputs are
+    "output", or one per head of a multi-head model. The registry model, its overrides, the
+    dataset and the metric are stored as JSON in the model's metadata_props.
+
+    Returns:
+      The absolute path of the file.
+
+    Raises:
+      FileExistsError: `path` exists and `overwrite` is False.
+      ValueError: `path` does not end in .onnx, or `variables` do not match the model.
+    """
+    if not str(path).endswith(ONNX_SUFFIX):
+        raise ValueError(f"an ONNX export must be a file ending in {ONNX_SUFFIX}, got {str(path)!r}")
+    import logging
+
+    import onnx
+    from jax2onnx import to_onnx
+
+    overrides = _to_json(dict(model_overrides or {}), "model_overrides")
+    model, host = _checked_host_variables(model_name, variables, overrides)
+    spec = model.input_spec()
+    fn = lambda x: model.apply(host, x)  # noqa: E731  (train=False: the inference graph)
+    dims = ("B",) + tuple("T" if d is None else d for d in spec.shape)
+    serde = logging.getLogger("onnx_ir.serde")  # warns once per constant it serializes
+    level = serde.level
+    serde.setLevel(logging.ERROR)
+    try:
+        proto = to_onnx(fn, [jax.ShapeDtypeStruct(dims, np.dtype(spec.dtype))], model_name=model_name,
+                        input_names=["input"], output_names=_output_names(fn, spec))
+    finally:
+        serde.setLevel(level)
+    onnx.helper.set_model_props(proto, {
+        "zoo_model": model_name,
+        "zoo_model_overrides": json.dumps(overrides, sort_keys=True),
+        "zoo_dataset": json.dumps(dataset),
+        "zoo_metric": json.dumps(_to_json(dict(metric), "metric") if metric is not None else None, sort_keys=True),
+        "zoo_versions": json.dumps(_versions(), sort_keys=True),
+    })
+    return _write_file_atomic(path, overwrite, lambda tmp: onnx.save_model(proto, tmp))

@@ -3,6 +3,7 @@
     import zoo
     model, variables = zoo.load("cnn", pretrained="mnist")          # shipped with the package
     model, variables = zoo.load("cnn", path="/runs/cnn/export")      # any exported checkpoint dir
+    model, variables = zoo.load("cnn", path="cnn.safetensors")       # or a safetensors export
     model, variables = zoo.load("cnn", path="https://host/cnn.tar.gz", sha256="9f2c...")
     logits = model.apply(variables, images)
 
@@ -334,8 +335,11 @@ def read_manifest(name: str | None = None, pretrained: str | None = None, *, pat
     """The verified manifest of shipped weights (`name`, `pretrained`) or of an export (`path`).
 
     Unlike `zoo.exports.read_manifest(directory)`, this finds the export first (a shipped
-    tag, a directory or a URL, downloaded if needed) and checks every file's sha256.
+    tag, a directory or a URL, downloaded if needed) and checks every file's sha256. For a
+    .safetensors file, its header's metadata in the same layout (no "files").
     """
+    if pretrained is None and _is_safetensors(path):
+        return _read_safetensors(name, Path(path), sha256, None)[0]
     return _locate(name, pretrained, path, sha256)[1]
 
 
@@ -358,10 +362,12 @@ def load(
     Args:
       name: registry name; must equal the checkpoint's model.
       pretrained: tag of weights shipped with zoo (see `available(name)`), e.g. "mnist".
-      path: instead, an exported checkpoint directory, or an http(s) URL of a tar.gz of
-        one (downloaded once into the cache, `ZOO_CACHE`).
+      path: instead, an exported checkpoint directory, a local `.safetensors` file
+        written by `zoo.exports.write_safetensors` (or `zoo export --format safetensors`),
+        or an http(s) URL of a tar.gz of an export directory (downloaded once into the
+        cache, `ZOO_CACHE`).
       sha256: optional pin: the archive's sha256 for a URL, the manifest.json's sha256 for
-        a directory.
+        a directory, the file's sha256 for a .safetensors file.
       max_bytes: for a URL, the most bytes to download and to extract (default 1 GiB or
         `ZOO_MAX_DOWNLOAD_BYTES`).
       num_classes: the number of classes of the model to return (fine-tuning to new classes).
@@ -381,15 +387,48 @@ def load(
         the URL unreachable, an HTTP error (URL and status named), or TimeoutError after
         `ZOO_DOWNLOAD_TIMEOUT` seconds.
     """
-    directory, manifest = _locate(name, pretrained, path, sha256, max_bytes)
-    model = exports.model_from_manifest(manifest)
-    try:
-        variables = exports.restore_variables(directory, model, name)
-    except OSError as e:
-        raise _naming(path if path is not None else directory, e) from e
+    if pretrained is None and _is_safetensors(path):
+        manifest, flat = _read_safetensors(name, Path(path), sha256, max_bytes)
+        model = exports.model_from_manifest(manifest)
+        variables = exports.restore_safetensors(path, model, name, flat)
+    else:
+        directory, manifest = _locate(name, pretrained, path, sha256, max_bytes)
+        model = exports.model_from_manifest(manifest)
+        try:
+            variables = exports.restore_variables(directory, model, name)
+        except OSError as e:
+            raise _naming(path if path is not None else directory, e) from e
     if num_classes is not None and num_classes != getattr(model, "num_classes", None):
         model, variables = _new_head(model, variables, num_classes, seed)
     return model, jax.device_put(variables)
+
+
+def _is_safetensors(path) -> bool:
+    """A local path (not a URL) naming a .safetensors file."""
+    return (isinstance(path, (str, os.PathLike)) and str(path).endswith(exports.SAFETENSORS_SUFFIX)
+            and not str(path).startswith(("http://", "https://")))
+
+
+def _read_safetensors(name: str | None, path: Path, sha256: str | None, max_bytes: int | None) -> tuple[dict, dict]:
+    """(manifest, flat arrays) of a .safetensors export: pinned by `sha256` if given, of model `name`."""
+    if name is not None:
+        get_spec(name)
+    if max_bytes is not None:
+        raise ValueError(f"max_bytes= applies to an http(s) URL in path=, got path={str(path)!r}")
+    try:
+        if sha256 is not None:
+            expected, found = exports.check_sha256(sha256), exports.sha256_file(path)
+            if found != expected:
+                raise ValueError(f"{path}: sha256 mismatch: expected {expected}, found {found}")
+        manifest, flat = exports.read_safetensors(path)
+    except OSError as e:
+        raise _naming(path, e) from e
+    if name is not None and manifest.get("model") != name:
+        raise ValueError(
+            f"{path} holds weights for model {manifest.get('model')!r}, not {name!r}; "
+            f"load it with zoo.load({manifest.get('model')!r}, ...)"
+        )
+    return manifest, flat
 
 
 def _new_head(model: nn.Module, loaded: dict, num_classes: int, seed: int) -> tuple[nn.Module, dict]:

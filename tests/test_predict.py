@@ -1,0 +1,223 @@
+"""zoo.preprocess (pictures -> model-ready batches), `zoo predict` and `zoo sample --n`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import zoo
+
+Image = pytest.importorskip("PIL.Image")
+ImageDraw = pytest.importorskip("PIL.ImageDraw")
+
+
+def drawn_zero(size: int = 200) -> "Image.Image":
+    """A thick black ring on white paper, as a person would draw a 0 (cnn.mnist: p(0) > 0.99)."""
+    image = Image.new("L", (size, size), 255)
+    ImageDraw.Draw(image).ellipse([(0.3 * size, 0.175 * size), (0.7 * size, 0.825 * size)], outline=0,
+                                  width=int(0.09 * size))
+    return image
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """Runs `zoo ARGS` in this process; returns (exit code, stdout, stderr)."""
+    from train.cli import main
+
+    monkeypatch.setenv("ZOO_COMPILATION_CACHE", "off")
+
+    def run(*args):
+        code = main([str(a) for a in args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
+@pytest.fixture
+def files(tmp_path) -> dict[str, Path]:
+    zero = drawn_zero()
+    paths = {"png": tmp_path / "zero.png", "jpg": tmp_path / "zero.jpg", "bmp": tmp_path / "zero.bmp",
+             "text": tmp_path / "notes.png", "missing": tmp_path / "missing.png", "dir": tmp_path / "a_dir"}
+    zero.save(paths["png"])
+    zero.convert("RGB").save(paths["jpg"], quality=95)
+    zero.save(paths["bmp"])
+    paths["text"].write_text("this is not an image")
+    paths["dir"].mkdir()
+    return paths
+
+
+# ---------------------------------------------------------------- zoo.preprocess
+
+
+def test_preprocess_gives_the_models_input():
+    batch = zoo.preprocess("cnn", drawn_zero())
+    assert batch.shape == (1, 28, 28, 1) and batch.dtype == np.float32
+    assert 0.0 <= batch.min() and batch.max() <= 1.0
+    # inverted to MNIST's polarity: a dark background, a light ring
+    assert batch[0, 0, 0, 0] == 0.0 and batch.max() > 0.9
+    rgb = zoo.preprocess("cnn_cifar", Image.new("RGB", (50, 40), (255, 0, 0)))
+    assert rgb.shape == (1, 32, 32, 3)
+    np.testing.assert_allclose(rgb[0, 5, 5], [1.0, 0.0, 0.0])  # RGB models are not auto-inverted
+
+
+def test_preprocess_invert_rule():
+    dark_on_light = drawn_zero()
+    light_on_dark = Image.eval(dark_on_light, lambda v: 255 - v)
+    raw = zoo.preprocess("cnn", dark_on_light, invert=False)
+    np.testing.assert_allclose(zoo.preprocess("cnn", dark_on_light), 1.0 - raw, atol=1e-6)
+    np.testing.assert_allclose(zoo.preprocess("cnn", dark_on_light, invert=True), 1.0 - raw, atol=1e-6)
+    np.testing.assert_allclose(zoo.preprocess("cnn", light_on_dark), zoo.preprocess("cnn", light_on_dark, invert=False))
+    # the rule looks at the border's mean: a mid-grey just above/below 0.5 decides
+    grey = lambda v: Image.new("L", (28, 28), v)  # noqa: E731
+    assert zoo.preprocess("cnn", grey(130))[0, 0, 0, 0] == pytest.approx(1 - 130 / 255)
+    assert zoo.preprocess("cnn", grey(125))[0, 0, 0, 0] == pytest.approx(125 / 255)
+
+
+def test_preprocess_accepts_arrays_and_transparency():
+    zero = drawn_zero(28)
+    from_pil = zoo.preprocess("cnn", zero)
+    np.testing.assert_allclose(zoo.preprocess("cnn", np.asarray(zero)), from_pil)
+    np.testing.assert_allclose(zoo.preprocess("cnn", np.asarray(zero, np.float32) / 255), from_pil, atol=1e-6)
+    np.testing.assert_allclose(zoo.preprocess("cnn", np.asarray(zero)[..., None]), from_pil)
+    # a black ring on a transparent background looks like black on white
+    rgba = Image.new("RGBA", (28, 28), (0, 0, 0, 0))
+    rgba.putalpha(Image.eval(zero, lambda v: 255 - v))
+    np.testing.assert_allclose(zoo.preprocess("cnn", rgba), from_pil, atol=1 / 255)
+
+
+def test_preprocess_uses_a_loaded_models_input_shape():
+    model = zoo.create("mlp_binary", in_shape=(28, 28, 1))
+    assert zoo.preprocess(model, drawn_zero()).shape == (1, 28, 28, 1)
+
+
+def test_preprocess_errors():
+    with pytest.raises(ValueError, match=r"MLP does not take images: its input is shape \(batch, 10\)"):
+        zoo.preprocess("mlp_binary", drawn_zero())
+    with pytest.raises(ValueError, match="does not take images"):
+        zoo.preprocess("lstm", drawn_zero())
+    with pytest.raises(ValueError, match=r"invert must be 'auto', True or False, got 'yes'"):
+        zoo.preprocess("cnn", drawn_zero(), invert="yes")
+    with pytest.raises(ValueError, match=r"must be \(H, W\) or \(H, W, 1\|3\|4\), got shape \(2, 3, 5\)"):
+        zoo.preprocess("cnn", np.zeros((2, 3, 5), np.uint8))
+    with pytest.raises(ValueError, match=r"values in \[0, 1\], got \[0.0, 2.0\]"):
+        zoo.preprocess("cnn", np.array([[0.0, 2.0]], np.float32))
+    with pytest.raises(ValueError, match="uint8 .* or float .*, got dtype int64"):
+        zoo.preprocess("cnn", np.zeros((4, 4), np.int64))
+    with pytest.raises(zoo.UnknownModelError):
+        zoo.preprocess("cnnn", drawn_zero())
+
+
+# ---------------------------------------------------------------- zoo predict
+
+
+def test_predict_classifies_a_drawn_digit(cli, files):
+    code, out, err = cli("predict", "cnn", files["png"], files["jpg"], files["bmp"], "--pretrained", "mnist")
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    assert len(lines) == 3
+    for path, line in zip((files["png"], files["jpg"], files["bmp"]), lines):
+        assert line.startswith(f"{path}: 0 (")
+        assert float(line.split("(")[1].split(")")[0]) > 0.99
+        assert line.count("(") == 3  # --top-k defaults to 3
+
+
+def test_predict_json_and_top_k(cli, files):
+    code, out, _ = cli("predict", "cnn", files["png"], "--pretrained", "mnist", "--json", "--top-k", "10")
+    assert code == 0
+    (result,) = json.loads(out)
+    assert result["file"] == str(files["png"])
+    predictions = result["predictions"]
+    assert [p["class"] for p in predictions][0] == "0"
+    assert sorted(p["class"] for p in predictions) == list("0123456789")
+    probs = [p["probability"] for p in predictions]
+    assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1.0, abs=1e-5)
+    code, out, _ = cli("predict", "cnn", files["png"], "--pretrained", "mnist", "--json", "--top-k", "2")
+    assert len(json.loads(out)[0]["predictions"]) == 2
+
+
+def test_predict_no_invert_feeds_the_picture_as_is(cli, files):
+    _, out, _ = cli("predict", "cnn", files["png"], "--pretrained", "mnist", "--json", "--top-k", "10")
+    _, raw, _ = cli("predict", "cnn", files["png"], "--pretrained", "mnist", "--json", "--top-k", "10", "--no-invert")
+    by_class = lambda text: {p["class"]: p["probability"] for p in json.loads(text)[0]["predictions"]}  # noqa: E731
+    assert by_class(out)["0"] > 0.99 and by_class(raw)["0"] < 0.5
+
+
+def test_predict_bad_files_are_named_and_skipped(cli, files):
+    args = [files["text"], files["png"], files["missing"], files["dir"]]
+    code, out, err = cli("predict", "cnn", *args, "--pretrained", "mnist")
+    assert code == 2
+    assert out.splitlines() == [line for line in out.splitlines() if line.startswith(f"{files['png']}: 0 (")]
+    assert len(out.splitlines()) == 1
+    assert err.splitlines() == [
+        f"error: {files['text']}: not an image Pillow can read (PNG, JPEG, BMP, ...)",
+        f"error: {files['missing']}: no such file",
+        f"error: {files['dir']}: is a directory, not an image file",
+    ]
+    code, out, _ = cli("predict", "cnn", *args, "--pretrained", "mnist", "--json")
+    assert code == 2
+    results = json.loads(out)
+    assert [r["file"] for r in results] == [str(a) for a in args]
+    assert [("error" in r) for r in results] == [True, False, True, True]
+
+
+def test_predict_truncated_image_is_named(cli, files, tmp_path):
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(files["png"].read_bytes()[:200])
+    code, _, err = cli("predict", "cnn", cut, "--pretrained", "mnist")
+    assert code == 2 and err.startswith(f"error: {cut}: cannot read the image")
+
+
+def test_predict_refuses_models_that_do_not_take_images(cli, files):
+    code, out, err = cli("predict", "lstm", files["png"], "--pretrained", "mnist")
+    assert code == 2 and out == ""
+    assert err.strip() == ("error: zoo predict works for image classifiers and the autoencoder; 'lstm' is a "
+                           "sequence_classification model (its input: shape (batch, 28, 28) float32 "
+                           "(sequences (batch, time, features) in [0, 1]))")
+    code, _, err = cli("predict", "dcgan", files["png"], "--pretrained", "mnist")
+    assert code == 2 and "'dcgan' is a gan model" in err
+    code, _, err = cli("predict", "cnn", files["png"], "--pretrained", "mnist", "--top-k", "0")
+    assert code == 2 and "--top-k must be a positive integer, got 0" in err
+
+
+def test_predict_multitask_and_binary(cli, files):
+    code, out, _ = cli("predict", "multitask", files["png"], "--pretrained", "mnist", "--json", "--top-k", "1")
+    assert code == 0
+    heads = json.loads(out)[0]["predictions"]
+    assert [p["class"] for p in heads["digit"]] == ["0"] and [p["class"] for p in heads["parity"]] == ["even"]
+    code, out, _ = cli("predict", "mlp_binary", files["png"], "--pretrained", "mnist_parity", "--json")
+    assert code == 0
+    predictions = json.loads(out)[0]["predictions"]
+    assert sorted(p["class"] for p in predictions) == ["even", "odd"]
+    assert sum(p["probability"] for p in predictions) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_predict_autoencoder_writes_input_and_reconstruction(cli, files, tmp_path):
+    code, _, err = cli("predict", "autoencoder", files["png"], "--pretrained", "mnist")
+    assert code == 2 and "give --out DIR" in err
+    out_dir = tmp_path / "recon"
+    code, out, _ = cli("predict", "autoencoder", files["png"], "--pretrained", "mnist", "--out", out_dir)
+    assert code == 0 and out.startswith(f"{files['png']}: wrote {out_dir / 'zero.png'}")
+    grid = np.asarray(Image.open(out_dir / "zero.png"))
+    assert grid.shape == (32, 62)  # two 28x28 tiles with 2-pixel borders
+    expected_input = np.round(zoo.preprocess("cnn", drawn_zero())[0, :, :, 0] * 255)
+    np.testing.assert_array_equal(grid[2:30, 2:30], expected_input)  # the copy of the input, preprocessed
+
+
+# ---------------------------------------------------------------- zoo sample --n
+
+
+def test_sample_n_is_seeded(cli, tmp_path):
+    paths = [tmp_path / f"{name}.png" for name in ("a", "b", "c")]
+    assert cli("sample", "dcgan", "--pretrained", "mnist", "--n", 4, "--out", paths[0])[0] == 0
+    assert cli("sample", "dcgan", "--pretrained", "mnist", "--num", 4, "--out", paths[1])[0] == 0
+    assert cli("sample", "dcgan", "--pretrained", "mnist", "--n", 4, "--seed", 1, "--out", paths[2])[0] == 0
+    a, b, c = (np.asarray(Image.open(p)) for p in paths)
+    assert a.shape == (32, 8 * 30 + 2)  # one row of the 8-column grid
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    # 4 samples: the last four tiles of the row stay blank
+    assert (a[2:30, 2 + 4 * 30:] == 255).all() and not (a[2:30, 2:30] == 255).all()

@@ -1,0 +1,107 @@
+"""Turn a picture (a PIL image or an array) into the batch an image model expects.
+
+    import zoo
+    from PIL import Image
+    batch = zoo.preprocess("cnn", Image.open("digit.png"))    # float32 (1, 28, 28, 1) in [0, 1]
+    logits = model.apply(variables, batch)
+
+The image is converted to the model's channels (grayscale "L" or "RGB"; a transparent image is
+first laid on white), resized to the model's height and width (bilinear; Pillow antialiases
+when shrinking), and scaled to [0, 1]. Grayscale models follow MNIST's convention, a light digit on a
+dark background; `invert="auto"` inverts (x -> 1 - x) a grayscale image whose border, its
+outermost row and column of pixels on every side after resizing, is brighter on average than
+mid-grey (0.5), i.e. a dark drawing on light paper. RGB models are never inverted unless asked
+(`invert=True`). Pillow is imported inside `preprocess`, so `import zoo` stays light.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from flax import linen as nn
+
+from zoo.registry import create
+
+__all__ = ["preprocess", "image_shape", "BORDER_THRESHOLD"]
+
+BORDER_THRESHOLD = 0.5  # mean border brightness above which "auto" inverts a grayscale image
+
+
+def image_shape(model: nn.Module) -> tuple[int, int, int] | None:
+    """(height, width, channels) if `model` takes float images with 1 or 3 channels, else None."""
+    spec = model.input_spec()
+    shape = tuple(spec.shape)
+    if len(shape) == 3 and None not in shape and shape[2] in (1, 3) and spec.dtype.startswith("float"):
+        return shape
+    return None
+
+
+def _to_pil(image: Any):
+    """A PIL image from a PIL image or an array (H, W), (H, W, 1|3|4): uint8 0-255 or float 0-1."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return image
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)) or 0 in array.shape:
+        raise ValueError(f"an image array must be (H, W) or (H, W, 1|3|4), got shape {array.shape}")
+    if array.dtype == np.uint8:
+        pass
+    elif np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.bool_):
+        values = array.astype(np.float32)
+        if not np.isfinite(values).all() or values.min() < 0.0 or values.max() > 1.0:
+            raise ValueError(f"a float image array must hold values in [0, 1], got [{values.min()}, {values.max()}]")
+        array = np.round(values * 255).astype(np.uint8)
+    else:
+        raise ValueError(f"an image array must be uint8 (0-255) or float (0-1), got dtype {array.dtype}")
+    return Image.fromarray(array)
+
+
+def _flatten_alpha(image):
+    """An image with transparency laid on a white background (how it looks in a viewer)."""
+    from PIL import Image
+
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image
+
+
+def preprocess(model_or_name: str | nn.Module, image: Any, *, invert: bool | str = "auto") -> np.ndarray:
+    """A model-ready batch of one image.
+
+    Args:
+      model_or_name: a registry name (its default configuration) or a model instance (e.g.
+        from `zoo.load`, whose overrides may change the input shape).
+      image: a PIL image, or an array (H, W) / (H, W, 1|3|4), uint8 0-255 or float in [0, 1].
+      invert: "auto" (see the module docstring), True (always x -> 1 - x) or False (never).
+
+    Returns:
+      float32 numpy array (1, H, W, C) in [0, 1], the model's image size and channels.
+
+    Raises:
+      ValueError: the model does not take images, the array is not an image, or `invert`
+        is not "auto", True or False.
+    """
+    from PIL import Image
+
+    model = create(model_or_name) if isinstance(model_or_name, str) else model_or_name
+    shape = image_shape(model)
+    if shape is None:
+        raise ValueError(f"{type(model).__name__} does not take images: its input is {model.input_spec()}")
+    if invert not in ("auto", True, False):
+        raise ValueError(f"invert must be 'auto', True or False, got {invert!r}")
+    height, width, channels = shape
+    picture = _flatten_alpha(_to_pil(image)).convert("L" if channels == 1 else "RGB")
+    picture = picture.resize((width, height), Image.Resampling.BILINEAR)  # Pillow antialiases when shrinking
+    x = np.asarray(picture, np.float32).reshape(height, width, channels) / 255.0  # (H, W, C)
+    if invert == "auto":
+        border = np.concatenate([x[0].ravel(), x[-1].ravel(), x[:, 0].ravel(), x[:, -1].ravel()])
+        invert = channels == 1 and float(border.mean()) > BORDER_THRESHOLD
+    if invert:
+        x = 1.0 - x
+    return x[None]  # (1, H, W, C)
