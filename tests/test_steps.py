@@ -366,7 +366,7 @@ def test_resume_with_more_epochs_continues_a_finished_run(tfds_dir, tmp_path):
 
     fit(_tiny_fit_cfg(tfds_dir), tmp_path, log=lambda *a: None)
     logs = []
-    record = fit(_tiny_fit_cfg(tfds_dir, epochs=2), tmp_path, log=logs.append)
+    record = fit(_tiny_fit_cfg(tfds_dir, epochs=2), tmp_path, log=logs.append).record
     assert any("resumed from step 4" in line for line in logs), logs
     assert record["epoch"] == 2 and record["step"] == 8
     assert max(_checkpoint_params_finite(tmp_path)) == 8

@@ -237,6 +237,7 @@ def _setup(cfg, workdir, lock, log, model, task, splits) -> Run:
 
 def _diverged(run: Run, bad_step: int, what: str) -> TrainingDiverged:
     cfg = run.cfg
+    run.ckpt.wait()  # a save in flight holds finite parameters: it is the last good one
     return TrainingDiverged(
         f"non-finite {what} at step {bad_step} (lr={cfg.lr}, optimizer={cfg.optimizer}); not saved. "
         f"Last good checkpoint: step {run.ckpt.latest_step()} in {run.ckpt.directory}. The labels and inputs "
@@ -358,7 +359,6 @@ def _save(run: Run, epoch_done: int, record: dict | None, force: bool = False) -
     # Losses are checked only at syncs, and the step that overflows still reports a finite
     # loss: never let non-finite parameters become the "last good" checkpoint.
     if not _all_finite((tree["params"], tree["model_state"])):
-        run.ckpt.wait()
         raise _diverged(run, run.step, "parameters")
     metric = f"val_{run.task.val_metric}"
     metrics = {metric: record[metric]} if record else None
