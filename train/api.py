@@ -23,6 +23,7 @@ import numpy as np
 
 import zoo
 from train import loop, tasks
+from train import config as config_fields
 from train.config import Config, build_model, resolve
 
 
@@ -142,6 +143,9 @@ def fit(
     if module is None:
         cfg = resolve(name, values)
     else:  # your own module: no recipe, no registry model to build
+        unknown = [k for k in values if k not in config_fields.FIELDS]
+        if unknown:
+            raise ValueError(config_fields.unknown_key(unknown[0]))
         cfg = Config(**{"model": name, **values}).validate(registered=False)
     splits = None
     if not isinstance(data, str):

@@ -294,7 +294,7 @@ def _set_flags(model_overrides: dict) -> str:
     return flag("model_overrides") + " " + " ".join(f"{k}={json.dumps(v)}" for k, v in model_overrides.items())
 
 
-def _unknown_key(key: str) -> str:
+def unknown_key(key: str) -> str:
     """The error for a key that is no Config field, with the closest field name if there is one."""
     close = ALIASES.get(key) or next(iter(difflib.get_close_matches(key, [*FIELDS, *ALIASES], n=1)), None)
     close = ALIASES.get(close, close)
@@ -322,7 +322,7 @@ def read_json_config(path: str | Path) -> dict:
         if key == "model":
             raise ValueError(f"{path}: 'model' cannot be set in a config file; the model is chosen by name")
         if key not in FIELDS:
-            raise ValueError(f"{path}: {_unknown_key(key)}")
+            raise ValueError(f"{path}: {unknown_key(key)}")
         if error := field_error(key, value):
             raise ValueError(f"{path}: {key} {error}")
     return values
@@ -360,7 +360,7 @@ def resolve(model: str, overrides: dict[str, Any] | None = None, *, config_file:
         raise ValueError(f"overrides name model {overrides['model']!r} but the model is {model!r}")
     for key, value in overrides.items():
         if key not in FIELDS:
-            raise ValueError(_unknown_key(key))
+            raise ValueError(unknown_key(key))
         if error := field_error(key, value):
             raise ValueError(f"{flag(key)} {error}")
     layers = [recipe(model), read_json_config(config_file) if config_file is not None else {}, overrides]
