@@ -7,11 +7,13 @@
     logits = model.apply(variables, images)      # images: float32 NHWC in [0, 1]
     feats = model.apply(variables, images, method="embed")   # the representation before the head
     zoo.list_models("cnn*", pretrained=True)     # filter by pattern / shipped weights
+    print(zoo.model_card("cnn", "mnist"))        # what the shipped weights record (zoo info cnn.mnist)
 
 Importing zoo loads only jax, flax and numpy (no TensorFlow, tfds, optax or orbax).
 """
 
-from zoo import autoencoder, cnn, finetune, gan, layers, mlp, multitask, rnn
+from zoo import autoencoder, cards, cnn, finetune, gan, layers, mlp, multitask, rnn
+from zoo.cards import model_card, shipped_inputs
 from zoo.finetune import param_labels
 from zoo.pretrained import available, load, register_shipped
 from zoo.registry import (
@@ -36,6 +38,7 @@ __all__ = [
     "UnknownModelError",
     "autoencoder",
     "available",
+    "cards",
     "cnn",
     "create",
     "finetune",
@@ -47,10 +50,12 @@ __all__ = [
     "list_models",
     "load",
     "mlp",
+    "model_card",
     "multitask",
     "param_count",
     "param_labels",
     "rnn",
+    "shipped_inputs",
     "to_torch",
     "torch_model",
 ]
