@@ -226,9 +226,13 @@ def _print_eval(result: dict) -> None:
         if isinstance(value, float):
             print(f"  {key}: {value:.6g}")
     if "per_class" in m:
-        print("  class  precision  recall  f1      support")
-        for c, r in m["per_class"].items():
-            print(f"  {c:>5}  {r['precision']:.4f}     {r['recall']:.4f}  {r['f1']:.4f}  {r['support']}")
+        # "index 'name'": with --classes 0,2,5 row 1 is class '2' of the original labels
+        names = result.get("class_names") or [None] * len(m["per_class"])
+        labels = [c if n is None else f"{c} {n!r}" for c, n in zip(m["per_class"], names)]
+        width = max(5, *map(len, labels))
+        print(f"  {'class':>{width}}  precision  recall  f1      support")
+        for label, r in zip(labels, m["per_class"].values()):
+            print(f"  {label:>{width}}  {r['precision']:.4f}     {r['recall']:.4f}  {r['f1']:.4f}  {r['support']}")
         print("  confusion (rows: true, cols: predicted):")
         for row in m["confusion"]:
             print("   " + " ".join(f"{v:5d}" for v in row))
