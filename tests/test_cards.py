@@ -124,3 +124,12 @@ def test_cli_list_filters_and_shows_the_shipped_input():
     assert listed == zoo.list_models("*lstm") == ["char_lstm", "lstm"]
     none = zoo_cli("list", "zz*")
     assert none.returncode == 1 and "no model matches 'zz*'" in none.stderr
+
+
+def test_a_card_reads_json_only():
+    code = ("import sys, zoo; zoo.model_card('mlp_binary', 'mnist_parity'); zoo.model_card('cnn'); "
+            "print(sorted(m for m in ('orbax', 'tensorflow', 'tensorflow_datasets', 'optax', 'torch', 'train') "
+            "if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
