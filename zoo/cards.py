@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from zoo import exports
+from zoo.pretrained import available, weights_dir
 from zoo.registry import InputSpec, get_spec, param_count
 
-__all__ = ["DATASETS", "model_card", "shipped_inputs", "TRAINING_RECORD"]
+__all__ = ["DATASETS", "LICENSE_NOTE", "TRAINING_RECORD", "model_card", "shipped_inputs"]
 
 # The vendored datasets' sources as data/README.md states them (tests keep the two in sync).
 # data/README.md states no license for either; a card says so rather than guess one.
@@ -44,8 +45,6 @@ TRAINING_RECORD = Path(__file__).resolve().parents[1] / "bench" / "results" / "t
 
 def _weights(name: str) -> dict[str, tuple[Path, dict]]:
     """{tag: (export dir, index entry)} of `name`'s shipped weights."""
-    from zoo.pretrained import available, weights_dir
-
     return {tag: (weights_dir() / entry["dir"], entry) for tag, entry in available(name).items()}
 
 
