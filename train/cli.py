@@ -1,6 +1,7 @@
 """The `zoo` command: list, train, eval, sample, export, predict, prepare.
 
-    zoo list
+    zoo list                                   # or: zoo list 'cnn*' --pretrained
+    zoo info cnn.mnist                         # model card of shipped weights (or: zoo info cnn)
     zoo train cnn --epochs 3 --workdir runs/cnn
     zoo eval cnn --workdir runs/cnn            # or: zoo eval cnn --pretrained mnist
     zoo sample char_lstm --pretrained tiny_shakespeare
@@ -147,14 +148,33 @@ def argv_is_cli() -> bool:
 def cmd_list(args) -> int:
     import zoo
 
+    names = zoo.list_models(args.pattern, pretrained=args.pretrained)
+    if not names:
+        which = "with shipped weights " if args.pretrained else ""
+        print(f"no model {which}matches {args.pattern!r}; models: {', '.join(zoo.list_models())}", file=sys.stderr)
+        return 1
     rows = [("name", "task", "input", "params", "pretrained")]
-    for name in zoo.list_models():
+    for name in names:
         s = zoo.get_spec(name)
-        shape = "(" + ", ".join("T" if d is None else str(d) for d in s.input.shape) + f") {s.input.dtype}"
-        rows.append((name, s.task, shape, f"{s.num_params:,}", ",".join(s.pretrained) or "-"))
+        # shipped weights built with other overrides (mlp_binary's 784-wide input) name their input
+        tags = [tag if spec.shape == s.input.shape else f"{tag} (input {_dims(spec.shape)})"
+                for tag, spec in zoo.shipped_inputs(name).items()]
+        rows.append((name, s.task, f"{_dims(s.input.shape)} {s.input.dtype}", f"{s.num_params:,}", ", ".join(tags) or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def _dims(shape) -> str:
+    return "(" + ", ".join("T" if d is None else str(d) for d in shape) + ")"
+
+
+def cmd_info(args) -> int:
+    import zoo
+
+    name, _, tag = args.name.partition(".")
+    print(zoo.model_card(name, tag or None))
     return 0
 
 
@@ -208,9 +228,13 @@ def _print_eval(result: dict) -> None:
         if isinstance(value, float):
             print(f"  {key}: {value:.6g}")
     if "per_class" in m:
-        print("  class  precision  recall  f1      support")
-        for c, r in m["per_class"].items():
-            print(f"  {c:>5}  {r['precision']:.4f}     {r['recall']:.4f}  {r['f1']:.4f}  {r['support']}")
+        # "index 'name'": with --classes 0,2,5 row 1 is class '2' of the original labels
+        names = result.get("class_names") or [None] * len(m["per_class"])
+        labels = [c if n is None else f"{c} {n!r}" for c, n in zip(m["per_class"], names)]
+        width = max(5, *map(len, labels))
+        print(f"  {'class':>{width}}  precision  recall  f1      support")
+        for label, r in zip(labels, m["per_class"].values()):
+            print(f"  {label:>{width}}  {r['precision']:.4f}     {r['recall']:.4f}  {r['f1']:.4f}  {r['support']}")
         print("  confusion (rows: true, cols: predicted):")
         for row in m["confusion"]:
             print("   " + " ".join(f"{v:5d}" for v in row))
@@ -416,7 +440,13 @@ def cmd_prepare(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="zoo", description="JAX/Flax model zoo: train, evaluate and sample the tutorial models.")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="list registered models").set_defaults(func=cmd_list)
+    ls = sub.add_parser("list", help="list registered models (input, parameters, shipped weights)")
+    ls.add_argument("pattern", nargs="?", help="shell-style name pattern, e.g. 'cnn*' or '*lstm'")
+    ls.add_argument("--pretrained", action="store_true", help="only models with shipped weights")
+    ls.set_defaults(func=cmd_list)
+    i = sub.add_parser("info", help="model card: architecture, input, classes, data, recipe, metric, hashes")
+    i.add_argument("name", metavar="NAME[.TAG]", help="a model (cnn) or its shipped weights (cnn.mnist)")
+    i.set_defaults(func=cmd_info)
 
     t = sub.add_parser(
         "train", help="train a model (resumes if the workdir has a checkpoint)",

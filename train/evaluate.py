@@ -7,7 +7,12 @@ from pathlib import Path
 
 import jax
 
+<<<<<<< HEAD
 from train import parallel, tasks
+=======
+import zoo
+from train import tasks
+>>>>>>> f-research
 from train.checkpoint import Checkpointer
 from train.config import Config, build_model, resolve
 from zoo.exports import check_tree, expected_variables, write_text_atomic
@@ -72,13 +77,27 @@ def _finish(result: dict, out: Path | None) -> dict:
     return result
 
 
+def class_names(cfg: Config, metrics: dict) -> list[str] | None:
+    """The names of `metrics`' per-class rows: the model's class names, where a run trained on
+    `--classes` maps row i to original class cfg.classes[i]. None where the model has no flat
+    class names or they do not fit the rows (e.g. num_classes changed with --set)."""
+    names = zoo.get_spec(cfg.model).class_names
+    rows = len(metrics.get("per_class", {}))
+    if not isinstance(names, tuple) or not rows:
+        return None
+    if cfg.classes:
+        names = tuple(names[c] if c < len(names) else str(c) for c in cfg.classes)
+    return list(names) if len(names) == rows else None
+
+
 def evaluate_workdir(name: str, workdir, *, split: str = "test", which: str | None = None, out=None) -> dict:
     """Evaluates a `zoo train` run on `split`; saves WORKDIR/eval_<split>.json unless `out` says otherwise."""
     cfg, model, variables, step = restore_workdir(Path(workdir), which)
     if cfg.model != name:
         raise ValueError(f"{workdir} holds a {cfg.model!r} run, not {name!r}")
     metrics = evaluate_run(cfg, model, variables, split)
-    result = {"model": name, "dataset": cfg.dataset, "split": split, "source": f"{workdir} step {step}", "step": step, "metrics": metrics}
+    result = {"model": name, "dataset": cfg.dataset, "split": split, "source": f"{workdir} step {step}", "step": step,
+              "class_names": class_names(cfg, metrics), "metrics": metrics}
     return _finish(result, Path(out) if out else Path(workdir) / f"eval_{split}.json")
 
 
@@ -97,7 +116,8 @@ def evaluate_pretrained(name: str, tag: str | None, *, path=None, split: str = "
     cfg = resolve(name, {**{k: v for k, v in overrides.items() if k not in ("model",)}, "data_dir": data_dir})
     metrics = evaluate_run(cfg, model, variables, split)
     source = f"pretrained {name}.{tag}" if tag else f"export {path}"
-    return _finish({"model": name, "dataset": cfg.dataset, "split": split, "source": source, "metrics": metrics}, out)
+    return _finish({"model": name, "dataset": cfg.dataset, "split": split, "source": source,
+                    "class_names": class_names(cfg, metrics), "metrics": metrics}, out)
 
 
 def variables_for(name: str, *, pretrained=None, path=None, workdir=None):

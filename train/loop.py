@@ -186,7 +186,8 @@ def _setup(cfg, workdir, lock, log, model, task, splits) -> Run:
     task = task or tasks.of_model(cfg.model)
     model = model if model is not None else build_model(cfg)
     splits = splits or tasks.load_splits(task, cfg)
-    tasks.check_labels(task, splits.train, model, cfg.dataset)
+    for split_name, split in (("train", splits.train), ("validation", splits.val)):  # a bad val label: NaN val loss
+        tasks.check_labels(task, split, model, f"{cfg.dataset} ({split_name} split)")
     devices = _devices(cfg)
     mesh = parallel.make_mesh(devices)
     parallel.check_batch_size(cfg.batch_size, len(devices))

@@ -8,11 +8,13 @@
     feats = model.apply(variables, images, method="embed")   # the representation before the head
     zoo.list_models("cnn*", pretrained=True)     # filter by pattern / shipped weights
     batch = zoo.preprocess("cnn", pil_image)     # a picture -> float32 (1, 28, 28, 1), MNIST polarity
+    print(zoo.model_card("cnn", "mnist"))        # what the shipped weights record (zoo info cnn.mnist)
 
 Importing zoo loads only jax, flax and numpy (no TensorFlow, tfds, optax or orbax).
 """
 
-from zoo import autoencoder, cnn, finetune, gan, layers, mlp, multitask, rnn
+from zoo import autoencoder, cards, cnn, finetune, gan, layers, mlp, multitask, rnn
+from zoo.cards import model_card, shipped_inputs
 from zoo.finetune import param_labels
 from zoo.pretrained import available, load, register_shipped
 from zoo.preprocess import preprocess  # the function; the module stays in sys.modules["zoo.preprocess"]
@@ -38,6 +40,7 @@ __all__ = [
     "UnknownModelError",
     "autoencoder",
     "available",
+    "cards",
     "cnn",
     "create",
     "finetune",
@@ -49,11 +52,13 @@ __all__ = [
     "list_models",
     "load",
     "mlp",
+    "model_card",
     "multitask",
     "param_count",
     "param_labels",
     "preprocess",
     "rnn",
+    "shipped_inputs",
     "to_torch",
     "torch_model",
 ]

@@ -1,0 +1,135 @@
+"""Model cards (`zoo.model_card`, `zoo info`) and the listing (`zoo list PATTERN --pretrained`).
+
+A card prints what is recorded and nothing else: these tests read the same sources (the shipped
+manifests, bench/results/train_all.json, data/README.md) and check the card against them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import zoo
+from zoo import cards, exports
+from zoo.pretrained import weights_dir
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = [(model, tag) for model, tags in zoo.available().items() for tag in tags]
+
+
+def card_fields(card: str) -> dict[str, str]:
+    """'key: value' lines of a card (indented lines under their own key)."""
+    return {m["key"]: m["value"] for m in re.finditer(r"^ *(?P<key>[a-z0-9 ._]+): (?P<value>.*)$", card, re.MULTILINE)}
+
+
+def zoo_cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "train.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("model, tag", SHIPPED, ids=[f"{m}.{t}" for m, t in SHIPPED])
+def test_card_of_shipped_weights_states_the_manifest(model, tag):
+    directory = weights_dir() / zoo.available(model)[tag]["dir"]
+    manifest = json.loads((directory / "manifest.json").read_text())
+    fields = card_fields(zoo.model_card(model, tag))
+    assert fields["manifest sha256"] == exports.sha256_file(directory / "manifest.json")
+    assert fields["recipe"] == manifest["command"]
+    assert fields["dataset"] == manifest["dataset"]
+    metric = manifest["metric"]
+    assert fields["metric"].startswith(f"{metric['name']} {metric['value']:.6g} ({metric['split']} split")
+    assert fields["follows"] == zoo.get_spec(model).follows
+    built = exports.model_from_manifest(manifest)
+    assert fields["input"] == str(built.input_spec())
+    assert fields["parameters"] == f"{zoo.param_count(exports.expected_variables(built)):,}"
+    source = cards.DATASETS[manifest["dataset"]]
+    assert fields["source"] == f"{source['source']}, {source['url']}"
+    assert fields["license"] == cards.LICENSE_NOTE
+
+
+def test_training_device_and_time_come_from_the_bench_record_of_the_same_run(tmp_path):
+    record = json.loads(cards.TRAINING_RECORD.read_text())["cnn"]
+    fields = card_fields(zoo.model_card("cnn", "mnist"))
+    assert fields["training device"] == f"{record['device']} (bench/results/train_all.json)"
+    assert fields["training wall time"] == f"{record['train_wall_s']:g} s (bench/results/train_all.json)"
+    # a record whose metric is another run's is not attributed to these weights
+    other = tmp_path / "train_all.json"
+    other.write_text(json.dumps({"cnn": {**record, "metric": {**record["metric"], "value": 0.5}}}))
+    fields = card_fields(zoo.model_card("cnn", "mnist", training_record=other))
+    assert fields["training device"] == fields["training wall time"] == "not recorded"
+    fields = card_fields(zoo.model_card("cnn", "mnist", training_record=None))
+    assert fields["training device"] == "not recorded"
+
+
+def test_card_uses_the_weights_overrides_not_the_registry_defaults():
+    fields = card_fields(zoo.model_card("mlp_binary", "mnist_parity"))
+    assert fields["input"].startswith("shape (batch, 28, 28, 1) float32")
+    assert fields["architecture"] == "zoo.mlp.MLP (overrides: in_shape=[28, 28, 1])"
+    assert fields["parameters"] == f"{28 * 28 * 5 + 5 + 5 + 1:,}"  # 784-5-1, not the registry's 10-5-1 (61)
+
+
+def test_card_without_a_tag_lists_the_spec_and_each_shipped_tag():
+    card = zoo.model_card("cnn")
+    spec = zoo.get_spec("cnn")
+    fields = card_fields(card)
+    assert fields["parameters"] == f"{spec.num_params:,}" and fields["task"] == spec.task
+    assert fields["classes"] == " ".join(spec.class_names)
+    assert fields["embedding"].startswith("(3136,)")
+    for tag in spec.pretrained:
+        assert fields[f"cnn.{tag}"].startswith(f"mnist, accuracy {zoo.available('cnn')[tag]['metric']['value']:.6g}")
+    assert card_fields(zoo.model_card("cnn_cifar"))["pretrained"] == "none shipped"
+
+
+def test_card_errors_name_what_exists():
+    with pytest.raises(ValueError, match=r"unknown pretrained tag 'nope' for 'cnn'; shipped tags: mnist, mnist_aug"):
+        zoo.model_card("cnn", "nope")
+    with pytest.raises(zoo.UnknownModelError, match="Did you mean 'cnn'"):
+        zoo.model_card("cnnn")
+
+
+def test_dataset_sources_match_data_readme():
+    readme = " ".join((REPO / "data" / "README.md").read_text().split())
+    for info in cards.DATASETS.values():
+        assert info["source"] in readme and info["url"] in readme
+    # the card says "not stated"; if data/README.md gains license terms, cards.py must state them
+    assert "licen" not in readme.lower()
+
+
+def test_shipped_inputs_differ_only_where_overrides_change_them():
+    assert zoo.shipped_inputs("mlp_binary")["mnist_parity"].shape == (28, 28, 1)
+    assert zoo.get_spec("mlp_binary").input.shape == (10,)
+    assert {t: s.shape for t, s in zoo.shipped_inputs("cnn").items()} == {"mnist": (28, 28, 1), "mnist_aug": (28, 28, 1)}
+    assert zoo.shipped_inputs("cnn_cifar") == {}
+
+
+def test_cli_info_prints_the_card():
+    result = zoo_cli("info", "cnn.mnist")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == zoo.model_card("cnn", "mnist") + "\n"
+    assert zoo_cli("info", "cnn").stdout == zoo.model_card("cnn") + "\n"
+    bad = zoo_cli("info", "cnn.nope")
+    assert bad.returncode == 2 and "shipped tags: mnist, mnist_aug" in bad.stderr
+
+
+def test_cli_list_filters_and_shows_the_shipped_input():
+    rows = {line.split()[0]: line for line in zoo_cli("list", "--pretrained").stdout.splitlines()[1:]}
+    assert list(rows) == zoo.list_models(pretrained=True)
+    assert "mnist_parity (input (28, 28, 1))" in rows["mlp_binary"]
+    assert "(10) float32" in rows["mlp_binary"]  # the registry default stays in the input column
+    assert "input" not in rows["cnn"].split("float32", 1)[1]  # no note where the weights match
+    listed = [line.split()[0] for line in zoo_cli("list", "*lstm").stdout.splitlines()[1:]]
+    assert listed == zoo.list_models("*lstm") == ["char_lstm", "lstm"]
+    none = zoo_cli("list", "zz*")
+    assert none.returncode == 1 and "no model matches 'zz*'" in none.stderr
+
+
+def test_a_card_reads_json_only():
+    code = ("import sys, zoo; zoo.model_card('mlp_binary', 'mnist_parity'); zoo.model_card('cnn'); "
+            "print(sorted(m for m in ('orbax', 'tensorflow', 'tensorflow_datasets', 'optax', 'torch', 'train') "
+            "if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -1,0 +1,192 @@
+"""Model cards: what a registered model is, and what each set of its shipped weights records.
+
+    print(zoo.model_card("cnn"))            # the registry entry and its shipped tags
+    print(zoo.model_card("cnn", "mnist"))   # one set of shipped weights: its manifest, in words
+    zoo.shipped_inputs("mlp_binary")        # {"mnist_parity": InputSpec((28, 28, 1), ...)}
+
+A card prints only what is recorded: the registry spec, the weights' manifest (read with
+`zoo.exports.read_manifest`, pinned by the package's weights index; the parameter files are
+not hashed here, `zoo.load` does that), the dataset's source as data/README.md states it, and,
+in a source checkout, the training device and wall time that bench/train_all.py recorded for
+the run whose metric the manifest holds. Reads JSON only: no orbax, no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from zoo import exports
+from zoo.pretrained import available, weights_dir
+from zoo.registry import InputSpec, get_spec, param_count
+
+__all__ = ["DATASETS", "LICENSE_NOTE", "TRAINING_RECORD", "model_card", "shipped_inputs"]
+
+# The vendored datasets' sources as data/README.md states them (tests keep the two in sync).
+# data/README.md states no license for either; a card says so rather than guess one.
+DATASETS = {
+    "mnist": {
+        "source": "the MNIST database of handwritten digits by Yann LeCun, Corinna Cortes and "
+                  "Christopher J. C. Burges",
+        "url": "http://yann.lecun.com/exdb/mnist/",
+    },
+    "tiny_shakespeare": {
+        "source": "about 1 MB of Shakespeare's plays collected by Andrej Karpathy for char-rnn (2015)",
+        "url": "https://github.com/karpathy/char-rnn/blob/master/data/tinyshakespeare/input.txt",
+    },
+}
+LICENSE_NOTE = "not stated in data/README.md (see the source)"
+
+# bench/train_all.py's record of the shipped runs; present in a source checkout only.
+TRAINING_RECORD = Path(__file__).resolve().parents[1] / "bench" / "results" / "train_all.json"
+
+
+def _weights(name: str) -> dict[str, tuple[Path, dict]]:
+    """{tag: (export dir, index entry)} of `name`'s shipped weights."""
+    return {tag: (weights_dir() / entry["dir"], entry) for tag, entry in available(name).items()}
+
+
+def _manifest(name: str, tag: str) -> tuple[dict, str]:
+    """(manifest, its sha256) of shipped weights `name.tag`; the index pins the manifest."""
+    weights = _weights(name)
+    if tag not in weights:
+        have = ", ".join(sorted(weights)) or "none shipped"
+        raise ValueError(f"unknown pretrained tag {tag!r} for {name!r}; shipped tags: {have}")
+    directory, entry = weights[tag]
+    return exports.read_manifest(directory, entry["manifest_sha256"]), entry["manifest_sha256"]
+
+
+def shipped_inputs(name: str) -> dict[str, InputSpec]:
+    """The input spec of each of `name`'s shipped weights (their model overrides applied)."""
+    return {tag: exports.model_from_manifest(_manifest(name, tag)[0]).input_spec() for tag in _weights(name)}
+
+
+def _training_record(tag_key: str, metric: Any, record_path: Path | None) -> dict | None:
+    """bench/train_all.py's entry for `tag_key`, only if its metric is the manifest's (the same run)."""
+    if record_path is None or not Path(record_path).is_file():
+        return None
+    runs = json.loads(Path(record_path).read_text())
+    for run in runs.values():
+        if run.get("tag") == tag_key and run.get("metric") == metric:
+            return run
+    return None
+
+
+def _training_lines(run: dict | None) -> list[str]:
+    device = run.get("device") if run else None
+    wall = run.get("train_wall_s") if run else None
+    source = " (bench/results/train_all.json)" if run else ""
+    return [f"training device: {device or 'not recorded'}{source if device else ''}",
+            f"training wall time: {f'{wall:g} s' if wall is not None else 'not recorded'}{source if wall is not None else ''}"]
+
+
+def _shape(shape) -> str:
+    dims = ["T" if d is None else str(d) for d in shape]
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+def _text(value: Any) -> str:
+    """`value` on one line: strings as they are unless they hold spaces or control characters."""
+    return value if isinstance(value, str) and value.isprintable() and " " not in value else repr(value)
+
+
+def _classes(names) -> str:
+    if names is None:
+        return "none (outputs are not classes)"
+    if isinstance(names, dict):
+        return "; ".join(f"{head}: {_classes(n)}" for head, n in names.items())
+    shown = " ".join(_text(n) for n in names[:20])
+    return shown if len(names) <= 20 else f"{len(names)} classes: {shown} ..."
+
+
+def _preprocessing(spec) -> str:
+    return "; ".join(f"{k} {v if isinstance(v, str) and v.isprintable() else _text(v)}" for k, v in spec.preprocessing.items())
+
+
+def _dataset_lines(dataset: str | None) -> list[str]:
+    info = DATASETS.get(dataset or "")
+    if info is None:
+        return [f"dataset: {dataset or 'not recorded'}", "  source and license: not recorded in data/README.md"]
+    return [f"dataset: {dataset}", f"  source: {info['source']}, {info['url']}", f"  license: {LICENSE_NOTE}"]
+
+
+def _metric(m: dict | None) -> str:
+    if not m:
+        return "not recorded"
+    where = [m.get("split") and f"{m['split']} split", m.get("count") and f"{m['count']} examples",
+             m.get("step") is not None and f"step {m['step']}"]
+    return f"{m['name']} {m['value']:.6g}" + (f" ({', '.join(w for w in where if w)})" if any(where) else "")
+
+
+def _spec_card(name: str) -> list[str]:
+    spec = get_spec(name)
+    defaults = ", ".join(f"{k}={v!r}" for k, v in spec.defaults.items()) or "none"
+    lines = [
+        f"{name}: {spec.description}",
+        f"task: {spec.task}",
+        f"architecture: {spec.module.__module__}.{spec.module.__name__} (defaults: {defaults})",
+        f"  follows: {spec.follows}",
+        f"parameters: {spec.num_params:,}",
+        f"input: {spec.input}",
+        f"preprocessing: {_preprocessing(spec)}",
+        f"output: {_shape(spec.output) if isinstance(spec.output, tuple) else spec.output}",
+        f"embedding: {_shape(spec.embedding)} (model.apply(variables, x, method='embed'))",
+        f"classes: {_classes(spec.class_names)}",
+    ]
+    return lines
+
+
+def model_card(name: str, tag: str | None = None, *, training_record: str | os.PathLike | None = TRAINING_RECORD) -> str:
+    """A plain-text card for registry model `name`, or for its shipped weights `name.tag`.
+
+    Args:
+      name: a registry name (`zoo.list_models()`).
+      tag: a shipped weights tag (`zoo.available(name)`), or None for the model and its tags.
+      training_record: bench/train_all.py's JSON (device and wall time of the shipped runs);
+        None or a missing file: those lines say "not recorded".
+
+    Returns:
+      The card, lines joined by newlines (what `zoo info NAME[.TAG]` prints).
+
+    Raises:
+      UnknownModelError: `name` is not registered; ValueError: `tag` is not shipped for it
+        (the message lists the shipped tags) or its manifest fails its pinned sha256.
+    """
+    spec = get_spec(name)
+    if tag is None:
+        lines = _spec_card(name)
+        if not spec.pretrained:
+            return "\n".join(lines + ["pretrained: none shipped"])
+        lines.append("pretrained (zoo info NAME.TAG for a card):")
+        for t in spec.pretrained:
+            manifest, _ = _manifest(name, t)
+            lines.append(f"  {name}.{t}: {manifest.get('dataset')}, {_metric(manifest.get('metric'))}")
+        return "\n".join(lines)
+
+    manifest, sha = _manifest(name, tag)
+    model = exports.model_from_manifest(manifest)
+    overrides = manifest.get("model_overrides") or {}
+    count = spec.num_params if not overrides else param_count(exports.expected_variables(model))
+    run = _training_record(f"{name}.{tag}", manifest.get("metric"), training_record)
+    lines = [
+        f"{name}.{tag}: pretrained weights of {name} ({spec.description})",
+        f"task: {spec.task}",
+        f"architecture: {spec.module.__module__}.{spec.module.__name__} "
+        f"(overrides: {', '.join(f'{k}={v!r}' for k, v in overrides.items()) or 'none'})",
+        f"  follows: {spec.follows}",
+        f"parameters: {count:,}",
+        f"input: {model.input_spec()}",
+        f"preprocessing: {_preprocessing(spec)}",
+        f"classes: {_classes(spec.class_names)}",
+        *_dataset_lines(manifest.get("dataset")),
+        f"recipe: {manifest.get('command') or 'not recorded'}",
+        f"metric: {_metric(manifest.get('metric'))}",
+        *_training_lines(run),
+        f"created: {manifest.get('created') or 'not recorded'}",
+        "versions: " + (", ".join(f"{k} {v}" for k, v in (manifest.get("versions") or {}).items()) or "not recorded"),
+        f"manifest sha256: {sha}",
+        f"load: zoo.load({name!r}, pretrained={tag!r})",
+    ]
+    return "\n".join(lines)
