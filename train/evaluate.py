@@ -7,12 +7,8 @@ from pathlib import Path
 
 import jax
 
-<<<<<<< HEAD
-from train import parallel, tasks
-=======
 import zoo
-from train import tasks
->>>>>>> f-research
+from train import parallel, tasks
 from train.checkpoint import Checkpointer
 from train.config import Config, build_model, resolve
 from zoo.exports import check_tree, expected_variables, write_text_atomic
