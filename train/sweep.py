@@ -115,10 +115,13 @@ def parse_spec(name: str, spec: str):
         raise ValueError(f"--param {name}={spec}: unknown distribution {kind!r}{hint}; expected one of "
                          "loguniform:A:B, uniform:A:B, int:A:B, choice:V1,V2,...")
     if kind == "choice":
-        raw = [part.strip() for part in rest.split(",")] if rest.strip() else []
-        if not raw or any(not part for part in raw):
+        try:  # all JSON (lists included: choice:[32],[64,32]) ...
+            choices = [_choice(json.dumps(v)) for v in loads_finite(f"[{rest}]")]
+        except ValueError:  # ... or comma-separated, each JSON or a bare word (choice:adam,sgd)
+            raw = [part.strip() for part in rest.split(",")]
+            choices = [_choice(part) for part in raw] if all(raw) else []
+        if not choices:
             raise ValueError(f"--param {name}={spec}: choice needs comma-separated values, e.g. choice:64,128,256")
-        choices = [_choice(part) for part in raw]
         if len(set(map(repr, choices))) != len(choices):
             raise ValueError(f"--param {name}={spec}: the choices repeat a value")
         return optuna.distributions.CategoricalDistribution(choices)
@@ -281,8 +284,9 @@ def _pruner(name: str):
 
 
 def open_study(model: str, space: dict, *, storage, study_name: str, sampler: str = "tpe", pruner: str = "median",
-               seed: int = 0):
-    """Creates or joins the study; a study of that name must hold the same model and space."""
+               seed: int = 0, fixed: dict | None = None):
+    """Creates or joins the study; a study of that name must hold the same model, space and `fixed`
+    values (the config every trial shares, JSON), so workers never mix differently-run trials."""
     from train import tasks
 
     optuna = _optuna()
@@ -290,16 +294,22 @@ def open_study(model: str, space: dict, *, storage, study_name: str, sampler: st
     sampler_obj, pruner_obj = _sampler(sampler, space, seed), _pruner(pruner)
     study = optuna.create_study(storage=storage, study_name=study_name, sampler=sampler_obj, pruner=pruner_obj,
                                 direction=direction, load_if_exists=True)
-    described = space_json(space)
+    described, fixed = space_json(space), fixed or {}
     saved = study.user_attrs
     if "space" not in saved:
         study.set_user_attr("model", model)
         study.set_user_attr("space", described)
+        study.set_user_attr("fixed", fixed)
     elif saved.get("model") != model or saved["space"] != described:
         raise ValueError(
             f"study {study_name!r} exists with model {saved.get('model')!r} and space "
             f"{json.dumps(saved['space'], sort_keys=True)}, not {model!r} with {json.dumps(described, sort_keys=True)}; "
             "use another --study (or --workdir) or the same --param values")
+    elif saved.get("fixed", {}) != fixed:
+        changed = sorted(k for k in {*fixed, *saved.get("fixed", {})} if fixed.get(k) != saved.get("fixed", {}).get(k))
+        raise ValueError(f"study {study_name!r} exists with other fixed values: " + ", ".join(
+            f"{k} {saved.get('fixed', {}).get(k)!r} there, {fixed.get(k)!r} here" for k in changed)
+            + "; use the same flags, or another --study")
     return study
 
 
@@ -404,15 +414,18 @@ def run_sweep(model: str, params: dict[str, str], *, trials: int, workdir: str |
     if heartbeat < 1:
         raise ValueError(f"--heartbeat {heartbeat!r}: must be >= 1 second")
     space = build_space(model, params, overrides=overrides, config_file=config_file)
-    if sampler not in SAMPLERS:
-        raise ValueError(f"--sampler {sampler!r}: must be one of {', '.join(SAMPLERS)}")
+    _sampler(sampler, space, seed), _pruner(pruner)  # their errors, before anything is written
     workdir = Path(workdir).absolute()
     url = storage or f"sqlite:///{workdir / 'study.db'}"
     if storage is None:
         workdir.mkdir(parents=True, exist_ok=True)
     store = open_storage(url, heartbeat=heartbeat)
+    base = trial_config(model, {}, overrides=overrides, config_file=config_file).to_json()
+    # data_dir differs between machines without changing a run
+    fixed = {k: v for k, v in base.items() if k not in space and k != "data_dir"}
+    fixed["model_overrides"] = {k: v for k, v in base["model_overrides"].items() if MODEL_PREFIX + k not in space}
     study = open_study(model, space, storage=store, study_name=study_name or f"sweep-{model}", sampler=sampler,
-                       pruner=pruner, seed=seed)
+                       pruner=pruner, seed=seed, fixed=fixed)
     workdir.mkdir(parents=True, exist_ok=True)
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     log(f"sweep {study.study_name} of {model} in {workdir} (storage {url}): {len(space)} parameters, "
