@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 def tiny(tfds_dir, epochs=2) -> dict:
     """Config values of a seconds-long mlp_small run (4 fake devices: batch sizes divisible by 4)."""
     return {"epochs": epochs, "batch_size": 32, "train_limit": 256, "val_size": 256, "data_dir": str(tfds_dir),
-            "schedule": "constant", "log_every": 1000}
+            "schedule": "constant", "log_every": 1000, "num_devices": 1}
 
 
 def tiny_flags(tfds_dir, epochs=2) -> list[str]:
@@ -193,7 +193,9 @@ def test_sweep_end_to_end(tfds_dir, tmp_path):
     assert recipe["lr"] == best.params["lr"] and "model" not in recipe
     from train import loop
 
-    again = loop.fit(resolve("mlp_small", config_file=workdir / "best.json"), tmp_path / "again", log=lambda m: None)
+    assert "data_dir" not in recipe  # machine-specific: given by flag
+    cfg = resolve("mlp_small", {"data_dir": str(tfds_dir)}, config_file=workdir / "best.json")
+    again = loop.fit(cfg, tmp_path / "again", log=lambda m: None)
     assert again.record["val_accuracy"] == pytest.approx(best.value, abs=1e-6)
     for name in ("history", "importances", "parallel_coordinates"):
         assert (workdir / f"{name}.png").stat().st_size > 1000

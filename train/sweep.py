@@ -514,6 +514,7 @@ def write_results(study, workdir: Path) -> list[Path]:
         best = study.best_trial
         config = json.loads((Path(best.user_attrs["workdir"]) / "config.json").read_text())
         config.pop("model")
+        config.pop("data_dir")  # where this machine keeps the data is no part of a recipe
         params = ", ".join(f"{k}={decode(v)}" for k, v in best.params.items())
         config = {"_comment": f"sweep {study.study_name}: trial {best.number} ({params}), {metric}={best.value:.6g}; "
                               f"zoo train {study.user_attrs['model']} --config best.json reproduces it", **config}
@@ -528,7 +529,10 @@ def write_plots(study, workdir: Path, *, grid: bool = False, log: Callable = pri
     finished trials than there are is skipped with a message."""
     import matplotlib
 
+    from train import tasks
+
     matplotlib.use("Agg")
+    metric = "val_" + tasks.of_model(study.user_attrs["model"]).val_metric
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as vis
 
@@ -541,7 +545,7 @@ def write_plots(study, workdir: Path, *, grid: bool = False, log: Callable = pri
         warnings.simplefilter("ignore")  # optuna marks its matplotlib backend experimental
         for name, plot in plots.items():
             try:
-                axes = plot(study)
+                axes = plot(study, target_name=metric)
             except Exception as e:  # e.g. importances need 2+ complete trials and 2+ parameters
                 log(f"plot {name} skipped: {type(e).__name__}: {e}")
                 continue
