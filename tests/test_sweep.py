@@ -250,6 +250,7 @@ def _worker(args, env, **kw) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
+@pytest.mark.slow  # two CLI processes, then a killed one and its rerun: over a minute on 2 cores
 def test_two_workers_share_one_study_and_a_killed_trial_is_retried(tfds_dir, cli_env, tmp_path):
     url = f"sqlite:///{tmp_path}/study.db"
     common = ["mlp_small", "--param", "lr=loguniform:1e-4:1e-2", "--sampler", "random", "--pruner", "none",

@@ -245,9 +245,23 @@ def grid_of(space: dict) -> dict[str, list]:
 # ---------------------------------------------------------------- storage and study
 
 
-def open_storage(url: str, *, heartbeat: int = 60):
+def open_storage(url: str, *, heartbeat: int = 60, attempts: int = 3):
     """An Optuna storage: an RDB URL (sqlite:///..., postgresql://...) with heartbeats and retries of
-    trials whose worker died, or journal:PATH (a journal file on a shared filesystem)."""
+    trials whose worker died, or journal:PATH (a journal file on a shared filesystem).
+
+    Workers started together race to create the schema (SQLite: "table ... already exists",
+    "database is locked"), so a failure is retried `attempts` times before it is reported.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return _open_storage(url, heartbeat)
+        except ValueError:
+            if attempt == attempts:
+                raise
+            time.sleep(attempt)
+
+
+def _open_storage(url: str, heartbeat: int):
     optuna = _optuna()
     try:
         if url.startswith("journal:"):
