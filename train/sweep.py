@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from train.config import ALIASES, FIELDS, Config, check_model, field_error, flag, loads_finite, resolve
+from train.config import ALIASES, FIELDS, Config, check_model, loads_finite, resolve
 
 KINDS = ("loguniform", "uniform", "int", "choice")
 SAMPLERS = ("tpe", "random", "grid")
@@ -357,6 +357,7 @@ def make_objective(model: str, space: dict, workdir: Path, *, overrides: dict | 
         cfg = trial_config(model, values, overrides=overrides, config_file=config_file)
         run_dir = workdir / "trials" / str(trial.number)
         trial.set_user_attr("workdir", str(run_dir))
+        trial.set_user_attr("config", cfg.to_json())  # best.json comes from here: the run may be on another machine
         key = _data_key(cfg)
         if key not in splits_cache:
             splits_cache.clear()
@@ -526,7 +527,7 @@ def write_results(study, workdir: Path) -> list[Path]:
     complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     if complete:
         best = study.best_trial
-        config = json.loads((Path(best.user_attrs["workdir"]) / "config.json").read_text())
+        config = dict(best.user_attrs["config"])
         config.pop("model")
         config.pop("data_dir")  # where this machine keeps the data is no part of a recipe
         params = ", ".join(f"{k}={decode(v)}" for k, v in best.params.items())
