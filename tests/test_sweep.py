@@ -151,6 +151,16 @@ def test_cli_bad_input_fails_before_any_work(tmp_path, capsys):
     assert not workdir.exists()
 
 
+def test_cli_seed_is_the_samplers_and_train_flags_fix_values():
+    from train import cli
+
+    args = cli.build_parser().parse_args(["sweep", "mlp", "--seed", "3", "--param", "lr=uniform:0.1:0.2",
+                                          "--epochs", "2", "--set", "dropout_rate=0.1"])
+    assert args.sampler_seed == 3 and args.seed is None and args.param == ["lr=uniform:0.1:0.2"]
+    overrides = cli._overrides(args)
+    assert overrides["epochs"] == 2 and overrides["model_overrides"] == {"dropout_rate": 0.1}
+
+
 # ---------------------------------------------------------------- trials as runs
 
 
