@@ -437,6 +437,61 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- zoo sweep
+
+
+def cmd_sweep(args) -> int:
+    """`zoo sweep`: an Optuna search, each trial a `zoo train` run in WORKDIR/trials/<number>/."""
+    from train.sweep import parse_param, read_space, run_sweep
+
+    params = read_space(args.space) if args.space else {}
+    for item in args.param:
+        name, spec = parse_param(item)
+        params[name] = spec  # a --param overrides the same name in --space
+    overrides = _overrides(args)
+    overrides.pop("seed")  # --seed is the sampler's here; sweep the training seed with --param seed=...
+    workdir = Path(args.workdir or Path("runs") / f"sweep-{args.model}")
+    sweep = run_sweep(
+        args.model, params, trials=args.trials, workdir=workdir, sampler=args.sampler, pruner=args.pruner,
+        seed=args.sampler_seed, storage=args.storage, study_name=args.study, timeout=args.timeout,
+        overrides=overrides, config_file=args.config, heartbeat=args.heartbeat,
+    )
+    for path in sweep.files:
+        print(f"wrote {path}")
+    return 0
+
+
+def _add_sweep_parser(sub) -> None:
+    # conflict_handler="resolve": the sweep's own --seed (the sampler's) replaces Config's --seed flag
+    w = sub.add_parser(
+        "sweep", conflict_handler="resolve", help="hyperparameter search on Optuna (each trial a zoo train run)",
+        description="Search hyperparameters with Optuna. Each trial is a zoo train run in WORKDIR/trials/<number>/; "
+                    "the study lives in --storage (default sqlite WORKDIR/study.db), so rerunning continues it and "
+                    "several processes with the same --storage and --study are workers of one search. The train "
+                    "flags below fix the values that are not searched.",
+    )
+    w.add_argument("model", help="registered model name (zoo list)")
+    w.add_argument("--param", action="append", default=[], metavar="NAME=SPEC",
+                   help="a searched value: NAME is a config field (lr, batch_size, ...) or set.FIELD (a model field); "
+                        "SPEC is loguniform:A:B, uniform:A:B, int:A:B or choice:V1,V2,... (repeatable)")
+    w.add_argument("--space", metavar="FILE.json", help='a JSON object {NAME: SPEC} (a list means choice)')
+    w.add_argument("--trials", type=int, default=20, help="finished (complete or pruned) trials the study should hold [20]")
+    w.add_argument("--sampler", choices=["tpe", "random", "grid"], default="tpe",
+                   help="tpe (Bayesian optimization), random, or grid (every combination of choice/int values) [tpe]")
+    w.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median",
+                   help="stops trials whose per-epoch validation metric falls behind [median]")
+    w.add_argument("--workdir", help="sweep directory (default runs/sweep-MODEL)")
+    w.add_argument("--storage", help="Optuna storage URL shared by workers (sqlite:///PATH, postgresql://..., or "
+                                     "journal:PATH on a shared filesystem) [sqlite:///WORKDIR/study.db]")
+    w.add_argument("--study", help="study name (default sweep-MODEL)")
+    w.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    w.add_argument("--heartbeat", type=int, default=60,
+                   help="seconds between a worker's heartbeats; a trial silent for twice this is failed and retried [60]")
+    _add_config_flags(w)
+    w.add_argument("--seed", dest="sampler_seed", type=int, default=0, help="the sampler's seed [0]")
+    w.set_defaults(func=cmd_sweep, seed=None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="zoo", description="JAX/Flax model zoo: train, evaluate and sample the tutorial models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -525,13 +580,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="+")
     p.add_argument("--data-dir")
     p.set_defaults(func=cmd_prepare)
+    _add_sweep_parser(sub)
     parser.commands = dict(sub.choices)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("train", "eval", "sample", "export", "predict"):
+    if args.command in ("train", "eval", "sample", "export", "predict", "sweep"):
         _setup_jax(args)
     try:
         return args.func(args)

@@ -377,8 +377,11 @@ class Result:
 
 
 def fit(cfg: Config, workdir: str | Path, *, log=print, model=None, task: tasks.Task | None = None,
-        splits: tasks.Splits | None = None) -> Result:
+        splits: tasks.Splits | None = None, on_epoch=None) -> Result:
     """Trains `cfg.model` (or `model`) in `workdir`, resuming from its newest intact checkpoint.
+
+    `on_epoch(record) -> bool`: called after each epoch's checkpoint; True stops the run there
+    (a sweep's pruned trial).
 
     Raises TrainingDiverged on a non-finite loss and Preempted after a SIGTERM/SIGINT save.
     """
@@ -391,6 +394,8 @@ def fit(cfg: Config, workdir: str | Path, *, log=print, model=None, task: tasks.
                 record = evaluate(run, timing)
                 should_stop(run)
                 checkpoint_if_due(run, record)
+                if on_epoch is not None and on_epoch(record):
+                    break
         finally:
             run.close()
     return Result(record, run.strategy.unreplicate(run.state))

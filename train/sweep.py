@@ -1,0 +1,574 @@
+"""Hyperparameter search on Optuna: `zoo sweep MODEL --param NAME=SPEC ...`.
+
+Each trial is a real run of the engine (`train.loop.fit`) in WORKDIR/trials/<number>/, reporting
+its per-epoch validation metric to Optuna for pruning. The study lives in an Optuna storage
+(default SQLite WORKDIR/study.db), so several processes running the same command against one
+storage URL and study name are workers of one search, and a rerun continues it. A worker killed
+mid-trial stops sending heartbeats: another worker (or the rerun) marks that trial failed and
+retries its values as a new trial (RDB storages; the journal storage has no heartbeat).
+
+Everything the user gave is checked before any trial: names, specs, each range's endpoints and
+each choice (as `zoo train` would check them), the storage and the study's stored space.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import difflib
+import io
+import json
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+from train.config import ALIASES, FIELDS, Config, check_model, loads_finite, resolve
+
+KINDS = ("loguniform", "uniform", "int", "choice")
+SAMPLERS = ("tpe", "random", "grid")
+PRUNERS = ("median", "hyperband", "none")
+MODEL_PREFIX = "set."
+_NOT_SWEPT = ("model", "model_overrides")  # the model is the command's; model fields are set.FIELD
+
+
+def _optuna():
+    try:
+        import optuna
+    except ImportError as e:  # an extra, not a dependency of the engine
+        raise ImportError("zoo sweep needs Optuna: pip install 'zoo[sweep]'") from e
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    return optuna
+
+
+# ---------------------------------------------------------------- the search space
+
+
+def parse_param(text: str) -> tuple[str, str]:
+    """"NAME=SPEC" (one --param) -> (NAME, SPEC)."""
+    name, sep, spec = text.partition("=")
+    if not sep or not name.strip() or not spec.strip():
+        raise ValueError(f"--param {text!r}: must be NAME=SPEC, e.g. lr=loguniform:1e-4:1e-2 or batch_size=choice:64,128")
+    return name.strip(), spec.strip()
+
+
+def read_space(path: str | Path) -> dict[str, str]:
+    """A --space JSON file: {NAME: "SPEC"} (a JSON list is shorthand for choice:...)."""
+    path = Path(path)
+    try:
+        values = loads_finite(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path}: invalid JSON: {e}") from e
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: must be a JSON object of NAME: SPEC, got {type(values).__name__}")
+    space = {}
+    for name, spec in values.items():
+        if isinstance(spec, list):
+            spec = "choice:" + ",".join(json.dumps(v) if not isinstance(v, str) else v for v in spec)
+        if not isinstance(spec, str):
+            raise ValueError(f"{path}: {name}: must be a spec string such as 'loguniform:1e-4:1e-2' or a list of "
+                             f"choices, got {spec!r}")
+        space[name] = spec
+    return space
+
+
+def _number(name: str, spec: str, raw: str, kind: type) -> float | int:
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ValueError(f"--param {name}={spec}: {raw!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"--param {name}={spec}: {raw!r} is not a finite number")
+    return value
+
+
+def _choice(raw: str) -> Any:
+    """One choice: JSON (64, 0.5, true, [256,128]) or a bare word (adam); lists/objects stay JSON text,
+    since Optuna's categorical values are scalars (`decode` turns them back)."""
+    try:
+        value = loads_finite(raw)
+    except ValueError:
+        return raw
+    return json.dumps(value) if isinstance(value, (list, dict)) else value
+
+
+def decode(value: Any) -> Any:
+    """A sampled value as the config takes it (choices that are JSON lists/objects are parsed back)."""
+    if isinstance(value, str) and value[:1] in "[{":
+        return json.loads(value)
+    return value
+
+
+def parse_spec(name: str, spec: str):
+    """SPEC -> an Optuna distribution: loguniform:A:B, uniform:A:B, int:A:B or choice:V1,V2,...
+
+    Raises ValueError for an unknown kind, a malformed number, an empty or inverted range, a
+    non-positive log range, or an empty/duplicated choice list.
+    """
+    optuna = _optuna()
+    kind, _, rest = spec.partition(":")
+    if kind not in KINDS:
+        close = difflib.get_close_matches(kind, KINDS, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ValueError(f"--param {name}={spec}: unknown distribution {kind!r}{hint}; expected one of "
+                         "loguniform:A:B, uniform:A:B, int:A:B, choice:V1,V2,...")
+    if kind == "choice":
+        try:  # all JSON (lists included: choice:[32],[64,32]) ...
+            choices = [_choice(json.dumps(v)) for v in loads_finite(f"[{rest}]")]
+        except ValueError:  # ... or comma-separated, each JSON or a bare word (choice:adam,sgd)
+            raw = [part.strip() for part in rest.split(",")]
+            choices = [_choice(part) for part in raw] if all(raw) else []
+        if not choices:
+            raise ValueError(f"--param {name}={spec}: choice needs comma-separated values, e.g. choice:64,128,256")
+        if len(set(map(repr, choices))) != len(choices):
+            raise ValueError(f"--param {name}={spec}: the choices repeat a value")
+        return optuna.distributions.CategoricalDistribution(choices)
+    parts = rest.split(":")
+    if len(parts) != 2:
+        raise ValueError(f"--param {name}={spec}: {kind} needs two bounds, e.g. {kind}:{'1e-4:1e-2' if kind != 'int' else '1:8'}")
+    lo, hi = (_number(name, spec, p.strip(), int if kind == "int" else float) for p in parts)
+    if not lo < hi:
+        raise ValueError(f"--param {name}={spec}: the range is empty or inverted; the low bound must be below the high one")
+    if kind == "int":
+        return optuna.distributions.IntDistribution(lo, hi)
+    if kind == "loguniform" and lo <= 0:
+        raise ValueError(f"--param {name}={spec}: loguniform bounds must be > 0")
+    return optuna.distributions.FloatDistribution(lo, hi, log=kind == "loguniform")
+
+
+def model_fields(model: str) -> list[str]:
+    """The fields of `model`'s module that `--set` (and `set.FIELD`) can change."""
+    import zoo
+
+    module = zoo.create(model)
+    return [f.name for f in dataclasses.fields(module) if f.init and f.name not in ("parent", "name")]
+
+
+def check_name(model: str, name: str) -> str:
+    """The Config field (aliases resolved) or set.FIELD that `name` means; ValueError with a close name."""
+    if name.startswith(MODEL_PREFIX):
+        field = name[len(MODEL_PREFIX):]
+        known = model_fields(model)
+        if field not in known:
+            close = difflib.get_close_matches(field, known, n=1)
+            hint = f" (did you mean {MODEL_PREFIX}{close[0]}?)" if close else ""
+            raise ValueError(f"--param {name}: {model} has no field {field!r}{hint}; its fields: {', '.join(known)}")
+        return name
+    name = ALIASES.get(name, name)
+    if name in FIELDS and name not in _NOT_SWEPT:
+        return name
+    candidates = [n for n in FIELDS if n not in _NOT_SWEPT] + [MODEL_PREFIX + f for f in model_fields(model)]
+    close = difflib.get_close_matches(name, candidates + list(ALIASES), n=1)
+    hint = f" (did you mean {ALIASES.get(close[0], close[0])}?)" if close else ""
+    raise ValueError(f"--param {name}: unknown parameter{hint}; names are Config fields (zoo train --help) "
+                     f"or {MODEL_PREFIX}FIELD for model fields")
+
+
+def trial_config(model: str, values: dict, *, overrides: dict | None = None, config_file=None) -> Config:
+    """The validated Config of one trial: the command's flags (`overrides`, `config_file`) with the
+    sampled `values` ({Config field or set.FIELD: value}) on top."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    model_overrides = dict(overrides.pop("model_overrides", {}) or {})
+    for name, value in values.items():
+        if name.startswith(MODEL_PREFIX):
+            model_overrides[name[len(MODEL_PREFIX):]] = decode(value)
+        else:
+            overrides[name] = decode(value)
+    return resolve(model, {**overrides, "model_overrides": model_overrides}, config_file=config_file)
+
+
+def _candidates(dist) -> list:
+    """The values checked before a sweep: a range's endpoints, or every choice."""
+    if hasattr(dist, "choices"):
+        return list(dist.choices)
+    return [dist.low, dist.high]
+
+
+def build_space(model: str, params: dict[str, str], *, overrides: dict | None = None, config_file=None,
+                num_devices: int | None = None) -> dict:
+    """{name: Optuna distribution} for `params` ({NAME: SPEC}), every name and value checked.
+
+    Each range endpoint and each choice must give a valid config that builds the model, and a
+    batch size must split over the devices (an int range of batch sizes steps by the device count).
+    """
+    import jax
+
+    from train.parallel import check_batch_size
+
+    if not params:
+        raise ValueError("nothing to search: give --param NAME=SPEC (e.g. --param lr=loguniform:1e-4:1e-2) or --space FILE.json")
+    base = trial_config(model, {}, overrides=overrides, config_file=config_file)
+    devices = num_devices or base.num_devices or len(jax.devices())
+    space = {}
+    for raw_name, spec in params.items():
+        name = check_name(model, raw_name)
+        if name in space:
+            raise ValueError(f"--param {raw_name}: {name} is given twice")
+        dist = parse_spec(name, spec)
+        for value in _candidates(dist):
+            try:
+                cfg = trial_config(model, {name: value}, overrides=overrides, config_file=config_file)
+                if name.startswith(MODEL_PREFIX):
+                    check_model(cfg)
+                if name == "batch_size":
+                    check_batch_size(cfg.batch_size, devices)
+            except ValueError as e:
+                raise ValueError(f"--param {raw_name}={spec}: value {value!r}: {e}") from e
+        if name == "batch_size" and not hasattr(dist, "choices"):
+            dist = type(dist)(dist.low, dist.high, step=devices)  # only batch sizes the devices divide
+        space[name] = dist
+    return space
+
+
+def space_json(space: dict) -> dict:
+    """A JSON-able description of `space` (stored in the study, compared when a worker joins)."""
+    optuna = _optuna()
+    return {name: json.loads(optuna.distributions.distribution_to_json(d)) for name, d in sorted(space.items())}
+
+
+def grid_of(space: dict) -> dict[str, list]:
+    """The grid sampler's values: every choice, every integer of an int range."""
+    grid = {}
+    for name, dist in space.items():
+        if hasattr(dist, "choices"):
+            grid[name] = list(dist.choices)
+        elif isinstance(dist.low, int) and not dist.log and getattr(dist, "step", None):
+            grid[name] = list(range(dist.low, dist.high + 1, dist.step))
+        else:
+            raise ValueError(f"--sampler grid enumerates choice and int specs; {name} is a continuous range "
+                             "(use choice:V1,V2,... or another sampler)")
+    return grid
+
+
+# ---------------------------------------------------------------- storage and study
+
+
+def open_storage(url: str, *, heartbeat: int = 60, attempts: int = 3):
+    """An Optuna storage: an RDB URL (sqlite:///..., postgresql://...) with heartbeats and retries of
+    trials whose worker died, or journal:PATH (a journal file on a shared filesystem).
+
+    Workers started together race to create the schema (SQLite: "table ... already exists",
+    "database is locked"), so a failure is retried `attempts` times before it is reported.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return _open_storage(url, heartbeat)
+        except ValueError:
+            if attempt == attempts:
+                raise
+            time.sleep(attempt)
+
+
+def _open_storage(url: str, heartbeat: int):
+    optuna = _optuna()
+    try:
+        if url.startswith("journal:"):
+            from optuna.storages.journal import JournalFileBackend
+
+            return optuna.storages.JournalStorage(JournalFileBackend(url[len("journal:"):]))
+        engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=engine, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
+        )
+    except Exception as e:  # sqlalchemy's connection errors, a missing driver, a bad path
+        raise ValueError(f"--storage {url}: cannot open the storage: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+
+
+def _sampler(name: str, space: dict, seed: int):
+    optuna = _optuna()
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        return optuna.samplers.GridSampler(grid_of(space), seed=seed)
+    raise ValueError(f"--sampler {name!r}: must be one of {', '.join(SAMPLERS)}")
+
+
+def _pruner(name: str):
+    optuna = _optuna()
+    pruners = {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner,
+               "none": optuna.pruners.NopPruner}
+    if name not in pruners:
+        raise ValueError(f"--pruner {name!r}: must be one of {', '.join(PRUNERS)}")
+    return pruners[name]()
+
+
+def open_study(model: str, space: dict, *, storage, study_name: str, sampler: str = "tpe", pruner: str = "median",
+               seed: int = 0, fixed: dict | None = None):
+    """Creates or joins the study; a study of that name must hold the same model, space and `fixed`
+    values (the config every trial shares, JSON), so workers never mix differently-run trials."""
+    from train import tasks
+
+    optuna = _optuna()
+    direction = "maximize" if tasks.of_model(model).mode == "max" else "minimize"
+    sampler_obj, pruner_obj = _sampler(sampler, space, seed), _pruner(pruner)
+    study = optuna.create_study(storage=storage, study_name=study_name, sampler=sampler_obj, pruner=pruner_obj,
+                                direction=direction, load_if_exists=True)
+    described, fixed = space_json(space), fixed or {}
+    saved = study.user_attrs
+    if "space" not in saved:
+        study.set_user_attr("model", model)
+        study.set_user_attr("space", described)
+        study.set_user_attr("fixed", fixed)
+    elif saved.get("model") != model or saved["space"] != described:
+        raise ValueError(
+            f"study {study_name!r} exists with model {saved.get('model')!r} and space "
+            f"{json.dumps(saved['space'], sort_keys=True)}, not {model!r} with {json.dumps(described, sort_keys=True)}; "
+            "use another --study (or --workdir) or the same --param values")
+    elif saved.get("fixed", {}) != fixed:
+        changed = sorted(k for k in {*fixed, *saved.get("fixed", {})} if fixed.get(k) != saved.get("fixed", {}).get(k))
+        raise ValueError(f"study {study_name!r} exists with other fixed values: " + ", ".join(
+            f"{k} {saved.get('fixed', {}).get(k)!r} there, {fixed.get(k)!r} here" for k in changed)
+            + "; use the same flags, or another --study")
+    return study
+
+
+# ---------------------------------------------------------------- running trials
+
+
+def _data_key(cfg: Config) -> tuple:
+    return (cfg.dataset, cfg.data_dir, cfg.val_size, cfg.seq_len, cfg.train_limit, tuple(cfg.classes))
+
+
+def make_objective(model: str, space: dict, workdir: Path, *, overrides: dict | None = None, config_file=None,
+                   log: Callable = print) -> Callable:
+    """The Optuna objective: one `train.loop.fit` per trial in WORKDIR/trials/<number>/, pruned on
+    the per-epoch validation metric; returns the last epoch's metric."""
+    from train import loop, tasks
+
+    optuna = _optuna()
+    task = tasks.of_model(model)
+    metric = f"val_{task.val_metric}"
+    splits_cache: dict = {}  # trials sharing the data settings load it once
+
+    def objective(trial) -> float:
+        values = {}
+        for name, dist in space.items():
+            if hasattr(dist, "choices"):
+                values[name] = trial.suggest_categorical(name, dist.choices)
+            elif isinstance(dist, optuna.distributions.IntDistribution):
+                values[name] = trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+            else:
+                values[name] = trial.suggest_float(name, dist.low, dist.high, log=dist.log)
+        cfg = trial_config(model, values, overrides=overrides, config_file=config_file)
+        run_dir = workdir / "trials" / str(trial.number)
+        trial.set_user_attr("workdir", str(run_dir))
+        trial.set_user_attr("config", cfg.to_json())  # best.json comes from here: the run may be on another machine
+        key = _data_key(cfg)
+        if key not in splits_cache:
+            splits_cache.clear()
+            splits_cache[key] = tasks.load_splits(task, cfg)
+        pruned = []
+
+        def on_epoch(record: dict) -> bool:
+            trial.report(record[metric], record["epoch"])
+            if trial.should_prune():
+                pruned.append(record["epoch"])
+                return True
+            return False
+
+        shown = ", ".join(f"{k}={decode(v)}" for k, v in values.items())
+        log(f"trial {trial.number}: {shown} in {run_dir}")
+        result = loop.fit(cfg, run_dir, log=lambda m: log(f"  [trial {trial.number}] {m}"), task=task,
+                          splits=splits_cache[key], on_epoch=on_epoch)
+        if pruned:
+            raise optuna.TrialPruned(f"pruned after epoch {pruned[0]}")
+        record = result.record or _last_record(run_dir)
+        return float(record[metric])
+
+    return objective
+
+
+def _last_record(run_dir: Path) -> dict:
+    """The last metrics.jsonl record of a run that had nothing left to train."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return json.loads(lines[-1])
+
+
+def _summary(study) -> str:
+    counts = {s: 0 for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    best = ""
+    if counts["COMPLETE"]:
+        b = study.best_trial
+        best = f"; best {b.value:.6g} (trial {b.number})"
+    return (f"{counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed, "
+            f"{counts['RUNNING']} running{best}")
+
+
+@dataclasses.dataclass
+class Sweep:
+    """What `run_sweep` ends with."""
+
+    study: Any
+    workdir: Path
+    files: list
+
+
+def run_sweep(model: str, params: dict[str, str], *, trials: int, workdir: str | Path, sampler: str = "tpe",
+              pruner: str = "median", seed: int = 0, storage: str | None = None, study_name: str | None = None,
+              timeout: float | None = None, overrides: dict | None = None, config_file=None, heartbeat: int = 60,
+              log: Callable = print) -> Sweep:
+    """Runs (or continues, or joins as a worker) the search until the study holds `trials`
+    finished (complete or pruned) trials, then writes the results and plots.
+
+    Every input is checked before any trial starts (ValueError naming the flag and the value).
+    """
+    optuna = _optuna()
+    from train.loop import TrainingDiverged
+
+    if not isinstance(trials, int) or trials < 1:
+        raise ValueError(f"--trials {trials!r}: must be an integer >= 1")
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"--timeout {timeout!r}: must be > 0 seconds")
+    if heartbeat < 1:
+        raise ValueError(f"--heartbeat {heartbeat!r}: must be >= 1 second")
+    space = build_space(model, params, overrides=overrides, config_file=config_file)
+    _sampler(sampler, space, seed), _pruner(pruner)  # their errors, before anything is written
+    workdir = Path(workdir).absolute()
+    url = storage or f"sqlite:///{workdir / 'study.db'}"
+    if storage is None:
+        workdir.mkdir(parents=True, exist_ok=True)
+    store = open_storage(url, heartbeat=heartbeat)
+    base = trial_config(model, {}, overrides=overrides, config_file=config_file).to_json()
+    # data_dir differs between machines without changing a run
+    fixed = {k: v for k, v in base.items() if k not in space and k != "data_dir"}
+    fixed["model_overrides"] = {k: v for k, v in base["model_overrides"].items() if MODEL_PREFIX + k not in space}
+    study = open_study(model, space, storage=store, study_name=study_name or f"sweep-{model}", sampler=sampler,
+                       pruner=pruner, seed=seed, fixed=fixed)
+    workdir.mkdir(parents=True, exist_ok=True)
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    log(f"sweep {study.study_name} of {model} in {workdir} (storage {url}): {len(space)} parameters, "
+        f"{trials} trials, sampler {sampler}, pruner {pruner}")
+
+    def progress(study, trial) -> None:
+        value = trial.value if trial.value is not None else (
+            trial.intermediate_values[max(trial.intermediate_values)] if trial.intermediate_values else None)
+        shown = "-" if value is None else f"{value:.6g}"
+        log(f"trial {trial.number} {trial.state.name.lower()} ({shown}); study: {_summary(study)}")
+        write_results(study, workdir)
+
+    done = len(study.get_trials(deepcopy=False, states=finished))
+    if done < trials:
+        study.optimize(
+            make_objective(model, space, workdir, overrides=overrides, config_file=config_file, log=log),
+            timeout=timeout, catch=(TrainingDiverged,),
+            callbacks=[optuna.study.MaxTrialsCallback(trials, states=finished), progress],
+        )
+    else:
+        log(f"the study already holds {done} finished trials (--trials {trials}): nothing to run")
+    files = write_results(study, workdir)
+    files += write_plots(study, workdir, grid=sampler == "grid", log=log)
+    log(f"done: {_summary(study)}")
+    return Sweep(study, workdir, files)
+
+
+# ---------------------------------------------------------------- results
+
+
+_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
+
+
+def result_rows(study) -> list[dict]:
+    """One row per trial, sorted: complete trials by value (best first), then pruned (by their last
+    reported value), then running and failed ones. `value`: the final or last reported metric."""
+    maximize = study.direction.name == "MAXIMIZE"
+    names = sorted({n for t in study.get_trials(deepcopy=False) for n in t.params})
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        value = t.value
+        if value is None and t.intermediate_values:
+            value = t.intermediate_values[max(t.intermediate_values)]
+        wall = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
+        row = {"trial": t.number, "state": t.state.name.lower(), "value": value,
+               "epochs": len(t.intermediate_values), "wall_s": None if wall is None else round(wall, 2)}
+        row.update({n: decode(t.params[n]) if n in t.params else None for n in names})
+        rows.append(row)
+
+    def key(row):
+        v = row["value"]
+        missing = v is None or (isinstance(v, float) and math.isnan(v))
+        return (_ORDER.get(row["state"].upper(), 5), missing, 0 if missing else (-v if maximize else v), row["trial"])
+
+    return sorted(rows, key=key)
+
+
+def write_results(study, workdir: Path) -> list[Path]:
+    """WORKDIR/results.csv, results.md and (once a trial completed) best.json in the recipe format."""
+    from train import tasks
+    from zoo.exports import write_json_atomic, write_text_atomic
+
+    rows = result_rows(study)
+    metric = "val_" + tasks.of_model(study.user_attrs["model"]).val_metric
+    header = list(rows[0]) if rows else ["trial", "state", "value", "epochs", "wall_s"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=header, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(workdir / "results.csv", buffer.getvalue())
+
+    def cell(v):
+        return "-" if v is None else f"{v:.6g}" if isinstance(v, float) else json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+
+    lines = [f"# Sweep {study.study_name}: {study.user_attrs['model']}", "",
+             f"{len(rows)} trials ({_summary(study)}); value = {metric} "
+             f"({'higher' if study.direction.name == 'MAXIMIZE' else 'lower'} is better), the final epoch's for "
+             "complete trials and the last reported one for pruned trials.", "",
+             "| " + " | ".join(h if h != "value" else metric for h in header) + " |",
+             "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(r[h]) for h in header) + " |" for r in rows]
+    write_text_atomic(workdir / "results.md", "\n".join(lines) + "\n")
+    files = [workdir / "results.csv", workdir / "results.md"]
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    if complete:
+        best = study.best_trial
+        config = dict(best.user_attrs["config"])
+        config.pop("model")
+        config.pop("data_dir")  # where this machine keeps the data is no part of a recipe
+        params = ", ".join(f"{k}={decode(v)}" for k, v in best.params.items())
+        config = {"_comment": f"sweep {study.study_name}: trial {best.number} ({params}), {metric}={best.value:.6g}; "
+                              f"zoo train {study.user_attrs['model']} --config best.json reproduces it", **config}
+        write_json_atomic(workdir / "best.json", config)
+        files.append(workdir / "best.json")
+    return files
+
+
+def write_plots(study, workdir: Path, *, grid: bool = False, log: Callable = print) -> list[Path]:
+    """PNGs from optuna.visualization.matplotlib: optimization history, parameter importances,
+    parallel coordinates, and (grid) the metric against each parameter. A plot that needs more
+    finished trials than there are is skipped with a message."""
+    import matplotlib
+
+    from train import tasks
+
+    matplotlib.use("Agg")
+    metric = "val_" + tasks.of_model(study.user_attrs["model"]).val_metric
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as vis
+
+    plots = {"history": vis.plot_optimization_history, "importances": vis.plot_param_importances,
+             "parallel_coordinates": vis.plot_parallel_coordinate}
+    if grid:
+        plots["metric_vs_param"] = vis.plot_slice
+    written = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # optuna marks its matplotlib backend experimental
+        for name, plot in plots.items():
+            try:
+                axes = plot(study, target_name=metric)
+            except Exception as e:  # e.g. importances need 2+ complete trials and 2+ parameters
+                log(f"plot {name} skipped: {type(e).__name__}: {e}")
+                continue
+            first = axes.flat[0] if hasattr(axes, "flat") else axes
+            figure = first.figure
+            figure.set_size_inches(max(figure.get_size_inches()[0], 8), max(figure.get_size_inches()[1], 5))
+            path = workdir / f"{name}.png"
+            figure.savefig(path, dpi=100, bbox_inches="tight")
+            plt.close(figure)
+            written.append(path)
+    return written
