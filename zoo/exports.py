@@ -682,6 +682,26 @@ def _write_file_atomic(path: Path, overwrite: bool, write) -> Path:
     return path
 
 
+def _file_export(path, suffix: str, kind: str, model_name: str, variables: Mapping,
+                 model_overrides: Mapping | None) -> tuple[dict, nn.Module, dict]:
+    """A one-file export's checks: the suffix, JSON-able overrides, the strict tree check.
+    Returns (overrides, model, variables as host numpy)."""
+    if not str(path).endswith(suffix):
+        raise ValueError(f"{kind} must be a file ending in {suffix}, got {str(path)!r}")
+    overrides = _to_json(dict(model_overrides or {}), "model_overrides")
+    return (overrides, *_checked_host_variables(model_name, variables, overrides))
+
+
+def _json_metadata(model_name: str, overrides: dict, metric: Mapping | None) -> dict[str, str]:
+    """The string metadata both one-file formats carry: model, overrides, metric, versions (JSON)."""
+    return {
+        "model": model_name,
+        "model_overrides": json.dumps(overrides, sort_keys=True),
+        "metric": json.dumps(_to_json(dict(metric), "metric") if metric is not None else None, sort_keys=True),
+        "versions": json.dumps(_versions(), sort_keys=True),
+    }
+
+
 def _checked_host_variables(model_name: str, variables: Mapping, overrides: dict) -> tuple[nn.Module, dict]:
     """(model, variables as host numpy), after the strict tree check against the model."""
     model = model_from_manifest({"model": model_name, "model_overrides": overrides})
@@ -715,19 +735,14 @@ def write_safetensors(
       FileExistsError: `path` exists and `overwrite` is False.
       ValueError: `path` does not end in .safetensors, or `variables` do not match the model.
     """
-    if not str(path).endswith(SAFETENSORS_SUFFIX):
-        raise ValueError(f"a safetensors export must be a file ending in {SAFETENSORS_SUFFIX}, got {str(path)!r}")
+    overrides, _, host = _file_export(path, SAFETENSORS_SUFFIX, "a safetensors export", model_name, variables,
+                                      model_overrides)
     from safetensors.numpy import save_file
 
-    overrides = _to_json(dict(model_overrides or {}), "model_overrides")
-    _, host = _checked_host_variables(model_name, variables, overrides)
     tensors = {key: np.ascontiguousarray(leaf) for key, leaf in flatten_dict(host, sep="/").items()}
     metadata = {
         "format": SAFETENSORS_FORMAT,
-        "model": model_name,
-        "model_overrides": json.dumps(overrides, sort_keys=True),
-        "metric": json.dumps(_to_json(dict(metric), "metric") if metric is not None else None, sort_keys=True),
-        "versions": json.dumps(_versions(), sort_keys=True),
+        **_json_metadata(model_name, overrides, metric),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     if dataset is not None:
@@ -814,15 +829,12 @@ def write_onnx(
       FileExistsError: `path` exists and `overwrite` is False.
       ValueError: `path` does not end in .onnx, or `variables` do not match the model.
     """
-    if not str(path).endswith(ONNX_SUFFIX):
-        raise ValueError(f"an ONNX export must be a file ending in {ONNX_SUFFIX}, got {str(path)!r}")
+    overrides, model, host = _file_export(path, ONNX_SUFFIX, "an ONNX export", model_name, variables, model_overrides)
     import logging
 
     import onnx
     from jax2onnx import to_onnx
 
-    overrides = _to_json(dict(model_overrides or {}), "model_overrides")
-    model, host = _checked_host_variables(model_name, variables, overrides)
     spec = model.input_spec()
     fn = lambda x: model.apply(host, x)  # noqa: E731  (train=False: the inference graph)
     dims = ("B",) + tuple("T" if d is None else d for d in spec.shape)
@@ -834,11 +846,6 @@ def write_onnx(
                         input_names=["input"], output_names=_output_names(fn, spec))
     finally:
         serde.setLevel(level)
-    onnx.helper.set_model_props(proto, {
-        "zoo_model": model_name,
-        "zoo_model_overrides": json.dumps(overrides, sort_keys=True),
-        "zoo_dataset": json.dumps(dataset),
-        "zoo_metric": json.dumps(_to_json(dict(metric), "metric") if metric is not None else None, sort_keys=True),
-        "zoo_versions": json.dumps(_versions(), sort_keys=True),
-    })
+    props = {**_json_metadata(model_name, overrides, metric), "dataset": json.dumps(dataset)}
+    onnx.helper.set_model_props(proto, {f"zoo_{key}": value for key, value in props.items()})
     return _write_file_atomic(path, overwrite, lambda tmp: onnx.save_model(proto, tmp))

@@ -323,12 +323,15 @@ def _locate(name: str | None, pretrained: str | None, path, sha256: str | None,
         except OSError as e:
             raise _naming(path, e) from e
 
-    if name is not None and manifest.get("model") != name:
-        raise ValueError(
-            f"checkpoint {directory} holds weights for model {manifest.get('model')!r}, not {name!r}; "
-            f"load it with zoo.load({manifest.get('model')!r}, ...)"
-        )
+    _check_model(manifest, name, f"checkpoint {directory}")
     return directory, manifest
+
+
+def _check_model(manifest: dict, name: str | None, what: str) -> None:
+    """The weights in `what` must be for model `name` (None: any)."""
+    if name is not None and manifest.get("model") != name:
+        raise ValueError(f"{what} holds weights for model {manifest.get('model')!r}, not {name!r}; "
+                         f"load it with zoo.load({manifest.get('model')!r}, ...)")
 
 
 def read_manifest(name: str | None = None, pretrained: str | None = None, *, path=None, sha256: str | None = None) -> dict:
@@ -423,11 +426,7 @@ def _read_safetensors(name: str | None, path: Path, sha256: str | None, max_byte
         manifest, flat = exports.read_safetensors(path)
     except OSError as e:
         raise _naming(path, e) from e
-    if name is not None and manifest.get("model") != name:
-        raise ValueError(
-            f"{path} holds weights for model {manifest.get('model')!r}, not {name!r}; "
-            f"load it with zoo.load({manifest.get('model')!r}, ...)"
-        )
+    _check_model(manifest, name, str(path))
     return manifest, flat
 
 
