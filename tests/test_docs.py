@@ -70,3 +70,10 @@ def test_readme_research_section_runs(tfds_dir, monkeypatch):
     blocks = python_blocks(path.read_text(), "Using zoo in research code")
     assert blocks, "README.md's research section has no ```python block"
     run_blocks(path, blocks)
+
+
+def test_readme_quickstart_runs():
+    path = REPO / "README.md"
+    blocks = python_blocks(path.read_text(), "Quickstart for research code")
+    assert blocks, "README.md's quickstart has no ```python block"
+    run_blocks(path, blocks)
