@@ -50,3 +50,18 @@ def cli_env(tmp_path_factory):
     for key in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "ZOO_DEBUG"):
         env.pop(key, None)
     return env
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """Runs `zoo ARGS` in this process; returns (exit code, stdout, stderr)."""
+    from train.cli import main
+
+    monkeypatch.setenv("ZOO_COMPILATION_CACHE", "off")
+
+    def run(*args):
+        code = main([str(a) for a in args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run

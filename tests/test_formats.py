@@ -238,21 +238,6 @@ def test_write_onnx_refuses_a_wrong_suffix(tmp_path):
 # ---------------------------------------------------------------- zoo export
 
 
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    """Runs `zoo ARGS` in this process; returns (exit code, stdout, stderr)."""
-    from train.cli import main
-
-    monkeypatch.setenv("ZOO_COMPILATION_CACHE", "off")
-
-    def run(*args):
-        code = main([str(a) for a in args])
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return run
-
-
 def test_cli_exports_shipped_weights_as_safetensors(cli, tmp_path):
     out = tmp_path / "cnn.safetensors"
     code, stdout, _ = cli("export", "cnn", out, "--pretrained", "mnist", "--format", "safetensors")

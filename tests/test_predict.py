@@ -23,21 +23,6 @@ def drawn_zero(size: int = 200) -> "Image.Image":
 
 
 @pytest.fixture
-def cli(monkeypatch, capsys):
-    """Runs `zoo ARGS` in this process; returns (exit code, stdout, stderr)."""
-    from train.cli import main
-
-    monkeypatch.setenv("ZOO_COMPILATION_CACHE", "off")
-
-    def run(*args):
-        code = main([str(a) for a in args])
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return run
-
-
-@pytest.fixture
 def files(tmp_path) -> dict[str, Path]:
     zero = drawn_zero()
     paths = {"png": tmp_path / "zero.png", "jpg": tmp_path / "zero.jpg", "bmp": tmp_path / "zero.bmp",
