@@ -536,3 +536,27 @@ def test_schedule_change_warning_on_resume():
     # ... but a different rate or schedule is still a change.
     assert "lr 0.001 -> 0.01" in schedule_change(const, Config(model="cnn", lr=0.01))
     assert "schedule 'constant' -> 'onecycle'" in schedule_change(const, Config(model="cnn", schedule="onecycle"))
+
+
+def test_gan_generator_learns_to_fool_a_frozen_discriminator():
+    """With the discriminator reset to its initial weights after every step (so only G moves), the
+    real GAN step raises D0(G(z)) on fresh noise: the generator's gradient points the right way."""
+    model, state, cfg = build("gan", lr=2e-3)
+    step = jax.jit(tasks.get("gan").train_step(model, cfg))
+    batch = jax.tree.map(jnp.asarray, task_arrays("gan", 32, seed=3))
+    d0, d0_opt = state.params["discriminator"], state.opt_state["discriminator"]
+    z = jax.random.normal(jax.random.key(7), (64, model.latent_dim))
+
+    def fooled(state) -> float:
+        """Mean D0(G(z)) (batch statistics in both, as in training)."""
+        variables = {"params": {**state.params, "discriminator": d0}, **state.model_state}
+        images, _ = state.apply_fn(variables, z, train=True, method="generate", mutable=["batch_stats"])
+        logits, _ = state.apply_fn(variables, images, train=True, method="discriminate", mutable=["batch_stats"])
+        return float(jax.nn.sigmoid(logits).mean())
+
+    before = fooled(state)
+    for _ in range(15):
+        state, _ = step(state, batch)
+        state = state.replace(params={**state.params, "discriminator": d0}, opt_state={**state.opt_state, "discriminator": d0_opt})
+    after = fooled(state)
+    assert after > before + 0.1, (before, after)
