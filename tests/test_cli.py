@@ -107,10 +107,10 @@ def test_list_input_column_shows_the_input_shape(cli_env):
 @pytest.fixture(scope="module")
 def cnn_run(tfds_dir, cli_env, tmp_path_factory):
     """One epoch of the CNN (8 steps of 64 over 4 devices), then the test split (--test): the
-    README's main command, through the console script."""
+    README's main command. (`python -m train.cli`, not the console script: that imports the
+    installed checkout, which need not be the one under test.)"""
     workdir = tmp_path_factory.mktemp("cnn_run")
-    result = ok(run_zoo("train", "cnn", "--workdir", workdir, "--epochs", 1, "--test", *tiny(tfds_dir), env=cli_env,
-                        console_script=True))
+    result = ok(run_zoo("train", "cnn", "--workdir", workdir, "--epochs", 1, "--test", *tiny(tfds_dir), env=cli_env))
     return workdir, result
 
 
