@@ -16,6 +16,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import pytest  # noqa: E402
 
+# A skip fails the run unless the test marks it expected (see tests/strict_skips.py).
+pytest_plugins = ("tests.strict_skips",)
+
 
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory):

@@ -302,6 +302,7 @@ def test_param_dtype_is_used():
     assert {leaf.dtype for leaf in jax.tree.leaves(v)} == {jnp.dtype(jnp.bfloat16)}
 
 
+@pytest.mark.expected_skip("token-input models (lstm, char_lstm) have no float input to cast")
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
 def test_low_precision_input_is_cast_to_the_compute_dtype(built, dtype):
     spec, model, variables = built

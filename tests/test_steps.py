@@ -224,6 +224,82 @@ def test_every_optimizer_and_schedule_steps(name, schedule):
     assert float(loss(params)) < first
 
 
+def _closed_form_updates(name: str, lr: float, p0: np.ndarray, grads: list, wd: float) -> list:
+    """The first updates of each optimizer, written out (float64): PyTorch's heavy-ball momentum
+    (buf = m * buf + g), Adam with bias correction, AdamW's decoupled decay, and optax's RMSprop
+    (decay 0.9, eps inside the square root)."""
+    p, m, v, trace, out = p0.copy(), 0.0, 0.0, 0.0, []
+    for t, g in enumerate(grads, start=1):
+        if name == "sgd":
+            u = -lr * g
+        elif name == "momentum":
+            trace = 0.9 * trace + g
+            u = -lr * trace
+        elif name in ("adam", "adamw"):
+            m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g**2
+            u = -lr * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
+            if name == "adamw":
+                u = u - lr * wd * p
+        else:  # rmsprop
+            v = 0.9 * v + 0.1 * g**2
+            u = -lr * g / np.sqrt(v + 1e-8)
+        out.append(u)
+        p = p + u
+    return out
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_optimizer_first_updates_match_the_closed_form(name):
+    """Two updates from fixed gradients (the second differs in sign and size, so momentum and
+    second-moment terms show) equal the optimizer's textbook update rule."""
+    rng = np.random.default_rng(0)
+    p0 = rng.normal(size=7)
+    grads = [rng.normal(size=7), -2.0 * rng.normal(size=7)]
+    wd = 0.1 if name == "adamw" else 0.0
+    tx = make_optimizer(name, 0.05, weight_decay=wd)
+    params = jnp.asarray(p0, jnp.float32)
+    opt_state = tx.init(params)
+    for g, want in zip(grads, _closed_form_updates(name, 0.05, p0, grads, wd)):
+        updates, opt_state = tx.update(jnp.asarray(g, jnp.float32), opt_state, params)
+        np.testing.assert_allclose(np.asarray(updates), want, rtol=2e-5, atol=1e-7)
+        params = optax.apply_updates(params, updates)
+
+
+def _onecycle(lr: float, total: int, t: int) -> float:
+    # cosine rise from lr/25 to lr over the first 30% of steps, then cosine fall to lr/25/1e4
+    cos = lambda start, end, frac: end + (start - end) * (1 + math.cos(math.pi * frac)) / 2  # noqa: E731
+    rise = int(0.3 * total)
+    return cos(lr / 25, lr, t / rise) if t < rise else cos(lr, lr / 25 / 1e4, (t - rise) / (total - rise))
+
+
+@pytest.mark.parametrize(
+    "schedule,warmup,expected",
+    [
+        ("constant", 0, lambda t: 0.1),
+        ("cosine", 0, lambda t: 0.05 * (1 + math.cos(math.pi * t / 20))),
+        # linear warmup 0 -> 0.1 over 4 steps, then cosine over the remaining 16
+        ("cosine", 4, lambda t: 0.1 * t / 4 if t < 4 else 0.05 * (1 + math.cos(math.pi * (t - 4) / 16))),
+        ("onecycle", 0, lambda t: _onecycle(0.1, 20, t)),
+    ],
+    ids=["constant", "cosine", "cosine-warmup", "onecycle"],
+)
+def test_schedule_learning_rate_at_given_steps(schedule, warmup, expected):
+    lr = make_schedule(schedule, 0.1, total_steps=20, warmup_steps=warmup)
+    for t in (0, 1, 2, 4, 5, 6, 10, 13, 19, 20):
+        assert float(lr(t)) == pytest.approx(expected(t), rel=1e-5, abs=1e-9), (schedule, t)
+
+
+def test_the_schedule_drives_the_optimizer_step():
+    """The optimizer scales its t-th update by the schedule's value at t (count starts at 0)."""
+    schedule = make_schedule("cosine", 0.1, total_steps=20, warmup_steps=4)
+    tx = make_optimizer("sgd", schedule)
+    params = jnp.zeros(3)
+    opt_state = tx.init(params)
+    for t in range(6):
+        updates, opt_state = tx.update(jnp.ones(3), opt_state, params)
+        np.testing.assert_allclose(np.asarray(updates), -float(schedule(t)), rtol=1e-6)
+
+
 def test_schedule_shapes():
     assert float(make_schedule("constant", 0.1, 100)(50)) == pytest.approx(0.1)
     cos = make_schedule("cosine", 0.1, 100)
@@ -460,3 +536,27 @@ def test_schedule_change_warning_on_resume():
     # ... but a different rate or schedule is still a change.
     assert "lr 0.001 -> 0.01" in schedule_change(const, Config(model="cnn", lr=0.01))
     assert "schedule 'constant' -> 'onecycle'" in schedule_change(const, Config(model="cnn", schedule="onecycle"))
+
+
+def test_gan_generator_learns_to_fool_a_frozen_discriminator():
+    """With the discriminator reset to its initial weights after every step (so only G moves), the
+    real GAN step raises D0(G(z)) on fresh noise: the generator's gradient points the right way."""
+    model, state, cfg = build("gan", lr=2e-3)
+    step = jax.jit(tasks.get("gan").train_step(model, cfg))
+    batch = jax.tree.map(jnp.asarray, task_arrays("gan", 32, seed=3))
+    d0, d0_opt = state.params["discriminator"], state.opt_state["discriminator"]
+    z = jax.random.normal(jax.random.key(7), (64, model.latent_dim))
+
+    def fooled(state) -> float:
+        """Mean D0(G(z)) (batch statistics in both, as in training)."""
+        variables = {"params": {**state.params, "discriminator": d0}, **state.model_state}
+        images, _ = state.apply_fn(variables, z, train=True, method="generate", mutable=["batch_stats"])
+        logits, _ = state.apply_fn(variables, images, train=True, method="discriminate", mutable=["batch_stats"])
+        return float(jax.nn.sigmoid(logits).mean())
+
+    before = fooled(state)
+    for _ in range(15):
+        state, _ = step(state, batch)
+        state = state.replace(params={**state.params, "discriminator": d0}, opt_state={**state.opt_state, "discriminator": d0_opt})
+    after = fooled(state)
+    assert after > before + 0.1, (before, after)

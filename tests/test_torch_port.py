@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen
@@ -567,3 +568,44 @@ def test_twin_parameter_counts():
         extra = 4 * model.hidden * model.num_layers if isinstance(model, (zoo.rnn.LSTMClassifier, zoo.rnn.CharLSTM)) else 0
         n_torch = sum(p.numel() for p in torch_model(name).parameters())
         assert n_torch == zoo.get_spec(name).num_params + extra, name
+
+
+def test_dcgan_batchnorm_training_mode_forward_gradients_and_stats():
+    """Training mode (batch statistics) as the GAN step uses it: the generator's images, the
+    discriminator's logits, every parameter's gradient of a fixed linear loss through both, and the
+    updated running means equal the PyTorch twin in train() mode. Running variances differ by
+    design: PyTorch folds in the unbiased batch variance, flax the biased one."""
+    small = dict(latent_dim=7, g_features=(16, 8), d_features=(8, 16))
+    net = make_twin("dcgan", seed=5, **small).train()
+    model = zoo.create("dcgan", **small)
+    variables = from_torch(model, net.state_dict())
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((6, 7)).astype(np.float32)
+    w = rng.standard_normal((6, 1)).astype(np.float32)  # weights of the loss: sum(w * logits)
+
+    def loss(params):
+        images, g_state = model.apply({**variables, "params": params}, z, train=True, method="generate", mutable=["batch_stats"])
+        logits, d_state = model.apply({**variables, "params": params}, images, train=True, method="discriminate", mutable=["batch_stats"])
+        stats = {"generator": g_state["batch_stats"]["generator"], "discriminator": d_state["batch_stats"]["discriminator"]}
+        return jnp.sum(w * logits), (images, logits, stats)
+
+    (value, (images, logits, stats)), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
+
+    t_images = net.generator(torch.from_numpy(z))  # [-1, 1]
+    t_logits = net.discriminator(t_images)
+    (torch.from_numpy(w) * t_logits).sum().backward()
+    np.testing.assert_allclose(np.asarray(images), nhwc((t_images + 1) / 2), **TOL)
+    np.testing.assert_allclose(np.asarray(logits), t_logits.detach().numpy(), **TOL)
+
+    # the gradients, as a torch state dict (buffers from the net), converted like weights
+    t_grads = {k: p.grad for k, p in net.named_parameters()}
+    t_grads.update({k: b for k, b in net.named_buffers()})
+    want = from_torch(model, t_grads)["params"]
+    for (path, got), expected in zip(jax.tree_util.tree_flatten_with_path(grads)[0], jax.tree.leaves(want)):
+        scale = float(np.max(np.abs(expected))) + 1e-12
+        np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-4, atol=1e-5 * scale, err_msg=jax.tree_util.keystr(path))
+
+    want_stats = from_torch(model, {k: b.detach() for k, b in net.state_dict().items()})["batch_stats"]
+    for (path, got), expected in zip(jax.tree_util.tree_flatten_with_path(stats)[0], jax.tree.leaves(want_stats)):
+        if jax.tree_util.keystr(path).endswith("['mean']"):
+            np.testing.assert_allclose(np.asarray(got), np.asarray(expected), **TOL, err_msg=jax.tree_util.keystr(path))

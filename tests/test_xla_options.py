@@ -16,6 +16,7 @@ from train import parallel
 MEASURED = metadata.version("jaxlib").startswith(parallel.CPU_COMPILER_OPTIONS_JAXLIB)
 
 
+@pytest.mark.expected_skip("other jaxlib lines get XLA's defaults")
 @pytest.mark.skipif(not MEASURED, reason="the options are only set for the measured jaxlib line")
 def test_cpu_gets_the_options_and_the_strategy_uses_them():
     assert parallel.compiler_options(jax.devices("cpu")) == parallel.CPU_COMPILER_OPTIONS
