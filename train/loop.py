@@ -206,6 +206,8 @@ def _setup(cfg, workdir, lock, log, model, task, splits) -> Run:
     replicated = parallel.NamedSharding(mesh, parallel.P())
     metrics_log = report.MetricsLog(workdir)
     if ckpt.latest_step() is not None:
+        if (workdir / "config.json").exists():  # before restoring: another architecture would fail on shapes first
+            _check_same_run(json.loads((workdir / "config.json").read_text()), cfg)
         target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), state_tree(state))
         restored, saved = ckpt.restore_intact(target, log=log)
         _check_same_run(saved.get("config", {}), cfg)
