@@ -263,9 +263,16 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", default=None, help="TFDS data dir (default $TFDS_DATA_DIR)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--merge", action="store_true", help="keep the other cases of an existing parity.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"jax": jax.__version__, "torch": torch.__version__, "optax": optax.__version__,
+            "backend": jax.default_backend(), "dtype": "float32", "loss_rtol": LOSS_RTOL, "param_atol": PARAM_ATOL}
     results, data_cache = {}, {}
+    if args.merge and (out / "parity.json").exists():
+        results = json.loads((out / "parity.json").read_text())["cases"]
     for name in args.cases:
         case = CASES[name]
         if case.model not in data_cache:
@@ -276,12 +283,9 @@ def main(argv=None) -> int:
         print(f"{name}: loss rel {r['loss_max_rel']:.2e}, params abs {r['param_max_abs']:.2e}, "
               f"diverges at {r['diverge_step']}, acc {r.get('zoo_accuracy')} / {r.get('torch_accuracy')} "
               f"({r['seconds']} s)", flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {"jax": jax.__version__, "torch": torch.__version__, "optax": optax.__version__,
-            "backend": jax.default_backend(), "dtype": "float32", "loss_rtol": LOSS_RTOL, "param_atol": PARAM_ATOL}
-    (out / "parity.json").write_text(json.dumps({"meta": meta, "cases": results}, indent=1) + "\n")
-    (out / "parity.md").write_text(table(results) + "\n")
+        ordered = {k: results[k] for k in CASES if k in results}  # written after each case: a long run keeps its rows
+        (out / "parity.json").write_text(json.dumps({"meta": meta, "cases": ordered}, indent=1) + "\n")
+        (out / "parity.md").write_text(table(ordered) + "\n")
     print(table(results))
     return 0
 

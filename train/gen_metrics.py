@@ -68,7 +68,7 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
         raise ValueError(f"expected two (N>=2, D) feature matrices of the same D, got shapes {a.shape} and {b.shape}")
     mu = a.mean(0) - b.mean(0)
-    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    sa, sb = (np.atleast_2d(np.cov(f, rowvar=False)) for f in (a, b))  # (D, D), also for D = 1
     w, v = np.linalg.eigh(sa)
     root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T  # S_a^(1/2)
     trace_root = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ sb @ root_a), 0, None)).sum()
