@@ -238,6 +238,9 @@ def _print_eval(result: dict) -> None:
         print("  confusion (rows: true, cols: predicted):")
         for row in m["confusion"]:
             print("   " + " ".join(f"{v:5d}" for v in row))
+    if "classes_covered" in m:  # generative quality (train/gen_metrics.py)
+        print(f"  classes_covered: {m['classes_covered']} of 10 digits (cnn.mnist confidence > 0.9), "
+              f"over {m['quality_n']} images")
     if result.get("saved"):
         print(f"saved {result['saved']}")
 
@@ -246,10 +249,12 @@ def cmd_eval(args) -> int:
     from train.evaluate import evaluate_pretrained, evaluate_workdir
 
     if args.pretrained or args.path:
-        result = evaluate_pretrained(args.model, args.pretrained, path=args.path, split=args.split, data_dir=args.data_dir, out=args.out)
+        result = evaluate_pretrained(args.model, args.pretrained, path=args.path, split=args.split, data_dir=args.data_dir, out=args.out,
+                                     quality_n=args.quality_n)
     else:
         workdir = Path(args.workdir or Path("runs") / args.model)
-        result = evaluate_workdir(args.model, workdir, split=args.split, which=args.which, out=args.out)
+        result = evaluate_workdir(args.model, workdir, split=args.split, which=args.which, out=args.out,
+                                  quality_n=args.quality_n)
     _print_eval(result)
     return 0
 
@@ -527,6 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--which", choices=["best", "latest"], default=None, help="checkpoint (default: best if tracked)")
     e.add_argument("--data-dir")
     e.add_argument("--out", help="where to save the JSON report (default WORKDIR/eval_SPLIT.json)")
+    e.add_argument("--quality-n", type=int, default=10_000,
+                   help="dcgan/autoencoder on MNIST: images for the Frechet distance and confidence measures "
+                   "(train/gen_metrics.py); 0 = off")
     e.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("sample", help="sample from a generative model (char_lstm text, dcgan images)")

@@ -86,31 +86,44 @@ def class_names(cfg: Config, metrics: dict) -> list[str] | None:
     return list(names) if len(names) == rows else None
 
 
-def evaluate_workdir(name: str, workdir, *, split: str = "test", which: str | None = None, out=None) -> dict:
-    """Evaluates a `zoo train` run on `split`; saves WORKDIR/eval_<split>.json unless `out` says otherwise."""
+def evaluate_workdir(name: str, workdir, *, split: str = "test", which: str | None = None, out=None,
+                     quality_n: int = 0) -> dict:
+    """Evaluates a `zoo train` run on `split`; saves WORKDIR/eval_<split>.json unless `out` says otherwise.
+    `quality_n`: see `evaluate_run`."""
     cfg, model, variables, step = restore_workdir(Path(workdir), which)
     if cfg.model != name:
         raise ValueError(f"{workdir} holds a {cfg.model!r} run, not {name!r}")
-    metrics = evaluate_run(cfg, model, variables, split)
+    metrics = evaluate_run(cfg, model, variables, split, quality_n=quality_n)
     result = {"model": name, "dataset": cfg.dataset, "split": split, "source": f"{workdir} step {step}", "step": step,
               "class_names": class_names(cfg, metrics), "metrics": metrics}
     return _finish(result, Path(out) if out else Path(workdir) / f"eval_{split}.json")
 
 
-def evaluate_run(cfg: Config, model, variables: dict, split: str) -> dict:
-    """Metrics of a run's restored `variables` on `split` of the data view its config trained on."""
-    return evaluate_arrays(tasks.of_model(cfg.model), model, variables, _eval_arrays(cfg, split), batch_size=cfg.eval_batch_size)
+def evaluate_run(cfg: Config, model, variables: dict, split: str, *, quality_n: int = 0) -> dict:
+    """Metrics of a run's restored `variables` on `split` of the data view its config trained on.
+
+    `quality_n` > 0: tasks with a quality hook (GAN, autoencoder) trained on MNIST also report
+    train/gen_metrics.py's measures of that many generated/reconstructed images.
+    """
+    task = tasks.of_model(cfg.model)
+    arrays = _eval_arrays(cfg, split)
+    metrics = evaluate_arrays(task, model, variables, arrays, batch_size=cfg.eval_batch_size)
+    if quality_n and task.quality is not None and cfg.dataset == "mnist":
+        metrics.update(task.quality(model, variables, arrays, quality_n, 0))  # seed 0: comparable runs
+    return metrics
 
 
-def evaluate_pretrained(name: str, tag: str | None, *, path=None, split: str = "test", data_dir=None, out=None) -> dict:
-    """Evaluates shipped (`tag`) or exported (`path`) weights on the dataset they were trained on."""
+def evaluate_pretrained(name: str, tag: str | None, *, path=None, split: str = "test", data_dir=None, out=None,
+                        quality_n: int = 0) -> dict:
+    """Evaluates shipped (`tag`) or exported (`path`) weights on the dataset they were trained on.
+    `quality_n`: see `evaluate_run`."""
     from zoo.pretrained import load, read_manifest
 
     model, variables = load(name, pretrained=tag, path=path)
     manifest = read_manifest(name, pretrained=tag, path=path)
     overrides = dict(manifest.get("train_config") or {})
     cfg = resolve(name, {**{k: v for k, v in overrides.items() if k not in ("model",)}, "data_dir": data_dir})
-    metrics = evaluate_run(cfg, model, variables, split)
+    metrics = evaluate_run(cfg, model, variables, split, quality_n=quality_n)
     source = f"pretrained {name}.{tag}" if tag else f"export {path}"
     return _finish({"model": name, "dataset": cfg.dataset, "split": split, "source": source,
                     "class_names": class_names(cfg, metrics), "metrics": metrics}, out)

@@ -67,8 +67,11 @@ def make_optimizer(
 ) -> optax.GradientTransformation:
     """An Optax optimizer by name, with optional global-norm clipping and weight decay.
 
-    "adamw" uses decoupled weight decay; for the others a nonzero `weight_decay` adds
-    L2 decay to the gradient (PyTorch's `weight_decay=` for SGD/Adam/RMSprop).
+    Each follows PyTorch's update rule of the same name at PyTorch's defaults (bench/parity.py
+    trains both side by side): "adamw" uses decoupled weight decay; for the others a nonzero
+    `weight_decay` adds L2 decay to the gradient (PyTorch's `weight_decay=` for SGD/Adam/RMSprop).
+    "rmsprop" is torch.optim.RMSprop: decay 0.99 and eps added outside the square root (optax's
+    own defaults are decay 0.9 with eps inside it).
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; expected one of {OPTIMIZERS}")
@@ -81,7 +84,7 @@ def make_optimizer(
     elif name == "adamw":
         opt = optax.adamw(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay)
     else:
-        opt = optax.rmsprop(learning_rate, momentum=0.0)
+        opt = optax.rmsprop(learning_rate, decay=0.99, eps=1e-8, eps_in_sqrt=False)  # torch's alpha, eps
     chain = []
     if clip_norm:
         chain.append(optax.clip_by_global_norm(clip_norm))

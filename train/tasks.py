@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import zoo
-from train import data, report, steps
+from train import data, gen_metrics, report, steps
 from train.config import Config
 
 
@@ -39,6 +39,9 @@ class Task:
         each `sample_every` epochs (grids, text).
       sample: optional `(model, variables, key, options) -> message` for `zoo sample`.
       labels: the label arrays of a view that hold class ids (validated against the model).
+      quality: optional `(model, variables, arrays, n, seed) -> metrics` of generated or
+        reconstructed images against the first `n` of `arrays["x"]` (train/gen_metrics.py),
+        reported by `zoo eval`.
     """
 
     name: str
@@ -52,6 +55,7 @@ class Task:
     epoch_sample: Callable | None = None
     sample: Callable | None = None
     labels: Callable[[dict], dict] = lambda arrays: {}
+    quality: Callable | None = None
 
     def better(self, value: float, best: float | None) -> bool:
         """Whether validation `value` improves on `best` (None: nothing yet)."""
@@ -154,11 +158,12 @@ TASKS: dict[str, Task] = {
         Task("multitask", _IMAGES, _images(lambda x, y: {"x": x, "y": data.multitask_labels(y)}),
              *_supervised(steps.multitask_loss), "digit_accuracy", "max", labels=lambda a: dict(a["y"])),
         Task("reconstruction", _IMAGES, _images(lambda x, y: {"x": x}), *_supervised(steps.reconstruction_loss),
-             "mse", "min", epoch_sample=_reconstruction_grid),
+             "mse", "min", epoch_sample=_reconstruction_grid, quality=gen_metrics.reconstruction_quality),
         Task("language_model", data.TEXT_DATASETS, _text, *_supervised(steps.language_model_loss), "loss", "min",
              epoch_sample=_text_file, sample=_text_sample),
         Task("gan", _IMAGES, _images(lambda x, y: {"x": x}), *_gan, "g_loss", "min",
-             players=("generator", "discriminator"), epoch_sample=_gan_grid, sample=_gan_sample),
+             players=("generator", "discriminator"), epoch_sample=_gan_grid, sample=_gan_sample,
+             quality=gen_metrics.gan_quality),
     )
 }
 

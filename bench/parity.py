@@ -1,0 +1,294 @@
+"""Training parity: the same run in zoo (JAX) and in PyTorch, compared step by step.
+
+For each case (model x optimizer) both sides start from the SAME initial weights (zoo's seeded
+init, copied into the PyTorch twin with `zoo.to_torch`), see the SAME batches in the SAME order,
+use the same optimizer and loss in float32, and are compared after every step:
+
+    zoo    the engine's own code: `train.loop.initial_state` (make_optimizer, create_state) and
+           the task record's step `tasks.of_model(name).train_step(model, cfg)`, jitted.
+    torch  `zoo.torch_model(name)` with torch.optim.{SGD, Adam, RMSprop} at the same settings,
+           F.cross_entropy, clip_grad_norm_ where the case clips.
+
+Reported per case: the largest relative difference of the training loss over the first
+`--steps` steps, the largest absolute parameter difference after them, the first step whose
+loss differs by more than 1e-4 (relative) within one epoch, and (with `--epoch`) both sides'
+MNIST test accuracy after one full epoch.
+
+Matched semantics (where the frameworks' defaults differ, zoo follows PyTorch):
+  * RMSprop: make_optimizer uses decay 0.99 and eps outside the square root, like
+    torch.optim.RMSprop (optax's defaults: decay 0.9, eps inside). The "rmsprop-optax-defaults"
+    row shows the gap the defaults would leave.
+  * Adam: optax and PyTorch both add eps outside the square root of the bias-corrected second
+    moment; nothing to match. AdamW: both decay decoupled, lr * wd * param.
+  * LSTM biases: PyTorch keeps b_ih and b_hh, zoo keeps their sum. Trained as is, the twin moves
+    the sum by two updates per step (each bias gets its own); for parity b_hh is frozen at 0
+    (requires_grad False). The "lstm-two-biases" row shows the unmatched run.
+
+    python bench/parity.py                       # all cases on MNIST, 100 steps + one epoch each
+    python bench/parity.py --cases cnn-sgd --steps 20 --no-epoch
+
+Writes bench/results/parity.json and bench/results/parity.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import zoo  # noqa: E402
+from train import loop, tasks  # noqa: E402
+from train.config import Config  # noqa: E402
+from train.state import create_state  # noqa: E402
+
+LOSS_RTOL = 1e-4  # per-step loss, relative
+PARAM_ATOL = 1e-4  # parameters after the compared steps, absolute
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One side-by-side run: a registry model trained with one optimizer recipe."""
+
+    model: str
+    optimizer: str  # make_optimizer's name
+    lr: float
+    batch_size: int
+    clip_norm: float = 0.0
+    matched: bool = True  # False: a row that shows an unmatched default (expected to differ)
+    overrides: tuple = ()  # (field, value) pairs of zoo.create options (tests shrink the model)
+
+
+CASES = {
+    "mlp-sgd": Case("mlp", "momentum", 0.01, 100),
+    "mlp-adam": Case("mlp", "adam", 1e-3, 100),
+    "mlp-rmsprop": Case("mlp", "rmsprop", 1e-3, 100),
+    "cnn-sgd": Case("cnn", "momentum", 0.01, 64),
+    "cnn-adam": Case("cnn", "adam", 1e-3, 64),
+    "cnn-rmsprop": Case("cnn", "rmsprop", 1e-3, 64),
+    "lstm-adam-clip": Case("lstm", "adam", 1e-3, 100, clip_norm=1.0),
+    # unmatched defaults, for the record: how far apart they drift
+    "mlp-rmsprop-optax-defaults": Case("mlp", "rmsprop", 1e-3, 100, matched=False),
+    "lstm-two-biases": Case("lstm", "adam", 1e-3, 100, clip_norm=1.0, matched=False),
+}
+
+
+def config(case: Case) -> Config:
+    """The engine's Config of a case (constant learning rate, seed 0)."""
+    return Config(model=case.model, optimizer=case.optimizer, lr=case.lr, batch_size=case.batch_size,
+                  clip_norm=case.clip_norm, momentum=0.9, model_overrides=dict(case.overrides))
+
+
+# ------------------------------------------------------------------------------------ the two sides
+
+
+class ZooSide:
+    """The engine's state and jitted train step for a case."""
+
+    def __init__(self, case: Case, total_steps: int):
+        cfg = config(case)
+        self.model = zoo.create(case.model, **dict(case.overrides))
+        self.task = tasks.of_model(case.model)
+        state = loop.initial_state(cfg, self.model, self.task, total_steps, log=lambda *a: None)
+        if case.optimizer == "rmsprop" and not case.matched:  # optax's own RMSprop defaults
+            state = create_state(self.model, state.variables(), optax.rmsprop(case.lr), jax.random.key(0))
+        self.state = state
+        self.step = jax.jit(self.task.train_step(self.model, cfg))
+        self.predict = jax.jit(lambda v, x: jnp.argmax(self.model.apply(v, x.astype(jnp.float32) / 255.0), -1))
+
+    def train(self, x: np.ndarray, y: np.ndarray) -> float:
+        self.state, metrics = self.step(self.state, {"x": x, "y": y})
+        return float(metrics["loss"])  # a host sync per step: the comparison needs each loss
+
+    def params(self) -> dict:
+        return jax.device_get(self.state.params)
+
+    def accuracy(self, x: np.ndarray, y: np.ndarray, batch: int = 1000) -> float:
+        variables = self.state.variables()
+        hits = sum(int(np.sum(np.asarray(self.predict(variables, x[i:i + batch])) == y[i:i + batch]))
+                   for i in range(0, len(x), batch))
+        return hits / len(x)
+
+
+class TorchSide:
+    """The PyTorch twin with torch.optim at the case's settings, from zoo's initial weights."""
+
+    def __init__(self, case: Case, variables: dict):
+        self.case = case
+        self.model = zoo.create(case.model, **dict(case.overrides))
+        self.net = zoo.torch_model(self.model)
+        self.net.load_state_dict(zoo.to_torch(self.model, variables))
+        if case.model == "lstm" and case.matched:  # zoo has one bias per gate: train b_ih only
+            for name, p in self.net.named_parameters():
+                if "bias_hh" in name:
+                    p.requires_grad_(False)
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        if case.optimizer == "momentum":
+            self.opt = torch.optim.SGD(params, lr=case.lr, momentum=0.9)
+        elif case.optimizer == "adam":
+            self.opt = torch.optim.Adam(params, lr=case.lr)
+        elif case.optimizer == "rmsprop":
+            self.opt = torch.optim.RMSprop(params, lr=case.lr)
+        else:
+            raise ValueError(f"no PyTorch optimizer for {case.optimizer!r}; expected momentum, adam or rmsprop")
+
+    def _input(self, x: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(x)).float() / 255.0
+        return t.permute(0, 3, 1, 2) if t.ndim == 4 else t  # NHWC -> NCHW; sequences stay (B, T, F)
+
+    def train(self, x: np.ndarray, y: np.ndarray) -> float:
+        self.net.train()
+        self.opt.zero_grad()
+        loss = F.cross_entropy(self.net(self._input(x)), torch.from_numpy(y).long())
+        loss.backward()
+        if self.case.clip_norm:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.case.clip_norm)
+        self.opt.step()
+        return loss.item()
+
+    def params(self) -> dict:
+        return zoo.from_torch(self.model, self.net.state_dict())["params"]
+
+    @torch.no_grad()
+    def accuracy(self, x: np.ndarray, y: np.ndarray, batch: int = 1000) -> float:
+        self.net.eval()
+        hits = sum(int((self.net(self._input(x[i:i + batch])).argmax(-1).numpy() == y[i:i + batch]).sum())
+                   for i in range(0, len(x), batch))
+        return hits / len(x)
+
+
+# ------------------------------------------------------------------------------------ one case
+
+
+def max_param_diff(a: dict, b: dict) -> float:
+    """Largest absolute difference between two parameter trees of the same structure."""
+    return max(float(np.max(np.abs(np.asarray(u, np.float64) - np.asarray(v, np.float64))))
+               for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def run_case(case: Case, train: dict, *, steps: int, epoch: bool = False, test: dict | None = None,
+             seed: int = 0) -> dict:
+    """Trains both sides on `train` ({"x": zoo view, "y"}) in one seeded order and compares them.
+
+    Args:
+      case: the model and optimizer recipe.
+      train: host arrays as the task's view gives them (uint8 images or rows, int labels).
+      steps: the steps whose losses and final parameters are compared (the issue's 100).
+      epoch: continue to one full epoch (len // batch steps), tracking where losses diverge,
+        and report both sides' accuracy on `test`.
+      seed: the data order's seed (one permutation, shared by both sides).
+
+    Returns:
+      {"loss_max_rel": .., "param_max_abs": .., "diverge_step": first step (1-based) whose loss
+      differs by more than LOSS_RTOL, or None, "losses": [[zoo, torch], ...] for the compared
+      steps, and with `epoch`: "epoch_steps", "zoo_accuracy", "torch_accuracy"}.
+    """
+    n = len(train["y"])
+    per_epoch = n // case.batch_size
+    total = per_epoch if epoch else steps
+    if steps > per_epoch:
+        raise ValueError(f"steps must be at most one epoch ({per_epoch} batches of {case.batch_size}), got {steps}")
+    order = np.random.default_rng(seed).permutation(n)
+    z = ZooSide(case, total)
+    t = TorchSide(case, z.state.variables())
+    losses, diverge, param_diff = [], None, None
+    start = time.perf_counter()
+    for i in range(total):
+        idx = order[i * case.batch_size:(i + 1) * case.batch_size]
+        x, y = train["x"][idx], train["y"][idx]
+        pair = (z.train(x, y), t.train(x, y))
+        if i < steps:
+            losses.append(pair)
+        if diverge is None and abs(pair[0] - pair[1]) > LOSS_RTOL * abs(pair[1]):
+            diverge = i + 1
+        if i + 1 == steps:
+            param_diff = max_param_diff(z.params(), t.params())
+    loss = np.asarray(losses, np.float64)
+    out = {
+        "case": dataclasses.asdict(case),
+        "steps": steps,
+        "loss_max_rel": float(np.max(np.abs(loss[:, 0] - loss[:, 1]) / np.abs(loss[:, 1]))),
+        "param_max_abs": param_diff,
+        "diverge_step": diverge,
+        "losses": loss.tolist(),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    if epoch:
+        out.update(epoch_steps=total, zoo_accuracy=z.accuracy(test["x"], test["y"]),
+                   torch_accuracy=t.accuracy(test["x"], test["y"]))
+    return out
+
+
+# ------------------------------------------------------------------------------------ the bench
+
+
+def load_mnist(model: str, data_dir: str | None) -> tuple[dict, dict]:
+    """(train, test) MNIST host arrays as the model's task views them."""
+    from train import data
+
+    task = tasks.of_model(model)
+    return tuple(task.view(data.load_split("mnist", split, data_dir=data_dir)) for split in ("train", "test"))
+
+
+def table(results: dict) -> str:
+    """The markdown table of bench/README.md and the top-level README."""
+    rows = ["| case | steps | max loss rel. diff | max param abs. diff | loss diverges (>1e-4) at step | "
+            "test acc. zoo / torch after 1 epoch |", "|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        acc = (f"{100 * r['zoo_accuracy']:.2f} / {100 * r['torch_accuracy']:.2f}" if "zoo_accuracy" in r else "-")
+        diverge = r["diverge_step"] if r["diverge_step"] is not None else f"none in {r.get('epoch_steps', r['steps'])}"
+        rows.append(f"| {name}{'' if r['case']['matched'] else ' (unmatched)'} | {r['steps']} | "
+                    f"{r['loss_max_rel']:.1e} | {r['param_max_abs']:.1e} | {diverge} | {acc} |")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--steps", type=int, default=100, help="steps compared (losses, then parameters)")
+    parser.add_argument("--no-epoch", dest="epoch", action="store_false", help="skip the full epoch")
+    parser.add_argument("--data-dir", default=None, help="TFDS data dir (default $TFDS_DATA_DIR)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--merge", action="store_true", help="keep the other cases of an existing parity.json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"jax": jax.__version__, "torch": torch.__version__, "optax": optax.__version__,
+            "backend": jax.default_backend(), "dtype": "float32", "loss_rtol": LOSS_RTOL, "param_atol": PARAM_ATOL}
+    results, data_cache = {}, {}
+    if args.merge and (out / "parity.json").exists():
+        results = json.loads((out / "parity.json").read_text())["cases"]
+    for name in args.cases:
+        case = CASES[name]
+        if case.model not in data_cache:
+            data_cache[case.model] = load_mnist(case.model, args.data_dir)
+        train, test = data_cache[case.model]
+        results[name] = run_case(case, train, steps=args.steps, epoch=args.epoch, test=test)
+        r = results[name]
+        print(f"{name}: loss rel {r['loss_max_rel']:.2e}, params abs {r['param_max_abs']:.2e}, "
+              f"diverges at {r['diverge_step']}, acc {r.get('zoo_accuracy')} / {r.get('torch_accuracy')} "
+              f"({r['seconds']} s)", flush=True)
+        ordered = {k: results[k] for k in CASES if k in results}  # written after each case: a long run keeps its rows
+        (out / "parity.json").write_text(json.dumps({"meta": meta, "cases": ordered}, indent=1) + "\n")
+        (out / "parity.md").write_text(table(ordered) + "\n")
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Generative quality measures (train/gen_metrics.py), their task hooks and `zoo eval` output."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+import zoo
+from tests.fixtures import digit_images
+from train import gen_metrics, tasks
+
+
+def _reference_frechet(a, b):
+    """The textbook formula with a general matrix square root (as FID implementations write it)."""
+    mu = a.mean(0) - b.mean(0)
+    sa, sb = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    root = scipy.linalg.sqrtm(sa @ sb).real
+    return mu @ mu + np.trace(sa + sb - 2 * root)
+
+
+def test_frechet_matches_the_textbook_formula():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(400, 6)) @ rng.normal(size=(6, 6))
+    b = rng.normal(size=(300, 6)) * 2.0 + 0.5
+    assert gen_metrics.frechet_distance(a, b) == pytest.approx(_reference_frechet(a, b), rel=1e-8)
+
+
+def test_frechet_of_a_sample_with_itself_is_zero_and_a_shift_adds_its_square():
+    a = np.random.default_rng(1).normal(size=(200, 5))
+    assert gen_metrics.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)
+    shift = np.array([1.0, -2.0, 0.0, 0.5, 0.0])
+    assert gen_metrics.frechet_distance(a, a + shift) == pytest.approx(shift @ shift, rel=1e-9)
+
+
+def test_frechet_of_one_dimensional_gaussians():
+    """(m1 - m2)^2 + (s1 - s2)^2 for 1-D Gaussians with exactly these sample moments."""
+    base = np.random.default_rng(2).normal(size=(1000, 1))
+    base = (base - base.mean()) / base.std(ddof=1)
+    assert gen_metrics.frechet_distance(base * 2 + 1, base * 0.5 - 1) == pytest.approx(4 + 1.5**2, rel=1e-9)
+
+
+@pytest.mark.parametrize("a, b", [((10, 3), (10, 4)), ((1, 3), (10, 3)), ((10,), (10,))])
+def test_frechet_rejects_mismatched_features(a, b):
+    with pytest.raises(ValueError, match="feature matrices"):
+        gen_metrics.frechet_distance(np.zeros(a), np.zeros(b))
+
+
+def test_classify_rejects_non_mnist_images():
+    with pytest.raises(ValueError, match=r"\(N, 28, 28, 1\).*\(4, 32, 32, 3\)"):
+        gen_metrics.classify(np.zeros((4, 32, 32, 3), np.float32))
+
+
+def test_quality_uses_the_shipped_classifier():
+    x, _ = digit_images(64)
+    q = gen_metrics.quality(x, x)
+    assert abs(q["frechet"]) < 1e-2  # 64 images, 3,136 features: a rank-63 covariance, round-off only
+    assert q["quality_n"] == 64 and 0.0 <= q["confident_share"] <= 1.0 and 0 <= q["classes_covered"] <= 10
+    # uint8 and [0, 1] floats are the same images
+    same = gen_metrics.quality(x.astype(np.float32) / 255.0, x)
+    assert same["confident_share"] == q["confident_share"] and abs(same["frechet"]) < 1e-2
+    # blank images are far from digits in cnn.mnist's features
+    assert gen_metrics.quality(np.zeros_like(x), x)["frechet"] > 1.0
+
+
+def test_task_hooks_measure_the_shipped_generative_models():
+    x, _ = digit_images(48)
+    for name in ("dcgan", "autoencoder"):
+        task = tasks.of_model(name)
+        model, variables = zoo.load(name, pretrained="mnist")
+        q = task.quality(model, variables, {"x": x}, 32, 0)
+        assert q["quality_n"] == 32 and np.isfinite(q["frechet"]), name
+        assert task.quality(model, variables, {"x": x}, 32, 0) == q, f"{name}: not deterministic"
+    dcgan, v = zoo.load("dcgan", pretrained="mnist")
+    other_seed = tasks.of_model("dcgan").quality(dcgan, v, {"x": x}, 32, 1)
+    assert other_seed["frechet"] != q["frechet"]
+    assert tasks.of_model("cnn").quality is None
+    with pytest.raises(ValueError, match="at least 2, got 1"):
+        gen_metrics.gan_quality(dcgan, v, {"x": x}, 1)
+
+
+def test_zoo_eval_reports_quality(tfds_dir, tmp_path, capsys):
+    from train.cli import main
+
+    out = tmp_path / "eval.json"
+    assert main(["eval", "autoencoder", "--pretrained", "mnist", "--data-dir", str(tfds_dir), "--quality-n", "64",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "frechet:" in text and "mse:" in text and "over 64 images" in text
+    metrics = json.loads(out.read_text())["metrics"]
+    assert metrics["quality_n"] == 64 and metrics["frechet"] > 0 and metrics["classes_covered"] >= 1
+    assert main(["eval", "autoencoder", "--pretrained", "mnist", "--data-dir", str(tfds_dir), "--quality-n", "0",
+                 "--out", str(out)]) == 0
+    assert "frechet" not in json.loads(out.read_text())["metrics"]
