@@ -4,7 +4,6 @@ import functools
 import os
 import queue
 import random
-import shutil
 import signal
 import subprocess
 import sys

@@ -5,7 +5,6 @@ kills, and multi-host runs refusing an unshared workdir. Real `zoo train` proces
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import signal

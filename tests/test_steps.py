@@ -18,7 +18,7 @@ import zoo
 from tests.fixtures import TASK_MODELS, build, flat_params, task_arrays
 from train import parallel, steps, tasks
 from train.config import Config
-from train.state import OPTIMIZERS, SCHEDULES, create_state, glorot_reinit, make_optimizer, make_schedule
+from train.state import OPTIMIZERS, SCHEDULES, glorot_reinit, make_optimizer, make_schedule
 
 N_STEPS = 25
 # Adam; the tiny LSTMs need a larger step to show progress within N_STEPS.
