@@ -331,8 +331,6 @@ def cmd_export(args) -> int:
 
 # ---------------------------------------------------------------- predict
 
-_CLASSIFIER_TASKS = ("classification", "binary", "multitask")
-_RECONSTRUCTION_TASKS = ("reconstruction",)
 
 
 def _class_probabilities(logits, names) -> list[tuple[str, float]]:
@@ -402,16 +400,18 @@ def cmd_predict(args) -> int:
     import jax
 
     import zoo
+    from train import tasks
     from train.evaluate import variables_for
     from zoo.preprocess import image_shape
 
     spec = zoo.get_spec(args.model)
     if args.top_k < 1:
         raise ValueError(f"--top-k must be a positive integer, got {args.top_k}")
-    if spec.task not in _CLASSIFIER_TASKS + _RECONSTRUCTION_TASKS:
+    predicts = tasks.get(spec.task).predicts
+    if not predicts:
         raise ValueError(f"zoo predict works for image classifiers and the autoencoder; {args.model!r} is a "
                          f"{spec.task} model (its input: {spec.input})")
-    args.reconstruct = spec.task in _RECONSTRUCTION_TASKS
+    args.reconstruct = predicts == "reconstruction"
     if args.reconstruct and not args.out:
         raise ValueError(f"zoo predict {args.model} writes reconstructions as PNGs: give --out DIR")
     model, variables = variables_for(args.model, pretrained=args.pretrained, path=args.path, workdir=args.workdir)

@@ -39,6 +39,8 @@ class Task:
         each `sample_every` epochs (grids, text).
       sample: optional `(model, variables, key, options) -> message` for `zoo sample`.
       labels: the label arrays of a view that hold class ids (validated against the model).
+      predicts: what `zoo predict` makes of a picture: "classes" (top-k per head),
+        "reconstruction" (a PNG), or "" where the task does not take pictures that way.
       quality: optional `(model, variables, arrays, n, seed) -> metrics` of generated or
         reconstructed images against the first `n` of `arrays["x"]` (train/gen_metrics.py),
         reported by `zoo eval`.
@@ -56,6 +58,7 @@ class Task:
     sample: Callable | None = None
     labels: Callable[[dict], dict] = lambda arrays: {}
     quality: Callable | None = None
+    predicts: str = ""  # what `zoo predict` shows for a picture: "classes", "reconstruction", or "" (not supported)
 
     def better(self, value: float, best: float | None) -> bool:
         """Whether validation `value` improves on `best` (None: nothing yet)."""
@@ -150,15 +153,17 @@ TASKS: dict[str, Task] = {
     t.name: t
     for t in (
         Task("classification", _IMAGES, _images(lambda x, y: {"x": x, "y": y}), *_classify, "accuracy", "max",
-             labels=lambda a: {"y": a["y"]}),
+             labels=lambda a: {"y": a["y"]}, predicts="classes"),
         Task("sequence_classification", _IMAGES, _images(lambda x, y: {"x": data.rows_as_sequence(x), "y": y}),
              *_classify, "accuracy", "max", labels=lambda a: {"y": a["y"]}),
         Task("binary", _IMAGES, _images(lambda x, y: {"x": x, "y": data.binary_labels(y)}),
-             *_supervised(steps.binary_loss), "accuracy", "max"),
+             *_supervised(steps.binary_loss), "accuracy", "max", predicts="classes"),
         Task("multitask", _IMAGES, _images(lambda x, y: {"x": x, "y": data.multitask_labels(y)}),
-             *_supervised(steps.multitask_loss), "digit_accuracy", "max", labels=lambda a: dict(a["y"])),
+             *_supervised(steps.multitask_loss), "digit_accuracy", "max", labels=lambda a: dict(a["y"]),
+             predicts="classes"),
         Task("reconstruction", _IMAGES, _images(lambda x, y: {"x": x}), *_supervised(steps.reconstruction_loss),
-             "mse", "min", epoch_sample=_reconstruction_grid, quality=gen_metrics.reconstruction_quality),
+             "mse", "min", epoch_sample=_reconstruction_grid, quality=gen_metrics.reconstruction_quality,
+             predicts="reconstruction"),
         Task("language_model", data.TEXT_DATASETS, _text, *_supervised(steps.language_model_loss), "loss", "min",
              epoch_sample=_text_file, sample=_text_sample),
         Task("gan", _IMAGES, _images(lambda x, y: {"x": x}), *_gan, "g_loss", "min",
