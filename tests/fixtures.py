@@ -84,3 +84,14 @@ def build(task: str, *, optimizer: str = "adam", lr: float = 1e-3, seed: int = 0
 def flat_params(tree) -> np.ndarray:
     """All leaves of a pytree, as one float64 host vector (for tolerances and checksums)."""
     return np.concatenate([np.asarray(jax.device_get(a), np.float64).ravel() for a in jax.tree.leaves(tree)])
+
+
+def tiny_fit_cfg(tfds_dir, **kw) -> Config:
+    """A Config for a real `fit` in seconds: mlp_small with 16 hidden units, 4 steps of 32 per
+    epoch on MNIST, 64 validation images, one device."""
+    base = dict(
+        model="mlp_small", dataset="mnist", epochs=1, batch_size=32, optimizer="adam", lr=1e-3, val_size=64,
+        train_limit=128, eval_batch_size=64, sample_every=0, num_devices=1, data_dir=str(tfds_dir),
+        model_overrides={"hidden": [16]},
+    )
+    return Config(**{**base, **kw})

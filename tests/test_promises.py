@@ -20,21 +20,13 @@ import numpy as np
 import pytest
 
 import zoo
-from tests.fixtures import build, flat_params, task_arrays
+from tests.fixtures import build, flat_params, task_arrays, tiny_fit_cfg
 from train import data, report, tasks
-from train.config import Config
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tiny_cfg(tfds_dir, **kw) -> Config:
-    """mlp_small with 16 hidden units, 4 steps of 32 per epoch, 64 validation images."""
-    base = dict(
-        model="mlp_small", dataset="mnist", epochs=1, batch_size=32, optimizer="adam", lr=1e-3, val_size=64,
-        train_limit=128, eval_batch_size=64, sample_every=0, num_devices=1, data_dir=str(tfds_dir),
-        model_overrides={"hidden": [16]},
-    )
-    return Config(**{**base, **kw})
+tiny_cfg = tiny_fit_cfg
 
 
 def quiet(*args, **kwargs):

@@ -15,7 +15,7 @@ import optax
 import pytest
 
 import zoo
-from tests.fixtures import TASK_MODELS, build, flat_params, task_arrays
+from tests.fixtures import TASK_MODELS, build, flat_params, task_arrays, tiny_fit_cfg
 from train import parallel, steps, tasks
 from train.config import Config
 from train.state import OPTIMIZERS, SCHEDULES, glorot_reinit, make_optimizer, make_schedule
@@ -390,12 +390,7 @@ def test_glorot_reinit_changes_only_kernels_with_the_right_limit():
 
 
 def _tiny_fit_cfg(tfds_dir, **kw) -> Config:
-    base = dict(
-        model="mlp_small", dataset="mnist", epochs=1, batch_size=32, optimizer="adam", lr=1e-3, val_size=64,
-        train_limit=128, eval_batch_size=64, sample_every=0, num_devices=1, data_dir=str(tfds_dir),
-        model_overrides={"hidden": [16]},
-    )
-    return Config(**{**base, **kw})
+    return tiny_fit_cfg(tfds_dir, **kw)
 
 
 def _checkpoint_params_finite(workdir) -> dict[int, bool]:
