@@ -120,7 +120,18 @@ def _wait_for_new_checkpoint(workdir: Path, proc) -> bool:
     """Waits for the running `proc` to finalize a new checkpoint; False (after letting it finish)
     when that checkpoint is near the end of the run, where a signal could land after training."""
     before = len(_steps_or_none(workdir))
-    _wait_for(lambda: len(_steps_or_none(workdir)) > before, proc, what="a new checkpoint")
+    deadline = time.time() + 240
+    while len(_steps_or_none(workdir)) <= before and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    if proc.poll() is not None and len(_steps_or_none(workdir)) <= before:
+        # A kill after the last checkpoint was saved leaves a finished run: rerunning it has
+        # nothing to train and ends without a new checkpoint.
+        out = proc.stdout.read()
+        assert proc.returncode == 0 and _steps(workdir)[-1] == 72, out
+        return False
+    if time.time() >= deadline:
+        proc.kill()
+        pytest.fail("timed out waiting for a new checkpoint")
     if _steps(workdir)[-1] >= 60:  # of 72 steps
         _ok(subprocess.CompletedProcess(proc.args, proc.wait(timeout=120), proc.stdout.read(), ""))
         return False

@@ -342,6 +342,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
     def do_GET(self):
         hostile = {"/endless": self._endless, "/huge": self._huge, "/trickle": self._trickle, "/stall": self._stall,
+                   "/slow_trickle": self._slow_trickle,
                    "/short": self._short, "/loop": self._loop}
         if self.path not in hostile:
             return super().do_GET()
@@ -372,6 +373,17 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
             self.wfile.write(b"\0")
             self.wfile.flush()
             time.sleep(0.05)
+
+    def _slow_trickle(self):  # one byte every 0.2 s for up to 2 minutes: a download a signal must interrupt
+        self.send_response(200)
+        self.end_headers()
+        try:
+            for _ in range(600):
+                self.wfile.write(b"\0")
+                self.wfile.flush()
+                time.sleep(0.2)
+        except OSError:  # the client went away (killed): stop
+            pass
 
     def _stall(self):  # headers, then silence
         self.send_response(200)
@@ -670,7 +682,7 @@ def _child_downloading(url: str, tmp_path: Path) -> subprocess.Popen:
 
 def test_ctrl_c_mid_download_leaves_no_temporaries(server, tmp_path):
     _, url, _ = server
-    child = _child_downloading(f"{url}/trickle", tmp_path)
+    child = _child_downloading(f"{url}/slow_trickle", tmp_path)
     child.send_signal(signal.SIGINT)
     _, err = child.communicate(timeout=30)
     assert b"KeyboardInterrupt" in err
@@ -679,7 +691,7 @@ def test_ctrl_c_mid_download_leaves_no_temporaries(server, tmp_path):
 
 def test_sigterm_mid_download_is_cleaned_up_by_the_next_download(server, tmp_path):
     _, url, _ = server
-    child = _child_downloading(f"{url}/trickle", tmp_path)
+    child = _child_downloading(f"{url}/slow_trickle", tmp_path)
     child.send_signal(signal.SIGTERM)
     child.communicate(timeout=30)
     assert child.returncode == -signal.SIGTERM

@@ -226,8 +226,8 @@ def test_every_optimizer_and_schedule_steps(name, schedule):
 
 def _closed_form_updates(name: str, lr: float, p0: np.ndarray, grads: list, wd: float) -> list:
     """The first updates of each optimizer, written out (float64): PyTorch's heavy-ball momentum
-    (buf = m * buf + g), Adam with bias correction, AdamW's decoupled decay, and optax's RMSprop
-    (decay 0.9, eps inside the square root)."""
+    (buf = m * buf + g), Adam with bias correction, AdamW's decoupled decay, and PyTorch's
+    RMSprop (alpha 0.99, eps 1e-8 outside the square root), as train.state.make_optimizer builds them."""
     p, m, v, trace, out = p0.copy(), 0.0, 0.0, 0.0, []
     for t, g in enumerate(grads, start=1):
         if name == "sgd":
@@ -241,8 +241,8 @@ def _closed_form_updates(name: str, lr: float, p0: np.ndarray, grads: list, wd: 
             if name == "adamw":
                 u = u - lr * wd * p
         else:  # rmsprop
-            v = 0.9 * v + 0.1 * g**2
-            u = -lr * g / np.sqrt(v + 1e-8)
+            v = 0.99 * v + 0.01 * g**2
+            u = -lr * g / (np.sqrt(v) + 1e-8)
         out.append(u)
         p = p + u
     return out
