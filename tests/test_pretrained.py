@@ -669,8 +669,11 @@ _CHILD_LOAD = "import sys, zoo; print('loading', flush=True); zoo.load('cnn', pa
 
 def _child_downloading(url: str, tmp_path: Path) -> subprocess.Popen:
     """A child process stuck downloading `url` (a trickle), once its temporary file exists."""
+    # SIG_DFL for SIGINT: an xdist worker ignores it, children inherit that, and Python then
+    # installs no KeyboardInterrupt handler (Ctrl-C would do nothing).
     child = subprocess.Popen([sys.executable, "-c", _CHILD_LOAD, url], cwd=ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+                             stderr=subprocess.PIPE, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not temporaries(tmp_path):
         assert child.poll() is None, child.communicate()
