@@ -162,7 +162,7 @@ def max_in_flight(devices) -> int:
     """Steps that may be queued without a host sync (0: no bound).
 
     XLA:CPU (jaxlib 0.10) deadlocks in an all-reduce rendezvous once ~90 sharded steps are
-    queued over several CPU devices (tests/test_parallel.py reproduces it with a real epoch),
+    queued over several CPU devices (tests/test_hardening.py trains a real epoch on 4 devices),
     so on multi-device CPU meshes the loop waits for a step before queueing many more.
     """
     return 8 if devices[0].platform == "cpu" and len(devices) > 1 else 0
@@ -291,7 +291,8 @@ def run_epoch(run: Run) -> dict:
         at_end = pos >= spe or run.step >= run.total_steps
         save_due = bool(cfg.checkpoint_steps and run.step % cfg.checkpoint_steps < k and not at_end)
         # A checkpoint's book must hold every step before it: sync before any save.
-        if at_end or save_due or run.signals.signum or queued >= cfg.log_every or queued >= (run.max_in_flight or queued + 1):
+        bounded = bool(run.max_in_flight) and queued >= run.max_in_flight
+        if at_end or save_due or run.signals.signum or queued >= cfg.log_every or bounded:
             sync()
         if run.signals.signum:
             _save(run, epoch, None, force=True)
