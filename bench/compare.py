@@ -207,7 +207,8 @@ class ZooTrainer:
 
 class TorchTrainer:
     spd = 1  # steps per dispatch: eager PyTorch runs one step per call
-    def __init__(self, model_name: str, data: dict, loader: bool, seed: int = 0):
+    def __init__(self, model_name: str, data: dict, loader: bool, seed: int = 0, recipe: dict | None = None):
+        """recipe: {"batch", "lr", "betas"} to train with instead of RECIPES[model_name]."""
         import torch
         from torch import nn
 
@@ -217,7 +218,7 @@ class TorchTrainer:
         self.name = "torch_dl" if loader else "torch_mem"
         self.device = dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model_name = model_name
-        r = RECIPES[model_name]
+        r = recipe or RECIPES[model_name]
         self.batch = r["batch"]
         torch.manual_seed(seed)
         self.net = zoo.torch_model(model_name).to(dev).train()

@@ -37,3 +37,31 @@ def test_time_to_accuracy_races_both_sides(tfds_dir, cli_env, tmp_path):
         reached = res["sides"][side]["reached"]
         assert reached and reached["accuracy"] >= 0.5 and reached["train_s"] > 0
     assert res["ratio_zoo_over_torch"] > 0
+
+
+def test_time_to_accuracy_grid_keeps_every_race(tfds_dir, cli_env, tmp_path):
+    env = {**cli_env, "TFDS_DATA_DIR": str(tfds_dir)}
+    _run([str(ROOT / "bench" / "time_to_accuracy.py"), "--target", "0.3", "--max-epochs", "1", "--no-torch",
+          "--evals-per-epoch", "20", "--zoo-grid", '[{"batch_size": 64}, {"batch_size": 128, "dtype": "bfloat16"}]',
+          "--out", str(tmp_path)], env, tmp_path)
+    res = json.loads((tmp_path / "time_to_accuracy.json").read_text())
+    assert [r["recipe"]["batch_size"] for r in res["zoo_grid"]] == [64, 128]
+    assert res["sides"]["zoo"] in res["zoo_grid"] and res["sides"]["zoo"]["reached"]
+    assert "zoo grid" in (tmp_path / "time_to_accuracy.md").read_text()
+
+
+def test_end_to_end_times_both_whole_processes(tfds_dir, cli_env, tmp_path):
+    env = {**cli_env, "TFDS_DATA_DIR": str(tfds_dir)}
+    _run([str(ROOT / "bench" / "end_to_end.py"), "--models", "mlp", "--epochs", "2", "--warm",
+          "--zoo-args", "--train-limit 1024 --val-size 512", "--variant", "plain={}", "--out", str(tmp_path)],
+         env, tmp_path)
+    res = json.loads((tmp_path / "end_to_end.json").read_text())
+    mlp = res["models"]["mlp"]
+    cold, warm = mlp["zoo"]["plain"]["cold"], mlp["zoo"]["plain"]["warm"]
+    assert "error" not in cold and "error" not in warm, (cold, warm)
+    assert cold["epochs"] == 2 and cold["wall_s"] > cold["train_s"] > 0 and 0 < cold["metric"] <= 1
+    torch = mlp["torch"]
+    assert "error" not in torch, torch
+    assert torch["steps"] == 2 * (1024 // mlp["recipe"]["batch"]) and 0 < torch["metric"]["accuracy"] <= 1
+    assert torch["torch_s"] < torch["wall_s"]
+    assert "| mlp | 2 | plain |" in (tmp_path / "end_to_end.md").read_text()

@@ -52,3 +52,24 @@ def test_options_compile_and_compute_the_same_convolution_gradient():
     want = jax.jit(grad)(x, k)
     got = jax.jit(grad, compiler_options=parallel.compiler_options(jax.devices("cpu")))(x, k)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), got, want)
+
+
+def test_env_options_reach_every_backend_and_override(monkeypatch):
+    class FakeGpu:
+        platform = "gpu"
+
+    monkeypatch.setenv("ZOO_XLA_OPTIONS", '{"xla_gpu_autotune_level": 0}')
+    assert parallel.compiler_options([FakeGpu()]) == {"xla_gpu_autotune_level": 0}
+    monkeypatch.setenv("ZOO_XLA_CPU_OPTIONS", "off")
+    monkeypatch.setenv("ZOO_XLA_OPTIONS", '{"xla_cpu_enable_fast_math": false}')
+    assert parallel.compiler_options(jax.devices("cpu")) == {"xla_cpu_enable_fast_math": False}
+    # and a compiled program takes them
+    f = jax.jit(lambda x: x * 2, compiler_options=parallel.compiler_options(jax.devices("cpu")))
+    assert float(f(jnp.ones(()))) == 2.0
+
+
+@pytest.mark.parametrize("raw", ["xla_gpu_autotune_level=0", "[1, 2]", '{"a": [1]}'])
+def test_bad_env_options_name_the_variable(monkeypatch, raw):
+    monkeypatch.setenv("ZOO_XLA_OPTIONS", raw)
+    with pytest.raises(ValueError, match="ZOO_XLA_OPTIONS"):
+        parallel.compiler_options(jax.devices("cpu"))

@@ -16,6 +16,7 @@ multi-host run computes the same order without communication.
 from __future__ import annotations
 
 import functools
+import json
 import os
 from importlib import metadata
 from typing import Any, Callable
@@ -92,22 +93,44 @@ CPU_COMPILER_OPTIONS = {
 CPU_COMPILER_OPTIONS_JAXLIB = ("0.10.",)
 
 
+def _env_options() -> dict:
+    """XLA options from ZOO_XLA_OPTIONS, a JSON object such as '{"xla_gpu_autotune_level": 0}'."""
+    raw = os.environ.get("ZOO_XLA_OPTIONS", "").strip()
+    if not raw:
+        return {}
+    try:
+        options = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"ZOO_XLA_OPTIONS={raw!r}: expected a JSON object of XLA options ({e})") from e
+    if not isinstance(options, dict) or not all(isinstance(v, (bool, int, float, str)) for v in options.values()):
+        raise ValueError(f"ZOO_XLA_OPTIONS={raw!r}: expected a JSON object of XLA options with "
+                         "boolean, number or string values, e.g. '{\"xla_gpu_autotune_level\": 0}'")
+    return options
+
+
 def compiler_options(devices=None) -> dict | None:
     """XLA options for the engine's compiled programs on `devices` (None: XLA's defaults).
 
     zoo's CPU options (CPU_COMPILER_OPTIONS) apply on CPU devices with the measured jaxlib
-    line, unless ZOO_XLA_CPU_OPTIONS=off.
+    line, unless ZOO_XLA_CPU_OPTIONS=off. ZOO_XLA_OPTIONS (a JSON object) adds or overrides
+    options on any backend: an experiment's knob, and bench/end_to_end.py's A/B switch.
     """
     devices = jax.devices() if devices is None else list(devices)
-    if devices[0].platform != "cpu":
-        return None
+    options = _default_options(devices[0].platform)
+    options.update(_env_options())
+    return options or None
+
+
+def _default_options(platform: str) -> dict:
+    if platform != "cpu":
+        return {}
     if os.environ.get("ZOO_XLA_CPU_OPTIONS", "").lower() in ("0", "off", "none", "false"):
-        return None
+        return {}
     try:
         version = metadata.version("jaxlib")
     except metadata.PackageNotFoundError:
-        return None
-    return dict(CPU_COMPILER_OPTIONS) if version.startswith(CPU_COMPILER_OPTIONS_JAXLIB) else None
+        return {}
+    return dict(CPU_COMPILER_OPTIONS) if version.startswith(CPU_COMPILER_OPTIONS_JAXLIB) else {}
 
 
 def unroll_scan() -> bool:
