@@ -526,6 +526,8 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=2, help="alternating rounds")
     p.add_argument("--full-epoch", action="store_true", help="time real epochs (60000 // batch steps) instead of --steps")
     p.add_argument("--compile", action="store_true", help="cold/warm compile time in fresh subprocesses")
+    p.add_argument("--no-compile-warm", dest="compile_warm", action="store_false",
+                   help="with --compile: the cold child only")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory subprocesses")
     p.add_argument("--memory-steps", type=int, default=20)
     p.add_argument("--no-eval", dest="eval", action="store_false", help="skip the test-set metric")
@@ -607,8 +609,9 @@ def main(argv=None) -> None:
             cache = tempfile.mkdtemp(prefix="jaxcache_", dir=tmp)
             env = {"JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
                    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
-            c = {"cold": run_child(["--_child", "compile", model, npz], env),
-                 "warm": run_child(["--_child", "compile", model, npz], env)}
+            c = {"cold": run_child(["--_child", "compile", model, npz], env)}
+            if args.compile_warm:
+                c["warm"] = run_child(["--_child", "compile", model, npz], env)
             c["cache_files"] = sum(len(f) for _, _, f in os.walk(cache))
             res["compile"][model] = c
             log(f"[{model}] compile: {c}")

@@ -94,3 +94,24 @@ def test_zoo_eval_reports_quality(tfds_dir, tmp_path, capsys):
     assert main(["eval", "autoencoder", "--pretrained", "mnist", "--data-dir", str(tfds_dir), "--quality-n", "0",
                  "--out", str(out)]) == 0
     assert "frechet" not in json.loads(out.read_text())["metrics"]
+
+
+def test_zoo_export_records_quality_in_the_manifest(tfds_dir, tmp_path, capsys):
+    """A generative run's export carries its sample quality; a classifier's does not; --quality-n 0 turns it off."""
+    from train.cli import main
+    from zoo.exports import read_manifest
+
+    workdir = tmp_path / "run"
+    assert main(["train", "autoencoder", "--workdir", str(workdir), "--data-dir", str(tfds_dir), "--epochs", "1",
+                 "--train-limit", "256", "--val-size", "128", "--batch-size", "64"]) == 0
+    out = tmp_path / "export"
+    assert main(["export", "autoencoder", str(out), "--workdir", str(workdir), "--quality-n", "64"]) == 0
+    assert "frechet=" in capsys.readouterr().out
+    quality = read_manifest(out)["quality"]
+    assert quality["quality_n"] == 64 and quality["frechet"] > 0 and quality["classifier"] == "cnn.mnist"
+    again = tmp_path / "again"  # converting an export keeps its quality record
+    assert main(["export", "autoencoder", str(again), "--path", str(out)]) == 0
+    assert read_manifest(again)["quality"] == quality
+    off = tmp_path / "off"
+    assert main(["export", "autoencoder", str(off), "--workdir", str(workdir), "--quality-n", "0"]) == 0
+    assert "quality" not in read_manifest(off)

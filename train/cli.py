@@ -283,7 +283,8 @@ def _export_source(args) -> tuple:
 
         manifest = read_manifest(args.model, args.pretrained, path=args.path)
         _, variables = load(args.model, args.pretrained, path=args.path)
-        fields = {key: manifest.get(key) for key in ("model_overrides", "dataset", "metric", "command", "train_config")}
+        fields = {key: manifest.get(key) for key in ("model_overrides", "dataset", "metric", "command", "train_config",
+                                                     "quality")}
         return variables, fields, None
 
     from train import tasks
@@ -293,8 +294,11 @@ def _export_source(args) -> tuple:
     cfg, model, variables, step = restore_workdir(workdir, args.which)
     if cfg.model != args.model:
         raise ValueError(f"{workdir} holds a {cfg.model!r} run, not {args.model!r}")
-    metrics = evaluate_run(cfg, model, variables, args.split)  # the checkpoint restored above, not again
-    name = tasks.of_model(args.model).val_metric  # the metric the run was selected on
+    task = tasks.of_model(args.model)
+    scored = task.quality is not None and cfg.dataset == "mnist" and args.quality_n > 0
+    # the checkpoint restored above, not again
+    metrics = evaluate_run(cfg, model, variables, args.split, quality_n=args.quality_n if scored else 0)
+    name = task.val_metric  # the metric the run was selected on
     command = (workdir / "command.txt").read_text().strip() if (workdir / "command.txt").exists() else None
     fields = {
         "model_overrides": cfg.model_overrides,
@@ -302,6 +306,8 @@ def _export_source(args) -> tuple:
         "metric": {"name": name, "value": metrics[name], "split": args.split, "count": metrics["count"], "step": step},
         "command": command,
         "train_config": cfg.to_json(),
+        "quality": ({**{k: metrics[k] for k in ("frechet", "confident_share", "classes_covered", "quality_n")},
+                     "classifier": "cnn.mnist", "split": args.split} if scored else None),
     }
     return variables, fields, step
 
@@ -321,6 +327,8 @@ def cmd_export(args) -> int:
                     **{k: fields[k] for k in ("model_overrides", "dataset", "metric")})
     metric = fields["metric"]
     scored = f" ({metric['name']}={metric['value']:.6g} on {metric.get('split')})" if metric else ""
+    if fields.get("quality"):
+        scored += f", frechet={fields['quality']['frechet']:.4g} over {fields['quality']['quality_n']} images"
     source = f"step {step}" if step is not None else (f"pretrained {args.pretrained}" if args.pretrained else str(args.path))
     print(f"exported {args.model} {source}{scored} as {args.format} to {out}")
     if args.ship:
@@ -562,6 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--which", choices=["best", "latest"], default=None)
     x.add_argument("--split", default="test", help="split whose metric is recorded in the manifest")
     x.add_argument("--ship", metavar="TAG", help="also copy into zoo/weights as MODEL.TAG")
+    x.add_argument("--quality-n", type=int, default=10_000,
+                   help="dcgan/autoencoder on MNIST: images for the sample-quality measures recorded in the "
+                        "manifest (train/gen_metrics.py); 0 = off")
     x.add_argument("--overwrite", action="store_true")
     x.set_defaults(func=cmd_export)
 

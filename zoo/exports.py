@@ -412,6 +412,7 @@ def write_export(
     metric: Mapping[str, Any] | None = None,
     command: str | Sequence[str] | None = None,
     train_config: Mapping[str, Any] | None = None,
+    quality: Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Writes `variables` of registry model `model_name` as an exported checkpoint directory.
@@ -431,6 +432,8 @@ def write_export(
       command: the `zoo train ...` command that produced the weights (a string or argv).
       train_config: the resolved training config (JSON-able); `zoo eval --pretrained`
         rebuilds the same data view (dataset, seq_len, ...) from it.
+      quality: generative models' sample-quality measures (train/gen_metrics.py: Frechet
+        distance, confident share, classes covered, image count, the classifier), JSON-able.
       overwrite: replace an existing `directory` (see `_move_into_place`).
 
     Returns:
@@ -466,6 +469,7 @@ def write_export(
             "metric": _to_json(dict(metric), "metric") if metric is not None else None,
             "command": command,
             "train_config": _to_json(dict(train_config), "train_config") if train_config is not None else None,
+            **({"quality": _to_json(dict(quality), "quality")} if quality is not None else {}),
             "versions": _versions(),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
