@@ -193,11 +193,17 @@ class ZooTrainer:
         return time.perf_counter() - t0
 
     def evaluate(self) -> dict:
-        from train.evaluate import evaluate_arrays
+        """Test-set metrics; the evaluator is compiled and the test set placed once (the races evaluate often)."""
+        from train import parallel, tasks
 
         if self.task.name == "gan":
             return {}
-        m = evaluate_arrays(self.task, self.model, self.state.variables(), self.test)
+        if not hasattr(self, "_eval"):
+            mesh = parallel.make_mesh(self.jax.devices()[:1])
+            self._eval = parallel.make_evaluator(self.task.eval_step(self.model), mesh)
+            self._test_on_device = self.strategy.place_data(self.test)
+        sums = self._eval(self.state.variables(), self._test_on_device, len(self.test["x"]), 1000)
+        m = tasks.summarize(sums)
         return {k: m[k] for k in ("accuracy", "mse", "loss") if k in m}
 
 

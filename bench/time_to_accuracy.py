@@ -112,7 +112,12 @@ def main(argv=None) -> None:
                                          args.target, log)}
 
     if args.zoo_grid:
-        res["zoo_grid"] = [zoo_race({**(args.zoo_recipe or {}), **g}) for g in args.zoo_grid]
+        res["zoo_grid"] = []
+        partial = Path(args.out) / "time_to_accuracy_grid_partial.json"
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        for g in args.zoo_grid:  # each race saved as it ends: a cut-off run keeps what it measured
+            res["zoo_grid"].append(zoo_race({**(args.zoo_recipe or {}), **g}))
+            partial.write_text(json.dumps(res, indent=2))
         reached = [r for r in res["zoo_grid"] if r["reached"]]
         res["sides"]["zoo"] = min(reached, key=lambda r: r["reached"]["train_s"]) if reached else res["zoo_grid"][0]
     else:
