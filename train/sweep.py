@@ -435,7 +435,9 @@ def run_populations(study, model: str, space: dict, workdir: Path, *, trials: in
         if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study):
             log("the grid is exhausted")
             return
-        asked = [study.ask(space) for _ in range(min(population, trials - done))]
+        with warnings.catch_warnings():  # Optuna warns that heartbeats need optimize(); they are sent below
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            asked = [study.ask(space) for _ in range(min(population, trials - done))]
         cfgs = []
         for trial in asked:
             cfg = trial_config(model, _suggest(trial, space), overrides=overrides, config_file=config_file)
