@@ -123,6 +123,8 @@ def test_members_must_share_static_values(tfds_dir, tmp_path):
     with pytest.raises(ValueError, match="one workdir per member"):
         population.fit_population([a], [tmp_path / "a", tmp_path / "b"])
     assert population.group([a, b, tiny_fit_cfg(tfds_dir, lr=0.1, seed=3)]) == [[0, 2], [1]]
+    with pytest.raises(ValueError, match=r"jit strategy \(member axis replicated, batches sharded\); got --strategy pmap"):
+        population.fit_population([tiny_fit_cfg(tfds_dir, strategy="pmap")], [tmp_path / "a"])
     assert not (tmp_path / "a").exists()
 
 
@@ -214,6 +216,16 @@ def test_bad_population_fails_before_any_work(tmp_path, value):
 
     with pytest.raises(ValueError, match=r"--population .*must be an integer >= 1"):
         sweep.run_sweep("mlp_small", {"lr": "uniform:0.1:0.2"}, trials=2, workdir=tmp_path / "s", population=value)
+    assert not (tmp_path / "s").exists()
+
+
+def test_population_needs_the_jit_strategy(tmp_path):
+    pytest.importorskip("optuna")
+    from train import sweep
+
+    with pytest.raises(ValueError, match="--population 2 trains under the jit strategy; got --strategy pmap"):
+        sweep.run_sweep("mlp_small", {"lr": "uniform:0.1:0.2"}, trials=2, workdir=tmp_path / "s", population=2,
+                        overrides={"strategy": "pmap"})
     assert not (tmp_path / "s").exists()
 
 

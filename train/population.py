@@ -66,6 +66,9 @@ def _check_members(cfgs: list[Config], workdirs_: list) -> None:
         raise ValueError("a population needs at least one member config, got none")
     if len(workdirs_) != len(cfgs):
         raise ValueError(f"a population needs one workdir per member: {len(cfgs)} configs, {len(workdirs_)} workdirs")
+    if cfgs[0].strategy != "jit":
+        raise ValueError(f"a population trains under the jit strategy (member axis replicated, batches sharded); "
+                         f"got --strategy {cfgs[0].strategy}")
     first = json.loads(static_key(cfgs[0]))
     for i, cfg in enumerate(cfgs[1:], 1):
         other = json.loads(static_key(cfg))
@@ -277,7 +280,8 @@ def fit_population(cfgs: list[Config], workdirs_: list, *, log: Callable = print
                         for key, v in f.items():
                             m.book.sums[key] = m.book.sums.get(key, 0.0) + float(np.sum(v[:, i], dtype=np.float64))
                     m.book.sum_steps += len(losses)
-                progress.update(len(fetched[-1]["loss"]) if fetched else 0, float(np.nanmean(fetched[-1]["loss"][-1])))
+                shown = next((i for i, m in enumerate(members) if m.active), 0)  # the bar shows one member's loss
+                progress.update(sum(len(f["loss"]) for f in fetched), float(fetched[-1]["loss"][-1, shown]))
 
             while pos < spe and step < total_steps:
                 n = min(per_dispatch, spe - pos, total_steps - step)

@@ -547,6 +547,9 @@ def run_sweep(model: str, params: dict[str, str], *, trials: int, workdir: str |
     if heartbeat < 1:
         raise ValueError(f"--heartbeat {heartbeat!r}: must be >= 1 second")
     space = build_space(model, params, overrides=overrides, config_file=config_file)
+    strategy = trial_config(model, {}, overrides=overrides, config_file=config_file).strategy
+    if population is not None and strategy != "jit":
+        raise ValueError(f"--population {population} trains under the jit strategy; got --strategy {strategy}")
     _sampler(sampler, space, seed), _pruner(pruner)  # their errors, before anything is written
     workdir = Path(workdir).absolute()
     url = storage or f"sqlite:///{workdir / 'study.db'}"
