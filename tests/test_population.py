@@ -4,6 +4,12 @@ normal run folder."""
 
 import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -234,3 +240,31 @@ def test_cli_population_zero(cli, tmp_path):
                          "--workdir", tmp_path / "s")
     assert code == 2 and "--population 0: must be an integer >= 1" in err
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.slow  # a CLI worker killed mid-population, then its rerun: about a minute on 2 cores
+def test_killed_population_worker_trials_fail_and_are_retried(tfds_dir, cli_env, tmp_path):
+    optuna = pytest.importorskip("optuna")
+    url = f"sqlite:///{tmp_path}/kill.db"
+    args = [sys.executable, "-m", "train.cli", "sweep", "mlp_small", "--population", 2, "--trials", 2,
+            "--param", "lr=loguniform:1e-4:1e-2", "--sampler", "random", "--pruner", "none", "--storage", url,
+            "--study", "k", "--heartbeat", 1, "--checkpoint-every", 100, "--workdir", tmp_path / "k",
+            *_sweep_flags(tfds_dir, epochs=30)]
+    args = [str(a) for a in args]
+    root = Path(__file__).resolve().parents[1]
+    victim = subprocess.Popen(args, cwd=root, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    metrics = tmp_path / "k" / "trials" / "0" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 1) and time.time() < deadline:
+        time.sleep(0.2)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert [t.state.name for t in optuna.load_study(study_name="k", storage=url).trials] == ["RUNNING"] * 2
+    time.sleep(3)  # past the grace period (2 heartbeats)
+    rerun = subprocess.run(args, cwd=root, env=cli_env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    trials = optuna.load_study(study_name="k", storage=url).trials
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL", "COMPLETE", "COMPLETE"]  # never counted complete
+    assert [t.params for t in trials[2:]] == [t.params for t in trials[:2]]  # the retries ran the killed values
+    assert _records(tmp_path / "k" / "trials" / "2")[-1]["epoch"] == 30
