@@ -467,7 +467,7 @@ def cmd_sweep(args) -> int:
     sweep = run_sweep(
         args.model, params, trials=args.trials, workdir=workdir, sampler=args.sampler, pruner=args.pruner,
         seed=args.sampler_seed, storage=args.storage, study_name=args.study, timeout=args.timeout,
-        overrides=overrides, config_file=args.config, heartbeat=args.heartbeat,
+        overrides=overrides, config_file=args.config, heartbeat=args.heartbeat, population=args.population,
     )
     for path in sweep.files:
         print(f"wrote {path}")
@@ -500,6 +500,9 @@ def _add_sweep_parser(sub) -> None:
     w.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     w.add_argument("--heartbeat", type=int, default=60,
                    help="seconds between a worker's heartbeats; a trial silent for twice this is failed and retried [60]")
+    w.add_argument("--population", type=int, metavar="K",
+                   help="train up to K trials together in one compiled program (vmap over members); trials that "
+                        "differ in more than lr, weight_decay, b1, momentum, clip_norm and seed train in separate groups")
     _add_config_flags(w)
     w.add_argument("--seed", dest="sampler_seed", type=int, default=0, help="the sampler's seed [0]")
     w.set_defaults(func=cmd_sweep, seed=None)

@@ -72,6 +72,9 @@ def make_optimizer(
     `weight_decay` adds L2 decay to the gradient (PyTorch's `weight_decay=` for SGD/Adam/RMSprop).
     "rmsprop" is torch.optim.RMSprop: decay 0.99 and eps added outside the square root (optax's
     own defaults are decay 0.9 with eps inside it).
+
+    The numbers may also be arrays (traced values, one population member's): then clipping
+    and L2 decay stay in the chain whatever the value, and a clip_norm of 0 means no clipping.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; expected one of {OPTIMIZERS}")
@@ -86,11 +89,18 @@ def make_optimizer(
     else:
         opt = optax.rmsprop(learning_rate, decay=0.99, eps=1e-8, eps_in_sqrt=False)  # torch's alpha, eps
     chain = []
-    if clip_norm:
+    if not _static_zero(clip_norm):
+        if not isinstance(clip_norm, (int, float)):  # per member (train/population.py): 0 means no clipping
+            clip_norm = jnp.where(clip_norm > 0, clip_norm, jnp.inf)
         chain.append(optax.clip_by_global_norm(clip_norm))
-    if weight_decay and name != "adamw":
-        chain.append(optax.add_decayed_weights(weight_decay))
+    if not _static_zero(weight_decay) and name != "adamw":
+        chain.append(optax.add_decayed_weights(weight_decay))  # an array 0 adds 0 * params: the update unchanged
     return optax.chain(*chain, opt)
+
+
+def _static_zero(value) -> bool:
+    """A Python number that is 0: that transformation is left out (arrays are kept, per member)."""
+    return isinstance(value, (int, float)) and value == 0
 
 
 def glorot_reinit(params: Any, rng: jax.Array) -> Any:

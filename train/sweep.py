@@ -7,12 +7,17 @@ storage URL and study name are workers of one search, and a rerun continues it. 
 mid-trial stops sending heartbeats: another worker (or the rerun) marks that trial failed and
 retries its values as a new trial (RDB storages; the journal storage has no heartbeat).
 
+With `population=K` (`--population K`) trials are asked K at a time and those that differ only
+in array-able values train together in one compiled program (train/population.py); each still
+gets its own trial folder and reports to its own trial.
+
 Everything the user gave is checked before any trial: names, specs, each range's endpoints and
 each choice (as `zoo train` would check them), the storage and the study's stored space.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import difflib
@@ -383,6 +388,114 @@ def make_objective(model: str, space: dict, workdir: Path, *, overrides: dict | 
     return objective
 
 
+def _suggest(trial, space: dict) -> dict:
+    """The trial's values for every parameter of `space` (ask-and-tell: distributions given up front)."""
+    return {name: trial.params[name] for name in space}
+
+
+def _tell(study, trial, **kw):
+    """`study.tell`, returning the finished trial. The grid sampler stops a study whose grid is
+    exhausted with `study.stop()`, which raises outside `optimize`; the trial is stored anyway."""
+    try:
+        return study.tell(trial, **kw)
+    except RuntimeError as e:
+        if "Study.stop" not in str(e):
+            raise
+        return study._storage.get_trial(trial._trial_id)
+
+
+def run_populations(study, model: str, space: dict, workdir: Path, *, trials: int, population: int,
+                    timeout: float | None = None, overrides: dict | None = None, config_file=None,
+                    log: Callable = print, on_trial: Callable | None = None) -> None:
+    """Runs trials `population` at a time until the study holds `trials` finished ones.
+
+    Each round asks up to `population` trials, groups them by their static values
+    (`population.group`: batch size, model fields, optimizer kind, epochs, ...) and trains each
+    group as one population (train/population.py) in WORKDIR/trials/<number>/. Each member
+    reports its per-epoch metric to its own trial; a member the pruner stops is told PRUNED
+    (its slot keeps computing with the others until the group ends, its results discarded), a
+    diverged member FAIL, the others COMPLETE with their last epoch's metric. Heartbeats are
+    sent for every running trial, so a killed worker's trials are failed and retried.
+    """
+    from optuna.storages._heartbeat import get_heartbeat_thread  # what study.optimize uses per trial
+
+    from train import population as pop, tasks
+
+    optuna = _optuna()
+    task = tasks.of_model(model)
+    metric = f"val_{task.val_metric}"
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    start, splits_cache = time.monotonic(), {}
+    while True:
+        done = len(study.get_trials(deepcopy=False, states=finished))
+        if done >= trials or (timeout is not None and time.monotonic() - start > timeout):
+            return
+        optuna.storages.fail_stale_trials(study)  # trials of killed workers: failed, their values retried
+        sampler = study.sampler
+        if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study):
+            log("the grid is exhausted")
+            return
+        with warnings.catch_warnings():  # Optuna warns that heartbeats need optimize(); they are sent below
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            asked = [study.ask(space) for _ in range(min(population, trials - done))]
+        cfgs = []
+        for trial in asked:
+            cfg = trial_config(model, _suggest(trial, space), overrides=overrides, config_file=config_file)
+            trial.set_user_attr("workdir", str(workdir / "trials" / str(trial.number)))
+            trial.set_user_attr("config", cfg.to_json())
+            cfgs.append(cfg)
+        told: set = set()
+        with contextlib.ExitStack() as beats:
+            for trial in asked:
+                beats.enter_context(get_heartbeat_thread(trial._trial_id, study._storage))
+            try:
+                for members in pop.group(cfgs):
+                    _run_group(study, [asked[i] for i in members], [cfgs[i] for i in members], workdir, task,
+                               metric, splits_cache, log, on_trial, told)
+            except BaseException:  # as study.optimize: the round's unfinished trials fail, the error propagates
+                for trial in asked:
+                    if trial.number not in told:
+                        frozen = _tell(study, trial, state=optuna.trial.TrialState.FAIL)
+                        if on_trial is not None:
+                            on_trial(study, frozen)
+                raise
+
+
+def _run_group(study, trials: list, cfgs: list, workdir: Path, task, metric: str, splits_cache: dict, log, on_trial,
+               told: set):
+    """One population: trains `cfgs`, reports and tells each member's trial (adding its number to `told`)."""
+    from train import population as pop, tasks
+
+    optuna = _optuna()
+    key = _data_key(cfgs[0])
+    if key not in splits_cache:
+        splits_cache.clear()
+        splits_cache[key] = tasks.load_splits(task, cfgs[0])
+    for trial in trials:
+        shown = ", ".join(f"{k}={decode(v)}" for k, v in trial.params.items())
+        log(f"trial {trial.number}: {shown} in {workdir / 'trials' / str(trial.number)}")
+    log(f"population of {len(trials)}: trials {', '.join(str(t.number) for t in trials)}")
+
+    def on_epoch(i: int, record: dict) -> bool:
+        trials[i].report(record[metric], record["epoch"])
+        return trials[i].should_prune()
+
+    result = pop.fit_population(cfgs, [workdir / "trials" / str(t.number) for t in trials],
+                                log=lambda m: log(f"  [population] {m}"), task=task, splits=splits_cache[key],
+                                on_epoch=on_epoch)
+    for trial, member in zip(trials, result.members):
+        if member.status == "pruned":
+            frozen = _tell(study, trial, state=optuna.trial.TrialState.PRUNED)
+        elif member.status == "diverged" or not member.record:
+            trial.set_user_attr("error", member.error or "no epoch finished")
+            frozen = _tell(study, trial, state=optuna.trial.TrialState.FAIL)
+        else:  # complete or early-stopped: the last epoch's metric, as a separate trial returns
+            frozen = _tell(study, trial, values=float(member.record[metric]))
+        told.add(trial.number)
+        if on_trial is not None:
+            on_trial(study, frozen)
+
+
 def _last_record(run_dir: Path) -> dict:
     """The last metrics.jsonl record of a run that had nothing left to train."""
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
@@ -413,9 +526,12 @@ class Sweep:
 def run_sweep(model: str, params: dict[str, str], *, trials: int, workdir: str | Path, sampler: str = "tpe",
               pruner: str = "median", seed: int = 0, storage: str | None = None, study_name: str | None = None,
               timeout: float | None = None, overrides: dict | None = None, config_file=None, heartbeat: int = 60,
-              log: Callable = print) -> Sweep:
+              population: int | None = None, log: Callable = print) -> Sweep:
     """Runs (or continues, or joins as a worker) the search until the study holds `trials`
     finished (complete or pruned) trials, then writes the results and plots.
+
+    `population`: ask up to that many trials at a time and train those whose configs differ
+    only in array-able values (train/population.py) together in one compiled program.
 
     Every input is checked before any trial starts (ValueError naming the flag and the value).
     """
@@ -424,11 +540,16 @@ def run_sweep(model: str, params: dict[str, str], *, trials: int, workdir: str |
 
     if not isinstance(trials, int) or trials < 1:
         raise ValueError(f"--trials {trials!r}: must be an integer >= 1")
+    if population is not None and (not isinstance(population, int) or isinstance(population, bool) or population < 1):
+        raise ValueError(f"--population {population!r}: must be an integer >= 1 (trials trained together)")
     if timeout is not None and not timeout > 0:
         raise ValueError(f"--timeout {timeout!r}: must be > 0 seconds")
     if heartbeat < 1:
         raise ValueError(f"--heartbeat {heartbeat!r}: must be >= 1 second")
     space = build_space(model, params, overrides=overrides, config_file=config_file)
+    strategy = trial_config(model, {}, overrides=overrides, config_file=config_file).strategy
+    if population is not None and strategy != "jit":
+        raise ValueError(f"--population {population} trains under the jit strategy; got --strategy {strategy}")
     _sampler(sampler, space, seed), _pruner(pruner)  # their errors, before anything is written
     workdir = Path(workdir).absolute()
     url = storage or f"sqlite:///{workdir / 'study.db'}"
@@ -454,7 +575,10 @@ def run_sweep(model: str, params: dict[str, str], *, trials: int, workdir: str |
         write_results(study, workdir)
 
     done = len(study.get_trials(deepcopy=False, states=finished))
-    if done < trials:
+    if done < trials and population is not None:
+        run_populations(study, model, space, workdir, trials=trials, population=population, timeout=timeout,
+                        overrides=overrides, config_file=config_file, log=log, on_trial=progress)
+    elif done < trials:
         study.optimize(
             make_objective(model, space, workdir, overrides=overrides, config_file=config_file, log=log),
             timeout=timeout, catch=(TrainingDiverged,),
