@@ -95,22 +95,34 @@ def config(case: Case) -> Config:
 # ------------------------------------------------------------------------------------ the two sides
 
 
+def precision() -> dict:
+    """The zoo.create dtype options of this run: float64 under --float64 (jax_enable_x64), else none."""
+    return {"dtype": jnp.float64, "param_dtype": jnp.float64} if jax.config.jax_enable_x64 else {}
+
+
+def to_float(x: np.ndarray) -> np.ndarray:
+    """uint8 pixels -> [0, 1] in the run's precision (the same values on both sides)."""
+    return x.astype(np.float64 if jax.config.jax_enable_x64 else np.float32) / 255.0
+
+
 class ZooSide:
     """The engine's state and jitted train step for a case."""
 
     def __init__(self, case: Case, total_steps: int):
         cfg = config(case)
-        self.model = zoo.create(case.model, **dict(case.overrides))
+        self.model = zoo.create(case.model, **dict(case.overrides), **precision())
         self.task = tasks.of_model(case.model)
         state = loop.initial_state(cfg, self.model, self.task, total_steps, log=lambda *a: None)
         if case.optimizer == "rmsprop" and not case.matched:  # optax's own RMSprop defaults
             state = create_state(self.model, state.variables(), optax.rmsprop(case.lr), jax.random.key(0))
+        if jax.config.jax_enable_x64:  # zoo.to_torch hands over float32: start both from those values
+            state = state.replace(params=jax.tree.map(lambda p: p.astype(jnp.float32).astype(p.dtype), state.params))
         self.state = state
         self.step = jax.jit(self.task.train_step(self.model, cfg))
-        self.predict = jax.jit(lambda v, x: jnp.argmax(self.model.apply(v, x.astype(jnp.float32) / 255.0), -1))
+        self.predict = jax.jit(lambda v, x: jnp.argmax(self.model.apply(v, x), -1))
 
     def train(self, x: np.ndarray, y: np.ndarray) -> float:
-        self.state, metrics = self.step(self.state, {"x": x, "y": y})
+        self.state, metrics = self.step(self.state, {"x": to_float(x), "y": y})
         return float(metrics["loss"])  # a host sync per step: the comparison needs each loss
 
     def params(self) -> dict:
@@ -118,7 +130,7 @@ class ZooSide:
 
     def accuracy(self, x: np.ndarray, y: np.ndarray, batch: int = 1000) -> float:
         variables = self.state.variables()
-        hits = sum(int(np.sum(np.asarray(self.predict(variables, x[i:i + batch])) == y[i:i + batch]))
+        hits = sum(int(np.sum(np.asarray(self.predict(variables, to_float(x[i:i + batch]))) == y[i:i + batch]))
                    for i in range(0, len(x), batch))
         return hits / len(x)
 
@@ -128,8 +140,10 @@ class TorchSide:
 
     def __init__(self, case: Case, variables: dict):
         self.case = case
-        self.model = zoo.create(case.model, **dict(case.overrides))
+        self.model = zoo.create(case.model, **dict(case.overrides), **precision())
         self.net = zoo.torch_model(self.model)
+        if jax.config.jax_enable_x64:
+            self.net.double()  # before loading, so zoo's float64 initial weights arrive unrounded
         self.net.load_state_dict(zoo.to_torch(self.model, variables))
         if case.model == "lstm" and case.matched:  # zoo has one bias per gate: train b_ih only
             for name, p in self.net.named_parameters():
@@ -146,7 +160,7 @@ class TorchSide:
             raise ValueError(f"no PyTorch optimizer for {case.optimizer!r}; expected momentum, adam or rmsprop")
 
     def _input(self, x: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(x)).float() / 255.0
+        t = torch.from_numpy(np.ascontiguousarray(to_float(x)))
         return t.permute(0, 3, 1, 2) if t.ndim == 4 else t  # NHWC -> NCHW; sequences stay (B, T, F)
 
     def train(self, x: np.ndarray, y: np.ndarray) -> float:
@@ -264,15 +278,21 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--merge", action="store_true", help="keep the other cases of an existing parity.json")
+    parser.add_argument("--float64", action="store_true",
+                        help="both sides in float64 (jax_enable_x64, the twin .double()): separates a difference "
+                             "in the update rules from float32 rounding amplified by training; writes parity_float64.*")
     args = parser.parse_args(argv)
+    if args.float64:
+        jax.config.update("jax_enable_x64", True)
+    stem = "parity_float64" if args.float64 else "parity"
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"jax": jax.__version__, "torch": torch.__version__, "optax": optax.__version__,
-            "backend": jax.default_backend(), "dtype": "float32", "loss_rtol": LOSS_RTOL, "param_atol": PARAM_ATOL}
+            "backend": jax.default_backend(), "dtype": "float64" if args.float64 else "float32", "loss_rtol": LOSS_RTOL, "param_atol": PARAM_ATOL}
     results, data_cache = {}, {}
-    if args.merge and (out / "parity.json").exists():
-        results = json.loads((out / "parity.json").read_text())["cases"]
+    if args.merge and (out / f"{stem}.json").exists():
+        results = json.loads((out / f"{stem}.json").read_text())["cases"]
     for name in args.cases:
         case = CASES[name]
         if case.model not in data_cache:
@@ -284,8 +304,8 @@ def main(argv=None) -> int:
               f"diverges at {r['diverge_step']}, acc {r.get('zoo_accuracy')} / {r.get('torch_accuracy')} "
               f"({r['seconds']} s)", flush=True)
         ordered = {k: results[k] for k in CASES if k in results}  # written after each case: a long run keeps its rows
-        (out / "parity.json").write_text(json.dumps({"meta": meta, "cases": ordered}, indent=1) + "\n")
-        (out / "parity.md").write_text(table(ordered) + "\n")
+        (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "cases": ordered}, indent=1) + "\n")
+        (out / f"{stem}.md").write_text(table(ordered) + "\n")
     print(table(results))
     return 0
 

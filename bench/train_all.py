@@ -31,7 +31,7 @@ RUNS = {
     "lstm": ("lstm", [], "mnist", []),
     "autoencoder": ("autoencoder", [], "mnist", []),
     "char_lstm": ("char_lstm", [], "tiny_shakespeare", ["--split", "validation"]),
-    "dcgan": ("dcgan", [], "mnist", ["--which", "latest"]),
+    "dcgan": ("dcgan", ["--epochs", "50"], "mnist", ["--which", "latest"]),
     "cnn_aug": ("cnn", ["--epochs", "10", "--augment-rotate", "10", "--augment-shift", "2"], "mnist_aug", []),
     "multitask": ("multitask", [], "mnist", []),
     "mlp_binary": ("mlp_binary", [], "mnist_parity", []),

@@ -32,11 +32,15 @@ def test_off_switch_and_other_jaxlib(monkeypatch):
     assert parallel.compiler_options(jax.devices("cpu")) is None
 
 
-def test_non_cpu_devices_get_xla_defaults():
-    class FakeGpu:
-        platform = "gpu"
+def test_gpus_get_the_gpu_options_and_other_devices_xla_defaults(monkeypatch):
+    class Fake:
+        def __init__(self, platform):
+            self.platform = platform
 
-    assert parallel.compiler_options([FakeGpu()]) is None
+    assert parallel.compiler_options([Fake("gpu")]) == {"xla_gpu_enable_triton_gemm": False}
+    monkeypatch.setenv("ZOO_XLA_GPU_OPTIONS", "off")
+    assert parallel.compiler_options([Fake("gpu")]) is None
+    assert parallel.compiler_options([Fake("tpu")]) is None
 
 
 def test_options_compile_and_compute_the_same_convolution_gradient():
@@ -58,8 +62,8 @@ def test_env_options_reach_every_backend_and_override(monkeypatch):
     class FakeGpu:
         platform = "gpu"
 
-    monkeypatch.setenv("ZOO_XLA_OPTIONS", '{"xla_gpu_autotune_level": 0}')
-    assert parallel.compiler_options([FakeGpu()]) == {"xla_gpu_autotune_level": 0}
+    monkeypatch.setenv("ZOO_XLA_OPTIONS", '{"xla_gpu_autotune_level": 0, "xla_gpu_enable_triton_gemm": true}')
+    assert parallel.compiler_options([FakeGpu()]) == {"xla_gpu_autotune_level": 0, "xla_gpu_enable_triton_gemm": True}
     monkeypatch.setenv("ZOO_XLA_CPU_OPTIONS", "off")
     monkeypatch.setenv("ZOO_XLA_OPTIONS", '{"xla_cpu_enable_fast_math": false}')
     assert parallel.compiler_options(jax.devices("cpu")) == {"xla_cpu_enable_fast_math": False}

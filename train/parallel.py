@@ -92,6 +92,12 @@ CPU_COMPILER_OPTIONS = {
 }
 CPU_COMPILER_OPTIONS_JAXLIB = ("0.10.",)
 
+# GPU: matmuls through cuBLAS instead of autotuned Triton GEMM fusions. On an H200 (jax 0.11.2,
+# bench/results/gpu/h200_compile_*.md) the cold compile of the whole-epoch programs fell from
+# 8.4 to 0.9 s (mlp) and 13.7 to 1.4 s (lstm); XLA's no-autotuning level cut compile as much but
+# made the convolution epochs 10-17x slower, so convolutions keep cuDNN's autotuning.
+GPU_COMPILER_OPTIONS = {"xla_gpu_enable_triton_gemm": False}
+
 
 def _env_options() -> dict:
     """XLA options from ZOO_XLA_OPTIONS, a JSON object such as '{"xla_gpu_autotune_level": 0}'."""
@@ -112,7 +118,8 @@ def compiler_options(devices=None) -> dict | None:
     """XLA options for the engine's compiled programs on `devices` (None: XLA's defaults).
 
     zoo's CPU options (CPU_COMPILER_OPTIONS) apply on CPU devices with the measured jaxlib
-    line, unless ZOO_XLA_CPU_OPTIONS=off. ZOO_XLA_OPTIONS (a JSON object) adds or overrides
+    line, unless ZOO_XLA_CPU_OPTIONS=off; its GPU options (GPU_COMPILER_OPTIONS) on GPUs, unless
+    ZOO_XLA_GPU_OPTIONS=off. ZOO_XLA_OPTIONS (a JSON object) adds or overrides
     options on any backend: an experiment's knob, and bench/end_to_end.py's A/B switch.
     """
     devices = jax.devices() if devices is None else list(devices)
@@ -121,10 +128,14 @@ def compiler_options(devices=None) -> dict | None:
     return options or None
 
 
+def _switched_off(variable: str) -> bool:
+    return os.environ.get(variable, "").lower() in ("0", "off", "none", "false")
+
+
 def _default_options(platform: str) -> dict:
-    if platform != "cpu":
-        return {}
-    if os.environ.get("ZOO_XLA_CPU_OPTIONS", "").lower() in ("0", "off", "none", "false"):
+    if platform == "gpu":
+        return {} if _switched_off("ZOO_XLA_GPU_OPTIONS") else dict(GPU_COMPILER_OPTIONS)
+    if platform != "cpu" or _switched_off("ZOO_XLA_CPU_OPTIONS"):
         return {}
     try:
         version = metadata.version("jaxlib")

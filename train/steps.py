@@ -32,8 +32,9 @@ def to_input(x: jax.Array) -> jax.Array:
 
 
 def as_float32(outputs):
-    """Model outputs (any pytree) in float32: losses and metrics of a bfloat16 model are float32."""
-    return jax.tree.map(lambda o: o.astype(jnp.float32), outputs)
+    """Model outputs (any pytree) in at least float32: losses and metrics of a bfloat16 model are
+    float32; a float64 model (jax_enable_x64, bench/parity.py --float64) keeps float64."""
+    return jax.tree.map(lambda o: o.astype(jnp.promote_types(o.dtype, jnp.float32)), outputs)
 
 
 # ---- per-task losses: (model output, float input, batch) -> (per-example loss, per-example metrics)
