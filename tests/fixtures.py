@@ -95,3 +95,17 @@ def tiny_fit_cfg(tfds_dir, **kw) -> Config:
         model_overrides={"hidden": [16]},
     )
     return Config(**{**base, **kw})
+
+
+def kill_after_first_epoch(victim, metrics) -> None:
+    """SIGKILLs the process `victim` (a Popen) once `metrics` (a metrics.jsonl) holds a record
+    (or after 300 s), and waits for it: a worker killed mid-run."""
+    import os
+    import signal
+    import time
+
+    deadline = time.time() + 300
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 1) and time.time() < deadline:
+        time.sleep(0.2)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()

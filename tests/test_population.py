@@ -4,8 +4,6 @@ normal run folder."""
 
 import dataclasses
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.fixtures import flat_params, tiny_fit_cfg
+from tests.fixtures import flat_params, kill_after_first_epoch, tiny_fit_cfg
 from train import loop, population
 from train.state import make_optimizer
 
@@ -255,11 +253,7 @@ def test_killed_population_worker_trials_fail_and_are_retried(tfds_dir, cli_env,
     victim = subprocess.Popen(args, cwd=root, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     metrics = tmp_path / "k" / "trials" / "0" / "metrics.jsonl"
-    deadline = time.time() + 300
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 1) and time.time() < deadline:
-        time.sleep(0.2)
-    os.kill(victim.pid, signal.SIGKILL)
-    victim.wait()
+    kill_after_first_epoch(victim, metrics)
     assert [t.state.name for t in optuna.load_study(study_name="k", storage=url).trials] == ["RUNNING"] * 2
     time.sleep(3)  # past the grace period (2 heartbeats)
     rerun = subprocess.run(args, cwd=root, env=cli_env, capture_output=True, text=True, timeout=600)

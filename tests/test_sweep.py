@@ -3,8 +3,6 @@ results/best.json/plots, pruning through loop.fit's on_epoch hook, and workers s
 
 import csv
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +15,7 @@ optuna = pytest.importorskip("optuna")
 from train import sweep  # noqa: E402
 from train.cli import main  # noqa: E402
 from train.config import resolve  # noqa: E402
+from tests.fixtures import kill_after_first_epoch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -280,11 +279,7 @@ def test_two_workers_share_one_study_and_a_killed_trial_is_retried(tfds_dir, cli
             *tiny_flags(tfds_dir, epochs=40), "--workdir", tmp_path / "k"]
     victim = _worker([*slow, "--trials", 1], cli_env, start_new_session=True)
     metrics = tmp_path / "k" / "trials" / "0" / "metrics.jsonl"
-    deadline = time.time() + 300
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 1) and time.time() < deadline:
-        time.sleep(0.2)
-    os.kill(victim.pid, signal.SIGKILL)
-    victim.wait()
+    kill_after_first_epoch(victim, metrics)
     killed = optuna.load_study(study_name="k", storage=f"sqlite:///{tmp_path}/kill.db").trials
     assert [t.state.name for t in killed] == ["RUNNING"]
     time.sleep(3)  # past the grace period (2 heartbeats)

@@ -142,11 +142,17 @@ class Run:
     max_in_flight: int = 0  # 0: unbounded
 
     def close(self) -> None:
-        try:
-            self.ckpt.close()
-        finally:
-            self.metrics_log.close()
-            self.lock.release()
+        release(self)
+
+
+def release(run) -> None:
+    """Closes a run's (or a population member's) checkpointer and metrics log, then frees its
+    workdir lock, whatever fails first."""
+    try:
+        run.ckpt.close()
+    finally:
+        run.metrics_log.close()
+        run.lock.release()
 
 
 def _devices(cfg: Config) -> list:
@@ -182,11 +188,27 @@ def setup(cfg: Config, workdir: Path, *, log=print, model=None, task: tasks.Task
         raise
 
 
-def _setup(cfg, workdir, lock, log, model, task, splits) -> Run:
+@dataclasses.dataclass
+class Plan:
+    """What a run of `cfg` trains: its task, model, checked data splits, devices and length."""
+
+    task: tasks.Task
+    model: object
+    splits: tasks.Splits
+    devices: list
+    mesh: object
+    steps_per_epoch: int
+    total_steps: int
+
+
+def plan(cfg: Config, *, model=None, task: tasks.Task | None = None, splits=None) -> Plan:
+    """Resolves the task, model and data of a run (loading the data unless given), checks the
+    labels (a bad validation label would give a NaN loss) and the batch size against the devices
+    and the data, and counts the steps."""
     task = task or tasks.of_model(cfg.model)
     model = model if model is not None else build_model(cfg)
     splits = splits or tasks.load_splits(task, cfg)
-    for split_name, split in (("train", splits.train), ("validation", splits.val)):  # a bad val label: NaN val loss
+    for split_name, split in (("train", splits.train), ("validation", splits.val)):
         tasks.check_labels(task, split, model, f"{cfg.dataset} ({split_name} split)")
     devices = _devices(cfg)
     mesh = parallel.make_mesh(devices)
@@ -198,6 +220,13 @@ def _setup(cfg, workdir, lock, log, model, task, splits) -> Run:
     total_steps = cfg.epochs * steps_per_epoch
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
+    return Plan(task, model, splits, devices, mesh, steps_per_epoch, total_steps)
+
+
+def _setup(cfg, workdir, lock, log, model, task, splits) -> Run:
+    p = plan(cfg, model=model, task=task, splits=splits)
+    task, model, splits, devices, mesh = p.task, p.model, p.splits, p.devices, p.mesh
+    steps_per_epoch, total_steps = p.steps_per_epoch, p.total_steps
 
     state = initial_state(cfg, model, task, total_steps, example=splits.train["x"][:1], log=log)
     ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=cfg.keep_checkpoints,
@@ -362,7 +391,7 @@ def _save(run: Run, epoch_done: int, record: dict | None, force: bool = False) -
     tree = state_tree(run.strategy.unreplicate(run.state))
     # Losses are checked only at syncs, and the step that overflows still reports a finite
     # loss: never let non-finite parameters become the "last good" checkpoint.
-    if not _all_finite((tree["params"], tree["model_state"])):
+    if not all_finite((tree["params"], tree["model_state"])):
         raise _diverged(run, run.step, "parameters")
     metric = f"val_{run.task.val_metric}"
     metrics = {metric: record[metric]} if record else None
@@ -409,7 +438,7 @@ def _finite(leaves):
     return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in leaves] or [True]))
 
 
-def _all_finite(tree) -> bool:
+def all_finite(tree) -> bool:
     """Whether every floating-point leaf of `tree` is finite (one small device reduction)."""
     return bool(_finite([x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]))
 

@@ -155,7 +155,7 @@ def default_steps_per_dispatch(steps_per_epoch: int) -> int:
     return 1 if jax.default_backend() == "cpu" else steps_per_epoch
 
 
-def _scan(body, state, xs):
+def scan_steps(body, state, xs):
     """`lax.scan`, or on CPU the same steps as straight-line code (see `unroll_scan`).
 
     A Python loop rather than `unroll=True`: a length-1 scan "unrolled" is still a loop.
@@ -169,7 +169,7 @@ def _scan(body, state, xs):
     return state, jax.tree.map(lambda *a: jnp.stack(a), *outs)
 
 
-def _gather(data, idx):
+def gather(data, idx):
     """The batch of examples `idx`, with their dataset positions as "index" (see steps.py)."""
     return {**jax.tree.map(lambda a: a[idx], data), "index": idx}
 
@@ -189,10 +189,10 @@ class JitStrategy:
 
         def chunk(state, data, idx):  # idx: (K, B) example indices
             def body(state, i):
-                batch = jax.lax.with_sharding_constraint(_gather(data, i), self.batch_sharding)
+                batch = jax.lax.with_sharding_constraint(gather(data, i), self.batch_sharding)
                 return step_fn(state, batch)
 
-            return _scan(body, state, idx)  # metrics: (K,) each
+            return scan_steps(body, state, idx)  # metrics: (K,) each
 
         self._chunk = jax.jit(chunk, donate_argnums=0, out_shardings=self.replicated, compiler_options=self.options)
 
@@ -252,9 +252,9 @@ class PmapStrategy:
 
         def chunk(state, data, idx):  # per device: idx (K, B / n)
             def body(state, i):
-                return device_step(state, _gather(data, i))
+                return device_step(state, gather(data, i))
 
-            return _scan(body, state, idx)
+            return scan_steps(body, state, idx)
 
         self._chunk = jax.pmap(chunk, axis_name=AXIS, in_axes=(0, None, 0), donate_argnums=0, devices=self.devices)
 
@@ -299,7 +299,7 @@ def make_evaluator(eval_fn: Callable, mesh: Mesh):
 
     @functools.partial(jax.jit, out_shardings=replicated, compiler_options=compiler_options(mesh.devices.flat))
     def batch_sums(variables, data, idx, mask):
-        batch = jax.lax.with_sharding_constraint(_gather(data, idx), batch_sharding)
+        batch = jax.lax.with_sharding_constraint(gather(data, idx), batch_sharding)
         return eval_fn(variables, batch, jax.lax.with_sharding_constraint(mask, batch_sharding))
 
     add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b), donate_argnums=0)

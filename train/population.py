@@ -39,7 +39,7 @@ import optax
 import zoo
 from train import data, loop, parallel, report, tasks, workdir as workdirs
 from train.checkpoint import Checkpointer
-from train.config import Config, build_model
+from train.config import Config
 from train.state import TrainState, make_optimizer, make_schedule
 from zoo.exports import write_text_atomic
 
@@ -120,11 +120,7 @@ class Member:
         return self.status == "running"
 
     def close(self) -> None:
-        try:
-            self.ckpt.close()
-        finally:
-            self.metrics_log.close()
-            self.lock.release()
+        loop.release(self)
 
 
 @dataclasses.dataclass
@@ -185,21 +181,9 @@ def fit_population(cfgs: list[Config], workdirs_: list, *, log: Callable = print
     """
     _check_members(cfgs, workdirs_)
     cfg = cfgs[0]
-    task = task or tasks.of_model(cfg.model)
-    model = model if model is not None else build_model(cfg)
-    splits = splits or tasks.load_splits(task, cfg)
-    for split_name, split in (("train", splits.train), ("validation", splits.val)):
-        tasks.check_labels(task, split, model, f"{cfg.dataset} ({split_name} split)")
-    devices = loop._devices(cfg)
-    mesh = parallel.make_mesh(devices)
-    parallel.check_batch_size(cfg.batch_size, len(devices))
-    n_train, k = len(splits.train["x"]), len(cfgs)
-    spe = n_train // cfg.batch_size
-    if spe == 0:
-        raise ValueError(f"--batch-size {cfg.batch_size} is larger than the {n_train} training examples")
-    total_steps = cfg.epochs * spe
-    if cfg.max_steps:
-        total_steps = min(total_steps, cfg.max_steps)
+    p = loop.plan(cfg, model=model, task=task, splits=splits)
+    task, model, splits, devices, mesh = p.task, p.model, p.splits, p.devices, p.mesh
+    n_train, k, spe, total_steps = len(splits.train["x"]), len(cfgs), p.steps_per_epoch, p.total_steps
 
     # Each member starts from the state loop.fit builds for its config (init, seed, init_from).
     plain = [loop.initial_state(c, model, task, total_steps, example=splits.train["x"][:1], log=log) for c in cfgs]
@@ -232,11 +216,11 @@ def fit_population(cfgs: list[Config], workdirs_: list, *, log: Callable = print
 
     def chunk(tree, h, train_data, idx):  # idx: (S, K, B) example indices
         def body(tree, i):
-            batch = jax.vmap(lambda j: parallel._gather(train_data, j))(i)
+            batch = jax.vmap(lambda j: parallel.gather(train_data, j))(i)
             batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
             return jax.vmap(member_step)(tree, h, batch)
 
-        return parallel._scan(body, tree, idx)  # metrics: (S, K) each
+        return parallel.scan_steps(body, tree, idx)  # metrics: (S, K) each
 
     run_chunk = jax.jit(chunk, donate_argnums=0, out_shardings=replicated,
                         compiler_options=parallel.compiler_options(devices))
@@ -370,7 +354,7 @@ def _epoch_end(members, state, step, timing, task, model, splits, evaluator, val
         if book.finished or book.epoch % cfg.checkpoint_every == 0:
             tree = jax.tree.map(lambda a: a[i], state)
             tree["opt_state"] = jax.tree.unflatten(m.opt_treedef, jax.tree.leaves(tree["opt_state"]))
-            if not loop._all_finite((tree["params"], tree["model_state"])):
+            if not loop.all_finite((tree["params"], tree["model_state"])):
                 _stop(m, "diverged", log, f"non-finite parameters at step {step}; not saved")
                 continue
             meta = {**dataclasses.asdict(book), "epoch": book.epoch, "step": step, "config": cfg.to_json()}
