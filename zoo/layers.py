@@ -205,10 +205,8 @@ def _scan_fwd(wh, gates_x, b, carry):
 
 
 def _scan_bwd(wh, c0, cs, acts, d_hs, d_final):
-    """Backward through time with ONE matmul per step (dh_prev = dz @ wh^T); the four gates'
-    pre-activation gradients dz come as one product [dc, dc, dc, dh] * (local derivatives),
-    which XLA:CPU runs as fewer kernels per step than four separate gate expressions.
-    Returns dz (T, B, 4H) and the initial carry's gradient."""
+    """Backward through time with ONE matmul per step (dh_prev = dz @ wh^T).
+    Returns dz (T, B, 4H), the gates' pre-activation gradients, and the initial carry's gradient."""
     d_h, d_c = d_final
     c_prev = jnp.concatenate([c0[None], cs[:-1]], 0)
     wh_t = wh.T
@@ -220,8 +218,7 @@ def _scan_bwd(wh, c0, cs, acts, d_hs, d_final):
         dh = dh_out + dh_next
         tc = jnp.tanh(c)
         dc = dc_next + dh * o * (1 - tc * tc)
-        local = jnp.concatenate([g * i * (1 - i), cp * f * (1 - f), i * (1 - g * g), tc * o * (1 - o)], -1)
-        dz = jnp.concatenate([dc, dc, dc, dh], -1) * local
+        dz = jnp.concatenate([dc * g * i * (1 - i), dc * cp * f * (1 - f), dc * i * (1 - g * g), dh * tc * o * (1 - o)], -1)
         return (dz @ wh_t, dc * f), dz
 
     d_carry, dz = jax.lax.scan(step, (d_h, d_c), (d_hs, cs, c_prev, acts), reverse=True)
