@@ -6,8 +6,7 @@
   (one phase-stacked conv for stride > 1, an einsum for a 1x1 input).
 - `max_pool_2x2`: reshape + max instead of `reduce_window` (faster on XLA:CPU).
 - `LSTMLayer` / `lstm_layer` / `lstm_recurrence` / `lstm_cell`: an LSTM whose recurrence has a
-  hand-written backward pass (fewer, larger matmuls and fewer kernels per step than autodiff
-  through `lax.scan`).
+  hand-written backward pass (fewer, larger matmuls than autodiff through `lax.scan`).
 
 Every layer takes flax's `dtype` (computation; None = inferred from inputs and params) and
 `param_dtype` (storage). The measurements behind these choices: bench/README.md, "Where the
@@ -217,8 +216,8 @@ def _scan_bwd(wh, c0, cs, acts, d_hs, d_final):
         i, f, g, o = jnp.split(a, 4, axis=-1)
         dh = dh_out + dh_next
         tc = jnp.tanh(c)
-        dc = dc_next + dh * o * (1 - tc * tc)
-        dz = jnp.concatenate([dc * g * i * (1 - i), dc * cp * f * (1 - f), dc * i * (1 - g * g), dh * tc * o * (1 - o)], -1)
+        dc = dc_next + dh * o * (1.0 - tc * tc)
+        dz = jnp.concatenate([dc * g * i * (1.0 - i), dc * cp * f * (1.0 - f), dc * i * (1.0 - g * g), dh * tc * o * (1.0 - o)], -1)
         return (dz @ wh_t, dc * f), dz
 
     d_carry, dz = jax.lax.scan(step, (d_h, d_c), (d_hs, cs, c_prev, acts), reverse=True)
@@ -279,9 +278,9 @@ def lstm_layer(x, wi, wh, b, carry):
     """One LSTM layer over a time-major sequence, with a hand-written gradient.
 
     The same function as scanning `lstm_cell(wh, carry, x_t @ wi + b)`; the input projection of
-    all steps is one matmul before the loop, and the backward pass computes dx, all weight
-    gradients and the bias gradient from the per-step pre-activation gradients with one matmul
-    each (the recurrence itself costs one matmul per step each way).
+    all steps is one matmul before the loop. From the per-step pre-activation gradients the
+    backward pass gets dx with one matmul, both kernels' gradients with one more, and the
+    bias gradient as a sum (the recurrence itself costs one matmul per step each way).
 
     Args:
       x: (T, B, F) inputs, time first.

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from zoo.layers import Dtype, LSTMLayer, lstm_cell, lstm_layer, lstm_recurrence  # noqa: F401 (lstm_recurrence: importable from its old home)
+from zoo.layers import Dtype, LSTMLayer, lstm_cell, lstm_recurrence  # noqa: F401 (lstm_recurrence: importable from its old home)
 from zoo.registry import (
     DIGITS,
     MNIST_IMAGES,
