@@ -6,6 +6,7 @@
     python bench/cpu_probe.py batch       # CNN train step cost per example vs batch size
     python bench/cpu_probe.py options     # zoo's XLA:CPU compiler options on/off, alternating rounds
     python bench/cpu_probe.py scan        # CNN steps in a rolled lax.scan vs one step per dispatch
+    python bench/cpu_probe.py lstm        # LSTM train step: zoo vs autodiff through flax's LSTM vs PyTorch
     python bench/cpu_probe.py all
 
 Each line printed is one measurement; run it on an otherwise idle machine. PyTorch uses
@@ -184,9 +185,89 @@ def probe_scan(args) -> None:
           f"({scanned / single:.1f}x)")
 
 
+def probe_lstm(args) -> None:
+    """The `lstm` model's train step (batch 100, Adam, random 28x28 inputs) three ways, alternating
+    `--reps` rounds of 20 steps: zoo's layers (hand-written backward pass), the same network
+    as a stock flax nn.RNN(nn.OptimizedLSTMCell) stack with autodiff, and the PyTorch twin.
+    Prints wall and process-CPU ms per step (CPU time is steadier on a shared machine) and
+    each JAX step's compile time."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    import torch
+    from flax import linen as nn
+
+    import zoo
+    from train import parallel
+
+    b, t, f, h = 100, 28, 28, 128
+    rng = np.random.default_rng(0)
+    x_np, y_np = rng.random((b, t, f), np.float32), rng.integers(0, 10, b)
+    x, y = jnp.asarray(x_np), jnp.asarray(y_np)
+
+    class FlaxLSTM(nn.Module):  # the reference: flax's own LSTM cell, scanned, autodiff
+        @nn.compact
+        def __call__(self, x):
+            for _ in range(2):
+                x = nn.RNN(nn.OptimizedLSTMCell(h))(x)
+            return nn.Dense(10)(x[:, -1])
+
+    opt = optax.adam(1e-3)
+
+    def jax_step(model):
+        def loss(p):
+            return optax.softmax_cross_entropy_with_integer_labels(model.apply({"params": p}, x), y).mean()
+
+        def step(state):
+            p, o = state
+            g = jax.grad(loss)(p)
+            u, o = opt.update(g, o, p)
+            return optax.apply_updates(p, u), o
+
+        params = model.init(jax.random.key(0), x)["params"]
+        state = (params, opt.init(params))
+        t0 = time.perf_counter()
+        compiled = jax.jit(step, donate_argnums=0).lower(state).compile(parallel.compiler_options())
+        compile_s = time.perf_counter() - t0
+        holder = [compiled(state)]
+
+        def run():
+            holder[0] = compiled(holder[0])
+            return holder[0]
+
+        return run, compile_s
+
+    net = zoo.torch_model("lstm").train()
+    topt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    tx, ty = torch.from_numpy(x_np), torch.from_numpy(y_np)
+
+    def torch_step():
+        topt.zero_grad()
+        torch.nn.functional.cross_entropy(net(tx), ty).backward()
+        topt.step()
+
+    zoo_run, zoo_compile = jax_step(zoo.create("lstm"))
+    flax_run, flax_compile = jax_step(FlaxLSTM())
+    runs = {"zoo": zoo_run, "flax autodiff": flax_run, "pytorch": torch_step}
+    wall, cpu = {k: [] for k in runs}, {k: [] for k in runs}
+    for _ in range(args.reps):
+        for name, fn in runs.items():
+            jax.block_until_ready(fn())
+            t0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(20):
+                out = fn()
+            jax.block_until_ready(out)
+            wall[name].append(1e3 * (time.perf_counter() - t0) / 20)
+            cpu[name].append(1e3 * (time.process_time() - c0) / 20)
+    print(f"lstm train step (compile: zoo {zoo_compile:.1f} s, flax autodiff {flax_compile:.1f} s): " + "; ".join(
+        f"{k} {statistics.median(wall[k]):.1f} ms (min {min(wall[k]):.1f}, CPU {statistics.median(cpu[k]):.1f} ms)"
+        for k in runs) + f"; zoo/pytorch speed {statistics.median(wall['pytorch']) / statistics.median(wall['zoo']):.2f}x")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("probe", choices=("matmul", "conv", "floor", "batch", "options", "scan", "all"))
+    p.add_argument("probe", choices=("matmul", "conv", "floor", "batch", "options", "scan", "lstm", "all"))
     p.add_argument("--models", nargs="+", default=list(MODELS))
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
@@ -195,7 +276,7 @@ def main() -> None:
 
     compare.setup_torch(args.threads)
     probes = {"matmul": probe_matmul, "conv": probe_conv, "floor": probe_floor, "batch": probe_batch,
-              "options": probe_options, "scan": probe_scan}
+              "options": probe_options, "scan": probe_scan, "lstm": probe_lstm}
     for name in probes if args.probe == "all" else [args.probe]:
         probes[name](args)
         sys.stdout.flush()

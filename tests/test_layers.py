@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from zoo import layers
-from zoo.layers import Conv, ConvTranspose, LSTMLayer, lstm_cell, lstm_recurrence
+from zoo.layers import Conv, ConvTranspose, LSTMLayer, lstm_cell, lstm_layer, lstm_recurrence
 
 
 @pytest.mark.parametrize(
@@ -68,6 +68,57 @@ def test_lstm_recurrence_gradient_matches_autodiff():
     want = jax.grad(loss(reference), argnums=(0, 1, 2))(wh, gx, carry)
     got = jax.jit(jax.grad(loss(lstm_recurrence), argnums=(0, 1, 2)))(wh, gx, carry)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), got, want)
+
+
+def _flax_lstm_params(wi, wh, b):
+    """zoo's fused (wi, wh, b) as the parameters of flax's nn.OptimizedLSTMCell (gates i, f, g, o)."""
+    p = {}
+    for k, gate in enumerate("ifgo"):
+        cols = slice(k * wh.shape[0], (k + 1) * wh.shape[0])
+        p["i" + gate] = {"kernel": wi[:, cols]}
+        p["h" + gate] = {"kernel": wh[:, cols], "bias": b[cols]}
+    return {"params": {"cell": p}}
+
+
+@pytest.mark.parametrize("t,b,f,h", [(7, 3, 4, 5), (28, 4, 28, 16)])
+def test_lstm_layer_matches_flax_optimized_lstm_cell(t, b, f, h):
+    """lstm_layer (time-major, hand-written backward pass) equals a stock flax LSTM (nn.RNN over
+    nn.OptimizedLSTMCell, autodiff): outputs, final carry, and the gradients of a loss on all of
+    them with respect to the input, every weight, the bias and the initial carry."""
+    r = np.random.default_rng(1)
+    arr = lambda *shape, scale=1.0: jnp.asarray(r.normal(size=shape) * scale, jnp.float32)  # noqa: E731
+    x, wi, wh, bias = arr(t, b, f), arr(f, 4 * h, scale=0.5), arr(h, 4 * h, scale=0.5), arr(4 * h, scale=0.5)
+    carry = (arr(b, h), arr(b, h))
+    weights = (arr(t, b, h), arr(b, h), arr(b, h))
+    rnn = nn.RNN(nn.OptimizedLSTMCell(h), time_major=True, return_carry=True)
+
+    def ours(x, wi, wh, bias, carry):
+        hs, (hT, cT) = lstm_layer(x, wi, wh, bias, carry)
+        return hs, hT, cT
+
+    def flax_ref(x, wi, wh, bias, carry):
+        (cT, hT), hs = rnn.apply(_flax_lstm_params(wi, wh, bias), x, initial_carry=carry[::-1])
+        return hs, hT, cT
+
+    def loss(fn):
+        return lambda *args: sum((out * w).sum() for out, w in zip(fn(*args), weights))
+
+    args = (x, wi, wh, bias, carry)
+    for got, want in zip(jax.jit(ours)(*args), flax_ref(*args)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    got = jax.jit(jax.grad(loss(ours), argnums=range(5)))(*args)
+    want = jax.grad(loss(flax_ref), argnums=range(5))(*args)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), got, want)
+
+
+def test_lstm_layer_time_major_equals_batch_major():
+    x = jax.random.normal(jax.random.key(0), (3, 5, 4))
+    layer = LSTMLayer(6)
+    v = layer.init(jax.random.key(1), x)
+    hs, carry = layer.apply(v, x)
+    hs_t, carry_t = layer.apply(v, jnp.swapaxes(x, 0, 1), time_major=True)
+    np.testing.assert_array_equal(jnp.swapaxes(hs_t, 0, 1), hs)
+    jax.tree.map(np.testing.assert_array_equal, carry_t, carry)
 
 
 def test_max_pool_2x2_matches_reduce_window():

@@ -5,8 +5,8 @@
 - `ConvTranspose` / `conv_transpose`: PyTorch's ConvTranspose2d, built from ordinary convs
   (one phase-stacked conv for stride > 1, an einsum for a 1x1 input).
 - `max_pool_2x2`: reshape + max instead of `reduce_window` (faster on XLA:CPU).
-- `LSTMLayer` / `lstm_recurrence` / `lstm_cell`: an LSTM whose recurrence has a hand-written
-  backward pass (fewer, larger matmuls than autodiff through `lax.scan`).
+- `LSTMLayer` / `lstm_layer` / `lstm_recurrence` / `lstm_cell`: an LSTM whose recurrence has a
+  hand-written backward pass (fewer, larger matmuls than autodiff through `lax.scan`).
 
 Every layer takes flax's `dtype` (computation; None = inferred from inputs and params) and
 `param_dtype` (storage). The measurements behind these choices: bench/README.md, "Where the
@@ -186,25 +186,29 @@ def lstm_cell(wh, carry, gates_x):
     return h, c
 
 
-def _recurrence_fwd(wh, gates_x, carry):
+def _scan_fwd(wh, gates_x, b, carry):
+    """The recurrence over time-major projections gates_x (T, B, 4H) (+ bias b, or None).
+    Returns (hs, final carry) and what the backward pass needs: cell states and activations.
+    The bias is added inside the step's fused kernel, not in a separate pass over gates_x."""
+    bias = 0.0 if b is None else b
+
     def step(carry, gx):  # lstm_cell, keeping the gate activations for the backward pass
         h, c = carry
-        i, f, g, o = _gates(gx + h @ wh)
+        i, f, g, o = _gates(gx + bias + h @ wh)
         c = f * c + i * g
         h = o * jnp.tanh(c)
         return (h, c), (h, c, jnp.concatenate([i, f, g, o], -1))
 
     final, (hs, cs, acts) = jax.lax.scan(step, carry, gates_x)
-    return (hs, final), (wh, carry, hs, cs, acts)
+    return hs, final, cs, acts
 
 
-def _recurrence_bwd(res, cotangents):
-    """Backward through time with ONE matmul per step (dh_prev = dgates @ wh^T); the
-    recurrent weight gradient is a single (H, T*B) @ (T*B, 4H) matmul after the loop."""
-    wh, (h0, c0), hs, cs, acts = res
-    d_hs, (d_h, d_c) = cotangents
-    h_prev = jnp.concatenate([h0[None], hs[:-1]], 0)  # (T, B, H)
+def _scan_bwd(wh, c0, cs, acts, d_hs, d_final):
+    """Backward through time with ONE matmul per step (dh_prev = dz @ wh^T).
+    Returns dz (T, B, 4H), the gates' pre-activation gradients, and the initial carry's gradient."""
+    d_h, d_c = d_final
     c_prev = jnp.concatenate([c0[None], cs[:-1]], 0)
+    wh_t = wh.T
 
     def step(carry, xs):
         dh_next, dc_next = carry
@@ -214,17 +218,32 @@ def _recurrence_bwd(res, cotangents):
         tc = jnp.tanh(c)
         dc = dc_next + dh * o * (1.0 - tc * tc)
         dz = jnp.concatenate([dc * g * i * (1.0 - i), dc * cp * f * (1.0 - f), dc * i * (1.0 - g * g), dh * tc * o * (1.0 - o)], -1)
-        return (dz @ wh.T, dc * f), dz
+        return (dz @ wh_t, dc * f), dz
 
-    (d_h0, d_c0), d_z = jax.lax.scan(step, (d_h, d_c), (d_hs, cs, c_prev, acts), reverse=True)
-    d_wh = jnp.einsum("tbh,tbg->hg", h_prev, d_z)  # (H, 4H)
-    return d_wh, d_z, (d_h0, d_c0)
+    d_carry, dz = jax.lax.scan(step, (d_h, d_c), (d_hs, cs, c_prev, acts), reverse=True)
+    return dz, d_carry
+
+
+def _h_prev(h0, hs):
+    return jnp.concatenate([h0[None], hs[:-1]], 0)  # (T, B, H): the hidden state each step reads
+
+
+def _recurrence_fwd(wh, gates_x, carry):
+    hs, final, cs, acts = _scan_fwd(wh, gates_x, None, carry)
+    return (hs, final), (wh, carry, hs, cs, acts)
+
+
+def _recurrence_bwd(res, cotangents):
+    wh, (h0, c0), hs, cs, acts = res
+    dz, d_carry = _scan_bwd(wh, c0, cs, acts, *cotangents)
+    d_wh = jnp.einsum("tbh,tbg->hg", _h_prev(h0, hs), dz)  # one (H, T*B) @ (T*B, 4H) matmul
+    return d_wh, dz, d_carry
 
 
 @jax.custom_vjp
 def lstm_recurrence(wh, gates_x, carry):
     """The LSTM recurrence over time: the same function as scanning `lstm_cell`, with a
-    hand-written gradient (`_recurrence_bwd`).
+    hand-written gradient (`_scan_bwd`).
 
     Args:
       wh: (H, 4H) recurrent kernel.
@@ -240,13 +259,52 @@ def lstm_recurrence(wh, gates_x, carry):
 lstm_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
 
 
+def _layer_fwd(x, wi, wh, b, carry):
+    hs, final, cs, acts = _scan_fwd(wh, x @ wi, b, carry)
+    return (hs, final), (x, wi, wh, carry, hs, cs, acts)
+
+
+def _layer_bwd(res, cotangents):
+    x, wi, wh, (h0, c0), hs, cs, acts = res
+    dz, d_carry = _scan_bwd(wh, c0, cs, acts, *cotangents)
+    # both kernels' gradients in ONE (F + H, T*B) @ (T*B, 4H) matmul
+    d_w = jnp.einsum("tbk,tbg->kg", jnp.concatenate([x, _h_prev(h0, hs)], -1), dz)
+    f = x.shape[-1]
+    return dz @ wi.T, d_w[:f], d_w[f:], dz.sum((0, 1)), d_carry
+
+
+@jax.custom_vjp
+def lstm_layer(x, wi, wh, b, carry):
+    """One LSTM layer over a time-major sequence, with a hand-written gradient.
+
+    The same function as scanning `lstm_cell(wh, carry, x_t @ wi + b)`; the input projection of
+    all steps is one matmul before the loop. From the per-step pre-activation gradients the
+    backward pass gets dx with one matmul, both kernels' gradients with one more, and the
+    bias gradient as a sum (the recurrence itself costs one matmul per step each way).
+
+    Args:
+      x: (T, B, F) inputs, time first.
+      wi: (F, 4H) input kernel; wh: (H, 4H) recurrent kernel; b: (4H,) bias; gates i, f, g, o.
+      carry: initial (h, c), each (B, H).
+
+    Returns:
+      (hs (T, B, H), final carry (h, c)).
+    """
+    return _layer_fwd(x, wi, wh, b, carry)[0]
+
+
+lstm_layer.defvjp(_layer_fwd, _layer_bwd)
+
+
 class LSTMLayer(nn.Module):
     """A single LSTM layer over (B, T, F) -> outputs (B, T, H), final carry (h, c).
 
     Parameters: one fused input kernel `wi` (F, 4H), one recurrent kernel `wh` (H, 4H) and ONE
     bias `b` (4H), gates in PyTorch's order (i, f, g, o). PyTorch's two biases (b_ih + b_hh)
-    only ever appear summed, so this is the same function with 4H fewer parameters. The input
-    projection of all steps is one matmul; only h @ wh runs inside the recurrence.
+    only ever appear summed, so this is the same function with 4H fewer parameters. Computed by
+    `lstm_layer`: the input projection of all steps is one matmul; only h @ wh runs inside the
+    recurrence. `time_major=True` takes (T, B, F) and returns (T, B, H): stacked layers pass
+    time-major sequences between them and skip two (B, T) <-> (T, B) transposes per layer.
     """
 
     hidden: int
@@ -254,16 +312,17 @@ class LSTMLayer(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, carry=None):
+    def __call__(self, x, carry=None, *, time_major: bool = False):
         init = _torch_uniform(self.hidden)
         wi = self.param("wi", init, (x.shape[-1], 4 * self.hidden), self.param_dtype)
         wh = self.param("wh", init, (self.hidden, 4 * self.hidden), self.param_dtype)
         b = self.param("b", init, (4 * self.hidden,), self.param_dtype)
         x, wi, wh, b = promote_dtype(x, wi, wh, b, dtype=self.dtype)
+        if not time_major:
+            x = jnp.swapaxes(x, 0, 1)  # (T, B, F): the recurrence runs over time
         if carry is None:
-            zeros = jnp.zeros((x.shape[0], self.hidden), x.dtype)
+            zeros = jnp.zeros((x.shape[1], self.hidden), x.dtype)
             carry = (zeros, zeros)
         carry = tuple(jnp.asarray(c, x.dtype) for c in carry)
-        gates_x = jnp.swapaxes(x @ wi + b, 0, 1)  # (T, B, 4H): the recurrence runs over time
-        hs, carry = lstm_recurrence(wh, gates_x, carry)
-        return jnp.swapaxes(hs, 0, 1), carry  # (B, T, H)
+        hs, carry = lstm_layer(x, wi, wh, b, carry)
+        return (hs if time_major else jnp.swapaxes(hs, 0, 1)), carry

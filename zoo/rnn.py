@@ -117,10 +117,10 @@ class LSTMClassifier(nn.Module):
     def embed(self, x, *, train: bool = False):
         """Sequences (B, T, F) -> the top layer's hidden state at the last step (B, hidden)."""
         check_input(x, self.input_spec(), type(self).__name__)
-        x = jnp.asarray(x, self.dtype or jnp.float32)
+        x = jnp.swapaxes(jnp.asarray(x, self.dtype or jnp.float32), 0, 1)  # (T, B, F)
         for layer in self.layers:
-            x, _ = layer(x)  # (B, T, H)
-        return x[:, -1]
+            x, _ = layer(x, time_major=True)  # (T, B, H)
+        return x[-1]
 
     def from_embedding(self, h, *, train: bool = False):
         """`embed`'s output -> logits (B, num_classes)."""
@@ -186,13 +186,13 @@ class CharLSTM(nn.Module):
     def _hidden(self, tokens, carries):
         """tokens (B, T) -> top-layer hidden states (B, T, H), final carries per layer."""
         self._check_tokens(tokens)
-        x = self.embedding(tokens)  # (B, T, E)
+        x = self.embedding(jnp.swapaxes(tokens, 0, 1))  # (T, B, E): time-major through the stack
         carries = carries if carries is not None else (None,) * self.num_layers
         finals = []
         for layer, carry in zip(self.layers, carries):
-            x, carry = layer(x, carry)
+            x, carry = layer(x, carry, time_major=True)
             finals.append(carry)
-        return x, tuple(finals)
+        return jnp.swapaxes(x, 0, 1), tuple(finals)
 
     def embed(self, tokens, carries=None, *, train: bool = False):
         """tokens (B, T) -> the top LSTM layer's hidden state at every step (B, T, hidden)."""
