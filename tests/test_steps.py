@@ -555,3 +555,12 @@ def test_gan_generator_learns_to_fool_a_frozen_discriminator():
         state = state.replace(params={**state.params, "discriminator": d0}, opt_state={**state.opt_state, "discriminator": d0_opt})
     after = fooled(state)
     assert after > before + 0.1, (before, after)
+
+
+def test_divergence_before_any_checkpoint_says_none_was_saved(tfds_dir, tmp_path):
+    """Diverging in the first epoch: the message says no checkpoint exists (not 'step None')."""
+    from train.loop import TrainingDiverged, fit
+
+    with pytest.raises(TrainingDiverged, match="No checkpoint was saved before it") as raised:
+        fit(_tiny_fit_cfg(tfds_dir, lr=1e30), tmp_path, log=lambda *a: None)
+    assert "step None" not in str(raised.value)

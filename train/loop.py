@@ -270,10 +270,13 @@ def _setup(cfg, workdir, lock, log, model, task, splits) -> Run:
 def _diverged(run: Run, bad_step: int, what: str) -> TrainingDiverged:
     cfg = run.cfg
     run.ckpt.wait()  # a save in flight holds finite parameters: it is the last good one
+    last = run.ckpt.latest_step()
+    saved = (f"Last good checkpoint: step {last} in {run.ckpt.directory}." if last is not None
+             else "No checkpoint was saved before it.")
     return TrainingDiverged(
-        f"non-finite {what} at step {bad_step} (lr={cfg.lr}, optimizer={cfg.optimizer}); not saved. "
-        f"Last good checkpoint: step {run.ckpt.latest_step()} in {run.ckpt.directory}. The labels and inputs "
-        "were checked before training, so the optimization diverged: lower --lr or set --clip-norm."
+        f"non-finite {what} at step {bad_step} (lr={cfg.lr}, optimizer={cfg.optimizer}); not saved. {saved} "
+        "The labels and inputs were checked before training, so the optimization diverged: lower --lr or set "
+        "--clip-norm."
     )
 
 
