@@ -52,6 +52,7 @@ ATTACKS = [
     (["--keep-checkpoints", "0"], ["--keep-checkpoints 0", ">= 1"]),
     (["--eval-batch-size", "0"], ["--eval-batch-size 0", ">= 1"]),
     (["--warmup-steps", "-1"], ["--warmup-steps -1", ">= 0"]),
+    (["--warmup-steps", "10", "--schedule", "onecycle"], ["--warmup-steps 10", "only --schedule cosine", "onecycle"]),
     (["--momentum", "1"], ["--momentum 1", "[0, 1)"]),
     (["--momentum", "-0.1"], ["--momentum -0.1", "[0, 1)"]),
     (["--b1", "1.5"], ["--b1 1.5", "[0, 1)"]),
@@ -217,7 +218,8 @@ def test_integer_fields(name, data):
     if check.hi is not None:
         _expect_rejected(name, data.draw(st.integers(min_value=check.hi + 1), "above"))
     valid = data.draw(st.integers(min_value=check.lo, max_value=check.hi if check.hi is not None else 10**9), "valid")
-    assert getattr(Config(model="mlp", **{name: valid}).validate(), name) == valid
+    extra = {"schedule": "cosine"} if name == "warmup_steps" else {}  # only cosine warms up
+    assert getattr(Config(model="mlp", **{name: valid}, **extra).validate(), name) == valid
 
 
 @pytest.mark.parametrize("name", _fields(Number))

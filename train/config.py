@@ -213,6 +213,9 @@ class Config:
         for f in dataclasses.fields(self):
             if error := field_error(f.name, getattr(self, f.name)):
                 raise ValueError(f"{flag(f.name)} {error}")
+        if self.warmup_steps and self.schedule != "cosine":
+            raise ValueError(f"--warmup-steps {self.warmup_steps}: only --schedule cosine has a linear warmup "
+                             f"(got --schedule {self.schedule}; onecycle ramps up by itself)")
         if registered:
             _create_model(self)
         return self
