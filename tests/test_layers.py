@@ -178,3 +178,18 @@ def test_layer_dtypes(make, shape):
     grads = jax.grad(lambda v: jnp.sum(first(low.apply(v, x)).astype(jnp.float32) ** 2))(v)
     for g in jax.tree.leaves(grads):
         assert g.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(g)))
+
+
+@pytest.mark.parametrize("cin,k,pad", [(1, 3, 1), (4, 2, 0), (3, 4, 2), (5, 3, 1)])
+def test_conv2d_matches_lax(cin, k, pad):
+    """conv2d (explicit padding; im2col + matmul up to IM2COL_MAX_CHANNELS inputs) equals lax's
+    padded conv, outputs and gradients."""
+    x = jax.random.normal(jax.random.key(0), (2, 6, 7, cin))
+    kernel = jax.random.normal(jax.random.key(1), (k, k, cin, 3))
+    padding = ((pad, pad), (pad, pad))
+
+    def ref(kernel, x):
+        return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    assert (cin <= layers.IM2COL_MAX_CHANNELS) == (cin != 5)  # both paths are covered
+    _assert_same_outputs_and_grads(lambda kern, x: layers.conv2d(x, kern, 1, padding), ref, kernel, x)

@@ -41,9 +41,30 @@ def _phase_taps(k: int, s: int, p: int, a: int) -> list[tuple[int, int]]:
     return [(-d, a + p + s * d) for d in range(-k, k + 1) if 0 <= a + p + s * d < k]
 
 
+# Input channels up to which a stride-1 conv runs as im2col + one matmul (the 1-channel image
+# layers, 4 channels after space-to-depth: fwd+bwd 8.5 -> 2.1 ms); a 128-channel one was slower
+# that way (36 -> 51 ms). bench/README.md.
+IM2COL_MAX_CHANNELS = 4
+
+
 def conv2d(x, kernel, stride: int = 1, padding=((0, 0), (0, 0))):
-    """Plain cross-correlation, NHWC x (B, H, W, Cin), kernel (kh, kw, Cin, Cout)."""
-    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    """Plain cross-correlation, NHWC x (B, H, W, Cin), kernel (kh, kw, Cin, Cout).
+
+    The padding is a jnp.pad before an unpadded conv: XLA:CPU computes the gradients of a
+    padded conv up to ~2x more slowly (bench/README.md, "Where the CPU time goes"). Up to
+    IM2COL_MAX_CHANNELS input channels the stride-1 conv is im2col + a matmul.
+    """
+    (top, bottom), (left, right) = padding
+    if top or bottom or left or right:
+        x = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    kh, kw, cin, cout = kernel.shape
+    if stride == 1 and cin <= IM2COL_MAX_CHANNELS:
+        # few input channels: (B*H'*W', kh*kw*Cin) patches @ (kh*kw*Cin, Cout) beats XLA:CPU's conv
+        b, h, w, _ = x.shape
+        ho, wo = h - kh + 1, w - kw + 1
+        patches = jnp.concatenate([x[:, i : i + ho, j : j + wo] for i in range(kh) for j in range(kw)], -1)  # (B, ho, wo, kh*kw*Cin)
+        return (patches.reshape(-1, kh * kw * cin) @ kernel.reshape(-1, cout)).reshape(b, ho, wo, cout)
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 def strided_conv(x, kernel, stride: int, padding: int):
