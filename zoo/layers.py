@@ -62,7 +62,7 @@ def conv2d(x, kernel, stride: int = 1, padding=((0, 0), (0, 0))):
         # few input channels: (B*H'*W', kh*kw*Cin) patches @ (kh*kw*Cin, Cout) beats XLA:CPU's conv
         b, h, w, _ = x.shape
         ho, wo = h - kh + 1, w - kw + 1
-        patches = jnp.concatenate([x[:, i : i + ho, j : j + wo] for i in range(kh) for j in range(kw)], -1)  # (B, ho, wo, kh*kw*Cin)
+        patches = jnp.concatenate([x[:, i : i + ho, j : j + wo] for i in range(kh) for j in range(kw)], -1)  # (B, ho, wo, k*k*Cin)
         return (patches.reshape(-1, kh * kw * cin) @ kernel.reshape(-1, cout)).reshape(b, ho, wo, cout)
     return jax.lax.conv_general_dilated(x, kernel, (stride, stride), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
