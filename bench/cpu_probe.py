@@ -7,6 +7,7 @@
     python bench/cpu_probe.py options     # zoo's XLA:CPU compiler options on/off, alternating rounds
     python bench/cpu_probe.py scan        # CNN steps in a rolled lax.scan vs one step per dispatch
     python bench/cpu_probe.py lstm        # LSTM train step: zoo vs autodiff through flax's LSTM vs PyTorch
+    python bench/cpu_probe.py transpose   # each transposed-conv formulation per zoo layer shape, fwd+bwd
     python bench/cpu_probe.py all
 
 Each line printed is one measurement; run it on an otherwise idle machine. PyTorch uses
@@ -263,11 +264,75 @@ def probe_lstm(args) -> None:
     print(f"lstm train step (compile: zoo {zoo_compile:.1f} s, flax autodiff {flax_compile:.1f} s): " + "; ".join(
         f"{k} {statistics.median(wall[k]):.1f} ms (min {min(wall[k]):.1f}, CPU {statistics.median(cpu[k]):.1f} ms)"
         for k in runs) + f"; zoo/pytorch speed {statistics.median(wall['pytorch']) / statistics.median(wall['zoo']):.2f}x")
+# (input side, Cin, Cout, kernel, stride, padding) of the zoo's transposed convs (batch 128),
+# plus output widths around the col2im/subpixel boundary (layers.COL2IM_MAX_FEATURES).
+TRANSPOSE_SHAPES = [
+    (4, 16, 64, 4, 1, 0),  # autoencoder dec_0
+    (7, 64, 32, 4, 2, 1),  # autoencoder dec_1
+    (14, 32, 1, 4, 2, 1),  # autoencoder dec_2
+    (7, 128, 64, 4, 2, 1),  # dcgan deconv_1
+    (14, 64, 1, 4, 2, 1),  # dcgan deconv_2
+    (14, 32, 4, 4, 2, 1),
+    (7, 64, 8, 4, 2, 1),
+    (14, 32, 8, 4, 2, 1),
+    (7, 64, 16, 4, 2, 1),
+    (14, 32, 16, 4, 2, 1),
+]
+
+
+def probe_transpose(args) -> None:
+    """Forward + backward (input and kernel gradients) of one transposed conv at batch 128, every
+    formulation of zoo.layers.conv_transpose against lax.conv_transpose (what flax runs) and
+    PyTorch's ConvTranspose2d, alternating `--reps` rounds; prints the best ms of each, and
+    which one `layers.transpose_method` picks."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+
+    from train import parallel
+    from zoo import layers
+
+    options = parallel.compiler_options()
+    rng = np.random.default_rng(0)
+    on_cpu = jax.default_backend() == "cpu"
+    for h, cin, cout, k, s, p in TRANSPOSE_SHAPES:
+        x = jnp.asarray(rng.normal(size=(128, h, h, cin)), jnp.float32)
+        kern = jnp.asarray(rng.normal(size=(k, k, cout, cin)), jnp.float32)
+        pad = ((k - 1 - p, k - 1 - p),) * 2
+
+        def lax_ct(x, kern):
+            return jax.lax.conv_transpose(x, kern, (s, s), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"), transpose_kernel=True)
+
+        fns = {"lax": lax_ct}
+        for m in ("conv",) if s == 1 else ("subpixel", "col2im"):
+            fns[m] = lambda x, kern, m=m: layers.conv_transpose(x, kern, s, p, method=m)
+        grads = {name: jax.jit(jax.grad(lambda x, kern, f=f: (f(x, kern) ** 2).sum(), argnums=(0, 1)), compiler_options=options)
+                 for name, f in fns.items()}
+        calls = {name: (lambda g=g: g(x, kern)) for name, g in grads.items()}
+        if on_cpu:
+            tx = torch.tensor(np.asarray(x).transpose(0, 3, 1, 2).copy(), requires_grad=True)
+            layer = torch.nn.ConvTranspose2d(cin, cout, k, s, p, bias=False)
+            calls["torch"] = lambda: layer(tx).pow(2).sum().backward()
+        best = {name: float("inf") for name in calls}
+        for fn in calls.values():
+            jax.block_until_ready(fn())
+        for _ in range(args.reps):
+            for name, fn in calls.items():
+                t = time.perf_counter()
+                for _ in range(5):
+                    out = fn()
+                jax.block_until_ready(out)
+                best[name] = min(best[name], 1e3 * (time.perf_counter() - t) / 5)
+        pick = layers.transpose_method((h, h), cout, k, s, p)
+        print(f"transpose {h}->{(h - 1) * s - 2 * p + k} {cin}->{cout} k{k} s{s} ({jax.default_backend()}, picks {pick}): "
+              + ", ".join(f"{name} {ms:.2f} ms" for name, ms in best.items()))
+        sys.stdout.flush()
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("probe", choices=("matmul", "conv", "floor", "batch", "options", "scan", "lstm", "all"))
+    p.add_argument("probe", choices=("matmul", "conv", "floor", "batch", "options", "scan", "lstm", "transpose", "all"))
     p.add_argument("--models", nargs="+", default=list(MODELS))
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
@@ -276,7 +341,7 @@ def main() -> None:
 
     compare.setup_torch(args.threads)
     probes = {"matmul": probe_matmul, "conv": probe_conv, "floor": probe_floor, "batch": probe_batch,
-              "options": probe_options, "scan": probe_scan, "lstm": probe_lstm}
+              "options": probe_options, "scan": probe_scan, "lstm": probe_lstm, "transpose": probe_transpose}
     for name in probes if args.probe == "all" else [args.probe]:
         probes[name](args)
         sys.stdout.flush()

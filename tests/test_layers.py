@@ -10,23 +10,78 @@ from zoo import layers
 from zoo.layers import Conv, ConvTranspose, LSTMLayer, lstm_cell, lstm_layer, lstm_recurrence
 
 
-@pytest.mark.parametrize(
-    "h,cin,cout,k,s,p",
-    [(7, 8, 5, 4, 2, 1), (14, 4, 1, 4, 2, 1), (4, 6, 3, 4, 1, 0), (1, 10, 4, 7, 1, 0), (5, 3, 2, 3, 2, 1), (6, 3, 2, 5, 3, 2)],
-)
+CT_SHAPES = [(7, 8, 5, 4, 2, 1), (14, 4, 1, 4, 2, 1), (4, 6, 3, 4, 1, 0), (1, 10, 4, 7, 1, 0), (5, 3, 2, 3, 2, 1), (6, 3, 2, 5, 3, 2), (3, 2, 3, 2, 3, 0)]
+
+
+def _flax_conv_transpose(cout, k, s, p):
+    return nn.ConvTranspose(cout, (k, k), (s, s), padding=((k - 1 - p, k - 1 - p),) * 2, transpose_kernel=True)
+
+
+def _assert_same_outputs_and_grads(f_mine, f_ref, variables, x):
+    """f(variables, x) equal to 1e-5, and so are the gradients of a random linear function of
+    the output with respect to the variables and the input."""
+    want = f_ref(variables, x)
+    np.testing.assert_allclose(f_mine(variables, x), want, rtol=1e-5, atol=2e-6)
+    w = jax.random.normal(jax.random.key(7), want.shape)
+    grad = lambda f: jax.grad(lambda v, x: jnp.sum(f(v, x) * w), argnums=(0, 1))(variables, x)  # noqa: E731
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), grad(f_mine), grad(f_ref))
+
+
+@pytest.mark.parametrize("h,cin,cout,k,s,p", CT_SHAPES)
 def test_conv_transpose_matches_flax(h, cin, cout, k, s, p):
+    """The layer (with its shape's method) equals flax's, outputs and gradients, same parameters."""
     x = jax.random.normal(jax.random.key(0), (2, h, h + 1, cin))
-    ref = nn.ConvTranspose(cout, (k, k), (s, s), padding=((k - 1 - p, k - 1 - p),) * 2, transpose_kernel=True)
+    ref = _flax_conv_transpose(cout, k, s, p)
     variables = ref.init(jax.random.key(1), x)
     mine = ConvTranspose(cout, k, s, p)
     assert jax.tree.map(jnp.shape, mine.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, variables)
-    np.testing.assert_allclose(mine.apply(variables, x), ref.apply(variables, x), atol=2e-6, rtol=1e-5)
-    if (h, k, s) not in ((7, 4, 2), (4, 4, 1)):
+    _assert_same_outputs_and_grads(mine.apply, ref.apply, variables, x)
+
+
+@pytest.mark.parametrize("method", ["subpixel", "col2im", "conv", "einsum"])
+@pytest.mark.parametrize("h,cin,cout,k,s,p", CT_SHAPES + [(7, 16, 9, 4, 2, 1), (1, 3, 2, 4, 1, 0)])
+def test_every_transpose_method_matches_lax(method, h, cin, cout, k, s, p):
+    """Each formulation, forced on every shape it supports, equals lax.conv_transpose."""
+    if (method == "conv" and s != 1) or (method == "einsum" and (h != 1 or p != 0)):
+        with pytest.raises(ValueError, match=method):
+            layers.conv_transpose(jnp.zeros((1, h, h, cin)), jnp.zeros((k, k, cout, cin)), s, p, method=method)
         return
-    # gradients too (the reason this layer exists is its backward pass)
-    g_ref = jax.grad(lambda v: jnp.sum(ref.apply(v, x) ** 2))(variables)
-    g_mine = jax.grad(lambda v: jnp.sum(mine.apply(v, x) ** 2))(variables)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4), g_mine, g_ref)
+    x = jax.random.normal(jax.random.key(0), (2, h, 1 if method == "einsum" else h + 1, cin))
+    kernel = jax.random.normal(jax.random.key(1), (k, k, cout, cin))
+    pad = ((k - 1 - p, k - 1 - p),) * 2
+
+    def ref(kernel, x):
+        return jax.lax.conv_transpose(x, kernel, (s, s), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"), transpose_kernel=True)
+
+    _assert_same_outputs_and_grads(lambda kern, x: layers.conv_transpose(x, kern, s, p, method=method), ref, kernel, x)
+
+
+def test_transpose_method_rule():
+    """The per-shape choice (bench/README.md): matmul + overlap-add up to 8 output channels,
+    one conv per phase above, plain conv at stride 1, einsum from a 1x1 input."""
+    rule = layers.transpose_method
+    assert layers.COL2IM_MAX_FEATURES == 8
+    # the zoo's layers: autoencoder dec_0..2, DCGAN generator deconv_0..2
+    assert [rule((4, 4), 64, 4, 1, 0), rule((7, 7), 32, 4, 2, 1), rule((14, 14), 1, 4, 2, 1)] == ["conv", "subpixel", "col2im"]
+    assert [rule((1, 1), 128, 7, 1, 0), rule((7, 7), 64, 4, 2, 1), rule((14, 14), 1, 4, 2, 1)] == ["einsum", "subpixel", "col2im"]
+    assert rule((7, 7), 8, 4, 2, 1) == "col2im" and rule((7, 7), 9, 4, 2, 1) == "subpixel"
+    assert rule((1, 1), 4, 4, 2, 1) == "col2im" and rule((1, 1), 4, 4, 1, 1) == "conv"  # padded 1x1: no einsum
+
+
+def test_conv_transpose_rejects_unknown_method():
+    with pytest.raises(ValueError, match="one of .*'einsum'.* got 'phases'"):
+        layers.conv_transpose(jnp.zeros((1, 3, 3, 2)), jnp.zeros((4, 4, 2, 2)), 2, 1, method="phases")
+
+
+@pytest.mark.parametrize("k,s,p", [(7, 1, 0), (7, 1, 1), (5, 2, 0)])
+def test_full_window_conv_matches_flax(k, s, p):
+    """A conv whose window covers the whole padded input (computed as an einsum) equals flax's."""
+    x = jax.random.normal(jax.random.key(0), (3, k - 2 * p, k - 2 * p, 4))
+    ref = nn.Conv(2, (k, k), (s, s), padding=((p, p), (p, p)))
+    variables = ref.init(jax.random.key(1), x)
+    mine = Conv(2, k, s, p)
+    assert jax.tree.map(jnp.shape, mine.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, variables)
+    _assert_same_outputs_and_grads(mine.apply, ref.apply, variables, x)
 
 
 @pytest.mark.parametrize("h,cin,cout,k,s,p", [(28, 1, 8, 4, 2, 1), (14, 4, 6, 4, 2, 1), (7, 3, 2, 4, 1, 0), (9, 3, 5, 3, 2, 1), (10, 2, 3, 5, 3, 2)])
@@ -37,6 +92,7 @@ def test_strided_conv_matches_flax(h, cin, cout, k, s, p):
     mine = Conv(cout, k, s, p)
     assert jax.tree.map(jnp.shape, mine.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, variables)
     np.testing.assert_allclose(mine.apply(variables, x), ref.apply(variables, x), atol=5e-6, rtol=1e-5)
+    _assert_same_outputs_and_grads(mine.apply, ref.apply, variables, x)  # outputs again, and gradients
 
 
 def test_lstm_recurrence_gradient_matches_autodiff():
@@ -173,3 +229,18 @@ def test_layer_dtypes(make, shape):
     grads = jax.grad(lambda v: jnp.sum(first(low.apply(v, x)).astype(jnp.float32) ** 2))(v)
     for g in jax.tree.leaves(grads):
         assert g.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(g)))
+
+
+@pytest.mark.parametrize("cin,k,pad", [(1, 3, 1), (4, 2, 0), (3, 4, 2), (5, 3, 1)])
+def test_conv2d_matches_lax(cin, k, pad):
+    """conv2d (explicit padding; im2col + matmul up to IM2COL_MAX_CHANNELS inputs) equals lax's
+    padded conv, outputs and gradients."""
+    x = jax.random.normal(jax.random.key(0), (2, 6, 7, cin))
+    kernel = jax.random.normal(jax.random.key(1), (k, k, cin, 3))
+    padding = ((pad, pad), (pad, pad))
+
+    def ref(kernel, x):
+        return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    assert (cin <= layers.IM2COL_MAX_CHANNELS) == (cin != 5)  # both paths are covered
+    _assert_same_outputs_and_grads(lambda kern, x: layers.conv2d(x, kern, 1, padding), ref, kernel, x)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import linen as nn
 
-from zoo.layers import Dtype, max_pool_2x2
+from zoo.layers import Conv, Dtype, max_pool_2x2
 from zoo.registry import (
     DIGITS,
     MNIST_IMAGES,
@@ -64,7 +64,8 @@ class CNN(nn.Module):
 
     def setup(self):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        self.convs = [nn.Conv(ch, (3, 3), padding=((1, 1), (1, 1)), name=f"conv_{i}", **kw) for i, ch in enumerate(self.features)]
+        # zoo.layers.Conv: flax.linen.Conv's parameters, padding applied before the conv (faster gradients on XLA:CPU)
+        self.convs = [Conv(ch, 3, padding=1, name=f"conv_{i}", **kw) for i, ch in enumerate(self.features)]
         self.dropout = nn.Dropout(self.dropout_rate)
         self.head = nn.Dense(self.num_classes, name="head", **kw)
 

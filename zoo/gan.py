@@ -93,7 +93,7 @@ class Discriminator(nn.Module):
         self.conv_0 = Conv(f1, 4, stride=2, padding=1, **kw)
         self.conv_1 = Conv(f2, 4, stride=2, padding=1, use_bias=False, **kw)
         self.bn_1 = nn.BatchNorm(**_BN, **kw)
-        self.conv_2 = nn.Conv(1, (_D_SIDE, _D_SIDE), padding="VALID", **kw)
+        self.conv_2 = Conv(1, _D_SIDE, **kw)  # covers the whole 7x7 map: computed as a dense layer
 
     def embed(self, x, *, train: bool = False):
         """Images -> the last feature map (after BatchNorm + LeakyReLU), flattened (B, 7*7*f2)."""

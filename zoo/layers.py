@@ -2,8 +2,10 @@
 
 - `Conv` / `strided_conv`: PyTorch's Conv2d; a strided conv runs as space-to-depth + a
   stride-1 conv, so its input gradient is never an input-dilated conv (slow on XLA:CPU).
-- `ConvTranspose` / `conv_transpose`: PyTorch's ConvTranspose2d, built from ordinary convs
-  (one phase-stacked conv for stride > 1, an einsum for a 1x1 input).
+- `ConvTranspose` / `conv_transpose`: PyTorch's ConvTranspose2d without input-dilated convs:
+  per layer shape (`transpose_method`) one small conv per output phase, or a matmul +
+  overlap-add for few output channels, or an einsum for a 1x1 input.
+- A conv whose window covers its whole (padded) input is an einsum (a dense layer).
 - `max_pool_2x2`: reshape + max instead of `reduce_window` (faster on XLA:CPU).
 - `LSTMLayer` / `lstm_layer` / `lstm_recurrence` / `lstm_cell`: an LSTM whose recurrence has a
   hand-written backward pass (fewer, larger matmuls than autodiff through `lax.scan`).
@@ -16,6 +18,7 @@ CPU time goes".
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import jax
@@ -38,9 +41,30 @@ def _phase_taps(k: int, s: int, p: int, a: int) -> list[tuple[int, int]]:
     return [(-d, a + p + s * d) for d in range(-k, k + 1) if 0 <= a + p + s * d < k]
 
 
+# Input channels up to which a stride-1 conv runs as im2col + one matmul (the 1-channel image
+# layers, 4 channels after space-to-depth: fwd+bwd 8.5 -> 2.1 ms); a 128-channel one was slower
+# that way (36 -> 51 ms). bench/README.md.
+IM2COL_MAX_CHANNELS = 4
+
+
 def conv2d(x, kernel, stride: int = 1, padding=((0, 0), (0, 0))):
-    """Plain cross-correlation, NHWC x (B, H, W, Cin), kernel (kh, kw, Cin, Cout)."""
-    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    """Plain cross-correlation, NHWC x (B, H, W, Cin), kernel (kh, kw, Cin, Cout).
+
+    The padding is a jnp.pad before an unpadded conv: XLA:CPU computes the gradients of a
+    padded conv up to ~2x more slowly (bench/README.md, "Where the CPU time goes"). Up to
+    IM2COL_MAX_CHANNELS input channels the stride-1 conv is im2col + a matmul.
+    """
+    (top, bottom), (left, right) = padding
+    if top or bottom or left or right:
+        x = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    kh, kw, cin, cout = kernel.shape
+    if stride == 1 and cin <= IM2COL_MAX_CHANNELS:
+        # few input channels: (B*H'*W', kh*kw*Cin) patches @ (kh*kw*Cin, Cout) beats XLA:CPU's conv
+        b, h, w, _ = x.shape
+        ho, wo = h - kh + 1, w - kw + 1
+        patches = jnp.concatenate([x[:, i : i + ho, j : j + wo] for i in range(kh) for j in range(kw)], -1)  # (B, ho, wo, k*k*Cin)
+        return (patches.reshape(-1, kh * kw * cin) @ kernel.reshape(-1, cout)).reshape(b, ho, wo, cout)
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 def strided_conv(x, kernel, stride: int, padding: int):
@@ -68,7 +92,8 @@ def strided_conv(x, kernel, stride: int, padding: int):
 
 class Conv(nn.Module):
     """PyTorch-style Conv2d in NHWC with flax.linen.Conv's parameters (`kernel` (k, k, in, out),
-    `bias`) and initialization; strided convs go through `strided_conv`."""
+    `bias`) and initialization; strided convs go through `strided_conv`, a window covering the
+    whole input is an einsum (XLA:CPU runs that as a conv ~5x slower, bench/README.md)."""
 
     features: int
     kernel_size: int
@@ -84,43 +109,142 @@ class Conv(nn.Module):
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype) if self.use_bias else None
         x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
-        y = strided_conv(x, kernel, self.stride, self.padding)
+        p = self.padding
+        if x.shape[1] + 2 * p == k and x.shape[2] + 2 * p == k:  # one output pixel: a dense layer
+            y = jnp.einsum("bhwi,hwio->bo", jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))), kernel)[:, None, None, :]
+        else:
+            y = strided_conv(x, kernel, self.stride, p)
         return y if bias is None else y + bias
 
 
-def conv_transpose(x, kernel, stride: int, padding: int):
-    """PyTorch-semantics transposed conv. x: (B, H, W, Cin); kernel: (k, k, Cout, Cin)."""
-    k, s, p = kernel.shape[0], stride, padding
+# Output channels up to which a strided transposed conv runs as matmul + overlap-add
+# ("col2im"); wider ones run as one small conv per output phase ("subpixel"). Measured on the
+# 2-core CPU, fwd+bwd at batch 128 (bench/README.md, `cpu_probe.py transpose`): col2im wins
+# at 1, 4 and 8 output channels, subpixel at 16 and more.
+COL2IM_MAX_FEATURES = 8
+TRANSPOSE_METHODS = ("einsum", "conv", "subpixel", "col2im")
+
+
+def transpose_method(in_hw: tuple[int, int], features: int, kernel_size: int, stride: int, padding: int) -> str:
+    """Which formulation `conv_transpose` uses for a layer of this shape.
+
+    "einsum" for a 1x1 input without padding (a dense layer to k*k*features), "conv" for
+    stride 1 (a conv with the flipped kernel), otherwise "col2im" up to COL2IM_MAX_FEATURES
+    output channels and "subpixel" above. No formulation is an input-dilated conv (XLA:CPU
+    lowers those to a slow generic loop).
+    """
+    if tuple(in_hw) == (1, 1) and padding == 0:
+        return "einsum"
+    if stride == 1:
+        return "conv"
+    return "col2im" if features <= COL2IM_MAX_FEATURES else "subpixel"
+
+
+def _transpose_out(size: int, k: int, s: int, p: int) -> int:
+    return (size - 1) * s - 2 * p + k  # PyTorch's ConvTranspose2d output size (no output_padding)
+
+
+def _conv_transpose_subpixel(x, kernel, s: int, p: int):
+    """Sub-pixel form: output phase (a, b) (rows s*m + a, cols s*n + b) is an ordinary conv of
+    the input with just that phase's taps, so no zero tap is multiplied; the s*s phase outputs
+    are then interleaved (depth-to-space)."""
+    k = kernel.shape[0]
     b, h, w, _ = x.shape
-    out_h, out_w = (h - 1) * s - 2 * p + k, (w - 1) * s - 2 * p + k
-    if h == 1 and w == 1 and p == 0:  # (B, Cin) -> (B, k, k, Cout)
-        return jnp.einsum("bi,yxoi->byxo", x[:, 0, 0, :], kernel)
-    if s == 1:
-        flipped = jnp.swapaxes(kernel[::-1, ::-1], 2, 3)  # (k, k, Cin, Cout)
-        pad = ((k - 1 - p, k - 1 - p), (k - 1 - p, k - 1 - p))
-        return conv2d(x, flipped, 1, pad)
-    taps = [_phase_taps(k, s, p, a) for a in range(s)]
-    lo = min(o for t in taps for o, _ in t)
-    hi = max(o for t in taps for o, _ in t)
-    m_h, m_w = -(-out_h // s), -(-out_w // s)  # phase rows/cols needed
-    span = hi - lo + 1
-    cin, cout = kernel.shape[3], kernel.shape[2]
-    # One (span, span, Cin, s*s*Cout) kernel holding every phase's taps (zeros elsewhere), cut
-    # out of the kernel by ONE gather with a trace-time index table (entry k = a zero tap).
-    table = np.full((span, s), k, np.int32)  # (input offset, phase) -> kernel tap
-    for a in range(s):
-        for o, tap in taps[a]:
-            table[o - lo, a] = tap
-    padded = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))  # (k+1, k+1, Cout, Cin), last tap 0
-    full = padded[table[:, None, :, None], table[None, :, None, :]]  # (span, span, s, s, Cout, Cin)
-    full = full.transpose(0, 1, 5, 2, 3, 4).reshape(span, span, cin, s * s * cout)
+    cout = kernel.shape[2]
+    out_h, out_w = _transpose_out(h, k, s, p), _transpose_out(w, k, s, p)
+    m_h, m_w = -(-out_h // s), -(-out_w // s)  # rows/cols of each phase
+    taps = [sorted(_phase_taps(k, s, p, a)) for a in range(s)]  # per phase: (input offset, tap), offsets ascending
+    offsets = [o for t in taps for o, _ in t]
+    lo, hi = min(offsets), max(offsets)
     pad_lo = max(0, -lo)
     xp = jnp.pad(x, ((0, 0), (pad_lo, max(0, m_h - 1 + hi - (h - 1))), (pad_lo, max(0, m_w - 1 + hi - (w - 1))), (0, 0)))
-    y0 = pad_lo + lo  # output row m reads input rows m + lo .. m + hi
-    xp = xp[:, y0 : y0 + m_h + span - 1, y0 : y0 + m_w + span - 1]
-    y = conv2d(xp, full)  # (B, m_h, m_w, s*s*Cout)
-    y = y.reshape(b, m_h, m_w, s, s, cout).transpose(0, 1, 3, 2, 4, 5)  # (B, m_h, s, m_w, s, Cout)
+    kt = jnp.swapaxes(kernel, 2, 3)  # (k, k, Cin, Cout)
+
+    def phase(th, tw):  # (B, m_h, m_w, Cout): output rows s*m + a read input rows m + o, o in th
+        if not th or not tw:  # kernel_size < stride: this phase gets no tap
+            return jnp.zeros((b, m_h, m_w, cout), jnp.result_type(x, kernel))
+        kern = kt[np.array([t for _, t in th])][:, np.array([t for _, t in tw])]  # (len th, len tw, Cin, Cout)
+        r0, c0 = pad_lo + th[0][0], pad_lo + tw[0][0]
+        return conv2d(xp[:, r0 : r0 + m_h + len(th) - 1, c0 : c0 + m_w + len(tw) - 1], kern)
+
+    y = jnp.stack([jnp.stack([phase(th, tw) for tw in taps], 3) for th in taps], 2)  # (B, m_h, s, m_w, s, Cout)
     return y.reshape(b, m_h * s, m_w * s, cout)[:, :out_h, :out_w]
+
+
+def _overlap_add_fwd(cols, s: int):
+    """cols (B, H, W, kq, s, kq, s, C), the contribution of input (i, j) at tap (s*qy + a,
+    s*qx + c) -> their sum at output (s*(i + qy) + a, s*(j + qx) + c): (B, (H+kq-1)*s, (W+kq-1)*s, C)."""
+    b, h, w, kq, _, _, _, c = cols.shape
+    full = None
+    for qy in range(kq):
+        for qx in range(kq):
+            z = cols[:, :, :, qy, :, qx].transpose(0, 1, 3, 2, 4, 5).reshape(b, h * s, w * s, c)  # depth-to-space
+            z = jnp.pad(z, ((0, 0), (qy * s, (kq - 1 - qy) * s), (qx * s, (kq - 1 - qx) * s), (0, 0)))
+            full = z if full is None else full + z
+    return full
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def overlap_add(cols, s: int):
+    """col2im: sums each input pixel's k*k tap outputs into the upsampled image (see
+    `_overlap_add_fwd`). Its gradient is the matching im2col, a stack of strided slices
+    (autodiff would build it from kq*kq zero-padded copies of the whole cols tensor)."""
+    return _overlap_add_fwd(cols, s)
+
+
+def _overlap_add_vjp_fwd(cols, s):
+    return _overlap_add_fwd(cols, s), cols.shape
+
+
+def _overlap_add_vjp_bwd(s, shape, g):
+    b, h, w, kq, _, _, _, c = shape
+    rows = []
+    for qy in range(kq):
+        row = [g[:, qy * s : (qy + h) * s, qx * s : (qx + w) * s].reshape(b, h, s, w, s, c) for qx in range(kq)]
+        rows.append(jnp.stack(row, 4).transpose(0, 1, 3, 2, 4, 5, 6))  # (B, H, W, s, kq, s, C)
+    return (jnp.stack(rows, 3),)  # (B, H, W, kq, s, kq, s, C)
+
+
+overlap_add.defvjp(_overlap_add_vjp_fwd, _overlap_add_vjp_bwd)
+
+
+def _conv_transpose_col2im(x, kernel, s: int, p: int):
+    """Matmul + overlap-add (PyTorch's CPU formulation): every input pixel times the whole
+    kernel, (B*H*W, Cin) @ (Cin, k*k*Cout), then `overlap_add`. Cheap when Cout is small."""
+    k = kernel.shape[0]
+    b, h, w, _ = x.shape
+    cout = kernel.shape[2]
+    kq = -(-k // s)
+    kern = jnp.pad(kernel, ((0, kq * s - k), (0, kq * s - k), (0, 0), (0, 0)))  # taps to a multiple of s
+    cols = jnp.einsum("bhwi,yxoi->bhwyxo", x, kern).reshape(b, h, w, kq, s, kq, s, cout)
+    full = overlap_add(cols, s)
+    return full[:, p : p + _transpose_out(h, k, s, p), p : p + _transpose_out(w, k, s, p)]
+
+
+def conv_transpose(x, kernel, stride: int, padding: int, method: str | None = None):
+    """PyTorch-semantics transposed conv. x: (B, H, W, Cin); kernel: (k, k, Cout, Cin).
+
+    method: one of TRANSPOSE_METHODS, or None for `transpose_method`'s choice for this shape.
+    Every method computes the same function.
+    """
+    k, s, p = kernel.shape[0], stride, padding
+    if method is None:
+        method = transpose_method(x.shape[1:3], kernel.shape[2], k, s, p)
+    if method not in TRANSPOSE_METHODS:
+        raise ValueError(f"conv_transpose: method must be one of {TRANSPOSE_METHODS} or None, got {method!r}")
+    if method == "einsum":
+        if x.shape[1:3] != (1, 1) or p != 0:
+            raise ValueError(f"conv_transpose: method 'einsum' needs a 1x1 input and padding 0, got {x.shape[1:3]} and {p}")
+        return jnp.einsum("bi,yxoi->byxo", x[:, 0, 0, :], kernel)  # (B, k, k, Cout)
+    if method == "conv":
+        # the stride-s version is input-dilated, slow on XLA:CPU: only stride 1 goes here
+        if s != 1:
+            raise ValueError(f"conv_transpose: method 'conv' needs stride 1, got {s}")
+        flipped = jnp.swapaxes(kernel[::-1, ::-1], 2, 3)  # (k, k, Cin, Cout)
+        return conv2d(x, flipped, 1, ((k - 1 - p, k - 1 - p), (k - 1 - p, k - 1 - p)))
+    if method == "col2im":
+        return _conv_transpose_col2im(x, kernel, s, p)
+    return _conv_transpose_subpixel(x, kernel, s, p)
 
 
 class ConvTranspose(nn.Module):
