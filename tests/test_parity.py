@@ -150,3 +150,25 @@ def test_adam_bias_correction_is_pytorchs():
     params = {"w": jnp.ones((2, 3))}
     assert (jax.tree.structure(make_optimizer("adam", 1e-3).init(params))
             == jax.tree.structure(optax.chain(optax.adam(1e-3)).init(params)))
+
+
+@pytest.mark.parametrize("scale", [0.5, 3.0])
+def test_clipping_follows_torch_clip_grad_norm(scale):
+    """make_optimizer's clipping scales as torch.nn.utils.clip_grad_norm_: max_norm / (norm + 1e-6),
+    never up (float64, below and above the threshold)."""
+    from train.state import clip_by_global_norm
+
+    rng = np.random.default_rng(1)
+    g = {"a": rng.normal(size=(3, 4)), "b": rng.normal(size=5)}
+    norm = np.sqrt(sum((v ** 2).sum() for v in g.values()))
+    g = {k: v * scale / norm for k, v in g.items()}  # global norm = scale
+    with jax.enable_x64(True):
+        tx = clip_by_global_norm(1.0)
+        ours, _ = tx.update(jax.tree.map(jnp.asarray, g), tx.init(g))
+        ours = jax.tree.map(np.asarray, ours)
+    tensors = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in g.items()}
+    for k, t in tensors.items():
+        t.grad = torch.tensor(g[k], dtype=torch.float64)
+    torch.nn.utils.clip_grad_norm_(list(tensors.values()), 1.0)
+    for k in g:
+        np.testing.assert_allclose(ours[k], tensors[k].grad.numpy(), rtol=1e-14)
