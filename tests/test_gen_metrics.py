@@ -115,3 +115,20 @@ def test_zoo_export_records_quality_in_the_manifest(tfds_dir, tmp_path, capsys):
     off = tmp_path / "off"
     assert main(["export", "autoencoder", str(off), "--workdir", str(workdir), "--quality-n", "0"]) == 0
     assert "quality" not in read_manifest(off)
+
+
+def test_a_gan_run_exports_its_latest_checkpoint_by_default(tfds_dir, tmp_path, capsys):
+    """A GAN's g_loss does not rank its samples: `zoo export` takes the latest checkpoint unless
+    --which best; a classifier's default stays its best."""
+    from train import tasks
+    from train.cli import main
+    from train.evaluate import restore_workdir
+
+    assert not tasks.of_model("dcgan").ranks_checkpoints and tasks.of_model("mlp").ranks_checkpoints
+    workdir = tmp_path / "gan"
+    assert main(["train", "dcgan", "--workdir", str(workdir), "--data-dir", str(tfds_dir), "--epochs", "3",
+                 "--train-limit", "128", "--val-size", "64", "--batch-size", "64", "--set", "latent_dim=8",
+                 "--set", "g_features=[16,8]", "--set", "d_features=[8,16]"]) == 0
+    steps = [int(line.split()[3]) for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert restore_workdir(workdir)[3] == steps[-1] == restore_workdir(workdir, "latest")[3]
+    assert restore_workdir(workdir, "best")[3] in steps

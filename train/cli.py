@@ -540,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--pretrained", help="shipped weights tag, e.g. mnist")
     e.add_argument("--path", help="exported checkpoint dir or URL")
     e.add_argument("--split", default="test")
-    e.add_argument("--which", choices=["best", "latest"], default=None, help="checkpoint (default: best if tracked)")
+    e.add_argument("--which", choices=["best", "latest"], default=None, help="checkpoint (default: best if tracked; latest for a GAN, whose g_loss does not rank its samples)")
     e.add_argument("--data-dir")
     e.add_argument("--out", help="where to save the JSON report (default WORKDIR/eval_SPLIT.json)")
     e.add_argument("--quality-n", type=int, default=10_000,
@@ -570,7 +570,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--workdir", help="the run to export (default runs/MODEL)")
     x.add_argument("--pretrained", metavar="TAG", help="instead, convert shipped weights, e.g. mnist")
     x.add_argument("--path", help="instead, convert an export (directory, .safetensors file or URL)")
-    x.add_argument("--which", choices=["best", "latest"], default=None)
+    x.add_argument("--which", choices=["best", "latest"], default=None,
+                   help="checkpoint (default: best if tracked; latest for a GAN, whose g_loss does not rank its samples)")
     x.add_argument("--split", default="test", help="split whose metric is recorded in the manifest")
     x.add_argument("--ship", metavar="TAG", help="also copy into zoo/weights as MODEL.TAG")
     x.add_argument("--quality-n", type=int, default=10_000,

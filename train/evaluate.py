@@ -38,11 +38,14 @@ def read_config(workdir: Path) -> Config:
 
 
 def restore_workdir(workdir: Path, which: str | None = None):
-    """(cfg, model, variables, step) from a run directory's best (default) or latest checkpoint."""
+    """(cfg, model, variables, step) from a run directory's best or latest checkpoint; by default
+    the best, or the latest where the task's validation metric does not rank checkpoints (GAN)."""
     workdir = Path(workdir).absolute()
     cfg = read_config(workdir)
     task = tasks.of_model(cfg.model)
     model = build_model(cfg)
+    if which is None and not task.ranks_checkpoints:
+        which = "latest"
     with Checkpointer(workdir / "checkpoints", best_metric=f"val_{task.val_metric}", best_mode=task.mode) as ckpt:
         step = ckpt.best_step() if which in (None, "best") else None
         if step is None:

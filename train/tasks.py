@@ -59,6 +59,9 @@ class Task:
     labels: Callable[[dict], dict] = lambda arrays: {}
     quality: Callable | None = None
     predicts: str = ""  # what `zoo predict` shows for a picture: "classes", "reconstruction", or "" (not supported)
+    # False: the validation metric does not rank checkpoints (a GAN's g_loss says nothing of its
+    # samples), so `zoo eval`/`zoo export` take the latest checkpoint unless --which best
+    ranks_checkpoints: bool = True
 
     def better(self, value: float, best: float | None) -> bool:
         """Whether validation `value` improves on `best` (None: nothing yet)."""
@@ -168,7 +171,7 @@ TASKS: dict[str, Task] = {
              epoch_sample=_text_file, sample=_text_sample),
         Task("gan", _IMAGES, _images(lambda x, y: {"x": x}), *_gan, "g_loss", "min",
              players=("generator", "discriminator"), epoch_sample=_gan_grid, sample=_gan_sample,
-             quality=gen_metrics.gan_quality),
+             quality=gen_metrics.gan_quality, ranks_checkpoints=False),
     )
 }
 
