@@ -62,6 +62,11 @@ def recipe(model: str, epochs: int | None, extra: list[str]) -> dict:
             "train_limit": cfg.train_limit}
 
 
+def _pythonpath() -> str:
+    """This checkout first, then whatever PYTHONPATH already holds (a GPU box's wheels)."""
+    return os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
 # ------------------------------------------------------------------------------------------ zoo side
 
 
@@ -69,7 +74,7 @@ def zoo_run(model: str, epochs: int | None, extra: list[str], cache: str, option
     workdir = tempfile.mkdtemp(prefix=f"wd_{model}_", dir=tmp)
     cmd = [sys.executable, "-m", "train.cli", "train", model, "--workdir", workdir,
            *(["--epochs", str(epochs)] if epochs else []), *extra]
-    env = {**os.environ, "ZOO_COMPILATION_CACHE": cache, "ZOO_XLA_OPTIONS": options, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    env = {**os.environ, "ZOO_COMPILATION_CACHE": cache, "ZOO_XLA_OPTIONS": options, "PYTHONPATH": _pythonpath(),
            "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
     t0 = time.perf_counter()
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -144,7 +149,7 @@ def child_torch(model: str, rec: dict, npz: str) -> dict:
 
 def torch_run(model: str, rec: dict, npz: str) -> dict:
     cmd = [sys.executable, __file__, "--_torch", model, json.dumps(rec), npz]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env = {**os.environ, "PYTHONPATH": _pythonpath()}
     t0 = time.perf_counter()
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0

@@ -287,18 +287,15 @@ def _export_source(args) -> tuple:
                                                      "quality")}
         return variables, fields, None
 
-    from train import tasks
+    from train import gen_metrics, tasks
     from train.evaluate import evaluate_run, restore_workdir
 
     workdir = Path(args.workdir or Path("runs") / args.model)
     cfg, model, variables, step = restore_workdir(workdir, args.which)
     if cfg.model != args.model:
         raise ValueError(f"{workdir} holds a {cfg.model!r} run, not {args.model!r}")
-    task = tasks.of_model(args.model)
-    scored = task.quality is not None and cfg.dataset == "mnist" and args.quality_n > 0
-    # the checkpoint restored above, not again
-    metrics = evaluate_run(cfg, model, variables, args.split, quality_n=args.quality_n if scored else 0)
-    name = task.val_metric  # the metric the run was selected on
+    metrics = evaluate_run(cfg, model, variables, args.split, quality_n=args.quality_n)  # the checkpoint restored above
+    name = tasks.of_model(args.model).val_metric  # the metric the run was selected on
     command = (workdir / "command.txt").read_text().strip() if (workdir / "command.txt").exists() else None
     fields = {
         "model_overrides": cfg.model_overrides,
@@ -306,8 +303,9 @@ def _export_source(args) -> tuple:
         "metric": {"name": name, "value": metrics[name], "split": args.split, "count": metrics["count"], "step": step},
         "command": command,
         "train_config": cfg.to_json(),
+        # evaluate_run scored the samples where the task has a quality measure for its dataset
         "quality": ({**{k: metrics[k] for k in ("frechet", "confident_share", "classes_covered", "quality_n")},
-                     "classifier": "cnn.mnist", "split": args.split} if scored else None),
+                     "classifier": ".".join(gen_metrics.CLASSIFIER), "split": args.split} if "frechet" in metrics else None),
     }
     return variables, fields, step
 

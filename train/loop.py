@@ -351,26 +351,38 @@ def evaluate(run: Run, timing: dict) -> dict:
     book = run.book
     variables = run.strategy.unreplicate(run.state).variables()
     val = tasks.summarize(run.evaluator(variables, run.val_data, len(run.splits.val["x"]), run.eval_batch))
-    record = {
-        "epoch": book.epoch,
-        "step": run.step,
-        **{f"train_{k}": v / book.sum_steps for k, v in book.sums.items()},
-        **{f"val_{k}": v for k, v in val.items() if isinstance(v, float)},
-        **timing,
-    }
+    record = record_epoch(run.task, book, run.step, val, timing)
     run.metrics_log.write(record)
     run.log(f"epoch {book.epoch} step {run.step} " + report.fmt({k: v for k, v in record.items() if k != "epoch_s"})
             + f" time={timing['epoch_s']:.1f}s")
-    value = val[run.task.val_metric]
-    if run.task.better(value, book.best):
-        book.best, book.best_epoch, book.bad_epochs = value, book.epoch, 0
-    else:
-        book.bad_epochs += 1
     cfg = run.cfg
     if cfg.sample_every and book.epoch % cfg.sample_every == 0 and run.task.epoch_sample and report.is_writer():
         run.task.epoch_sample(run.model, jax.device_get(variables), run.splits.val, run.workdir / "samples",
                               book.epoch, cfg.seed, run.log)
     return record
+
+
+def record_epoch(task: tasks.Task, book: Book, step: int, val: dict, timing: dict) -> dict:
+    """The epoch's metrics.jsonl record (train means, validation, timing); updates the book's
+    best validation value and its count of epochs without improvement."""
+    record = {
+        "epoch": book.epoch,
+        "step": step,
+        **{f"train_{k}": v / book.sum_steps for k, v in book.sums.items()},
+        **{f"val_{k}": v for k, v in val.items() if isinstance(v, float)},
+        **timing,
+    }
+    value = val[task.val_metric]
+    if task.better(value, book.best):
+        book.best, book.best_epoch, book.bad_epochs = value, book.epoch, 0
+    else:
+        book.bad_epochs += 1
+    return record
+
+
+def checkpoint_meta(book: Book, epoch_done: int, step: int, cfg: Config) -> dict:
+    """What a checkpoint records beside the state: the book, the epoch and step, the config."""
+    return {**dataclasses.asdict(book), "epoch": epoch_done, "step": step, "config": cfg.to_json()}
 
 
 def should_stop(run: Run) -> bool:
@@ -398,8 +410,7 @@ def _save(run: Run, epoch_done: int, record: dict | None, force: bool = False) -
         raise _diverged(run, run.step, "parameters")
     metric = f"val_{run.task.val_metric}"
     metrics = {metric: record[metric]} if record else None
-    meta = {**dataclasses.asdict(run.book), "epoch": epoch_done, "step": run.step, "config": run.cfg.to_json()}
-    run.ckpt.save(run.step, tree, meta, metrics, force=force)
+    run.ckpt.save(run.step, tree, checkpoint_meta(run.book, epoch_done, run.step, run.cfg), metrics, force=force)
 
 
 @dataclasses.dataclass

@@ -328,23 +328,11 @@ def _epoch_end(members, state, step, timing, task, model, splits, evaluator, val
             continue
         cfg, book = m.cfg, m.book
         val = tasks.summarize(jax.tree.map(lambda a: a[i], sums))
-        record = {
-            "epoch": book.epoch,
-            "step": step,
-            **{f"train_{k}": v / book.sum_steps for k, v in book.sums.items()},
-            **{f"val_{k}": v for k, v in val.items() if isinstance(v, float)},
-            **timing,
-        }
+        record = loop.record_epoch(task, book, step, val, timing)
         m.metrics_log.write(record)
         m.record = record
         log(f"member {m.workdir.name} epoch {book.epoch} step {step} "
             + report.fmt({k: v for k, v in record.items() if k != "epoch_s"}))
-        value = val[task.val_metric]
-        if task.better(value, book.best):
-            book.best, book.best_epoch, book.bad_epochs = value, book.epoch, 0
-        else:
-            book.bad_epochs += 1
-        member_vars = None
         if cfg.sample_every and book.epoch % cfg.sample_every == 0 and task.epoch_sample and report.is_writer():
             member_vars = jax.device_get(jax.tree.map(lambda a: a[i], variables))
             task.epoch_sample(model, member_vars, splits.val, m.workdir / "samples", book.epoch, cfg.seed, log)
@@ -357,8 +345,7 @@ def _epoch_end(members, state, step, timing, task, model, splits, evaluator, val
             if not loop.all_finite((tree["params"], tree["model_state"])):
                 _stop(m, "diverged", log, f"non-finite parameters at step {step}; not saved")
                 continue
-            meta = {**dataclasses.asdict(book), "epoch": book.epoch, "step": step, "config": cfg.to_json()}
-            m.ckpt.save(step, tree, meta, {metric: record[metric]})
+            m.ckpt.save(step, tree, loop.checkpoint_meta(book, book.epoch, step, cfg), {metric: record[metric]})
         if on_epoch is not None and on_epoch(i, record):  # as loop.fit: asked after the checkpoint
             m.status = "pruned"
         elif early:

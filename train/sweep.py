@@ -339,6 +339,17 @@ def _data_key(cfg: Config) -> tuple:
     return (cfg.dataset, cfg.data_dir, cfg.val_size, cfg.seq_len, cfg.train_limit, tuple(cfg.classes))
 
 
+def _splits(cache: dict, task, cfg: Config):
+    """`cfg`'s data splits, loaded once for consecutive trials that share the data settings."""
+    from train import tasks
+
+    key = _data_key(cfg)
+    if key not in cache:
+        cache.clear()
+        cache[key] = tasks.load_splits(task, cfg)
+    return cache[key]
+
+
 def make_objective(model: str, space: dict, workdir: Path, *, overrides: dict | None = None, config_file=None,
                    log: Callable = print) -> Callable:
     """The Optuna objective: one `train.loop.fit` per trial in WORKDIR/trials/<number>/, pruned on
@@ -363,10 +374,6 @@ def make_objective(model: str, space: dict, workdir: Path, *, overrides: dict | 
         run_dir = workdir / "trials" / str(trial.number)
         trial.set_user_attr("workdir", str(run_dir))
         trial.set_user_attr("config", cfg.to_json())  # best.json comes from here: the run may be on another machine
-        key = _data_key(cfg)
-        if key not in splits_cache:
-            splits_cache.clear()
-            splits_cache[key] = tasks.load_splits(task, cfg)
         pruned = []
 
         def on_epoch(record: dict) -> bool:
@@ -379,7 +386,7 @@ def make_objective(model: str, space: dict, workdir: Path, *, overrides: dict | 
         shown = ", ".join(f"{k}={decode(v)}" for k, v in values.items())
         log(f"trial {trial.number}: {shown} in {run_dir}")
         result = loop.fit(cfg, run_dir, log=lambda m: log(f"  [trial {trial.number}] {m}"), task=task,
-                          splits=splits_cache[key], on_epoch=on_epoch)
+                          splits=_splits(splits_cache, task, cfg), on_epoch=on_epoch)
         if pruned:
             raise optuna.TrialPruned(f"pruned after epoch {pruned[0]}")
         record = result.record or _last_record(run_dir)
@@ -464,13 +471,9 @@ def run_populations(study, model: str, space: dict, workdir: Path, *, trials: in
 def _run_group(study, trials: list, cfgs: list, workdir: Path, task, metric: str, splits_cache: dict, log, on_trial,
                told: set):
     """One population: trains `cfgs`, reports and tells each member's trial (adding its number to `told`)."""
-    from train import population as pop, tasks
+    from train import population as pop
 
     optuna = _optuna()
-    key = _data_key(cfgs[0])
-    if key not in splits_cache:
-        splits_cache.clear()
-        splits_cache[key] = tasks.load_splits(task, cfgs[0])
     for trial in trials:
         shown = ", ".join(f"{k}={decode(v)}" for k, v in trial.params.items())
         log(f"trial {trial.number}: {shown} in {workdir / 'trials' / str(trial.number)}")
@@ -481,7 +484,7 @@ def _run_group(study, trials: list, cfgs: list, workdir: Path, task, metric: str
         return trials[i].should_prune()
 
     result = pop.fit_population(cfgs, [workdir / "trials" / str(t.number) for t in trials],
-                                log=lambda m: log(f"  [population] {m}"), task=task, splits=splits_cache[key],
+                                log=lambda m: log(f"  [population] {m}"), task=task, splits=_splits(splits_cache, task, cfgs[0]),
                                 on_epoch=on_epoch)
     for trial, member in zip(trials, result.members):
         if member.status == "pruned":
@@ -547,16 +550,15 @@ def run_sweep(model: str, params: dict[str, str], *, trials: int, workdir: str |
     if heartbeat < 1:
         raise ValueError(f"--heartbeat {heartbeat!r}: must be >= 1 second")
     space = build_space(model, params, overrides=overrides, config_file=config_file)
-    strategy = trial_config(model, {}, overrides=overrides, config_file=config_file).strategy
-    if population is not None and strategy != "jit":
-        raise ValueError(f"--population {population} trains under the jit strategy; got --strategy {strategy}")
+    base = trial_config(model, {}, overrides=overrides, config_file=config_file).to_json()
+    if population is not None and base["strategy"] != "jit":
+        raise ValueError(f"--population {population} trains under the jit strategy; got --strategy {base['strategy']}")
     _sampler(sampler, space, seed), _pruner(pruner)  # their errors, before anything is written
     workdir = Path(workdir).absolute()
     url = storage or f"sqlite:///{workdir / 'study.db'}"
     if storage is None:
         workdir.mkdir(parents=True, exist_ok=True)
     store = open_storage(url, heartbeat=heartbeat)
-    base = trial_config(model, {}, overrides=overrides, config_file=config_file).to_json()
     # data_dir differs between machines without changing a run
     fixed = {k: v for k, v in base.items() if k not in space and k != "data_dir"}
     fixed["model_overrides"] = {k: v for k, v in base["model_overrides"].items() if MODEL_PREFIX + k not in space}
