@@ -193,9 +193,70 @@ def max_param_diff(a: dict, b: dict) -> float:
                for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+def perturbed(variables: dict, seed: int) -> dict:
+    """`variables` with every floating-point value moved by one ulp, up or down at random.
+
+    The smallest change a float32 run can see: the noise floor of step-by-step parity. Two
+    PyTorch runs, one from these weights, show how soon float32 training parts from itself.
+    """
+    rng = np.random.default_rng(seed)
+
+    def nudge(v):
+        v = np.asarray(v)
+        if not np.issubdtype(v.dtype, np.floating):
+            return v
+        toward = np.where(rng.random(v.shape) < 0.5, np.inf, -np.inf).astype(v.dtype)
+        return np.nextafter(v, toward)
+
+    return jax.tree.map(nudge, jax.device_get(variables))
+
+
+def run_pair(case: Case, a, b, train: dict, *, steps: int, epoch: bool = False, test: dict | None = None,
+             seed: int = 0) -> dict:
+    """Trains two sides (`.train(x, y) -> loss`, `.params()`, `.accuracy(x, y)`) on `train` in one
+    seeded order and compares them step by step (see run_case for the arguments and result)."""
+    n = len(train["y"])
+    per_epoch = n // case.batch_size
+    total = per_epoch if epoch else steps
+    order = np.random.default_rng(seed).permutation(n)
+    losses, diverge, param_diff = [], None, None
+    start = time.perf_counter()
+    for i in range(total):
+        idx = order[i * case.batch_size:(i + 1) * case.batch_size]
+        x, y = train["x"][idx], train["y"][idx]
+        pair = (a.train(x, y), b.train(x, y))
+        if i < steps:
+            losses.append(pair)
+        if diverge is None and abs(pair[0] - pair[1]) > LOSS_RTOL * abs(pair[1]):
+            diverge = i + 1
+        if i + 1 == steps:
+            param_diff = max_param_diff(a.params(), b.params())
+    loss = np.asarray(losses, np.float64)
+    out = {
+        "case": dataclasses.asdict(case),
+        "steps": steps,
+        "seed": seed,
+        "loss_max_rel": float(np.max(np.abs(loss[:, 0] - loss[:, 1]) / np.abs(loss[:, 1]))),
+        "param_max_abs": param_diff,
+        "diverge_step": diverge,
+        "losses": loss.tolist(),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    if epoch:
+        out.update(epoch_steps=total, accuracy=[a.accuracy(test["x"], test["y"]), b.accuracy(test["x"], test["y"])])
+    return out
+
+
+def _check_steps(case: Case, train: dict, steps: int) -> None:
+    per_epoch = len(train["y"]) // case.batch_size
+    if steps > per_epoch:
+        raise ValueError(f"steps must be at most one epoch ({per_epoch} batches of {case.batch_size}), got {steps}")
+
+
 def run_case(case: Case, train: dict, *, steps: int, epoch: bool = False, test: dict | None = None,
              seed: int = 0) -> dict:
-    """Trains both sides on `train` ({"x": zoo view, "y"}) in one seeded order and compares them.
+    """Trains zoo and the PyTorch twin on `train` ({"x": zoo view, "y"}) in one seeded order and
+    compares them.
 
     Args:
       case: the model and optimizer recipe.
@@ -210,39 +271,29 @@ def run_case(case: Case, train: dict, *, steps: int, epoch: bool = False, test: 
       differs by more than LOSS_RTOL, or None, "losses": [[zoo, torch], ...] for the compared
       steps, and with `epoch`: "epoch_steps", "zoo_accuracy", "torch_accuracy"}.
     """
-    n = len(train["y"])
-    per_epoch = n // case.batch_size
-    total = per_epoch if epoch else steps
-    if steps > per_epoch:
-        raise ValueError(f"steps must be at most one epoch ({per_epoch} batches of {case.batch_size}), got {steps}")
-    order = np.random.default_rng(seed).permutation(n)
-    z = ZooSide(case, total)
+    _check_steps(case, train, steps)
+    z = ZooSide(case, len(train["y"]) // case.batch_size if epoch else steps)
     t = TorchSide(case, z.state.variables())
-    losses, diverge, param_diff = [], None, None
-    start = time.perf_counter()
-    for i in range(total):
-        idx = order[i * case.batch_size:(i + 1) * case.batch_size]
-        x, y = train["x"][idx], train["y"][idx]
-        pair = (z.train(x, y), t.train(x, y))
-        if i < steps:
-            losses.append(pair)
-        if diverge is None and abs(pair[0] - pair[1]) > LOSS_RTOL * abs(pair[1]):
-            diverge = i + 1
-        if i + 1 == steps:
-            param_diff = max_param_diff(z.params(), t.params())
-    loss = np.asarray(losses, np.float64)
-    out = {
-        "case": dataclasses.asdict(case),
-        "steps": steps,
-        "loss_max_rel": float(np.max(np.abs(loss[:, 0] - loss[:, 1]) / np.abs(loss[:, 1]))),
-        "param_max_abs": param_diff,
-        "diverge_step": diverge,
-        "losses": loss.tolist(),
-        "seconds": round(time.perf_counter() - start, 1),
-    }
+    out = run_pair(case, z, t, train, steps=steps, epoch=epoch, test=test, seed=seed)
     if epoch:
-        out.update(epoch_steps=total, zoo_accuracy=z.accuracy(test["x"], test["y"]),
-                   torch_accuracy=t.accuracy(test["x"], test["y"]))
+        out["zoo_accuracy"], out["torch_accuracy"] = out.pop("accuracy")
+    return out
+
+
+def run_noise_floor(case: Case, train: dict, *, steps: int, epoch: bool = False, test: dict | None = None,
+                    seed: int = 0) -> dict:
+    """PyTorch against itself: the twin from zoo's initial weights vs the twin from the same
+    weights moved by one ulp (`perturbed`, seeded by `seed`), on the same batches (data order
+    `seed`). The step where these part is how long float32 training stays reproducible at all.
+
+    Returns run_pair's record; with `epoch`, "torch_accuracy" and "torch_ulp_accuracy".
+    """
+    _check_steps(case, train, steps)
+    variables = ZooSide(case, steps).state.variables()
+    out = run_pair(case, TorchSide(case, variables), TorchSide(case, perturbed(variables, seed)), train,
+                   steps=steps, epoch=epoch, test=test, seed=seed)
+    if epoch:
+        out["torch_accuracy"], out["torch_ulp_accuracy"] = out.pop("accuracy")
     return out
 
 
@@ -269,6 +320,58 @@ def table(results: dict) -> str:
     return "\n".join(rows)
 
 
+def floor_table(rows: list) -> str:
+    """parity_floor.md: per case and seed, where zoo parts from torch and where torch parts from itself."""
+    out = ["| case | seed | zoo vs torch: loss parts (>1e-4) at step | torch vs torch 1 ulp apart: parts at step | "
+           "test acc. zoo / torch / torch 1 ulp apart | abs. acc. diff zoo-torch / torch-torch |",
+           "|---|---|---|---|---|---|"]
+    for r in rows:
+        z, t, u = (100 * r[k] for k in ("zoo_accuracy", "torch_accuracy", "torch_ulp_accuracy"))
+        out.append(f"| {r['case']} | {r['seed']} | {r['zoo_diverge']} | {r['torch_diverge']} | "
+                   f"{z:.2f} / {t:.2f} / {u:.2f} | {abs(z - t):.2f} / {abs(t - u):.2f} |")
+    for name in dict.fromkeys(r["case"] for r in rows):
+        mine = [r for r in rows if r["case"] == name]
+        zt = [abs(r["zoo_accuracy"] - r["torch_accuracy"]) * 100 for r in mine]
+        tt = [abs(r["torch_accuracy"] - r["torch_ulp_accuracy"]) * 100 for r in mine]
+        zs = [r["zoo_diverge"] or r["epoch_steps"] for r in mine]
+        ts = [r["torch_diverge"] or r["epoch_steps"] for r in mine]
+        out.append(f"| **{name}, median over {len(mine)} seeds** | | {int(np.median(zs))} | {int(np.median(ts))} | "
+                   f"mean zoo {np.mean([r['zoo_accuracy'] for r in mine]) * 100:.2f} / "
+                   f"torch {np.mean([r['torch_accuracy'] for r in mine]) * 100:.2f} | "
+                   f"{np.mean(zt):.2f} / {np.mean(tt):.2f} (mean) |")
+    return "\n".join(out)
+
+
+def noise_floor_main(args) -> int:
+    """--noise-floor N: zoo vs torch and torch vs torch (1 ulp) for N seeds, one epoch each."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"jax": jax.__version__, "torch": torch.__version__, "optax": optax.__version__,
+            "backend": jax.default_backend(), "dtype": "float32", "loss_rtol": LOSS_RTOL,
+            "torch_threads": args.threads}
+    rows, data_cache = [], {}
+    for name in args.cases:
+        case = CASES[name]
+        if case.model not in data_cache:
+            data_cache[case.model] = load_mnist(case.model, args.data_dir)
+        train, test = data_cache[case.model]
+        for seed in range(args.noise_floor):
+            zt = run_case(case, train, steps=args.steps, epoch=True, test=test, seed=seed)
+            tt = run_noise_floor(case, train, steps=args.steps, epoch=True, test=test, seed=seed)
+            rows.append({"case": name, "seed": seed, "epoch_steps": zt["epoch_steps"],
+                         "zoo_diverge": zt["diverge_step"], "torch_diverge": tt["diverge_step"],
+                         "zoo_loss_max_rel": zt["loss_max_rel"], "torch_loss_max_rel": tt["loss_max_rel"],
+                         "zoo_accuracy": zt["zoo_accuracy"], "torch_accuracy": zt["torch_accuracy"],
+                         "torch_ulp_accuracy": tt["torch_ulp_accuracy"],
+                         "torch_accuracy_again": tt["torch_accuracy"]})
+            print(f"{name} seed {seed}: zoo parts at {zt['diverge_step']}, torch (1 ulp) at {tt['diverge_step']}; "
+                  f"acc {zt['zoo_accuracy']} / {zt['torch_accuracy']} / {tt['torch_ulp_accuracy']}", flush=True)
+            (out / "parity_floor.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+            (out / "parity_floor.md").write_text(floor_table(rows) + "\n")
+    print(floor_table(rows))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
@@ -278,12 +381,18 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--merge", action="store_true", help="keep the other cases of an existing parity.json")
+    parser.add_argument("--noise-floor", type=int, default=0, metavar="N",
+                        help="instead of the table: for seeds 0..N-1 (data order and ulp directions), zoo vs torch "
+                             "and torch vs torch from weights one ulp apart, each for one epoch; writes parity_floor.*")
     parser.add_argument("--float64", action="store_true",
                         help="both sides in float64 (jax_enable_x64, the twin .double()): separates a difference "
                              "in the update rules from float32 rounding amplified by training; writes parity_float64.*")
     args = parser.parse_args(argv)
     if args.float64:
         jax.config.update("jax_enable_x64", True)
+    if args.noise_floor:
+        torch.set_num_threads(args.threads)
+        return noise_floor_main(args)
     stem = "parity_float64" if args.float64 else "parity"
     torch.set_num_threads(args.threads)
     out = Path(args.out)

@@ -28,6 +28,26 @@ def test_frechet_matches_the_textbook_formula():
     assert gen_metrics.frechet_distance(a, b) == pytest.approx(_reference_frechet(a, b), rel=1e-8)
 
 
+@pytest.mark.parametrize("n, m", [(5, 400), (12, 9), (300, 7)])
+def test_frechet_with_fewer_samples_than_features_matches_the_textbook_formula(n, m):
+    """Fewer rows than features on either side: the (N, M) singular-value route gives the
+    textbook value (rank-deficient covariances included)."""
+    rng = np.random.default_rng(n)
+    a = rng.normal(size=(n, 10)) @ rng.normal(size=(10, 10))
+    b = rng.normal(size=(m, 10)) * 1.5 - 0.2
+    assert gen_metrics.frechet_distance(a, b) == pytest.approx(_reference_frechet(a, b), rel=1e-6)
+
+
+def test_frechet_routes_agree_at_the_crossover():
+    """D-space eigendecompositions (N, M >= D) and the sample-space SVD (one side < D) agree."""
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(60, 40)), rng.normal(size=(60, 40)) + 0.3  # full-rank covariances
+    full = gen_metrics.frechet_distance(a, b)  # N = M > D: the D-space route
+    zeros = np.zeros((60, 30))
+    padded = gen_metrics.frechet_distance(np.hstack([a, zeros]), np.hstack([b, zeros]))
+    assert padded == pytest.approx(full, rel=1e-9)  # D = 70 > N: the sample-space route, same value
+
+
 def test_frechet_of_a_sample_with_itself_is_zero_and_a_shift_adds_its_square():
     a = np.random.default_rng(1).normal(size=(200, 5))
     assert gen_metrics.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-9)

@@ -93,6 +93,38 @@ def test_table_rows():
     assert "mlp-rmsprop-optax-defaults (unmatched)" in text
 
 
+def test_perturbed_moves_every_float_by_one_ulp():
+    v = {"params": {"w": np.linspace(-2, 3, 1000, dtype=np.float32), "b": np.zeros(3, np.float32)},
+         "steps": np.arange(3)}
+    p = parity.perturbed(v, seed=0)
+    w, pw = v["params"]["w"], p["params"]["w"]
+    ulp = np.spacing(np.abs(w))
+    np.testing.assert_array_equal(np.abs(pw - w), ulp)  # exactly one ulp, every value
+    assert 0.3 < np.mean(pw > w) < 0.7  # both directions
+    assert np.all(p["params"]["b"] != 0) and np.all(np.abs(p["params"]["b"]) < 1e-44)  # zero moves to a denormal
+    np.testing.assert_array_equal(p["steps"], v["steps"])  # integers untouched
+    assert not np.array_equal(parity.perturbed(v, seed=1)["params"]["w"], pw)
+
+
+def test_noise_floor_compares_torch_with_itself():
+    """Torch from weights one ulp apart: not bit-identical, but close over a few SGD steps; and the
+    unperturbed torch side is deterministic (the same losses as run_case's torch side)."""
+    case = _small("mlp-sgd")
+    train = _train(case)
+    r = parity.run_noise_floor(case, train, steps=STEPS, epoch=True, test=train)
+    losses = np.asarray(r["losses"])
+    assert np.any(losses[:, 0] != losses[:, 1])
+    assert r["loss_max_rel"] < parity.LOSS_RTOL and r["diverge_step"] is None
+    assert {"torch_accuracy", "torch_ulp_accuracy"} <= set(r)
+    z = parity.run_case(case, train, steps=STEPS)
+    np.testing.assert_array_equal(np.asarray(z["losses"])[:, 1], losses[:, 0])
+    text = parity.floor_table([{"case": "mlp-sgd", "seed": 0, "epoch_steps": STEPS, "zoo_diverge": None,
+                                "torch_diverge": 3, "zoo_accuracy": 0.5, "torch_accuracy": 0.51,
+                                "torch_ulp_accuracy": 0.49}])
+    assert "| mlp-sgd | 0 | None | 3 | 50.00 / 51.00 / 49.00 | 1.00 / 2.00 |" in text
+    assert "median over 1 seeds" in text
+
+
 # ---------------------------------------------------------------- make_optimizer vs torch.optim
 
 
