@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -17,6 +19,7 @@ def _run(args, env, cwd):
     return out.stdout
 
 
+@pytest.mark.slow  # fresh processes per model for compile and memory
 def test_compare_runs_and_writes_tables(tfds_dir, cli_env, tmp_path):
     env = {**cli_env, "TFDS_DATA_DIR": str(tfds_dir)}
     _run([str(ROOT / "bench" / "compare.py"), "--models", "mlp", "--steps", "3", "--repeats", "1",
@@ -28,6 +31,7 @@ def test_compare_runs_and_writes_tables(tfds_dir, cli_env, tmp_path):
     assert "| mlp | 100 |" in (tmp_path / "compare.md").read_text()
 
 
+@pytest.mark.slow  # whole training processes on both sides
 def test_time_to_accuracy_races_both_sides(tfds_dir, cli_env, tmp_path):
     env = {**cli_env, "TFDS_DATA_DIR": str(tfds_dir)}
     _run([str(ROOT / "bench" / "time_to_accuracy.py"), "--target", "0.5", "--max-epochs", "1",
@@ -39,6 +43,7 @@ def test_time_to_accuracy_races_both_sides(tfds_dir, cli_env, tmp_path):
     assert res["ratio_zoo_over_torch"] > 0
 
 
+@pytest.mark.slow  # several whole races
 def test_time_to_accuracy_grid_keeps_every_race(tfds_dir, cli_env, tmp_path):
     env = {**cli_env, "TFDS_DATA_DIR": str(tfds_dir)}
     _run([str(ROOT / "bench" / "time_to_accuracy.py"), "--target", "0.3", "--max-epochs", "1", "--no-torch",
@@ -50,6 +55,7 @@ def test_time_to_accuracy_grid_keeps_every_race(tfds_dir, cli_env, tmp_path):
     assert "zoo grid" in (tmp_path / "time_to_accuracy.md").read_text()
 
 
+@pytest.mark.slow  # whole zoo and PyTorch processes, cold and warm
 def test_end_to_end_times_both_whole_processes(tfds_dir, cli_env, tmp_path):
     env = {**cli_env, "TFDS_DATA_DIR": str(tfds_dir)}
     _run([str(ROOT / "bench" / "end_to_end.py"), "--models", "mlp", "--epochs", "2", "--warm",

@@ -77,3 +77,18 @@ def test_readme_quickstart_runs():
     blocks = python_blocks(path.read_text(), "Quickstart for research code")
     assert blocks, "README.md's quickstart has no ```python block"
     run_blocks(path, blocks)
+
+
+def test_ci_runs_the_readme_commands_and_nothing_else():
+    """.ci/run is the README's test command, then the slow tests as the README names them."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Two commands"):readme.index("\n## ", readme.index("## Two commands") + 1)]
+    fenced = re.search(r"^```bash\n(.*?)^```$", section, re.DOTALL | re.MULTILINE).group(1)
+    commands = [line for line in fenced.splitlines() if line and not line.startswith("#")]
+    assert len(commands) == 2, commands  # the main job, the tests
+    slow = re.search(r"`(\.venv/bin/python -m pytest [^`]*-m slow[^`]*)`", section).group(1)
+    ci = [line for line in (REPO / ".ci" / "run").read_text().splitlines()
+          if line and not line.startswith(("#", "set ", "cd "))]
+    assert ci == [commands[1], slow]
+    # the default run leaves the slow tests out; the slow command selects exactly them
+    assert "-m 'not slow'" in (REPO / "pyproject.toml").read_text()

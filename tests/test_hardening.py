@@ -91,6 +91,7 @@ def test_a_real_epoch_on_four_cpu_devices_with_the_default_strategy(tfds_dir, cl
 # ---------------------------------------------------------------- 3: SIGINT and SIGTERM
 
 
+@pytest.mark.slow  # a CLI run signalled, then resumed
 @pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 0)], ids=["sigint", "sigterm"])
 def test_a_signal_saves_the_step_it_arrived_at_and_exits(tfds_dir, cli_env, tmp_path, uninterrupted, signum, code):
     """Three signals at random moments (often during an async save): each run exits with the
@@ -150,6 +151,7 @@ def _assert_same_final_weights(a: Path, b: Path) -> None:
 # ---------------------------------------------------------------- 7: kill -9 and metrics.jsonl
 
 
+@pytest.mark.slow  # a kill -9 / resume loop
 def test_kill_9_at_random_moments_logs_exactly_the_uninterrupted_run(tfds_dir, cli_env, tmp_path, uninterrupted):
     """Kills land between an epoch's log line and its checkpoint, mid-epoch, or mid-save: the
     resumed log repeats no line and its train means cover the whole epoch."""

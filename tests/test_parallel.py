@@ -177,6 +177,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two jax.distributed processes
 @pytest.mark.parametrize("local_devices", [1, 2])
 def test_two_process_run_matches_single_process(tmp_path, local_devices):
     """Two processes on localhost (jax.distributed + gloo), `local_devices` CPU devices each,

@@ -52,6 +52,7 @@ def _final_step(workdir: Path) -> int:
     return json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])["step"]
 
 
+@pytest.mark.slow  # a CLI run signalled, then resumed
 def test_sigterm_saves_exits_0_and_resumes(tfds_dir, cli_env, tmp_path):
     workdir = tmp_path / "w"
     cmd = _cmd(tfds_dir, workdir)
@@ -66,6 +67,7 @@ def test_sigterm_saves_exits_0_and_resumes(tfds_dir, cli_env, tmp_path):
     assert _final_step(workdir) == 3 * (1024 // 32)
 
 
+@pytest.mark.slow  # a CLI run killed, then resumed
 def test_kill_9_leaves_a_resumable_run(tfds_dir, cli_env, tmp_path):
     workdir = tmp_path / "w"
     cmd = _cmd(tfds_dir, workdir)
