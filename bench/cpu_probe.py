@@ -9,6 +9,7 @@
     python bench/cpu_probe.py lstm        # LSTM train step: zoo vs autodiff through flax's LSTM vs PyTorch
     python bench/cpu_probe.py transpose   # each transposed-conv formulation per zoo layer shape, fwd+bwd
     python bench/cpu_probe.py profile     # jax.profiler trace of each train step: kernels by category, host share
+    python bench/cpu_probe.py bn          # DCGAN step: flax BatchNorm vs a one-pass candidate, alternating rounds
     python bench/cpu_probe.py all
 
 Each line printed is one measurement; run it on an otherwise idle machine. PyTorch uses
@@ -596,6 +597,7 @@ def probe_profile(args) -> None:
     from train import parallel
 
     out = Path(args.trace_dir or tempfile.mkdtemp(prefix="zoo_profile_"))
+    out.mkdir(parents=True, exist_ok=True)
     data = _data()
     print(f"profile: load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} (traces, HLO: {out})")
     for model in args.models:
@@ -605,7 +607,7 @@ def probe_profile(args) -> None:
         text = tr.strategy._chunk.lower(tr.state, tr.data, idx).compile().as_text()
         (out / f"{model}.hlo.txt").write_text(text)
         tr.run(3)
-        c0 = time.process_time()  # untraced steps: wall and process CPU (both threads) per step
+        c0 = time.process_time()  # untraced steps of the same program: wall and process CPU (all threads)
         wall = tr.run(args.steps) / args.steps
         cpu = (time.process_time() - c0) / args.steps
         with jax.profiler.trace(out / model, create_perfetto_trace=True):
@@ -616,9 +618,145 @@ def probe_profile(args) -> None:
         sys.stdout.flush()
 
 
+# --------------------------------------------------------------------------------------------------
+# bn: a one-pass batch norm (candidate) against flax's nn.BatchNorm in the DCGAN step
+
+
+def one_pass_batch_norm():
+    """A BatchNorm candidate with flax nn.BatchNorm's parameters, statistics and (training)
+    arithmetic, whose forward reads the input once for both statistics (a variadic reduce of
+    x and x*x) and whose hand-written backward reads (dy, x) once for sum(dy) and
+    sum(dy * xhat). Returns the module class (defined here so cpu_probe imports no jax)."""
+    from functools import partial
+
+    import jax
+    import jax.numpy as jnp
+    from flax import linen as nn
+
+    def sums(a, b):  # per-channel sums of a and b in ONE pass (one variadic reduce)
+        axes = tuple(range(a.ndim - 1))
+        return jax.lax.reduce((a, b), (jnp.zeros((), a.dtype), jnp.zeros((), b.dtype)),
+                              lambda p, q: (p[0] + q[0], p[1] + q[1]), axes)
+
+    def forward(x, scale, bias, eps):
+        n = x.size // x.shape[-1]
+        s, ss = sums(x, x * x)
+        mean = s / n
+        var = jnp.maximum(ss / n - mean * mean, 0.0)  # flax's fast variance, clipped as flax does
+        rstd = jax.lax.rsqrt(var + eps)
+        return (x - mean) * (rstd * scale) + bias, mean, var, rstd
+
+    @partial(jax.custom_vjp, nondiff_argnums=(3,))
+    def train_norm(x, scale, bias, eps):
+        """(y, mean, var); mean and var feed only the running averages: their cotangents are ignored."""
+        return forward(x, scale, bias, eps)[:3]
+
+    def fwd(x, scale, bias, eps):
+        y, mean, var, rstd = forward(x, scale, bias, eps)
+        return (y, mean, var), (x, scale, mean, rstd)
+
+    def bwd(eps, res, g):
+        x, scale, mean, rstd = res
+        dy = g[0]
+        n = x.size // x.shape[-1]
+        xhat = (x - mean) * rstd
+        s_dy, s_dyx = sums(dy, dy * xhat)
+        dx = (scale * rstd) * (dy - s_dy / n - xhat * (s_dyx / n))
+        return dx, s_dyx, s_dy
+
+    train_norm.defvjp(fwd, bwd)
+
+    class OnePassBatchNorm(nn.Module):
+        use_running_average: bool | None = None
+        momentum: float = 0.99
+        epsilon: float = 1e-5
+        dtype: object = None
+        param_dtype: object = jnp.float32
+
+        @nn.compact
+        def __call__(self, x, use_running_average: bool | None = None):
+            use_ra = nn.merge_param("use_running_average", self.use_running_average, use_running_average)
+            c = x.shape[-1]
+            scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
+            bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
+            ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+            ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+            x32 = jnp.asarray(x, jnp.float32)
+            if use_ra:
+                y = (x32 - ra_mean.value) * (jax.lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
+            else:
+                y, mean, var = train_norm(x32, jnp.asarray(scale, jnp.float32), jnp.asarray(bias, jnp.float32),
+                                          self.epsilon)
+                if not self.is_initializing():
+                    ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+                    ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+            return jnp.asarray(y, self.dtype or x.dtype)
+
+    return OnePassBatchNorm
+
+
+def probe_bn(args) -> None:
+    """The DCGAN train step with flax's nn.BatchNorm vs `one_pass_batch_norm()` (swapped in
+    while the trainer is built and compiled), after checking the candidate against
+    nn.BatchNorm (outputs, statistics, input/scale/bias gradients). Alternating `--reps`
+    rounds of 5 steps; prints best and median ms per step and the load average."""
+    import os
+    from unittest import mock
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import linen as nn
+
+    cand = one_pass_batch_norm()
+    rng = np.random.default_rng(0)
+    x64 = rng.normal(1.0, 2.0, (128, 14, 14, 64))
+    w = rng.normal(size=(64,))
+
+    def run(layer, dtype):  # outputs, statistics, params and input gradients of a smooth loss
+        x = jnp.asarray(x64, dtype)
+        v = jax.tree.map(lambda a: jnp.asarray(a, dtype), layer.init(jax.random.key(0), x))
+
+        def loss(p, x):
+            y, upd = layer.apply({**v, "params": p}, x, mutable=["batch_stats"])
+            return (jnp.tanh(y) * jnp.asarray(w, dtype)).sum(), (y, upd["batch_stats"])
+
+        (_, aux), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(v["params"], x)
+        return [np.asarray(a, np.float64) for a in jax.tree.leaves((aux, grads))]
+
+    layers = {"flax": nn.BatchNorm(use_running_average=False, momentum=0.9, dtype=None),
+              "one-pass": cand(use_running_average=False, momentum=0.9)}
+    with jax.enable_x64():  # the reference: flax's layer in float64
+        ref = run(nn.BatchNorm(use_running_average=False, momentum=0.9, param_dtype=jnp.float64), jnp.float64)
+    got = {name: run(layer, jnp.float32) for name, layer in layers.items()}
+
+    def rel(a, b):  # worst leaf: max |a - b| / max |b|
+        return max(float(np.abs(x - y).max() / np.abs(y).max()) for x, y in zip(a, b))
+
+    print(f"bn: on (128, 14, 14, 64), max relative difference over outputs, statistics and gradients: "
+          f"one-pass vs flax {rel(got['one-pass'], got['flax']):.1e}; vs float64: flax {rel(got['flax'], ref):.1e}, "
+          f"one-pass {rel(got['one-pass'], ref):.1e}")
+    data = _data()
+    trainers = {"flax nn.BatchNorm": _trainer("dcgan", data)}
+    with mock.patch.object(nn, "BatchNorm", cand):
+        trainers["one-pass"] = _trainer("dcgan", data)
+        trainers["one-pass"].run(1)  # traced and compiled with the candidate
+    times = {name: [] for name in trainers}
+    for tr in trainers.values():
+        tr.run(3)
+    loads = [os.getloadavg()[0]]
+    for _ in range(args.reps):
+        for name, tr in trainers.items():
+            times[name].append(1e3 * tr.run(5) / 5)
+        loads.append(os.getloadavg()[0])
+    print(f"bn dcgan step ({args.reps} alternating rounds of 5 steps, load average {min(loads):.1f}-{max(loads):.1f}): "
+          + "; ".join(f"{n} {min(t):.1f} ms (median {statistics.median(t):.1f})" for n, t in times.items())
+          + f"; one-pass/flax median {statistics.median(times['one-pass']) / statistics.median(times['flax nn.BatchNorm']):.2f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("probe", choices=("matmul", "conv", "floor", "batch", "options", "scan", "lstm", "transpose", "profile", "all"))
+    p.add_argument("probe", choices=("matmul", "conv", "floor", "batch", "options", "scan", "lstm", "transpose", "profile", "bn", "all"))
     p.add_argument("--models", nargs="+", default=list(MODELS))
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
@@ -630,7 +768,7 @@ def main() -> None:
 
     compare.setup_torch(args.threads)
     probes = {"matmul": probe_matmul, "conv": probe_conv, "floor": probe_floor, "batch": probe_batch,
-              "options": probe_options, "scan": probe_scan, "lstm": probe_lstm, "transpose": probe_transpose, "profile": probe_profile}
+              "options": probe_options, "scan": probe_scan, "lstm": probe_lstm, "transpose": probe_transpose, "profile": probe_profile, "bn": probe_bn}
     for name in probes if args.probe == "all" else [args.probe]:
         probes[name](args)
         sys.stdout.flush()
