@@ -355,12 +355,14 @@ _HLO_COMP = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+) .*\{\s*$")
 
 
 def parse_hlo(text: str) -> dict:
-    """Optimized HLO text (`compiled.as_text()`) -> {name: {"op", "shape", "ops", "what", "layers"}}.
+    """Optimized HLO text (`compiled.as_text()`) -> {name: {"op", "shape", "operands", "ops",
+    "transposes", "what", "layers"}}.
 
     "ops": the opcodes of the instruction and, for a fusion, of its fused computation (nested
     calls followed); "what": the instruction's JAX op_name (else the most frequent among its
     fused ops) minus jit(...) and transform prefixes (e.g. "generator/bn_1/reduce_sum");
-    "layers": the layer paths of all its ops (e.g. ["bwd: generator/bn_1", "generator/bn_1"]).
+    "layers": the layer paths of all its ops (e.g. ["bwd: generator/bn_1", "generator/bn_1"]);
+    "transposes": the permutations of the transposes among them (e.g. "3,1,2,0").
     """
     comps: dict[str, list] = {}
     instrs: dict[str, dict] = {}
@@ -375,31 +377,37 @@ def parse_hlo(text: str) -> dict:
             continue
         calls = re.findall(r"(?:calls|to_apply|body|condition)=%?([\w.\-]+)", line)
         op_name = re.search(r'op_name="([^"]*)"', line)
+        args = re.search(re.escape(m.group(3)) + r"\(([^)]*)\)", line)
+        perm = re.search(r"dimensions=\{([\d,]*)\}", line) if m.group(3) == "transpose" else None
         rec = {"op": m.group(3), "shape": m.group(2).strip(), "calls": calls,
-               "op_name": op_name.group(1) if op_name else ""}
+               "op_name": op_name.group(1) if op_name else "", "perm": perm.group(1) if perm else None,
+               "operands": re.findall(r"%([\w.\-]+)", args.group(1)) if args else []}
         current.append(rec)
         instrs[m.group(1)] = rec
 
     def collect(rec, seen):
         ops, names = {rec["op"]}, [rec["op_name"]] if rec["op_name"] else []
+        perms = {rec["perm"]} if rec["perm"] else set()
         for c in rec["calls"]:
             if c in seen or c not in comps:
                 continue
             seen.add(c)
             for sub in comps[c]:
-                o, n = collect(sub, seen)
+                o, n, p = collect(sub, seen)
                 ops |= o
                 names += n
-        return ops, names
+                perms |= p
+        return ops, names, perms
 
     out = {}
     for name, rec in instrs.items():
-        ops, names = collect(rec, set())
+        ops, names, perms = collect(rec, set())
         ops -= {"parameter", "fusion"} if rec["calls"] else {"parameter"}
         whats = [_short_op_name(n) for n in names if n]
         what = _short_op_name(rec["op_name"]) if rec["op_name"] else max(set(whats), key=whats.count) if whats else ""
         layers = sorted({_short_op_name(n).rsplit("/", 1)[0] for n in names if "/" in _short_op_name(n)})
-        out[name] = {"op": rec["op"], "shape": rec["shape"], "ops": sorted(ops), "what": what, "layers": layers}
+        out[name] = {"op": rec["op"], "shape": rec["shape"], "operands": rec["operands"], "ops": sorted(ops),
+                     "transposes": sorted(perms), "what": what, "layers": layers}
     return out
 
 
@@ -490,6 +498,14 @@ def _gaps(kernels, is_async=lambda e: False):
     return out
 
 
+def kernel_gradient_convs(hlo: dict) -> list[str]:
+    """The convolutions of parse_hlo's dict that compute a kernel gradient: XLA:CPU writes one
+    as a convolution whose input is the layer input with batch and channels swapped (a
+    transpose with permutation 3,1,2,0), its window as large as the layer's output map."""
+    return sorted(name for name, rec in hlo.items() if rec["op"] == "convolution" and rec["operands"]
+                  and "3,1,2,0" in hlo.get(rec["operands"][0], {}).get("transposes", []))
+
+
 def summarize_trace(trace: dict, hlo: dict | None = None, host_marker: str = "run_chunk", top: int = 15,
                     select: str | None = None) -> dict:
     """Aggregates a jax.profiler trace (the parsed Chrome/Perfetto JSON) of N train steps.
@@ -506,7 +522,9 @@ def summarize_trace(trace: dict, hlo: dict | None = None, host_marker: str = "ru
     exclusive event time (> busy when threads overlap); `tail`, `between_steps`; `host` = time in
     events whose name contains `host_marker` (Python dispatch), `host_exposed` its part with no
     kernel event open. `kernels`: the top `top` by event + tail time, `categories`: CATEGORIES;
-    `selected`: every kernel one of whose HLO layer paths contains `select` (e.g. "bn_").
+    `selected`: every kernel one of whose HLO layer paths contains `select` (e.g. "bn_");
+    `kernel_grad`: XLA's kernel-gradient convolutions (see `kernel_gradient_convs`) and the
+    kernels producing their operands (the batch<->channel transposes), ms/step.
     """
     events = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X"]
     kernels = [e for e in events if "hlo_op" in e.get("args", {})]
@@ -543,7 +561,12 @@ def summarize_trace(trace: dict, hlo: dict | None = None, host_marker: str = "ru
         rows.append({"name": name, "ms": ms(us), "event_ms": ms(own[name]), "tail_ms": ms(tail.get(name, 0.0)),
                      "share": us / attributed, "category": cat, "what": rec.get("what", ""),
                      "shape": rec.get("shape", ""), "ops": [o for o in rec.get("ops", []) if o not in _TRIVIAL]})
+    conv_names = kernel_gradient_convs(hlo)
+    feeders = {o for n in conv_names for o in hlo[n]["operands"]}
     return {
+        "kernel_grad": {"convs": sorted(n for n in conv_names if n in total),
+                        "convs_ms": ms(sum(total.get(n, 0.0) for n in conv_names)),
+                        "operands_ms": ms(sum(total.get(n, 0.0) for n in feeders))},
         "steps": steps, "wall_ms": ms(wall), "busy_ms": ms(_union_length(spans)), "kernel_ms": ms(sum(own.values())),
         "tail_ms": ms(sum(tail.values())), "between_steps_ms": ms(between),
         "host_ms": ms(_union_length(host)), "host_exposed_ms": ms(_subtract_length(host, spans)),
@@ -560,6 +583,9 @@ def format_summary(model: str, s: dict, extra: str = "") -> str:
              f"({s['kernel_count']:.0f} kernels, some event open {s['busy_ms']:.1f} ms), async tails "
              f"{s['tail_ms']:.1f} ms, between steps {s['between_steps_ms']:.2f} ms; Python dispatch "
              f"{s['host_ms']:.2f} ms ({s['host_exposed_ms']:.2f} ms of it with no kernel event open)",
+             f"  kernel-gradient convolutions: {s['kernel_grad']['convs_ms']:.1f} ms/step "
+             f"({len(s['kernel_grad']['convs'])} convs), the kernels producing their operands (batch<->channel "
+             f"transposes): {s['kernel_grad']['operands_ms']:.1f} ms/step",
              "  categories (ms/step incl. async tails, share of kernel time):"]
     for c, v in sorted(s["categories"].items(), key=lambda kv: -kv[1]["ms"]):
         lines.append(f"    {c:26s} {v['ms']:7.2f} ms  {100 * v['share']:5.1f}%")

@@ -45,7 +45,7 @@ HLO = """HloModule jit_chunk, entry_computation_layout={(f32[8]{0})->f32[8]{0}}
 
 ENTRY %main.1 (p: f32[2,4,4,8]) -> f32[8] {
   %p = f32[2,4,4,8]{3,2,1,0} parameter(0)
-  %convolution.1 = f32[2,4,4,8]{3,2,1,0} convolution(%p, %k), window={size=3x3}, dim_labels=b01f_01io->b01f, metadata={op_name="jit(chunk)/jvp(Net)/conv_0/conv_general_dilated"}
+  %convolution.1 = f32[2,4,4,8]{3,2,1,0} convolution(%transpose_copy_fusion, %k), window={size=3x3}, dim_labels=b01f_01io->b01f, metadata={op_name="jit(chunk)/jvp(Net)/conv_0/conv_general_dilated"}
   %add_fusion = f32[8]{0} fusion(%a, %b), kind=kLoop, calls=%fused_add, metadata={op_name="jit(chunk)/jvp(Net)/dense/mul"}
   %transpose_copy_fusion = f32[8,4,4,2]{3,2,1,0} fusion(%convolution.1), kind=kLoop, calls=%fused_transpose
   %while.1 = (s32[], f32[8]) while(%t0), condition=%cond, body=%body
@@ -84,6 +84,10 @@ def test_parse_hlo_names_ops_layers_and_backward():
     assert set(hlo["reduce_fusion"]["ops"]) == {"reduce", "add"}  # the to_apply region followed
     assert hlo["while.1"]["op"] == "while" and hlo["while.1"]["shape"] == "(s32[], f32[8])"
     assert hlo["transpose_copy_fusion"]["ops"] == ["copy", "transpose"]
+    assert hlo["transpose_copy_fusion"]["transposes"] == ["3,1,2,0"]
+    assert hlo["convolution.1"]["operands"] == ["transpose_copy_fusion", "k"]
+    # a convolution over a batch<->channel transposed input: XLA's kernel-gradient form
+    assert cpu_probe.kernel_gradient_convs(hlo) == ["convolution.1"]
 
 
 def test_categorize_from_hlo_and_from_names():
@@ -121,6 +125,7 @@ def test_summarize_trace_per_step_times_tails_and_host():
                     "dot (XLA)": approx(1), "copy/transpose/pad/slice": approx(0.5), "fusion: reduction": approx(1.5)}
     assert sum(v["share"] for v in s["categories"].values()) == approx(1)
     assert [r["name"] for r in s["selected"]] == ["reduce_fusion"]
+    assert s["kernel_grad"] == {"convs": ["convolution.1"], "convs_ms": approx(2.5), "operands_ms": approx(0.5)}
     text = cpu_probe.format_summary("net", s)
     assert "convolution" in text and "selected kernels (1," in text
 
