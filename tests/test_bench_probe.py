@@ -3,13 +3,28 @@ HLO text: no profiling here, so the parser and the arithmetic can't rot unnotice
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import cpu_probe  # noqa: E402
+
+def _load_cpu_probe():
+    """bench/cpu_probe.py as a module, with sys.path restored afterwards: the script puts the
+    repository root and bench/ on it, which need not leak into the rest of the test session."""
+    path = Path(__file__).resolve().parents[1] / "bench" / "cpu_probe.py"
+    saved = list(sys.path)
+    try:
+        spec = importlib.util.spec_from_file_location("bench_cpu_probe", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = saved
+    return module
+
+
+cpu_probe = _load_cpu_probe()
 
 HLO = """HloModule jit_chunk, entry_computation_layout={(f32[8]{0})->f32[8]{0}}
 
