@@ -8,6 +8,8 @@
     python bench/cpu_probe.py scan        # CNN steps in a rolled lax.scan vs one step per dispatch
     python bench/cpu_probe.py lstm        # LSTM train step: zoo vs autodiff through flax's LSTM vs PyTorch
     python bench/cpu_probe.py transpose   # each transposed-conv formulation per zoo layer shape, fwd+bwd
+    python bench/cpu_probe.py profile     # jax.profiler trace of each train step: kernels by category, host share
+    python bench/cpu_probe.py bn          # DCGAN step: flax BatchNorm vs a one-pass candidate, alternating rounds
     python bench/cpu_probe.py all
 
 Each line printed is one measurement; run it on an otherwise idle machine. PyTorch uses
@@ -17,6 +19,9 @@ Each line printed is one measurement; run it on an otherwise idle machine. PyTor
 from __future__ import annotations
 
 import argparse
+import gzip
+import json
+import re
 import statistics
 import sys
 import time
@@ -330,18 +335,466 @@ def probe_transpose(args) -> None:
         sys.stdout.flush()
 
 
+# --------------------------------------------------------------------------------------------------
+# profile: jax.profiler traces of whole train steps, aggregated with the standard library
+
+
+# Kernel categories, in the order the tables list them.
+CATEGORIES = ("convolution", "dot (YNNPACK)", "dot (XLA)", "fusion: reduction", "fusion: elementwise",
+              "copy/transpose/pad/slice", "loop bookkeeping", "other")
+# HLO opcodes that only move or reshape data (a fusion of nothing else is "copy/transpose/pad/slice").
+_DATA_MOVEMENT = {"copy", "transpose", "bitcast", "reshape", "broadcast", "concatenate", "pad", "slice",
+                  "dynamic-slice", "dynamic-update-slice", "gather", "scatter", "iota", "parameter",
+                  "constant", "tuple", "get-tuple-element", "reverse"}
+_LOOP = {"while", "conditional", "call"}
+_ASYNC = {"convolution", "dot (XLA)"}  # XLA:CPU runs these on Eigen's pool after the thunk's event ends
+_TRIVIAL = {"bitcast", "constant", "broadcast", "reshape", "tuple", "get-tuple-element"}  # left out of printed op lists
+
+_HLO_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+) = (.*?)\s([a-z][\w\-]*)\(")
+_HLO_COMP = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+) .*\{\s*$")
+
+
+def parse_hlo(text: str) -> dict:
+    """Optimized HLO text (`compiled.as_text()`) -> {name: {"op", "shape", "operands", "ops",
+    "transposes", "what", "layers"}}.
+
+    "ops": the opcodes of the instruction and, for a fusion, of its fused computation (nested
+    calls followed); "what": the instruction's JAX op_name (else the most frequent among its
+    fused ops) minus jit(...) and transform prefixes (e.g. "generator/bn_1/reduce_sum");
+    "layers": the layer paths of all its ops (e.g. ["bwd: generator/bn_1", "generator/bn_1"]);
+    "transposes": the permutations of the transposes among them (e.g. "3,1,2,0").
+    """
+    comps: dict[str, list] = {}
+    instrs: dict[str, dict] = {}
+    current = None
+    for line in text.splitlines():
+        m = _HLO_COMP.match(line)
+        if m and not line.startswith(" "):
+            current = comps.setdefault(m.group(1), [])
+            continue
+        m = _HLO_INSTR.match(line)
+        if not m or current is None:
+            continue
+        calls = re.findall(r"(?:calls|to_apply|body|condition)=%?([\w.\-]+)", line)
+        op_name = re.search(r'op_name="([^"]*)"', line)
+        args = re.search(re.escape(m.group(3)) + r"\(([^)]*)\)", line)
+        perm = re.search(r"dimensions=\{([\d,]*)\}", line) if m.group(3) == "transpose" else None
+        rec = {"op": m.group(3), "shape": m.group(2).strip(), "calls": calls,
+               "op_name": op_name.group(1) if op_name else "", "perm": perm.group(1) if perm else None,
+               "operands": re.findall(r"%([\w.\-]+)", args.group(1)) if args else []}
+        current.append(rec)
+        instrs[m.group(1)] = rec
+
+    def collect(rec, seen):
+        ops, names = {rec["op"]}, [rec["op_name"]] if rec["op_name"] else []
+        perms = {rec["perm"]} if rec["perm"] else set()
+        for c in rec["calls"]:
+            if c in seen or c not in comps:
+                continue
+            seen.add(c)
+            for sub in comps[c]:
+                o, n, p = collect(sub, seen)
+                ops |= o
+                names += n
+                perms |= p
+        return ops, names, perms
+
+    out = {}
+    for name, rec in instrs.items():
+        ops, names, perms = collect(rec, set())
+        ops -= {"parameter", "fusion"} if rec["calls"] else {"parameter"}
+        whats = [_short_op_name(n) for n in names if n]
+        what = _short_op_name(rec["op_name"]) if rec["op_name"] else max(set(whats), key=whats.count) if whats else ""
+        layers = sorted({_short_op_name(n).rsplit("/", 1)[0] for n in names if "/" in _short_op_name(n)})
+        out[name] = {"op": rec["op"], "shape": rec["shape"], "operands": rec["operands"], "ops": sorted(ops),
+                     "transposes": sorted(perms), "what": what, "layers": layers}
+    return out
+
+
+def _short_op_name(op_name: str) -> str:
+    """'jit(chunk)/transpose(jvp(DCGAN.generate))/generator/bn_1/reduce_sum' -> 'generator/bn_1/reduce_sum'
+    (with "bwd: " in front when the op is part of a backward pass: transpose(...))."""
+    parts = [p for p in op_name.split("/") if p and "(" not in p and p not in ("while", "body", "cond")]
+    return ("bwd: " if "transpose(" in op_name else "") + "/".join(parts[-3:])
+
+
+def categorize(name: str, hlo: dict | None = None) -> str:
+    """One of CATEGORIES for the kernel (thunk) `name`, from its HLO opcodes where `hlo`
+    (parse_hlo's record of it) is known, else from the opcodes XLA puts in the name."""
+    if hlo:
+        ops, root = set(hlo["ops"]), hlo["op"]
+    else:
+        base = re.sub(r"\.\d+$", "", name)
+        root = base.split("_")[-1] if base.endswith("fusion") else base.replace("wrapped_", "")
+        ops = set(base.replace("wrapped_", "").split("_")) - {"fusion"}
+    if root in _LOOP:
+        return "loop bookkeeping"
+    if "convolution" in ops or name.startswith(("convolution", "conv_general")):
+        return "convolution"
+    if "dot" in ops or name.startswith("dot"):
+        return "dot (YNNPACK)" if name.startswith("ynn") else "dot (XLA)"
+    if hlo and hlo["shape"].split("{")[0] in ("s32[]", "pred[]", "u32[]"):
+        return "loop bookkeeping"  # scalar counters and loop conditions
+    if "reduce" in ops:
+        return "fusion: reduction"
+    if ops and ops <= _DATA_MOVEMENT:
+        return "copy/transpose/pad/slice"
+    if ops - _DATA_MOVEMENT:
+        return "fusion: elementwise"
+    return "other"
+
+
+def _union_length(intervals) -> float:
+    """Total length covered by (start, end) intervals."""
+    total, end = 0.0, float("-inf")
+    for s, e in sorted(intervals):
+        if e > end:
+            total += e - max(s, end)
+            end = e
+    return total
+
+
+def _subtract_length(intervals, minus) -> float:
+    """Length of the union of `intervals` not covered by the union of `minus`."""
+    return _union_length(list(intervals) + list(minus)) - _union_length(minus)
+
+
+def _self_times(events) -> list[float]:
+    """Exclusive duration of each event (`ts`, `dur`): its duration minus that of the events
+    nested in it on the same thread (a while thunk contains its body's kernels)."""
+    selfs = [e["dur"] for e in events]
+    by_tid: dict = {}
+    for i, e in enumerate(events):
+        by_tid.setdefault(e["tid"], []).append(i)
+    for idx in by_tid.values():
+        stack: list[int] = []
+        for i in sorted(idx, key=lambda i: (events[i]["ts"], -events[i]["dur"])):
+            e = events[i]
+            while stack and events[stack[-1]]["ts"] + events[stack[-1]]["dur"] <= e["ts"]:
+                stack.pop()
+            if stack:
+                selfs[stack[-1]] -= e["dur"]
+            stack.append(i)
+    return selfs
+
+
+def _gaps(kernels, is_async=lambda e: False):
+    """Stretches of the timeline with no kernel event open on any thread, as (length, owner,
+    between_steps). Within a step the owner is the last kernel of that step launched before the
+    gap for which `is_async(e)` holds (its work may still be running in the thread pool), else
+    the kernel whose event ended last; between_steps: the gap separates two steps (run_ids)."""
+    order = sorted(kernels, key=lambda e: e["ts"])
+    run = lambda e: e["args"].get("run_id")  # noqa: E731
+    out, last, launched = [], order[0], order[0] if is_async(order[0]) else None
+    for e in order[1:]:
+        end = last["ts"] + last["dur"]
+        if e["ts"] > end:
+            owner = launched if launched is not None and run(launched) == run(e) else last
+            out.append((e["ts"] - end, owner, run(last) != run(e)))
+        if e["ts"] + e["dur"] > end:
+            last = e
+        if is_async(e):
+            launched = e
+    return out
+
+
+def kernel_gradient_convs(hlo: dict) -> list[str]:
+    """The convolutions of parse_hlo's dict that compute a kernel gradient: XLA:CPU writes one
+    as a convolution whose input is the layer input with batch and channels swapped (a
+    transpose with permutation 3,1,2,0), its window as large as the layer's output map."""
+    return sorted(name for name, rec in hlo.items() if rec["op"] == "convolution" and rec["operands"]
+                  and "3,1,2,0" in hlo.get(rec["operands"][0], {}).get("transposes", []))
+
+
+def summarize_trace(trace: dict, hlo: dict | None = None, host_marker: str = "run_chunk", top: int = 15,
+                    select: str | None = None) -> dict:
+    """Aggregates a jax.profiler trace (the parsed Chrome/Perfetto JSON) of N train steps.
+
+    Kernels are the events carrying an "hlo_op" argument (XLA:CPU's thunks, with
+    xla_cpu_enable_xprof_traceme); one step = one "run_id". XLA:CPU runs convolutions (and
+    Eigen dots) asynchronously: the thunk's event ends when the work is handed to the thread
+    pool, and the work shows up as a gap with no kernel running. So each gap inside a step is
+    added to the convolution or XLA dot launched last before it, or where none was launched yet
+    in that step, to the kernel whose event ended last ("tail"); gaps between the last kernel
+    of one step and the first of the next are "between steps" (host side: dispatch, argument
+    handling, waiting for the donated state). Everything is ms per step: `wall` = first kernel
+    start to last kernel end / N; `busy` = time some kernel event is open; `kernel` = summed
+    exclusive event time (> busy when threads overlap); `tail`, `between_steps`; `host` = time in
+    events whose name contains `host_marker` (Python dispatch), `host_exposed` its part with no
+    kernel event open. `kernels`: the top `top` by event + tail time, `categories`: CATEGORIES;
+    `selected`: every kernel one of whose HLO layer paths contains `select` (e.g. "bn_");
+    `kernel_grad`: XLA's kernel-gradient convolutions (see `kernel_gradient_convs`) and the
+    kernels producing their operands (the batch<->channel transposes), ms/step.
+    """
+    events = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X"]
+    kernels = [e for e in events if "hlo_op" in e.get("args", {})]
+    if not kernels:
+        raise ValueError("trace has no XLA kernel events (args.hlo_op): expected a trace taken with "
+                         "the xla_cpu_enable_xprof_traceme option, got none among "
+                         f"{len(events)} complete events")
+    steps = len({e["args"].get("run_id") for e in kernels})
+    wall = max(e["ts"] + e["dur"] for e in kernels) - min(e["ts"] for e in kernels)
+    spans = [(e["ts"], e["ts"] + e["dur"]) for e in kernels]
+    host = [(e["ts"], e["ts"] + e["dur"]) for e in events
+            if host_marker in e["name"] and "hlo_op" not in e.get("args", {})]
+    hlo = hlo or {}
+    own: dict[str, float] = {}
+    tail: dict[str, float] = {}
+    for e, self_us in zip(kernels, _self_times(kernels)):
+        own[e["name"]] = own.get(e["name"], 0.0) + self_us
+    cat_of = {name: categorize(name, hlo.get(name)) for name in own}
+    between = 0.0
+    for length, owner, between_steps in _gaps(kernels, lambda e: cat_of[e["name"]] in _ASYNC):
+        if between_steps:
+            between += length
+        else:
+            tail[owner["name"]] = tail.get(owner["name"], 0.0) + length
+    total = {n: own[n] + tail.get(n, 0.0) for n in own}
+    attributed = sum(total.values())
+    ms = lambda us: us / 1e3 / steps  # noqa: E731
+    cats = {c: 0.0 for c in CATEGORIES}
+    rows = []
+    for name, us in sorted(total.items(), key=lambda kv: -kv[1]):
+        cat = cat_of[name]
+        cats[cat] += us
+        rec = hlo.get(name, {})
+        rows.append({"name": name, "ms": ms(us), "event_ms": ms(own[name]), "tail_ms": ms(tail.get(name, 0.0)),
+                     "share": us / attributed, "category": cat, "what": rec.get("what", ""),
+                     "shape": rec.get("shape", ""), "ops": [o for o in rec.get("ops", []) if o not in _TRIVIAL]})
+    conv_names = kernel_gradient_convs(hlo)
+    feeders = {o for n in conv_names for o in hlo[n]["operands"]}
+    return {
+        "kernel_grad": {"convs": sorted(n for n in conv_names if n in total),
+                        "convs_ms": ms(sum(total.get(n, 0.0) for n in conv_names)),
+                        "operands_ms": ms(sum(total.get(n, 0.0) for n in feeders))},
+        "steps": steps, "wall_ms": ms(wall), "busy_ms": ms(_union_length(spans)), "kernel_ms": ms(sum(own.values())),
+        "tail_ms": ms(sum(tail.values())), "between_steps_ms": ms(between),
+        "host_ms": ms(_union_length(host)), "host_exposed_ms": ms(_subtract_length(host, spans)),
+        "kernels": rows[:top], "kernel_count": len(kernels) / steps,
+        "selected": [r for r in rows if select and any(select in x for x in hlo.get(r["name"], {}).get("layers", []))],
+        "categories": {c: {"ms": ms(us), "share": us / attributed} for c, us in cats.items() if us},
+    }
+
+
+def format_summary(model: str, s: dict, extra: str = "") -> str:
+    """summarize_trace's dict as the text block of results/profile_cpu.txt."""
+    lines = [f"profile {model}: {s['steps']} steps{extra}",
+             f"  per step: wall {s['wall_ms']:.1f} ms (first to last kernel); kernel events {s['kernel_ms']:.1f} ms "
+             f"({s['kernel_count']:.0f} kernels, some event open {s['busy_ms']:.1f} ms), async tails "
+             f"{s['tail_ms']:.1f} ms, between steps {s['between_steps_ms']:.2f} ms; Python dispatch "
+             f"{s['host_ms']:.2f} ms ({s['host_exposed_ms']:.2f} ms of it with no kernel event open)",
+             f"  kernel-gradient convolutions: {s['kernel_grad']['convs_ms']:.1f} ms/step "
+             f"({len(s['kernel_grad']['convs'])} convs), the kernels producing their operands (batch<->channel "
+             f"transposes): {s['kernel_grad']['operands_ms']:.1f} ms/step",
+             "  categories (ms/step incl. async tails, share of kernel time):"]
+    for c, v in sorted(s["categories"].items(), key=lambda kv: -kv[1]["ms"]):
+        lines.append(f"    {c:26s} {v['ms']:7.2f} ms  {100 * v['share']:5.1f}%")
+    blocks = [("top kernels", s["kernels"])]
+    if s.get("selected"):
+        sel = s["selected"]
+        blocks.append((f"selected kernels ({len(sel)}, {sum(r['ms'] for r in sel):.2f} ms/step, "
+                       f"{100 * sum(r['share'] for r in sel):.1f}%)", sel))
+    for title, rows in blocks:
+        lines.append(f"  {title} (ms/step = event + async tail; share; category; HLO shape; JAX op; fused ops):")
+        lines += [f"    {r['name']:30s} {r['ms']:6.2f} ms (tail {r['tail_ms']:5.2f}) {100 * r['share']:5.1f}%  "
+                  f"{r['category']:24s} {r['shape'].split('{')[0]:22s} {r['what']}  [{' '.join(r['ops'])}]" for r in rows]
+    return "\n".join(lines)
+
+
+def load_trace(log_dir) -> dict:
+    """The newest perfetto_trace.json.gz under a jax.profiler.trace log_dir, parsed."""
+    files = sorted(Path(log_dir).glob("plugins/profile/*/perfetto_trace.json.gz"), key=lambda p: p.stat().st_mtime)
+    if not files:
+        raise ValueError(f"{log_dir}: expected plugins/profile/*/perfetto_trace.json.gz, found none")
+    with gzip.open(files[-1], "rt") as f:
+        return json.load(f)
+
+
+def probe_profile(args) -> None:
+    """Each model's engine train step (compare.py's trainer, the engine's CPU options plus
+    xla_cpu_enable_xprof_traceme for per-kernel events): warm up, trace `--steps` steps with
+    jax.profiler, aggregate (summarize_trace) with the optimized HLO's names (parse_hlo).
+    Traces and HLO go to --trace-dir; prints one block per model."""
+    import os
+    import tempfile
+
+    import jax
+
+    from train import parallel
+
+    out = Path(args.trace_dir or tempfile.mkdtemp(prefix="zoo_profile_"))
+    out.mkdir(parents=True, exist_ok=True)
+    data = _data()
+    print(f"profile: load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} (traces, HLO: {out})")
+    for model in args.models:
+        options = {**(parallel.compiler_options() or {}), "xla_cpu_enable_xprof_traceme": True}
+        tr = _trainer(model, data, options=options)
+        idx = tr.strategy.place_indices(tr._idx(1))
+        text = tr.strategy._chunk.lower(tr.state, tr.data, idx).compile().as_text()
+        (out / f"{model}.hlo.txt").write_text(text)
+        tr.run(3)
+        c0 = time.process_time()  # untraced steps of the same program: wall and process CPU (all threads)
+        wall = tr.run(args.steps) / args.steps
+        cpu = (time.process_time() - c0) / args.steps
+        with jax.profiler.trace(out / model, create_perfetto_trace=True):
+            tr.run(args.steps)
+        s = summarize_trace(load_trace(out / model), parse_hlo(text), select=args.select)
+        print(format_summary(model, s, f"; untraced: {1e3 * wall:.1f} ms/step wall, {1e3 * cpu:.1f} ms/step "
+                                       f"process CPU; load average {os.getloadavg()[0]:.1f}"))
+        sys.stdout.flush()
+
+
+# --------------------------------------------------------------------------------------------------
+# bn: a one-pass batch norm (candidate) against flax's nn.BatchNorm in the DCGAN step
+
+
+def one_pass_batch_norm():
+    """A BatchNorm candidate with flax nn.BatchNorm's parameters, statistics and (training)
+    arithmetic, whose forward reads the input once for both statistics (a variadic reduce of
+    x and x*x) and whose hand-written backward reads (dy, x) once for sum(dy) and
+    sum(dy * xhat). Returns the module class (defined here so cpu_probe imports no jax)."""
+    from functools import partial
+
+    import jax
+    import jax.numpy as jnp
+    from flax import linen as nn
+
+    def sums(a, b):  # per-channel sums of a and b in ONE pass (one variadic reduce)
+        axes = tuple(range(a.ndim - 1))
+        return jax.lax.reduce((a, b), (jnp.zeros((), a.dtype), jnp.zeros((), b.dtype)),
+                              lambda p, q: (p[0] + q[0], p[1] + q[1]), axes)
+
+    def forward(x, scale, bias, eps):
+        n = x.size // x.shape[-1]
+        s, ss = sums(x, x * x)
+        mean = s / n
+        var = jnp.maximum(ss / n - mean * mean, 0.0)  # flax's fast variance, clipped as flax does
+        rstd = jax.lax.rsqrt(var + eps)
+        return (x - mean) * (rstd * scale) + bias, mean, var, rstd
+
+    @partial(jax.custom_vjp, nondiff_argnums=(3,))
+    def train_norm(x, scale, bias, eps):
+        """(y, mean, var); mean and var feed only the running averages: their cotangents are ignored."""
+        return forward(x, scale, bias, eps)[:3]
+
+    def fwd(x, scale, bias, eps):
+        y, mean, var, rstd = forward(x, scale, bias, eps)
+        return (y, mean, var), (x, scale, mean, rstd)
+
+    def bwd(eps, res, g):
+        x, scale, mean, rstd = res
+        dy = g[0]
+        n = x.size // x.shape[-1]
+        xhat = (x - mean) * rstd
+        s_dy, s_dyx = sums(dy, dy * xhat)
+        dx = (scale * rstd) * (dy - s_dy / n - xhat * (s_dyx / n))
+        return dx, s_dyx, s_dy
+
+    train_norm.defvjp(fwd, bwd)
+
+    class OnePassBatchNorm(nn.Module):
+        use_running_average: bool | None = None
+        momentum: float = 0.99
+        epsilon: float = 1e-5
+        dtype: object = None
+        param_dtype: object = jnp.float32
+
+        @nn.compact
+        def __call__(self, x, use_running_average: bool | None = None):
+            use_ra = nn.merge_param("use_running_average", self.use_running_average, use_running_average)
+            c = x.shape[-1]
+            scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
+            bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
+            ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+            ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+            x32 = jnp.asarray(x, jnp.float32)
+            if use_ra:
+                y = (x32 - ra_mean.value) * (jax.lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
+            else:
+                y, mean, var = train_norm(x32, jnp.asarray(scale, jnp.float32), jnp.asarray(bias, jnp.float32),
+                                          self.epsilon)
+                if not self.is_initializing():
+                    ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+                    ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+            return jnp.asarray(y, self.dtype or x.dtype)
+
+    return OnePassBatchNorm
+
+
+def probe_bn(args) -> None:
+    """The DCGAN train step with flax's nn.BatchNorm vs `one_pass_batch_norm()` (swapped in
+    while the trainer is built and compiled), after checking the candidate against
+    nn.BatchNorm (outputs, statistics, input/scale/bias gradients). Alternating `--reps`
+    rounds of 5 steps; prints best and median ms per step and the load average."""
+    import os
+    from unittest import mock
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import linen as nn
+
+    cand = one_pass_batch_norm()
+    rng = np.random.default_rng(0)
+    x64 = rng.normal(1.0, 2.0, (128, 14, 14, 64))
+    w = rng.normal(size=(64,))
+
+    def run(layer, dtype):  # outputs, statistics, params and input gradients of a smooth loss
+        x = jnp.asarray(x64, dtype)
+        v = jax.tree.map(lambda a: jnp.asarray(a, dtype), layer.init(jax.random.key(0), x))
+
+        def loss(p, x):
+            y, upd = layer.apply({**v, "params": p}, x, mutable=["batch_stats"])
+            return (jnp.tanh(y) * jnp.asarray(w, dtype)).sum(), (y, upd["batch_stats"])
+
+        (_, aux), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(v["params"], x)
+        return [np.asarray(a, np.float64) for a in jax.tree.leaves((aux, grads))]
+
+    layers = {"flax": nn.BatchNorm(use_running_average=False, momentum=0.9, dtype=None),
+              "one-pass": cand(use_running_average=False, momentum=0.9)}
+    with jax.enable_x64():  # the reference: flax's layer in float64
+        ref = run(nn.BatchNorm(use_running_average=False, momentum=0.9, param_dtype=jnp.float64), jnp.float64)
+    got = {name: run(layer, jnp.float32) for name, layer in layers.items()}
+
+    def rel(a, b):  # worst leaf: max |a - b| / max |b|
+        return max(float(np.abs(x - y).max() / np.abs(y).max()) for x, y in zip(a, b))
+
+    print(f"bn: on (128, 14, 14, 64), max relative difference over outputs, statistics and gradients: "
+          f"one-pass vs flax {rel(got['one-pass'], got['flax']):.1e}; vs float64: flax {rel(got['flax'], ref):.1e}, "
+          f"one-pass {rel(got['one-pass'], ref):.1e}")
+    data = _data()
+    trainers = {"flax nn.BatchNorm": _trainer("dcgan", data)}
+    with mock.patch.object(nn, "BatchNorm", cand):
+        trainers["one-pass"] = _trainer("dcgan", data)
+        trainers["one-pass"].run(1)  # traced and compiled with the candidate
+    times = {name: [] for name in trainers}
+    for tr in trainers.values():
+        tr.run(3)
+    loads = [os.getloadavg()[0]]
+    for _ in range(args.reps):
+        for name, tr in trainers.items():
+            times[name].append(1e3 * tr.run(5) / 5)
+        loads.append(os.getloadavg()[0])
+    print(f"bn dcgan step ({args.reps} alternating rounds of 5 steps, load average {min(loads):.1f}-{max(loads):.1f}): "
+          + "; ".join(f"{n} {min(t):.1f} ms (median {statistics.median(t):.1f})" for n, t in times.items())
+          + f"; one-pass/flax median {statistics.median(times['one-pass']) / statistics.median(times['flax nn.BatchNorm']):.2f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("probe", choices=("matmul", "conv", "floor", "batch", "options", "scan", "lstm", "transpose", "all"))
+    p.add_argument("probe", choices=("matmul", "conv", "floor", "batch", "options", "scan", "lstm", "transpose", "profile", "bn", "all"))
     p.add_argument("--models", nargs="+", default=list(MODELS))
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=int, default=5, help="profile: traced steps per model")
+    p.add_argument("--select", default="bn_", help="profile: also list every kernel of the layers whose path contains this")
+    p.add_argument("--trace-dir", default=None, help="profile: where traces and HLO go (default: a temp dir)")
     args = p.parse_args()
     import compare
 
     compare.setup_torch(args.threads)
     probes = {"matmul": probe_matmul, "conv": probe_conv, "floor": probe_floor, "batch": probe_batch,
-              "options": probe_options, "scan": probe_scan, "lstm": probe_lstm, "transpose": probe_transpose}
+              "options": probe_options, "scan": probe_scan, "lstm": probe_lstm, "transpose": probe_transpose, "profile": probe_profile, "bn": probe_bn}
     for name in probes if args.probe == "all" else [args.probe]:
         probes[name](args)
         sys.stdout.flush()
