@@ -507,3 +507,20 @@ def test_import_zoo_is_light():
         "'orbax.checkpoint', 'torch', 'train') if m in sys.modules]; print(heavy); assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_init_compiles_fast_on_cpu_and_works_inside_a_trace():
+    """zoo.init compiles its one-shot program without LLVM optimization on CPU; called inside
+    another trace (jit, eval_shape) it becomes part of that program, with the same values up
+    to the last bit of rounding."""
+    assert registry.init_compiler_options() == (registry.INIT_CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu"
+                                                else None)
+    key = jax.random.key(3)
+    top = zoo.init("cnn", key)
+    inside = jax.jit(lambda k: zoo.init("cnn", k))(key)
+    shapes = jax.eval_shape(lambda k: zoo.init("cnn", k), key)
+    assert jax.tree.structure(top) == jax.tree.structure(inside) == jax.tree.structure(shapes)
+    for a, b in zip(jax.tree.leaves(top), jax.tree.leaves(inside)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    again = zoo.init("cnn", key)  # deterministic
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(top), jax.tree.leaves(again)))

@@ -8,6 +8,7 @@ resumed from any checkpoint replays the uninterrupted run exactly, metrics.jsonl
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import signal
 import time
@@ -447,14 +448,17 @@ def fit(cfg: Config, workdir: str | Path, *, log=print, model=None, task: tasks.
     return Result(record, run.strategy.unreplicate(run.state))
 
 
-@jax.jit
-def _finite(leaves):
-    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in leaves] or [True]))
+@functools.cache
+def _finite_program():
+    """The all-finite reduction, compiled fast (it runs once per checkpoint), on first use: the
+    backend must not start at import (jax.distributed.initialize comes first)."""
+    return jax.jit(lambda leaves: jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in leaves] or [True])),
+                   compiler_options=zoo.registry.init_compiler_options())
 
 
 def all_finite(tree) -> bool:
     """Whether every floating-point leaf of `tree` is finite (one small device reduction)."""
-    return bool(_finite([x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]))
+    return bool(_finite_program()([x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]))
 
 
 def _check_same_run(saved: dict, cfg: Config) -> None:

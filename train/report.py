@@ -20,6 +20,26 @@ def is_writer() -> bool:
     return jax.process_index() == 0
 
 
+def summary_writer_class():
+    """tensorboardX's SummaryWriter, imported without its optional `import torch`.
+
+    tensorboardX imports torch whenever torch is installed (about 2 s of a run's start-up on
+    this CPU) only for a type annotation; torch tensors it still recognises by their type's
+    name, importing torch then. The engine logs Python floats. While tensorboardX loads,
+    `import torch` is made to fail (sys.modules["torch"] = None); the entry is removed after,
+    so a later `import torch` works. Nothing changes when either is already imported.
+    """
+    if "torch" not in sys.modules and "tensorboardX" not in sys.modules:
+        sys.modules["torch"] = None
+        try:
+            from tensorboardX import SummaryWriter
+        finally:
+            del sys.modules["torch"]
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter
+
+
 class MetricsLog:
     """Appends one JSON line per record to metrics.jsonl and mirrors scalars to TensorBoard."""
 
@@ -27,9 +47,7 @@ class MetricsLog:
         self.path = Path(workdir) / "metrics.jsonl"
         self._tb = None
         if tensorboard and is_writer():
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(str(Path(workdir) / "tb"))
+            self._tb = summary_writer_class()(str(Path(workdir) / "tb"))
 
     def truncate(self, step: int) -> None:
         """Drops the records logged after `step`: a resumed run replays (and logs) them again."""
