@@ -10,6 +10,7 @@
     python bench/cpu_probe.py transpose   # each transposed-conv formulation per zoo layer shape, fwd+bwd
     python bench/cpu_probe.py profile     # jax.profiler trace of each train step: kernels by category, host share
     python bench/cpu_probe.py bn          # DCGAN step: flax BatchNorm vs a one-pass candidate, alternating rounds
+    python bench/cpu_probe.py convgrad    # conv kernel gradients as matmuls vs XLA's: per layer, then train steps A/B
     python bench/cpu_probe.py all
 
 Each line printed is one measurement; run it on an otherwise idle machine. PyTorch uses
@@ -780,21 +781,231 @@ def probe_bn(args) -> None:
           + f"; one-pass/flax median {statistics.median(times['one-pass']) / statistics.median(times['flax nn.BatchNorm']):.2f}")
 
 
+# --------------------------------------------------------------------------------------------------
+# convgrad: a stride-1 VALID conv's kernel gradient as matmuls instead of XLA's convolution (issue #15)
+
+CONV_MODELS = ("cnn", "autoencoder", "dcgan")  # the models whose steps run layers.conv2d
+# (batch, H, W, Cin, k, Cout) of every stride-1 VALID conv the zoo's conv models run through
+# lax.conv_general_dilated (layers.conv2d above IM2COL_MAX_CHANNELS input channels).
+CONVGRAD_SHAPES = [
+    (64, 16, 16, 32, 3, 64, "cnn conv_1 (3x3 pad 1)"),
+    (128, 8, 8, 128, 2, 64, "autoencoder enc_1, dcgan D conv_1 / G deconv_1 phase (2x2 after space-to-depth)"),
+    (128, 10, 10, 16, 4, 64, "autoencoder dec_0 (stride-1 transposed conv)"),
+    (128, 8, 8, 64, 2, 32, "autoencoder dec_1 phase (subpixel)"),
+]
+
+
+def _valid_conv(x, kernel):
+    import jax
+
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def kernel_grad_candidates() -> dict:
+    """name -> dw(x, dy, kernel_shape): the kernel gradient of `_valid_conv` (x (B, H, W, Cin),
+    dy (B, Ho, Wo, Cout) -> (kh, kw, Cin, Cout)) computed with matmuls:
+
+    - "patches": im2col patches (B*Ho*Wo, kh*kw*Cin) by slices + concat, then ONE matmul
+      contracting B*Ho*Wo with dy (B*Ho*Wo, Cout);
+    - "lax-patches": the same with lax.conv_general_dilated_patches (features Cin-major);
+    - "taps": kh*kw matmuls dy^T (Cout, B*Ho*Wo) @ x's shifted slice (B*Ho*Wo, Cin), no patch copy;
+    - "taps-xT": x transposed once to (Cin, B, H, W) so each tap's dot is in standard layout
+      (Cin, B*Ho*Wo) @ (B*Ho*Wo, Cout); the transpose is kept by an optimization barrier;
+    - "patches-xT": those transposed slices concatenated, ONE (kh*kw*Cin, N) @ (N, Cout) matmul.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    def slices(x, kh, kw, ho, wo):
+        return [x[:, i : i + ho, j : j + wo] for i in range(kh) for j in range(kw)]  # each (B, Ho, Wo, Cin)
+
+    def patches(x, dy, shape):
+        kh, kw, cin, cout = shape
+        _, ho, wo, _ = dy.shape
+        p = jnp.concatenate(slices(x, kh, kw, ho, wo), -1).reshape(-1, kh * kw * cin)  # (N, kh*kw*Cin)
+        return (p.T @ dy.reshape(-1, cout)).reshape(shape)
+
+    def lax_patches(x, dy, shape):
+        kh, kw, cin, cout = shape
+        p = jax.lax.conv_general_dilated_patches(x, (kh, kw), (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        d = p.reshape(-1, cin * kh * kw).T @ dy.reshape(-1, cout)  # (Cin*kh*kw, Cout), Cin-major
+        return d.reshape(cin, kh, kw, cout).transpose(1, 2, 0, 3)
+
+    def taps(x, dy, shape):
+        kh, kw, cin, cout = shape
+        _, ho, wo, _ = dy.shape
+        dyt = dy.reshape(-1, cout).T  # (Cout, N)
+        return jnp.stack([(dyt @ s.reshape(-1, cin)).T for s in slices(x, kh, kw, ho, wo)]).reshape(shape)
+
+    def transposed_slices(x, kh, kw, ho, wo):
+        xt = jax.lax.optimization_barrier(x.transpose(3, 0, 1, 2))  # (Cin, B, H, W)
+        return [xt[:, :, i : i + ho, j : j + wo].reshape(x.shape[3], -1) for i in range(kh) for j in range(kw)]
+
+    def taps_xt(x, dy, shape):
+        kh, kw, cin, cout = shape
+        _, ho, wo, _ = dy.shape
+        g = dy.reshape(-1, cout)
+        return jnp.stack([s @ g for s in transposed_slices(x, kh, kw, ho, wo)]).reshape(shape)
+
+    def patches_xt(x, dy, shape):
+        kh, kw, cin, cout = shape
+        _, ho, wo, _ = dy.shape
+        return (jnp.concatenate(transposed_slices(x, kh, kw, ho, wo), 0) @ dy.reshape(-1, cout)).reshape(shape)
+
+    return {"patches": patches, "lax-patches": lax_patches, "taps": taps, "taps-xT": taps_xt, "patches-xT": patches_xt}
+
+
+def conv_with_kernel_grad(dw):
+    """`_valid_conv` with XLA's forward and input gradient and the kernel gradient dw(x, dy, shape)."""
+    import jax
+
+    @jax.custom_vjp
+    def conv(x, kernel):
+        return _valid_conv(x, kernel)
+
+    def fwd(x, kernel):
+        return _valid_conv(x, kernel), (x, kernel)
+
+    def bwd(res, dy):
+        x, kernel = res
+        dx = jax.vjp(lambda x: _valid_conv(x, kernel), x)[1](dy)[0]  # the stock transposed conv
+        return dx, dw(x, dy, kernel.shape).astype(kernel.dtype)
+
+    conv.defvjp(fwd, bwd)
+    return conv
+
+
+def _conv2d_with(valid_conv):
+    """zoo.layers.conv2d with its lax.conv_general_dilated branch replaced by valid_conv."""
+    import jax.numpy as jnp
+
+    from zoo import layers
+
+    stock = layers.conv2d
+
+    def conv2d(x, kernel, stride=1, padding=((0, 0), (0, 0))):
+        (top, bottom), (left, right) = padding
+        x = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+        if stride == 1 and kernel.shape[2] > layers.IM2COL_MAX_CHANNELS:
+            return valid_conv(x, kernel)
+        return stock(x, kernel, stride)
+
+    return conv2d
+
+
+def probe_convgrad(args) -> None:
+    """Kernel gradients as matmuls (`kernel_grad_candidates`) vs XLA's (stock autodiff):
+    per layer shape, the kernel gradient alone and the conv's forward + both gradients,
+    alternating `--reps` rounds of 5 calls (best and median ms); then whole train steps of
+    `--models` with zoo.layers.conv2d's lax branch swapped for each of `--candidates`
+    (compare.py's trainer, the engine's compiler options), alternating `--reps` rounds, median
+    wall and process-CPU ms per step, first step (trace + compile) and the load average."""
+    import os
+    from unittest import mock
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from train import parallel
+    from zoo import layers
+
+    options = parallel.compiler_options()
+    cands = kernel_grad_candidates()
+    rng = np.random.default_rng(0)
+
+    def alternate(calls, reps, n=5):  # name -> list of ms per call
+        times = {name: [] for name in calls}
+        for fn in calls.values():
+            jax.block_until_ready(fn())
+        for _ in range(reps):
+            for name, fn in calls.items():
+                t = time.perf_counter()
+                for _ in range(n):
+                    out = fn()
+                jax.block_until_ready(out)
+                times[name].append(1e3 * (time.perf_counter() - t) / n)
+        return times
+
+    def fmt(times):
+        return ", ".join(f"{k} {min(v):.2f} ({statistics.median(v):.2f})" for k, v in times.items())
+
+    for b, h, w, cin, k, cout, name in CONVGRAD_SHAPES:
+        x = jnp.asarray(rng.normal(size=(b, h, w, cin)), jnp.float32)
+        kern = jnp.asarray(rng.normal(size=(k, k, cin, cout)), jnp.float32)
+        dy = jnp.asarray(rng.normal(size=(b, h - k + 1, w - k + 1, cout)), jnp.float32)
+        dws = {"stock": lambda x, dy, shape: jax.vjp(lambda kk: _valid_conv(x, kk), kern)[1](dy)[0], **cands}
+        dws = {n: jax.jit(lambda x, dy, f=f: f(x, dy, kern.shape), compiler_options=options) for n, f in dws.items()}
+        ref = np.asarray(dws["stock"](x, dy))
+        err = max(float(np.abs(np.asarray(f(x, dy)) - ref).max() / np.abs(ref).max()) for f in dws.values())
+        convs = {"stock": _valid_conv, **{n: conv_with_kernel_grad(f) for n, f in cands.items()}}
+        both = {n: jax.jit(jax.grad(lambda x, kk, f=f: (f(x, kk) ** 2).sum(), argnums=(0, 1)), compiler_options=options)
+                for n, f in convs.items()}
+        # the one-matmul product alone: as "patches" lowers it (both operands contract their long
+        # axis 0) vs the same product with the patch matrix already transposed (standard layout)
+        n_rows, depth = dy.size // cout, k * k * cin
+        p = jnp.asarray(rng.normal(size=(n_rows, depth)), jnp.float32)
+        pt = jnp.asarray(np.asarray(p).T.copy())
+        g = dy.reshape(n_rows, cout)
+        dots = {"(N,K)^T @ (N,Cout)": (jax.jit(lambda p, g: p.T @ g, compiler_options=options), p),
+                "(K,N) @ (N,Cout)": (jax.jit(lambda pt, g: pt @ g, compiler_options=options), pt)}
+        load = os.getloadavg()[0]
+        t_dot = alternate({n: (lambda f=f, a=a: f(a, g)) for n, (f, a) in dots.items()}, args.reps)
+        t_dw = alternate({n: (lambda f=f: f(x, dy)) for n, f in dws.items()}, args.reps)
+        t_both = alternate({n: (lambda f=f: f(x, kern)) for n, f in both.items()}, args.reps)
+        print(f"convgrad {name}: x {(b, h, w, cin)} k{k} -> {cout} (load average {load:.1f}-{os.getloadavg()[0]:.1f}; "
+              f"max relative error vs stock {err:.1e})\n  kernel gradient ms, best (median): {fmt(t_dw)}\n"
+              f"  its one matmul alone ({2 * n_rows * depth * cout / 1e9:.2f} GFLOP), ms: {fmt(t_dot)}\n"
+              f"  forward + both gradients ms, best (median): {fmt(t_both)}")
+        sys.stdout.flush()
+
+    data = _data()
+    for model in (m for m in args.models if m in CONV_MODELS):  # the others run no conv2d
+        trainers, first = {}, {}
+        for cand in ["stock", *args.candidates]:
+            conv2d = layers.conv2d if cand == "stock" else _conv2d_with(conv_with_kernel_grad(cands[cand]))
+            with mock.patch.object(layers, "conv2d", conv2d):
+                trainers[cand] = _trainer(model, data)
+                t = time.perf_counter()
+                trainers[cand].run(1)  # traced and compiled with the candidate
+                first[cand] = time.perf_counter() - t
+        steps = 5 if model == "dcgan" else 10
+        wall, cpu = {n: [] for n in trainers}, {n: [] for n in trainers}
+        for tr in trainers.values():
+            tr.run(steps)
+        loads = [os.getloadavg()[0]]
+        for _ in range(args.reps):
+            for n, tr in trainers.items():
+                c = time.process_time()
+                wall[n].append(1e3 * tr.run(steps) / steps)
+                cpu[n].append(1e3 * (time.process_time() - c) / steps)
+            loads.append(os.getloadavg()[0])
+        base = statistics.median(cpu["stock"])
+        print(f"convgrad {model} step ({args.reps} alternating rounds of {steps} steps, load average "
+              f"{min(loads):.1f}-{max(loads):.1f}): " + "; ".join(
+                  f"{n} {statistics.median(wall[n]):.1f} ms (CPU {statistics.median(cpu[n]):.1f}, x{statistics.median(cpu[n]) / base:.2f}; "
+                  f"first step {first[n]:.1f} s)" for n in trainers))
+        sys.stdout.flush()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("probe", choices=("matmul", "conv", "floor", "batch", "options", "scan", "lstm", "transpose", "profile", "bn", "all"))
+    p.add_argument("probe", choices=("matmul", "conv", "floor", "batch", "options", "scan", "lstm", "transpose", "profile", "bn", "convgrad", "all"))
     p.add_argument("--models", nargs="+", default=list(MODELS))
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=5, help="profile: traced steps per model")
     p.add_argument("--select", default="bn_", help="profile: also list every kernel of the layers whose path contains this")
+    p.add_argument("--candidates", nargs="+", default=["patches", "taps", "taps-xT"],
+                   help="convgrad: kernel-gradient candidates in the train-step A/B (kernel_grad_candidates)")
     p.add_argument("--trace-dir", default=None, help="profile: where traces and HLO go (default: a temp dir)")
     args = p.parse_args()
     import compare
 
     compare.setup_torch(args.threads)
     probes = {"matmul": probe_matmul, "conv": probe_conv, "floor": probe_floor, "batch": probe_batch,
-              "options": probe_options, "scan": probe_scan, "lstm": probe_lstm, "transpose": probe_transpose, "profile": probe_profile, "bn": probe_bn}
+              "options": probe_options, "scan": probe_scan, "lstm": probe_lstm, "transpose": probe_transpose, "profile": probe_profile, "bn": probe_bn,
+              "convgrad": probe_convgrad}
     for name in probes if args.probe == "all" else [args.probe]:
         probes[name](args)
         sys.stdout.flush()

@@ -159,3 +159,39 @@ def test_summarize_trace_without_kernel_events_says_what_it_expected():
 def test_union_length_merges_overlaps():
     assert cpu_probe._union_length([(0, 2), (1, 3), (5, 6)]) == 4
     assert cpu_probe._subtract_length([(0, 4)], [(1, 2)]) == 3
+
+
+def test_convgrad_candidates_equal_xla_kernel_gradient():
+    """Every kernel-gradient candidate the `convgrad` probe times computes the stock gradient,
+    and the conv it builds from one has XLA's output and input gradient."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 6, 5, 3)), jnp.float32)
+    kern = jnp.asarray(rng.normal(size=(3, 2, 3, 4)), jnp.float32)
+    loss = lambda conv: lambda x, k: (jnp.sin(conv(x, k)) * jnp.arange(4.0)).sum()  # noqa: E731
+    ref = jax.grad(loss(cpu_probe._valid_conv), argnums=(0, 1))(x, kern)
+    for name, dw in cpu_probe.kernel_grad_candidates().items():
+        conv = cpu_probe.conv_with_kernel_grad(dw)
+        np.testing.assert_allclose(conv(x, kern), cpu_probe._valid_conv(x, kern), rtol=1e-6, err_msg=name)
+        got = jax.jit(jax.grad(loss(conv), argnums=(0, 1)))(x, kern)
+        for g, r in zip(got, ref):
+            np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_convgrad_swapped_conv2d_equals_zoo_conv2d():
+    """The probe's stand-in for zoo.layers.conv2d (lax branch swapped) computes the same function
+    on both of conv2d's branches (im2col for few input channels, lax above), padded or not."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from zoo import layers
+
+    swapped = cpu_probe._conv2d_with(cpu_probe.conv_with_kernel_grad(cpu_probe.kernel_grad_candidates()["taps"]))
+    rng = np.random.default_rng(1)
+    for cin, pad in ((1, ((1, 1), (1, 1))), (8, ((0, 0), (0, 0))), (8, ((1, 0), (2, 1)))):
+        x = jnp.asarray(rng.normal(size=(2, 7, 6, cin)), jnp.float32)
+        kern = jnp.asarray(rng.normal(size=(3, 3, cin, 5)), jnp.float32)
+        np.testing.assert_allclose(swapped(x, kern, 1, pad), layers.conv2d(x, kern, 1, pad), rtol=1e-5, atol=1e-5)
