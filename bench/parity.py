@@ -26,8 +26,9 @@ Matched semantics (where the frameworks' defaults differ, zoo follows PyTorch):
 
     python bench/parity.py                       # all cases on MNIST, 100 steps + one epoch each
     python bench/parity.py --cases cnn-sgd --steps 20 --no-epoch
+    python bench/parity.py --noise-floor 4 --cases mlp-rmsprop lstm-adam-clip   # torch vs itself, 1 ulp apart
 
-Writes bench/results/parity.json and bench/results/parity.md.
+Writes bench/results/parity.{json,md} (--noise-floor: parity_floor.{json,md}).
 """
 
 from __future__ import annotations
