@@ -192,6 +192,30 @@ def test_predict_autoencoder_writes_input_and_reconstruction(cli, files, tmp_pat
     np.testing.assert_array_equal(grid[2:30, 2:30], expected_input)  # the copy of the input, preprocessed
 
 
+def test_reconstruction_names_never_collide():
+    from train.cli import reconstruction_names
+
+    names = reconstruction_names(["a/7.png", "b/7.png", "7.jpg", "7-2.png", "c/8.bmp", "a/7.png"])
+    assert names == {"a/7.png": "7.png", "b/7.png": "7-2.png", "7.jpg": "7-3.png", "7-2.png": "7-2-2.png",
+                     "c/8.bmp": "8.png"}
+    assert len(set(names.values())) == len(names)
+
+
+def test_predict_autoencoder_keeps_every_reconstruction_of_same_named_files(cli, files, tmp_path):
+    """Two inputs named zero.png in different folders: two PNGs, each of its own input."""
+    other = tmp_path / "other" / "zero.png"
+    other.parent.mkdir()
+    Image.new("L", (200, 200), 255).save(other)  # a blank page: a different input
+    out_dir = tmp_path / "recon"
+    code, out, _ = cli("predict", "autoencoder", files["png"], other, "--pretrained", "mnist", "--out", out_dir)
+    assert code == 0
+    assert sorted(p.name for p in out_dir.iterdir()) == ["zero-2.png", "zero.png"]
+    assert f"wrote {out_dir / 'zero-2.png'}" in out
+    first, second = (np.asarray(Image.open(out_dir / n))[2:30, 2:30] for n in ("zero.png", "zero-2.png"))
+    np.testing.assert_array_equal(first, np.round(zoo.preprocess("cnn", drawn_zero())[0, :, :, 0] * 255))
+    assert not np.array_equal(first, second)
+
+
 # ---------------------------------------------------------------- zoo sample --n
 
 

@@ -386,9 +386,27 @@ def _predict_one(model, apply, path: Path, args, names) -> dict:
         from train.report import save_grid
 
         recon = np.asarray(output)
-        out = save_grid(np.concatenate([batch, recon]), Path(args.out) / f"{path.stem}.png", ncol=2)
+        out = save_grid(np.concatenate([batch, recon]), Path(args.out) / args.out_names[str(path)], ncol=2)
         return {"reconstruction": str(out), "mse": float(np.mean((recon - batch) ** 2))}
     return {"predictions": [{"class": c, "probability": p} for c, p in _class_probabilities(output[0], names)[:args.top_k]]}
+
+
+def reconstruction_names(files: list[str]) -> dict[str, str]:
+    """One PNG name per input file for `zoo predict autoencoder --out DIR`: FILE-STEM.png, and
+    where stems repeat in one call (a/7.png b/7.png, 7.png 7.jpg) STEM-2.png, STEM-3.png, ... in
+    argument order, so no reconstruction overwrites another of the same call."""
+    names, taken = {}, set()
+    for file in files:
+        if file in names:
+            continue
+        stem, n = Path(file).stem, 1
+        name = f"{stem}.png"
+        while name in taken:
+            n += 1
+            name = f"{stem}-{n}.png"
+        names[file] = name
+        taken.add(name)
+    return names
 
 
 def _predict_line(path: str, result: dict) -> str:
@@ -424,6 +442,7 @@ def cmd_predict(args) -> int:
     if image_shape(model) is None:
         raise ValueError(f"zoo predict works for image models; {args.model!r} here takes {model.input_spec()}")
     apply = jax.jit(lambda x: model.apply(variables, x))
+    args.out_names = reconstruction_names([str(Path(f)) for f in args.files])
     results, failed = [], False
     for file in args.files:
         try:
@@ -594,7 +613,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print one JSON list of {file, predictions | error}")
     r.add_argument("--no-invert", dest="invert", action="store_false",
                    help="never invert grayscale images (by default dark-on-light images are inverted)")
-    r.add_argument("--out", help="the autoencoder: directory for FILE-STEM.png (input | reconstruction)")
+    r.add_argument("--out", help="the autoencoder: directory for FILE-STEM.png (input | reconstruction); "
+                   "repeated stems of one call get -2, -3, ...")
     r.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("prepare", help="prepare datasets with TFDS (offline from data/ for mnist, tiny_shakespeare)")
