@@ -246,7 +246,10 @@ class TorchTrainer:
             self.criterion = nn.BCEWithLogitsLoss()  # the discriminator returns logits
         else:
             self.opt = adam(self.net.parameters())
-            self.criterion = nn.MSELoss() if model_name == "autoencoder" else nn.CrossEntropyLoss()
+            # the autoencoder: binary cross-entropy on its sigmoid outputs, as zoo's recipe trains
+            # (the tutorial's MSE on sigmoid outputs stalls this twin at MSE 0.108 within 40 steps:
+            # the outputs saturate at 0, where the sigmoid's gradient vanishes)
+            self.criterion = nn.BCELoss() if model_name == "autoencoder" else nn.CrossEntropyLoss()
         self.loader = None
         if loader:
             from torch.utils.data import DataLoader, TensorDataset
