@@ -4,7 +4,9 @@ Measures, at N images (default 10,000, fixed seed 0):
   * floor: the Fréchet distance between the first N MNIST train images and the N test images
     (two samples of the real distribution: the best a generator can expect);
   * dcgan.mnist: N samples (z ~ N(0, 1) from key(0)) against the N test images, plus the share
-    classified with confidence > 0.9 and the digit classes they cover;
+    classified with confidence > 0.9 and the digit classes they cover; again with the
+    generator's BatchNorm on each batch of 128's own statistics, as the PyTorch tutorial samples
+    (its netG never leaves train mode), instead of the running averages;
   * autoencoder.mnist: its reconstructions of the N test images against those images;
   * the test images themselves (the confident share and coverage of real digits).
 
@@ -46,6 +48,10 @@ def main(argv=None) -> int:
         model, variables = zoo.load(name, pretrained="mnist")
         results[f"{name}.mnist"] = measure(model, variables, {"x": test}, args.n, 0)
         print(name, results[f"{name}.mnist"], flush=True)
+        if name == "dcgan":  # sampled as the tutorial does: BatchNorm on each batch's statistics
+            key = "dcgan.mnist_batch_stats_bn"
+            results[key] = measure(model, variables, {"x": test}, args.n, 0, batch_size=128, batch_stats=True)
+            print(key, results[key], flush=True)
     results["seconds"] = round(time.perf_counter() - start, 1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

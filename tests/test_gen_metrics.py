@@ -94,8 +94,13 @@ def test_task_hooks_measure_the_shipped_generative_models():
         assert q["quality_n"] == 32 and np.isfinite(q["frechet"]), name
         assert task.quality(model, variables, {"x": x}, 32, 0) == q, f"{name}: not deterministic"
     dcgan, v = zoo.load("dcgan", pretrained="mnist")
+    seed0 = tasks.of_model("dcgan").quality(dcgan, v, {"x": x}, 32, 0)
     other_seed = tasks.of_model("dcgan").quality(dcgan, v, {"x": x}, 32, 1)
-    assert other_seed["frechet"] != q["frechet"]
+    assert other_seed["frechet"] != seed0["frechet"]
+    # sampled with BatchNorm on each batch's statistics (the tutorial's train-mode sampling): other images
+    batch_bn = gen_metrics.gan_quality(dcgan, v, {"x": x}, 32, 0, batch_size=16, batch_stats=True)
+    assert batch_bn["quality_n"] == 32 and np.isfinite(batch_bn["frechet"])
+    assert batch_bn["frechet"] != seed0["frechet"]
     assert tasks.of_model("cnn").quality is None
     with pytest.raises(ValueError, match="at least 2, got 1"):
         gen_metrics.gan_quality(dcgan, v, {"x": x}, 1)

@@ -104,12 +104,21 @@ def _count(n: int, available: int) -> int:
     return min(n, available)
 
 
-def gan_quality(model, variables, arrays: dict, n: int = NUM_IMAGES, seed: int = 0, batch_size: int = 1000) -> dict:
+def gan_quality(model, variables, arrays: dict, n: int = NUM_IMAGES, seed: int = 0, batch_size: int = 1000,
+                *, batch_stats: bool = False) -> dict:
     """quality() of `n` generated samples (z ~ N(0, 1) from key(seed)) against the first `n`
-    images of `arrays["x"]` (capped at their count)."""
+    images of `arrays["x"]` (capped at their count).
+
+    batch_stats: generate with BatchNorm normalizing by each batch's own statistics (batches of
+    `batch_size`), as the PyTorch tutorial's generator samples (it stays in train mode), instead
+    of the running averages (`generate`'s default, eval mode).
+    """
     n = _count(n, len(arrays["x"]))
     z = jax.random.normal(jax.random.key(seed), (n, model.latent_dim))
-    gen = jax.jit(lambda v, z: model.apply(v, z, method="generate"))
+    if batch_stats:
+        gen = jax.jit(lambda v, z: model.apply(v, z, method="generate", train=True, mutable=["batch_stats"])[0])
+    else:
+        gen = jax.jit(lambda v, z: model.apply(v, z, method="generate"))
     samples = np.concatenate([jax.device_get(gen(variables, z[i:i + batch_size])) for i in range(0, n, batch_size)])
     return quality(samples, arrays["x"][:n])
 
