@@ -343,6 +343,35 @@ def floor_table(rows: list) -> str:
     return "\n".join(out)
 
 
+def orders_main(args) -> int:
+    """--orders N: where zoo and torch part within --steps steps, for data orders 0..N-1."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"jax": jax.__version__, "torch": torch.__version__, "backend": jax.default_backend(),
+            "steps": args.steps, "loss_rtol": LOSS_RTOL, "init": args.init}
+    rows, data_cache = {}, {}
+    for name in args.cases:
+        case = CASES[name]
+        if case.model not in data_cache:
+            data_cache[case.model] = load_mnist(case.model, args.data_dir)
+        rows[name] = [run_case(case, data_cache[case.model][0], steps=args.steps, seed=seed)
+                      for seed in range(args.orders)]
+        rows[name] = [{k: r[k] for k in ("seed", "diverge_step", "loss_max_rel", "param_max_abs")} for r in rows[name]]
+        print(name, [(r["diverge_step"], f"{r['loss_max_rel']:.1e}") for r in rows[name]], flush=True)
+    lines = [f"| case | loss parts (>1e-4) at step, data orders 0-{args.orders - 1} | max loss rel. diff over "
+             f"{args.steps} steps | orders holding the bars |", "|---|---|---|---|"]
+    for name, rs in rows.items():
+        held = sum(r["diverge_step"] is None and r["param_max_abs"] < PARAM_ATOL for r in rs)
+        parts = ", ".join(str(r["diverge_step"] or "-") for r in rs)
+        diffs = ", ".join(f"{r['loss_max_rel']:.1e}" for r in rs)
+        lines.append(f"| {name} | {parts} | {diffs} | {held} of {len(rs)} |")
+    stem = "parity_orders" + (f"_{args.tag}" if args.tag else "")
+    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "cases": rows}, indent=1) + "\n")
+    (out / f"{stem}.md").write_text(f"init: {args.init}\n\n" + "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
 def noise_floor_main(args) -> int:
     """--noise-floor N: zoo vs torch and torch vs torch (1 ulp) for N seeds, one epoch each."""
     out = Path(args.out)
@@ -385,15 +414,30 @@ def main(argv=None) -> int:
     parser.add_argument("--noise-floor", type=int, default=0, metavar="N",
                         help="instead of the table: for seeds 0..N-1 (data order and ulp directions), zoo vs torch "
                              "and torch vs torch from weights one ulp apart, each for one epoch; writes parity_floor.*")
+    parser.add_argument("--orders", type=int, default=0, metavar="N",
+                        help="instead of the table: each case's first --steps steps for data orders 0..N-1, "
+                             "where the loss parts and its largest difference; writes parity_orders[_TAG].*")
+    parser.add_argument("--init", choices=("engine", "optimized"), default="engine",
+                        help="how zoo.init's program is compiled on CPU: the engine's way (fast to compile, "
+                             "zoo.registry.INIT_CPU_COMPILER_OPTIONS) or XLA's default optimization, as zoo did "
+                             "before; the initial weights differ in their last bit")
+    parser.add_argument("--tag", default="", help="suffix of the output files")
     parser.add_argument("--float64", action="store_true",
                         help="both sides in float64 (jax_enable_x64, the twin .double()): separates a difference "
                              "in the update rules from float32 rounding amplified by training; writes parity_float64.*")
     args = parser.parse_args(argv)
     if args.float64:
         jax.config.update("jax_enable_x64", True)
+    if args.init == "optimized":
+        from zoo import registry
+
+        registry.INIT_CPU_COMPILER_OPTIONS.clear()  # this process only: XLA's default optimization level
     if args.noise_floor:
         torch.set_num_threads(args.threads)
         return noise_floor_main(args)
+    if args.orders:
+        torch.set_num_threads(args.threads)
+        return orders_main(args)
     stem = "parity_float64" if args.float64 else "parity"
     torch.set_num_threads(args.threads)
     out = Path(args.out)

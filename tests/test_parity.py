@@ -125,6 +125,22 @@ def test_noise_floor_compares_torch_with_itself():
     assert "median over 1 seeds" in text
 
 
+def test_orders_table_and_optimized_init(tmp_path, monkeypatch):
+    """--orders runs each case per data order; --init optimized compiles zoo.init as zoo did before
+    (other last bits, same structure) for that process only."""
+    from zoo import registry
+
+    monkeypatch.setattr(registry, "INIT_CPU_COMPILER_OPTIONS", dict(registry.INIT_CPU_COMPILER_OPTIONS))
+    case = _small("mlp-sgd")
+    monkeypatch.setitem(parity.CASES, "tiny-sgd", case)
+    monkeypatch.setattr(parity, "load_mnist", lambda model, data_dir: (_train(case), _train(case)))
+    assert parity.main(["--orders", "2", "--cases", "tiny-sgd", "--steps", "3", "--out", str(tmp_path),
+                        "--init", "optimized", "--tag", "t"]) == 0
+    assert registry.INIT_CPU_COMPILER_OPTIONS == {}  # this process: XLA's default optimization
+    text = (tmp_path / "parity_orders_t.md").read_text()
+    assert text.startswith("init: optimized") and "| tiny-sgd | -, - |" in text and "| 2 of 2 |" in text
+
+
 # ---------------------------------------------------------------- make_optimizer vs torch.optim
 
 
