@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -301,12 +302,19 @@ def run_noise_floor(case: Case, train: dict, *, steps: int, epoch: bool = False,
 # ------------------------------------------------------------------------------------ the bench
 
 
+@functools.cache
 def load_mnist(model: str, data_dir: str | None) -> tuple[dict, dict]:
-    """(train, test) MNIST host arrays as the model's task views them."""
+    """(train, test) MNIST host arrays as the model's task views them (loaded once per model)."""
     from train import data
 
     task = tasks.of_model(model)
     return tuple(task.view(data.load_split("mnist", split, data_dir=data_dir)) for split in ("train", "test"))
+
+
+def run_meta(args, **extra) -> dict:
+    """The versions and settings every output file of a run records."""
+    return {"jax": jax.__version__, "torch": torch.__version__, "optax": optax.__version__,
+            "backend": jax.default_backend(), "loss_rtol": LOSS_RTOL, "torch_threads": args.threads, **extra}
 
 
 def table(results: dict) -> str:
@@ -347,16 +355,13 @@ def orders_main(args) -> int:
     """--orders N: where zoo and torch part within --steps steps, for data orders 0..N-1."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"jax": jax.__version__, "torch": torch.__version__, "backend": jax.default_backend(),
-            "steps": args.steps, "loss_rtol": LOSS_RTOL, "init": args.init}
-    rows, data_cache = {}, {}
+    meta = run_meta(args, steps=args.steps, init=args.init)
+    rows = {}
     for name in args.cases:
         case = CASES[name]
-        if case.model not in data_cache:
-            data_cache[case.model] = load_mnist(case.model, args.data_dir)
-        rows[name] = [run_case(case, data_cache[case.model][0], steps=args.steps, seed=seed)
-                      for seed in range(args.orders)]
-        rows[name] = [{k: r[k] for k in ("seed", "diverge_step", "loss_max_rel", "param_max_abs")} for r in rows[name]]
+        train = load_mnist(case.model, args.data_dir)[0]
+        runs = (run_case(case, train, steps=args.steps, seed=seed) for seed in range(args.orders))
+        rows[name] = [{k: r[k] for k in ("seed", "diverge_step", "loss_max_rel", "param_max_abs")} for r in runs]
         print(name, [(r["diverge_step"], f"{r['loss_max_rel']:.1e}") for r in rows[name]], flush=True)
     lines = [f"| case | loss parts (>1e-4) at step, data orders 0-{args.orders - 1} | max loss rel. diff over "
              f"{args.steps} steps | orders holding the bars |", "|---|---|---|---|"]
@@ -376,15 +381,11 @@ def noise_floor_main(args) -> int:
     """--noise-floor N: zoo vs torch and torch vs torch (1 ulp) for N seeds, one epoch each."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"jax": jax.__version__, "torch": torch.__version__, "optax": optax.__version__,
-            "backend": jax.default_backend(), "dtype": "float32", "loss_rtol": LOSS_RTOL,
-            "torch_threads": args.threads}
-    rows, data_cache = [], {}
+    meta = run_meta(args, dtype="float32")
+    rows = []
     for name in args.cases:
         case = CASES[name]
-        if case.model not in data_cache:
-            data_cache[case.model] = load_mnist(case.model, args.data_dir)
-        train, test = data_cache[case.model]
+        train, test = load_mnist(case.model, args.data_dir)
         for seed in range(args.noise_floor):
             zt = run_case(case, train, steps=args.steps, epoch=True, test=test, seed=seed)
             tt = run_noise_floor(case, train, steps=args.steps, epoch=True, test=test, seed=seed)
@@ -432,26 +433,21 @@ def main(argv=None) -> int:
         from zoo import registry
 
         registry.INIT_CPU_COMPILER_OPTIONS.clear()  # this process only: XLA's default optimization level
+    torch.set_num_threads(args.threads)
     if args.noise_floor:
-        torch.set_num_threads(args.threads)
         return noise_floor_main(args)
     if args.orders:
-        torch.set_num_threads(args.threads)
         return orders_main(args)
     stem = "parity_float64" if args.float64 else "parity"
-    torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"jax": jax.__version__, "torch": torch.__version__, "optax": optax.__version__,
-            "backend": jax.default_backend(), "dtype": "float64" if args.float64 else "float32", "loss_rtol": LOSS_RTOL, "param_atol": PARAM_ATOL}
-    results, data_cache = {}, {}
+    meta = run_meta(args, dtype="float64" if args.float64 else "float32", param_atol=PARAM_ATOL)
+    results = {}
     if args.merge and (out / f"{stem}.json").exists():
         results = json.loads((out / f"{stem}.json").read_text())["cases"]
     for name in args.cases:
         case = CASES[name]
-        if case.model not in data_cache:
-            data_cache[case.model] = load_mnist(case.model, args.data_dir)
-        train, test = data_cache[case.model]
+        train, test = load_mnist(case.model, args.data_dir)
         results[name] = run_case(case, train, steps=args.steps, epoch=args.epoch, test=test)
         r = results[name]
         print(f"{name}: loss rel {r['loss_max_rel']:.2e}, params abs {r['param_max_abs']:.2e}, "
