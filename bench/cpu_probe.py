@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import re
 import statistics
 import sys
@@ -149,6 +150,23 @@ def probe_batch(args) -> None:
         print(f"batch cnn {batch}: {1e3 * s:.1f} ms/step, {1e6 * s / batch:.0f} us/example")
 
 
+def alternating_rounds(trainers: dict, reps: int, steps: int, warmup: int) -> tuple[dict, dict, list]:
+    """Times trainers side by side: `warmup` untimed steps each, then `reps` rounds in which
+    every trainer runs `steps` steps in turn. Returns ({name: [wall ms/step per round]},
+    {name: [process CPU ms/step per round]}, load averages before and after each round)."""
+    for tr in trainers.values():
+        tr.run(warmup)
+    wall, cpu = {n: [] for n in trainers}, {n: [] for n in trainers}
+    loads = [os.getloadavg()[0]]
+    for _ in range(reps):
+        for n, tr in trainers.items():
+            c = time.process_time()
+            wall[n].append(1e3 * tr.run(steps) / steps)
+            cpu[n].append(1e3 * (time.process_time() - c) / steps)
+        loads.append(os.getloadavg()[0])
+    return wall, cpu, loads
+
+
 def probe_options(args) -> None:
     """Two trainers per model in one process, XLA defaults vs zoo's options, alternating
     `--reps` rounds of 10 steps; prints the best and median ms/step of each."""
@@ -158,12 +176,7 @@ def probe_options(args) -> None:
     for model in args.models:
         trainers = {"XLA defaults": _trainer(model, data, options=None),
                     "zoo options": _trainer(model, data, options=parallel.compiler_options())}
-        times = {name: [] for name in trainers}
-        for tr in trainers.values():
-            tr.run(5)
-        for _ in range(args.reps):
-            for name, tr in trainers.items():
-                times[name].append(1e3 * tr.run(10) / 10)
+        times = alternating_rounds(trainers, args.reps, steps=10, warmup=5)[0]
         print(f"options {model}: " + "; ".join(
             f"{name} {min(t):.1f} ms (median {statistics.median(t):.1f})" for name, t in times.items()) + " per step")
 
@@ -616,7 +629,6 @@ def probe_profile(args) -> None:
     xla_cpu_enable_xprof_traceme for per-kernel events): warm up, trace `--steps` steps with
     jax.profiler, aggregate (summarize_trace) with the optimized HLO's names (parse_hlo).
     Traces and HLO go to --trace-dir; prints one block per model."""
-    import os
     import tempfile
 
     import jax
@@ -727,7 +739,6 @@ def probe_bn(args) -> None:
     while the trainer is built and compiled), after checking the candidate against
     nn.BatchNorm (outputs, statistics, input/scale/bias gradients). Alternating `--reps`
     rounds of 5 steps; prints best and median ms per step and the load average."""
-    import os
     from unittest import mock
 
     import jax
@@ -768,14 +779,7 @@ def probe_bn(args) -> None:
     with mock.patch.object(nn, "BatchNorm", cand):
         trainers["one-pass"] = _trainer("dcgan", data)
         trainers["one-pass"].run(1)  # traced and compiled with the candidate
-    times = {name: [] for name in trainers}
-    for tr in trainers.values():
-        tr.run(3)
-    loads = [os.getloadavg()[0]]
-    for _ in range(args.reps):
-        for name, tr in trainers.items():
-            times[name].append(1e3 * tr.run(5) / 5)
-        loads.append(os.getloadavg()[0])
+    times, _, loads = alternating_rounds(trainers, args.reps, steps=5, warmup=3)
     print(f"bn dcgan step ({args.reps} alternating rounds of 5 steps, load average {min(loads):.1f}-{max(loads):.1f}): "
           + "; ".join(f"{n} {min(t):.1f} ms (median {statistics.median(t):.1f})" for n, t in times.items())
           + f"; one-pass/flax median {statistics.median(times['one-pass']) / statistics.median(times['flax nn.BatchNorm']):.2f}")
@@ -900,7 +904,6 @@ def probe_convgrad(args) -> None:
     `--models` with zoo.layers.conv2d's lax branch swapped for each of `--candidates`
     (compare.py's trainer, the engine's compiler options), alternating `--reps` rounds, median
     wall and process-CPU ms per step, first step (trace + compile) and the load average."""
-    import os
     from unittest import mock
 
     import jax
@@ -970,16 +973,7 @@ def probe_convgrad(args) -> None:
                 trainers[cand].run(1)  # traced and compiled with the candidate
                 first[cand] = time.perf_counter() - t
         steps = 5 if model == "dcgan" else 10
-        wall, cpu = {n: [] for n in trainers}, {n: [] for n in trainers}
-        for tr in trainers.values():
-            tr.run(steps)
-        loads = [os.getloadavg()[0]]
-        for _ in range(args.reps):
-            for n, tr in trainers.items():
-                c = time.process_time()
-                wall[n].append(1e3 * tr.run(steps) / steps)
-                cpu[n].append(1e3 * (time.process_time() - c) / steps)
-            loads.append(os.getloadavg()[0])
+        wall, cpu, loads = alternating_rounds(trainers, args.reps, steps=steps, warmup=steps)
         base = statistics.median(cpu["stock"])
         print(f"convgrad {model} step ({args.reps} alternating rounds of {steps} steps, load average "
               f"{min(loads):.1f}-{max(loads):.1f}): " + "; ".join(
