@@ -11,6 +11,8 @@
     python bench/cpu_probe.py profile     # jax.profiler trace of each train step: kernels by category, host share
     python bench/cpu_probe.py bn          # DCGAN step: flax BatchNorm vs a one-pass candidate, alternating rounds
     python bench/cpu_probe.py convgrad    # conv kernel gradients as matmuls vs XLA's: per layer, then train steps A/B
+    python bench/cpu_probe.py pool        # CNN step: max pooling's hand-written gradient vs autodiff through max
+    python bench/cpu_probe.py vendor      # train steps: zoo vs PyTorch with and without its oneDNN kernels
     python bench/cpu_probe.py all
 
 Each line printed is one measurement; run it on an otherwise idle machine. PyTorch uses
@@ -982,9 +984,103 @@ def probe_convgrad(args) -> None:
         sys.stdout.flush()
 
 
+def autodiff_max_pool_2x2(x):
+    """zoo.layers.max_pool_2x2 before its hand-written gradient: reshape + max, differentiated
+    by JAX (the gradient is split among tied maxima, through compare, count and divide passes)."""
+    b, h, w, c = x.shape
+    x = x[:, : h - h % 2, : w - w % 2, :].reshape(b, h // 2, 2, w // 2, 2, c)
+    return x.max(axis=(2, 4))
+
+
+def probe_pool(args) -> None:
+    """The CNN train step with zoo.layers.max_pool_2x2 vs with autodiff_max_pool_2x2, in
+    alternating rounds in one process."""
+    import compare
+
+    import zoo.cnn
+    from zoo import layers
+
+    data = _data()
+    trainers = {}
+    for name, pool in (("autodiff max", autodiff_max_pool_2x2), ("zoo.layers", layers.max_pool_2x2)):
+        zoo.cnn.max_pool_2x2 = pool  # read when the step is traced (its first run, here)
+        try:
+            trainers[name] = tr = compare.ZooTrainer("cnn", data)
+            tr.run(1)
+        finally:
+            zoo.cnn.max_pool_2x2 = layers.max_pool_2x2
+    wall, cpu, loads = alternating_rounds(trainers, args.reps, steps=30, warmup=3)
+    print(f"pool cnn train step (batch 64), {args.reps} rounds of 30 steps, load {loads[0]:.1f}-{max(loads):.1f}: "
+          + "; ".join(f"{n} {statistics.median(v):.2f} ms median (min {min(v):.2f}, CPU {statistics.median(cpu[n]):.2f})"
+                      for n, v in wall.items()))
+
+
+class TorchWithoutOneDNN:
+    """A compare.TorchTrainer whose steps run with PyTorch's oneDNN (mkldnn) kernels switched
+    off: convolutions and the LSTM then run on PyTorch's generic paths (im2col + BLAS matmuls,
+    a loop of per-step ops), the kind of code XLA:CPU generates, which has no oneDNN."""
+
+    spd = 1
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def run(self, steps: int) -> float:
+        import torch
+
+        with torch.backends.mkldnn.flags(enabled=False):
+            return self.trainer.run(steps)
+
+
+def torch_top_ops(trainer, steps: int = 3, top: int = 3) -> list[tuple[str, float]]:
+    """The `top` PyTorch ops by self CPU time over `steps` steps, with their share of it."""
+    from torch.profiler import profile
+
+    with profile() as prof:
+        trainer.run(steps)
+    events = [(e.key, e.self_cpu_time_total) for e in prof.key_averages()]
+    total = sum(t for _, t in events) or 1.0
+    return [(k, t / total) for k, t in sorted(events, key=lambda e: -e[1])[:top]]
+
+
+def probe_vendor(args) -> None:
+    """Train steps side by side in alternating rounds: zoo, PyTorch as installed (oneDNN
+    kernels for convolutions and the LSTM), and PyTorch with oneDNN switched off. The pip
+    jaxlib's XLA:CPU has no oneDNN (its oneDNN options emit no oneDNN call), so the third
+    column is PyTorch doing the same work with the kind of kernels XLA:CPU has."""
+    import compare
+
+    data = _data()
+    out = {}
+    for model in args.models:
+        zoo_tr = compare.ZooTrainer(model, data)
+        torch_tr = compare.TorchTrainer(model, data, loader=False)
+        generic_tr = TorchWithoutOneDNN(compare.TorchTrainer(model, data, loader=False))
+        trainers = {"zoo": zoo_tr, "torch": torch_tr, "torch_no_onednn": generic_tr}
+        steps = 20 if model in ("mlp", "cnn") else 8
+        wall, _, loads = alternating_rounds(trainers, args.reps, steps=steps, warmup=3)
+        med = {n: statistics.median(v) for n, v in wall.items()}
+        ratios = {n: statistics.median(t / z for t, z in zip(wall[n], wall["zoo"])) for n in ("torch", "torch_no_onednn")}
+        with_dnn = torch_top_ops(torch_tr)
+        import torch
+
+        with torch.backends.mkldnn.flags(enabled=False):
+            without = torch_top_ops(torch_tr)
+        out[model] = {"ms_per_step": wall, "median_ms": med, "speedup": ratios, "load": loads,
+                      "torch_top_ops": with_dnn, "torch_no_onednn_top_ops": without}
+        ops = lambda lst: ", ".join(f"{k} {100 * v:.0f}%" for k, v in lst)  # noqa: E731
+        print(f"vendor {model}: ms/step zoo {med['zoo']:.2f}, torch {med['torch']:.2f}, torch without oneDNN "
+              f"{med['torch_no_onednn']:.2f}; zoo speedup vs torch {ratios['torch']:.2f}x, vs torch without oneDNN "
+              f"{ratios['torch_no_onednn']:.2f}x (load {loads[0]:.1f}-{max(loads):.1f}); torch's top ops: {ops(with_dnn)}; "
+              f"without oneDNN: {ops(without)}")
+        sys.stdout.flush()
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("probe", choices=("matmul", "conv", "floor", "batch", "options", "scan", "lstm", "transpose", "profile", "bn", "convgrad", "all"))
+    p.add_argument("probe", choices=("matmul", "conv", "floor", "batch", "options", "scan", "lstm", "transpose", "profile", "bn", "convgrad", "pool", "vendor", "all"))
     p.add_argument("--models", nargs="+", default=list(MODELS))
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
@@ -992,6 +1088,7 @@ def main() -> None:
     p.add_argument("--select", default="bn_", help="profile: also list every kernel of the layers whose path contains this")
     p.add_argument("--candidates", nargs="+", default=["patches", "taps", "taps-xT"],
                    help="convgrad: kernel-gradient candidates in the train-step A/B (kernel_grad_candidates)")
+    p.add_argument("--json", default=None, help="vendor: also write the measurements to this JSON file")
     p.add_argument("--trace-dir", default=None, help="profile: where traces and HLO go (default: a temp dir)")
     args = p.parse_args()
     import compare
@@ -999,7 +1096,7 @@ def main() -> None:
     compare.setup_torch(args.threads)
     probes = {"matmul": probe_matmul, "conv": probe_conv, "floor": probe_floor, "batch": probe_batch,
               "options": probe_options, "scan": probe_scan, "lstm": probe_lstm, "transpose": probe_transpose, "profile": probe_profile, "bn": probe_bn,
-              "convgrad": probe_convgrad}
+              "convgrad": probe_convgrad, "pool": probe_pool, "vendor": probe_vendor}
     for name in probes if args.probe == "all" else [args.probe]:
         probes[name](args)
         sys.stdout.flush()

@@ -182,6 +182,42 @@ def test_max_pool_2x2_matches_reduce_window():
     np.testing.assert_array_equal(layers.max_pool_2x2(x), nn.max_pool(x, (2, 2), (2, 2)))
 
 
+@pytest.mark.parametrize("shape", [(3, 8, 8, 4), (2, 7, 9, 3), (1, 3, 2, 1)])
+def test_max_pool_2x2_gradient_goes_to_the_first_maximum(shape):
+    # values on a coarse grid so that many windows hold ties; odd sizes drop a row/column
+    x = jnp.round(2 * jax.random.normal(jax.random.key(0), shape)) / 2
+    x = x.at[0, 0, 0, 0].set(9.0).at[0, 0, 1, 0].set(9.0).at[0, 1, 0, 0].set(9.0)  # a three-way tie for the max
+    ref = lambda v: nn.max_pool(v, (2, 2), (2, 2))  # noqa: E731  (XLA's select-and-scatter)
+    g = jax.random.normal(jax.random.key(1), ref(x).shape)
+    (got,) = jax.vjp(layers.max_pool_2x2, x)[1](g)
+    (want,) = jax.vjp(ref, x)[1](g)
+    assert got.shape == x.shape
+    np.testing.assert_array_equal(got, want)
+    # each window's gradient lands on exactly one input: its first maximum, row-major
+    win = got[:, : shape[1] // 2 * 2, : shape[2] // 2 * 2].reshape(shape[0], shape[1] // 2, 2, shape[2] // 2, 2, shape[3])
+    np.testing.assert_array_equal((win != 0).sum((2, 4)), (g != 0).astype(int))
+    assert float(got[0, 0, 0, 0]) == float(g[0, 0, 0, 0]) and float(got[0, 0, 1, 0]) == 0.0
+
+
+def test_max_pool_2x2_gradient_matches_pytorch():
+    torch = pytest.importorskip("torch")
+    x = np.round(2 * np.random.default_rng(2).standard_normal((2, 6, 6, 3))) / 2  # with ties
+    t = torch.tensor(x.transpose(0, 3, 1, 2), dtype=torch.float32, requires_grad=True)
+    y = torch.nn.functional.max_pool2d(t, 2)
+    g = np.random.default_rng(3).standard_normal(tuple(y.shape)).astype(np.float32)
+    y.backward(torch.tensor(g))
+    (got,) = jax.vjp(layers.max_pool_2x2, jnp.asarray(x, jnp.float32))[1](jnp.asarray(g.transpose(0, 2, 3, 1)))
+    np.testing.assert_array_equal(np.asarray(got), t.grad.numpy().transpose(0, 2, 3, 1))
+
+
+def test_max_pool_2x2_bfloat16_and_under_jit_and_vmap():
+    x = jax.random.normal(jax.random.key(0), (2, 4, 6, 8, 3)).astype(jnp.bfloat16)
+    f = jax.jit(jax.vmap(lambda v: layers.max_pool_2x2(v).astype(jnp.float32).sum()))
+    np.testing.assert_array_equal(f(x), jax.vmap(lambda v: nn.max_pool(v, (2, 2), (2, 2)).astype(jnp.float32).sum())(x))
+    g = jax.jit(jax.grad(lambda v: layers.max_pool_2x2(v).astype(jnp.float32).sum()))(x[0])
+    assert g.dtype == jnp.bfloat16 and float(g.astype(jnp.float32).sum()) == 4 * 3 * 4 * 3  # one 1 per window
+
+
 def test_old_import_paths_still_work():
     from zoo import cnn, rnn
 
