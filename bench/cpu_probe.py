@@ -12,6 +12,7 @@
     python bench/cpu_probe.py bn          # DCGAN step: flax BatchNorm vs a one-pass candidate, alternating rounds
     python bench/cpu_probe.py convgrad    # conv kernel gradients as matmuls vs XLA's: per layer, then train steps A/B
     python bench/cpu_probe.py pool        # CNN step: max pooling's hand-written gradient vs autodiff through max
+    python bench/cpu_probe.py dense       # autoencoder step: its small stride-1 transposed conv as a dense matmul vs a conv
     python bench/cpu_probe.py vendor      # train steps: zoo vs PyTorch with and without its oneDNN kernels
     python bench/cpu_probe.py all
 
@@ -326,7 +327,7 @@ def probe_transpose(args) -> None:
             return jax.lax.conv_transpose(x, kern, (s, s), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"), transpose_kernel=True)
 
         fns = {"lax": lax_ct}
-        for m in ("conv",) if s == 1 else ("subpixel", "col2im"):
+        for m in ("conv", "dense", "col2im") if s == 1 else ("subpixel", "col2im"):
             fns[m] = lambda x, kern, m=m: layers.conv_transpose(x, kern, s, p, method=m)
         grads = {name: jax.jit(jax.grad(lambda x, kern, f=f: (f(x, kern) ** 2).sum(), argnums=(0, 1)), compiler_options=options)
                  for name, f in fns.items()}
@@ -992,27 +993,51 @@ def autodiff_max_pool_2x2(x):
     return x.max(axis=(2, 4))
 
 
-def probe_pool(args) -> None:
-    """The CNN train step with zoo.layers.max_pool_2x2 vs with autodiff_max_pool_2x2, in
-    alternating rounds in one process."""
+def step_ab(model: str, variants: dict, reps: int, steps: int = 30) -> str:
+    """One model's train step built once per variant, timed in alternating rounds in one
+    process. variants: {name: (module, attribute, value)}: the attribute is set to the value
+    while that variant's step is built and traced (value None: left as it is)."""
     import compare
-
-    import zoo.cnn
-    from zoo import layers
 
     data = _data()
     trainers = {}
-    for name, pool in (("autodiff max", autodiff_max_pool_2x2), ("zoo.layers", layers.max_pool_2x2)):
-        zoo.cnn.max_pool_2x2 = pool  # read when the step is traced (its first run, here)
+    for name, (module, attr, value) in variants.items():
+        old = getattr(module, attr)
+        if value is not None:
+            setattr(module, attr, value)  # read when the step is traced (its first run, here)
         try:
-            trainers[name] = tr = compare.ZooTrainer("cnn", data)
+            trainers[name] = tr = compare.ZooTrainer(model, data)
             tr.run(1)
         finally:
-            zoo.cnn.max_pool_2x2 = layers.max_pool_2x2
-    wall, cpu, loads = alternating_rounds(trainers, args.reps, steps=30, warmup=3)
-    print(f"pool cnn train step (batch 64), {args.reps} rounds of 30 steps, load {loads[0]:.1f}-{max(loads):.1f}: "
-          + "; ".join(f"{n} {statistics.median(v):.2f} ms median (min {min(v):.2f}, CPU {statistics.median(cpu[n]):.2f})"
-                      for n, v in wall.items()))
+            setattr(module, attr, old)
+    wall, cpu, loads = alternating_rounds(trainers, reps, steps=steps, warmup=3)
+    return (f"{model} train step, {reps} rounds of {steps} steps, load {loads[0]:.1f}-{max(loads):.1f}: "
+            + "; ".join(f"{n} {statistics.median(v):.2f} ms median (min {min(v):.2f}, CPU {statistics.median(cpu[n]):.2f})"
+                        for n, v in wall.items()))
+
+
+def probe_pool(args) -> None:
+    """The CNN train step with zoo.layers.max_pool_2x2 vs with autodiff_max_pool_2x2."""
+    import zoo.cnn
+    from zoo import layers
+
+    print("pool " + step_ab("cnn", {"autodiff max": (zoo.cnn, "max_pool_2x2", autodiff_max_pool_2x2),
+                                    "zoo.layers": (zoo.cnn, "max_pool_2x2", layers.max_pool_2x2)}, args.reps))
+
+
+def probe_dense(args) -> None:
+    """The autoencoder train step with its 4->7 stride-1 transposed conv (dec_0) as one dense
+    matmul (`transpose_method`'s "dense") vs as a conv with the flipped kernel."""
+    from zoo import layers
+
+    rule = layers.transpose_method
+
+    def without_dense(*a):
+        method = rule(*a)
+        return "conv" if method == "dense" else method
+
+    print("dense " + step_ab("autoencoder", {"conv": (layers, "transpose_method", without_dense),
+                                             "dense": (layers, "transpose_method", None)}, args.reps, steps=10))
 
 
 class TorchWithoutOneDNN:
@@ -1080,7 +1105,7 @@ def probe_vendor(args) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("probe", choices=("matmul", "conv", "floor", "batch", "options", "scan", "lstm", "transpose", "profile", "bn", "convgrad", "pool", "vendor", "all"))
+    p.add_argument("probe", choices=("matmul", "conv", "floor", "batch", "options", "scan", "lstm", "transpose", "profile", "bn", "convgrad", "pool", "dense", "vendor", "all"))
     p.add_argument("--models", nargs="+", default=list(MODELS))
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
@@ -1096,7 +1121,7 @@ def main() -> None:
     compare.setup_torch(args.threads)
     probes = {"matmul": probe_matmul, "conv": probe_conv, "floor": probe_floor, "batch": probe_batch,
               "options": probe_options, "scan": probe_scan, "lstm": probe_lstm, "transpose": probe_transpose, "profile": probe_profile, "bn": probe_bn,
-              "convgrad": probe_convgrad, "pool": probe_pool, "vendor": probe_vendor}
+              "convgrad": probe_convgrad, "pool": probe_pool, "dense": probe_dense, "vendor": probe_vendor}
     for name in probes if args.probe == "all" else [args.probe]:
         probes[name](args)
         sys.stdout.flush()

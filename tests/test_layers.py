@@ -18,10 +18,11 @@ def _flax_conv_transpose(cout, k, s, p):
 
 
 def _assert_same_outputs_and_grads(f_mine, f_ref, variables, x):
-    """f(variables, x) equal to 1e-5, and so are the gradients of a random linear function of
-    the output with respect to the variables and the input."""
+    """f(variables, x) equal to 1e-5 (near zero: to 1e-6 of the output's largest magnitude, the
+    float32 rounding of sums taken in another order), and so are the gradients of a random
+    linear function of the output with respect to the variables and the input."""
     want = f_ref(variables, x)
-    np.testing.assert_allclose(f_mine(variables, x), want, rtol=1e-5, atol=2e-6)
+    np.testing.assert_allclose(f_mine(variables, x), want, rtol=1e-5, atol=max(2e-6, 1e-6 * float(jnp.abs(want).max())))
     w = jax.random.normal(jax.random.key(7), want.shape)
     grad = lambda f: jax.grad(lambda v, x: jnp.sum(f(v, x) * w), argnums=(0, 1))(variables, x)  # noqa: E731
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), grad(f_mine), grad(f_ref))
@@ -38,7 +39,7 @@ def test_conv_transpose_matches_flax(h, cin, cout, k, s, p):
     _assert_same_outputs_and_grads(mine.apply, ref.apply, variables, x)
 
 
-@pytest.mark.parametrize("method", ["subpixel", "col2im", "conv", "einsum"])
+@pytest.mark.parametrize("method", ["subpixel", "col2im", "conv", "einsum", "dense"])
 @pytest.mark.parametrize("h,cin,cout,k,s,p", CT_SHAPES + [(7, 16, 9, 4, 2, 1), (1, 3, 2, 4, 1, 0)])
 def test_every_transpose_method_matches_lax(method, h, cin, cout, k, s, p):
     """Each formulation, forced on every shape it supports, equals lax.conv_transpose."""
@@ -62,10 +63,17 @@ def test_transpose_method_rule():
     rule = layers.transpose_method
     assert layers.COL2IM_MAX_FEATURES == 8
     # the zoo's layers: autoencoder dec_0..2, DCGAN generator deconv_0..2
-    assert [rule((4, 4), 64, 4, 1, 0), rule((7, 7), 32, 4, 2, 1), rule((14, 14), 1, 4, 2, 1)] == ["conv", "subpixel", "col2im"]
+    assert [rule((4, 4), 64, 4, 1, 0), rule((7, 7), 32, 4, 2, 1), rule((14, 14), 1, 4, 2, 1)] == ["dense", "subpixel", "col2im"]
     assert [rule((1, 1), 128, 7, 1, 0), rule((7, 7), 64, 4, 2, 1), rule((14, 14), 1, 4, 2, 1)] == ["einsum", "subpixel", "col2im"]
     assert rule((7, 7), 8, 4, 2, 1) == "col2im" and rule((7, 7), 9, 4, 2, 1) == "subpixel"
-    assert rule((1, 1), 4, 4, 2, 1) == "col2im" and rule((1, 1), 4, 4, 1, 1) == "conv"  # padded 1x1: no einsum
+    assert rule((1, 1), 4, 4, 2, 1) == "col2im" and rule((1, 1), 4, 4, 1, 1) == "dense"  # padded 1x1: no einsum
+    # stride 1: one dense matmul while the input has at most k*k pixels, a conv above
+    assert rule((4, 4), 64, 4, 1, 0) == "dense" and rule((4, 5), 64, 4, 1, 0) == "conv" and rule((3, 3), 8, 3, 1, 1) == "dense"
+
+
+def test_dense_transpose_refuses_a_huge_weight():
+    with pytest.raises(ValueError, match="DENSE_MAX_ELEMENTS"):
+        layers.conv_transpose(jnp.zeros((1, 4, 4, 256)), jnp.zeros((4, 4, 256, 256)), 1, 0, method="dense")
 
 
 def test_conv_transpose_rejects_unknown_method():

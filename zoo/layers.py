@@ -4,7 +4,8 @@
   stride-1 conv, so its input gradient is never an input-dilated conv (slow on XLA:CPU).
 - `ConvTranspose` / `conv_transpose`: PyTorch's ConvTranspose2d without input-dilated convs:
   per layer shape (`transpose_method`) one small conv per output phase, or a matmul +
-  overlap-add for few output channels, or an einsum for a 1x1 input.
+  overlap-add for few output channels, or an einsum for a 1x1 input, or one matmul with a
+  dense weight for a small stride-1 input.
 - A conv whose window covers its whole (padded) input is an einsum (a dense layer).
 - `max_pool_2x2`: reshape + max instead of `reduce_window` (faster on XLA:CPU).
 - `LSTMLayer` / `lstm_layer` / `lstm_recurrence` / `lstm_cell`: an LSTM whose recurrence has a
@@ -122,21 +123,28 @@ class Conv(nn.Module):
 # 2-core CPU, fwd+bwd at batch 128 (bench/README.md, `cpu_probe.py transpose`): col2im wins
 # at 1, 4 and 8 output channels, subpixel at 16 and more.
 COL2IM_MAX_FEATURES = 8
-TRANSPOSE_METHODS = ("einsum", "conv", "subpixel", "col2im")
+# A stride-1 transposed conv whose input has no more pixels than its kernel has taps runs as
+# ONE matmul with a dense (H*W*Cin, OH*OW*Cout) weight ("dense"): the same FLOPs as the conv
+# with the flipped kernel over the zero-padded input, in one large matmul. The autoencoder's
+# 4->7, 16->64 k4 layer: fwd+bwd 6.8 -> 4.0 ms at batch 128 (`cpu_probe.py transpose`). Up to
+# this many elements in the dense weight (4M floats, 16 MB).
+DENSE_MAX_ELEMENTS = 1 << 22
+TRANSPOSE_METHODS = ("einsum", "conv", "subpixel", "col2im", "dense")
 
 
 def transpose_method(in_hw: tuple[int, int], features: int, kernel_size: int, stride: int, padding: int) -> str:
     """Which formulation `conv_transpose` uses for a layer of this shape.
 
-    "einsum" for a 1x1 input without padding (a dense layer to k*k*features), "conv" for
-    stride 1 (a conv with the flipped kernel), otherwise "col2im" up to COL2IM_MAX_FEATURES
+    "einsum" for a 1x1 input without padding (a dense layer to k*k*features); at stride 1
+    "dense" (one matmul, `DENSE_MAX_ELEMENTS`) for an input with at most k*k pixels, "conv" (a
+    conv with the flipped kernel) for larger ones; otherwise "col2im" up to COL2IM_MAX_FEATURES
     output channels and "subpixel" above. No formulation is an input-dilated conv (XLA:CPU
     lowers those to a slow generic loop).
     """
     if tuple(in_hw) == (1, 1) and padding == 0:
         return "einsum"
     if stride == 1:
-        return "conv"
+        return "dense" if in_hw[0] * in_hw[1] <= kernel_size * kernel_size else "conv"
     return "col2im" if features <= COL2IM_MAX_FEATURES else "subpixel"
 
 
@@ -221,6 +229,26 @@ def _conv_transpose_col2im(x, kernel, s: int, p: int):
     return full[:, p : p + _transpose_out(h, k, s, p), p : p + _transpose_out(w, k, s, p)]
 
 
+def _conv_transpose_dense(x, kernel, s: int, p: int):
+    """One matmul with a dense weight: input pixel (i, j)'s row holds the kernel placed at
+    output (s*i, s*j) of the full (H-1)*s + k output, zeros elsewhere, built from H*W padded
+    copies of the kernel (so its gradient is slices, not a scatter); the padding is cropped."""
+    k = kernel.shape[0]
+    b, h, w, cin = x.shape
+    cout = kernel.shape[2]
+    full_h, full_w = (h - 1) * s + k, (w - 1) * s + k
+    size = h * w * cin * full_h * full_w * cout
+    if size > DENSE_MAX_ELEMENTS:
+        raise ValueError(f"conv_transpose: method 'dense' needs a weight of at most DENSE_MAX_ELEMENTS = "
+                         f"{DENSE_MAX_ELEMENTS} elements, this layer's has {size}")
+    kt = jnp.transpose(kernel, (3, 0, 1, 2))  # (Cin, k, k, Cout)
+    rows = [jnp.pad(kt, ((0, 0), (s * i, full_h - k - s * i), (s * j, full_w - k - s * j), (0, 0)))
+            for i in range(h) for j in range(w)]  # each (Cin, full_h, full_w, Cout)
+    weight = jnp.stack(rows).reshape(h * w * cin, full_h * full_w * cout)
+    y = (x.reshape(b, h * w * cin) @ weight).reshape(b, full_h, full_w, cout)
+    return y[:, p : full_h - p, p : full_w - p]
+
+
 def conv_transpose(x, kernel, stride: int, padding: int, method: str | None = None):
     """PyTorch-semantics transposed conv. x: (B, H, W, Cin); kernel: (k, k, Cout, Cin).
 
@@ -244,6 +272,8 @@ def conv_transpose(x, kernel, stride: int, padding: int, method: str | None = No
         return conv2d(x, flipped, 1, ((k - 1 - p, k - 1 - p), (k - 1 - p, k - 1 - p)))
     if method == "col2im":
         return _conv_transpose_col2im(x, kernel, s, p)
+    if method == "dense":
+        return _conv_transpose_dense(x, kernel, s, p)
     return _conv_transpose_subpixel(x, kernel, s, p)
 
 
