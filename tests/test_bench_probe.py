@@ -195,3 +195,41 @@ def test_convgrad_swapped_conv2d_equals_zoo_conv2d():
         x = jnp.asarray(rng.normal(size=(2, 7, 6, cin)), jnp.float32)
         kern = jnp.asarray(rng.normal(size=(3, 3, cin, 5)), jnp.float32)
         np.testing.assert_allclose(swapped(x, kern, 1, pad), layers.conv2d(x, kern, 1, pad), rtol=1e-5, atol=1e-5)
+
+
+def test_torch_without_onednn_switches_it_off_only_for_the_steps():
+    torch = pytest.importorskip("torch")
+    seen = []
+
+    class Fake:
+        def run(self, steps):
+            seen.append((steps, torch._C._get_mkldnn_enabled()))
+            return 0.5
+
+    before = torch._C._get_mkldnn_enabled()
+    assert cpu_probe.TorchWithoutOneDNN(Fake()).run(3) == 0.5
+    assert seen == [(3, False)] and torch._C._get_mkldnn_enabled() == before
+
+
+def test_torch_top_ops_ranks_self_time_shares():
+    torch = pytest.importorskip("torch")
+    a = torch.randn(64, 64)
+
+    class Fake:
+        def run(self, steps):
+            for _ in range(steps):
+                (a @ a).relu_()
+
+    top = cpu_probe.torch_top_ops(Fake(), steps=2, top=2)
+    assert len(top) == 2 and top[0][1] >= top[1][1] > 0 and sum(v for _, v in top) <= 1.0 + 1e-9
+    assert any("mm" in name for name, _ in top)
+
+
+def test_autodiff_max_pool_is_the_old_forward():
+    import jax
+    import numpy as np
+
+    from zoo import layers
+
+    x = jax.random.normal(jax.random.key(0), (2, 5, 6, 3))
+    np.testing.assert_array_equal(cpu_probe.autodiff_max_pool_2x2(x), layers.max_pool_2x2(x))
