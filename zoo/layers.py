@@ -304,33 +304,32 @@ class ConvTranspose(nn.Module):
 # --- pooling ---------------------------------------------------------------------------------
 
 
-def _pool_windows(x):
-    """(B, H, W, C) -> (B, H//2, 2, W//2, 2, C): the 2x2 windows (odd sizes floored)."""
-    b, h, w, c = x.shape
-    x = x[:, : h - h % 2, : w - w % 2, :]
-    return x.reshape(b, h // 2, 2, w // 2, 2, c)
-
-
 def _pool_fwd(x):
-    win = _pool_windows(x)
+    b, h, w, c = x.shape  # even sizes
+    win = x.reshape(b, h // 2, 2, w // 2, 2, c)  # (B, H/2, 2, W/2, 2, C): the 2x2 windows
     m = win.max(axis=(2, 4))
     # the first maximum in the window, row-major (PyTorch's MaxPool2d index order)
     taps = [win[:, :, dy, :, dx, :] for dy in (0, 1) for dx in (0, 1)]
     first = jnp.where(taps[0] == m, 0, jnp.where(taps[1] == m, 1, jnp.where(taps[2] == m, 2, 3)))
-    return m, (first.astype(jnp.int8), x.shape)
+    return m, first.astype(jnp.int8)
 
 
-def _pool_bwd(res, g):
-    first, shape = res
-    b, h, w, c = shape
+def _pool_bwd(first, g):
+    b, hh, ww, c = g.shape
     position = 2 * jnp.arange(2, dtype=jnp.int8)[:, None, None, None] + jnp.arange(2, dtype=jnp.int8)[:, None]
     # (2, 1, 2, 1) window positions against the (B, H/2, 1, W/2, 1, C) winners: one fused pass
     dx = jnp.where(position == first[:, :, None, :, None, :], g[:, :, None, :, None, :], jnp.zeros((), g.dtype))
-    dx = dx.reshape(b, h - h % 2, w - w % 2, c)
-    return (jnp.pad(dx, ((0, 0), (0, h % 2), (0, w % 2), (0, 0))),)
+    return (dx.reshape(b, 2 * hh, 2 * ww, c),)
 
 
 @jax.custom_vjp
+def _max_pool_even(x):
+    return _pool_fwd(x)[0]
+
+
+_max_pool_even.defvjp(_pool_fwd, _pool_bwd)
+
+
 def max_pool_2x2(x):
     """2x2 max pooling with stride 2 (floors odd sizes, as PyTorch's MaxPool2d(2) does).
 
@@ -343,10 +342,8 @@ def max_pool_2x2(x):
     passes over the full input; the CNN train step went from 17.9 to 15.8 ms,
     `bench/cpu_probe.py pool`).
     """
-    return _pool_fwd(x)[0]
-
-
-max_pool_2x2.defvjp(_pool_fwd, _pool_bwd)
+    b, h, w, c = x.shape
+    return _max_pool_even(x[:, : h - h % 2, : w - w % 2, :])
 
 
 # --- LSTM ------------------------------------------------------------------------------------
