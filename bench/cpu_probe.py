@@ -23,6 +23,7 @@ Each line printed is one measurement; run it on an otherwise idle machine. PyTor
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import json
 import os
@@ -346,7 +347,7 @@ def probe_transpose(args) -> None:
                     out = fn()
                 jax.block_until_ready(out)
                 best[name] = min(best[name], 1e3 * (time.perf_counter() - t) / 5)
-        pick = layers.transpose_method((h, h), cout, k, s, p)
+        pick = layers.transpose_method((h, h), cout, k, s, p, in_features=cin)
         print(f"transpose {h}->{(h - 1) * s - 2 * p + k} {cin}->{cout} k{k} s{s} ({jax.default_backend()}, picks {pick}): "
               + ", ".join(f"{name} {ms:.2f} ms" for name, ms in best.items()))
         sys.stdout.flush()
@@ -742,8 +743,6 @@ def probe_bn(args) -> None:
     while the trainer is built and compiled), after checking the candidate against
     nn.BatchNorm (outputs, statistics, input/scale/bias gradients). Alternating `--reps`
     rounds of 5 steps; prints best and median ms per step and the load average."""
-    from unittest import mock
-
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -777,11 +776,7 @@ def probe_bn(args) -> None:
     print(f"bn: on (128, 14, 14, 64), max relative difference over outputs, statistics and gradients: "
           f"one-pass vs flax {rel(got['one-pass'], got['flax']):.1e}; vs float64: flax {rel(got['flax'], ref):.1e}, "
           f"one-pass {rel(got['one-pass'], ref):.1e}")
-    data = _data()
-    trainers = {"flax nn.BatchNorm": _trainer("dcgan", data)}
-    with mock.patch.object(nn, "BatchNorm", cand):
-        trainers["one-pass"] = _trainer("dcgan", data)
-        trainers["one-pass"].run(1)  # traced and compiled with the candidate
+    trainers, _ = patched_trainers("dcgan", _data(), {"flax nn.BatchNorm": None, "one-pass": (nn, "BatchNorm", cand)})
     times, _, loads = alternating_rounds(trainers, args.reps, steps=5, warmup=3)
     print(f"bn dcgan step ({args.reps} alternating rounds of 5 steps, load average {min(loads):.1f}-{max(loads):.1f}): "
           + "; ".join(f"{n} {min(t):.1f} ms (median {statistics.median(t):.1f})" for n, t in times.items())
@@ -907,8 +902,6 @@ def probe_convgrad(args) -> None:
     `--models` with zoo.layers.conv2d's lax branch swapped for each of `--candidates`
     (compare.py's trainer, the engine's compiler options), alternating `--reps` rounds, median
     wall and process-CPU ms per step, first step (trace + compile) and the load average."""
-    from unittest import mock
-
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -967,14 +960,8 @@ def probe_convgrad(args) -> None:
 
     data = _data()
     for model in (m for m in args.models if m in CONV_MODELS):  # the others run no conv2d
-        trainers, first = {}, {}
-        for cand in ["stock", *args.candidates]:
-            conv2d = layers.conv2d if cand == "stock" else _conv2d_with(conv_with_kernel_grad(cands[cand]))
-            with mock.patch.object(layers, "conv2d", conv2d):
-                trainers[cand] = _trainer(model, data)
-                t = time.perf_counter()
-                trainers[cand].run(1)  # traced and compiled with the candidate
-                first[cand] = time.perf_counter() - t
+        variants = {"stock": None, **{c: (layers, "conv2d", _conv2d_with(conv_with_kernel_grad(cands[c]))) for c in args.candidates}}
+        trainers, first = patched_trainers(model, data, variants)
         steps = 5 if model == "dcgan" else 10
         wall, cpu, loads = alternating_rounds(trainers, args.reps, steps=steps, warmup=steps)
         base = statistics.median(cpu["stock"])
@@ -993,23 +980,27 @@ def autodiff_max_pool_2x2(x):
     return x.max(axis=(2, 4))
 
 
-def step_ab(model: str, variants: dict, reps: int, steps: int = 30) -> str:
-    """One model's train step built once per variant, timed in alternating rounds in one
-    process. variants: {name: (module, attribute, value)}: the attribute is set to the value
-    while that variant's step is built and traced (value None: left as it is)."""
-    import compare
+def patched_trainers(model: str, data: dict, variants: dict) -> tuple[dict, dict]:
+    """One compare.py trainer (`_trainer`) per variant, each traced and compiled by its first
+    step. variants: {name: (module, attribute, value) or None}: that attribute is patched to the
+    value while the variant's trainer is built and its step traced (None: nothing patched).
+    Returns (trainers, {name: first step s, trace + compile included})."""
+    from unittest import mock
 
-    data = _data()
-    trainers = {}
-    for name, (module, attr, value) in variants.items():
-        old = getattr(module, attr)
-        if value is not None:
-            setattr(module, attr, value)  # read when the step is traced (its first run, here)
-        try:
-            trainers[name] = tr = compare.ZooTrainer(model, data)
+    trainers, first = {}, {}
+    for name, patch in variants.items():
+        with mock.patch.object(*patch) if patch else contextlib.nullcontext():
+            trainers[name] = tr = _trainer(model, data)
+            t = time.perf_counter()
             tr.run(1)
-        finally:
-            setattr(module, attr, old)
+            first[name] = time.perf_counter() - t
+    return trainers, first
+
+
+def step_ab(model: str, variants: dict, reps: int, steps: int = 30) -> str:
+    """One model's train step built once per variant (`patched_trainers`), timed in
+    alternating rounds in one process."""
+    trainers, _ = patched_trainers(model, _data(), variants)
     wall, cpu, loads = alternating_rounds(trainers, reps, steps=steps, warmup=3)
     return (f"{model} train step, {reps} rounds of {steps} steps, load {loads[0]:.1f}-{max(loads):.1f}: "
             + "; ".join(f"{n} {statistics.median(v):.2f} ms median (min {min(v):.2f}, CPU {statistics.median(cpu[n]):.2f})"
@@ -1019,10 +1010,9 @@ def step_ab(model: str, variants: dict, reps: int, steps: int = 30) -> str:
 def probe_pool(args) -> None:
     """The CNN train step with zoo.layers.max_pool_2x2 vs with autodiff_max_pool_2x2."""
     import zoo.cnn
-    from zoo import layers
 
     print("pool " + step_ab("cnn", {"autodiff max": (zoo.cnn, "max_pool_2x2", autodiff_max_pool_2x2),
-                                    "zoo.layers": (zoo.cnn, "max_pool_2x2", layers.max_pool_2x2)}, args.reps))
+                                    "zoo.layers": None}, args.reps))
 
 
 def probe_dense(args) -> None:
@@ -1032,12 +1022,12 @@ def probe_dense(args) -> None:
 
     rule = layers.transpose_method
 
-    def without_dense(*a):
-        method = rule(*a)
+    def without_dense(*a, **kw):
+        method = rule(*a, **kw)
         return "conv" if method == "dense" else method
 
-    print("dense " + step_ab("autoencoder", {"conv": (layers, "transpose_method", without_dense),
-                                             "dense": (layers, "transpose_method", None)}, args.reps, steps=10))
+    print("dense " + step_ab("autoencoder", {"conv": (layers, "transpose_method", without_dense), "dense": None},
+                             args.reps, steps=10))
 
 
 class TorchWithoutOneDNN:
@@ -1086,11 +1076,7 @@ def probe_vendor(args) -> None:
         wall, _, loads = alternating_rounds(trainers, args.reps, steps=steps, warmup=3)
         med = {n: statistics.median(v) for n, v in wall.items()}
         ratios = {n: statistics.median(t / z for t, z in zip(wall[n], wall["zoo"])) for n in ("torch", "torch_no_onednn")}
-        with_dnn = torch_top_ops(torch_tr)
-        import torch
-
-        with torch.backends.mkldnn.flags(enabled=False):
-            without = torch_top_ops(torch_tr)
+        with_dnn, without = torch_top_ops(torch_tr), torch_top_ops(generic_tr)
         out[model] = {"ms_per_step": wall, "median_ms": med, "speedup": ratios, "load": loads,
                       "torch_top_ops": with_dnn, "torch_no_onednn_top_ops": without}
         ops = lambda lst: ", ".join(f"{k} {100 * v:.0f}%" for k, v in lst)  # noqa: E731
