@@ -89,6 +89,12 @@ def test_transpose_method_rule():
 def test_dense_transpose_refuses_a_huge_weight():
     with pytest.raises(ValueError, match="DENSE_MAX_ELEMENTS"):
         layers.conv_transpose(jnp.zeros((1, 4, 4, 256)), jnp.zeros((4, 4, 256, 256)), 1, 0, method="dense")
+    # the rule never picks it for such a layer: a wide small-input layer runs as the conv
+    rule = layers.transpose_method
+    assert rule((4, 4), 256, 4, 1, 0, in_features=256) == "conv" and rule((4, 4), 64, 4, 1, 0, in_features=16) == "dense"
+    x = jnp.ones((1, 4, 4, 256))
+    y = ConvTranspose(256, 4).apply(ConvTranspose(256, 4).init(jax.random.key(0), x), x)
+    assert y.shape == (1, 7, 7, 256)
 
 
 def test_conv_transpose_rejects_unknown_method():

@@ -132,19 +132,23 @@ DENSE_MAX_ELEMENTS = 1 << 22
 TRANSPOSE_METHODS = ("einsum", "conv", "subpixel", "col2im", "dense")
 
 
-def transpose_method(in_hw: tuple[int, int], features: int, kernel_size: int, stride: int, padding: int) -> str:
+def transpose_method(in_hw: tuple[int, int], features: int, kernel_size: int, stride: int, padding: int,
+                     in_features: int | None = None) -> str:
     """Which formulation `conv_transpose` uses for a layer of this shape.
 
     "einsum" for a 1x1 input without padding (a dense layer to k*k*features); at stride 1
-    "dense" (one matmul, `DENSE_MAX_ELEMENTS`) for an input with at most k*k pixels, "conv" (a
-    conv with the flipped kernel) for larger ones; otherwise "col2im" up to COL2IM_MAX_FEATURES
+    "dense" (one matmul) for an input with at most k*k pixels whose dense weight (given
+    `in_features`) has at most `DENSE_MAX_ELEMENTS` elements, "conv" (a conv with the flipped
+    kernel) otherwise; above stride 1 "col2im" up to COL2IM_MAX_FEATURES
     output channels and "subpixel" above. No formulation is an input-dilated conv (XLA:CPU
     lowers those to a slow generic loop).
     """
     if tuple(in_hw) == (1, 1) and padding == 0:
         return "einsum"
     if stride == 1:
-        return "dense" if in_hw[0] * in_hw[1] <= kernel_size * kernel_size else "conv"
+        small = in_hw[0] * in_hw[1] <= kernel_size * kernel_size
+        fits = in_features is None or _dense_weight_size(in_hw, in_features, features, kernel_size, 1) <= DENSE_MAX_ELEMENTS
+        return "dense" if small and fits else "conv"
     return "col2im" if features <= COL2IM_MAX_FEATURES else "subpixel"
 
 
@@ -229,6 +233,12 @@ def _conv_transpose_col2im(x, kernel, s: int, p: int):
     return full[:, p : p + _transpose_out(h, k, s, p), p : p + _transpose_out(w, k, s, p)]
 
 
+def _dense_weight_size(in_hw, in_features: int, features: int, k: int, s: int) -> int:
+    """Elements of `_conv_transpose_dense`'s (H*W*Cin, OH*OW*Cout) weight, before cropping."""
+    h, w = in_hw
+    return h * w * in_features * ((h - 1) * s + k) * ((w - 1) * s + k) * features
+
+
 def _conv_transpose_dense(x, kernel, s: int, p: int):
     """One matmul with a dense weight: input pixel (i, j)'s row holds the kernel placed at
     output (s*i, s*j) of the full (H-1)*s + k output, zeros elsewhere, built from H*W padded
@@ -237,7 +247,7 @@ def _conv_transpose_dense(x, kernel, s: int, p: int):
     b, h, w, cin = x.shape
     cout = kernel.shape[2]
     full_h, full_w = (h - 1) * s + k, (w - 1) * s + k
-    size = h * w * cin * full_h * full_w * cout
+    size = _dense_weight_size((h, w), cin, cout, k, s)
     if size > DENSE_MAX_ELEMENTS:
         raise ValueError(f"conv_transpose: method 'dense' needs a weight of at most DENSE_MAX_ELEMENTS = "
                          f"{DENSE_MAX_ELEMENTS} elements, this layer's has {size}")
@@ -257,7 +267,7 @@ def conv_transpose(x, kernel, stride: int, padding: int, method: str | None = No
     """
     k, s, p = kernel.shape[0], stride, padding
     if method is None:
-        method = transpose_method(x.shape[1:3], kernel.shape[2], k, s, p)
+        method = transpose_method(x.shape[1:3], kernel.shape[2], k, s, p, in_features=x.shape[3])
     if method not in TRANSPOSE_METHODS:
         raise ValueError(f"conv_transpose: method must be one of {TRANSPOSE_METHODS} or None, got {method!r}")
     if method == "einsum":
@@ -304,9 +314,13 @@ class ConvTranspose(nn.Module):
 # --- pooling ---------------------------------------------------------------------------------
 
 
-def _pool_fwd(x):
+def _pool_windows(x):
     b, h, w, c = x.shape  # even sizes
-    win = x.reshape(b, h // 2, 2, w // 2, 2, c)  # (B, H/2, 2, W/2, 2, C): the 2x2 windows
+    return x.reshape(b, h // 2, 2, w // 2, 2, c)  # (B, H/2, 2, W/2, 2, C): the 2x2 windows
+
+
+def _pool_fwd(x):
+    win = _pool_windows(x)
     m = win.max(axis=(2, 4))
     # the first maximum in the window, row-major (PyTorch's MaxPool2d index order)
     taps = [win[:, :, dy, :, dx, :] for dy in (0, 1) for dx in (0, 1)]
@@ -324,7 +338,7 @@ def _pool_bwd(first, g):
 
 @jax.custom_vjp
 def _max_pool_even(x):
-    return _pool_fwd(x)[0]
+    return _pool_windows(x).max(axis=(2, 4))  # the winners are found only when differentiated
 
 
 _max_pool_even.defvjp(_pool_fwd, _pool_bwd)
