@@ -1,5 +1,6 @@
-"""The documentation runs: every ```python block of docs/research.md, and of README.md's
-"Using zoo in research code" section, executed in order in one namespace per document.
+"""The documentation runs: every ```python block of every docs/*.md page, and of README.md's
+quickstart and "Using zoo in research code" sections, executed in order in one namespace per
+document.
 
 A failing block fails the test with the file and line where the block starts; tracebacks point
 at the markdown file's own line numbers. The blocks carry their own asserts (a probe's accuracy,
@@ -56,11 +57,27 @@ def test_blocks_share_a_namespace_and_a_failure_names_its_line(tmp_path):
     assert info.value.__cause__.__traceback__.tb_next.tb_lineno == 7
 
 
-def test_research_doc_runs(tfds_dir, monkeypatch):
+DOC_PAGES = sorted(p.name for p in (REPO / "docs").glob("*.md"))
+
+
+def test_docs_rooms_exist_and_the_readme_links_each():
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) <= 250, "the README is the front door: at most 250 lines"
+    for name in ("research.md", "training.md", "formats.md", "sweep.md", "results.md", "design.md"):
+        assert name in DOC_PAGES
+        assert f"(docs/{name})" in readme, f"README.md does not link docs/{name}"
+
+
+@pytest.mark.parametrize("page", DOC_PAGES)
+def test_doc_page_runs(page, tfds_dir, monkeypatch):
+    """Every ```python block of every docs/ page runs, in order, in one namespace per page."""
     monkeypatch.setenv("TFDS_DATA_DIR", str(tfds_dir))
-    path = REPO / "docs" / "research.md"
+    path = REPO / "docs" / page
     blocks = python_blocks(path.read_text())
-    assert len(blocks) >= 8, "the recipes (a)-(f) and their setup"
+    if page == "research.md":
+        assert len(blocks) >= 8, "the recipes (a)-(f) and their setup"
+    if page == "formats.md":
+        assert blocks, "formats.md shows PyTorch both ways in a ```python block"
     run_blocks(path, blocks)
 
 

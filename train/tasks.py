@@ -2,7 +2,7 @@
 
 A record names the task's data view, its train and eval steps, its validation metric and
 direction, and its samplers. The loop, the CLI, evaluation and export look the record up once
-(`get(label)`) and never compare task names. A new task is one new record (README: "Add a task").
+(`get(label)`) and never compare task names. A new task is one new record (docs/design.md: "Add a task").
 The steps themselves (train/steps.py) stay config-free.
 """
 
