@@ -109,3 +109,9 @@ def test_ci_runs_the_readme_commands_and_nothing_else():
     assert ci == [commands[1], slow]
     # the default run leaves the slow tests out; the slow command selects exactly them
     assert "-m 'not slow'" in (REPO / "pyproject.toml").read_text()
+
+
+def test_bench_results_keeps_only_the_canonical_tables():
+    """bench/results holds the current tables and plots that docs cite; history lives in git."""
+    files = [p for p in (REPO / "bench" / "results").rglob("*") if p.is_file()]
+    assert len(files) <= 30, sorted(str(p.relative_to(REPO)) for p in files)
