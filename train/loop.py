@@ -169,7 +169,7 @@ def max_in_flight(devices) -> int:
     """Steps that may be queued without a host sync (0: no bound).
 
     XLA:CPU (jaxlib 0.10) deadlocks in an all-reduce rendezvous once ~90 sharded steps are
-    queued over several CPU devices (tests/test_hardening.py trains a real epoch on 4 devices),
+    queued over several CPU devices (tests/test_interruptions.py trains a real epoch on 4 devices),
     so on multi-device CPU meshes the loop waits for a step before queueing many more.
     """
     return 8 if devices[0].platform == "cpu" and len(devices) > 1 else 0

@@ -1,4 +1,4 @@
-"""The engine's guarantees under attack (issue 11): no hang on several CPU devices, SIGINT like
+"""A run survives interruptions: no hang on several CPU devices, SIGINT like
 SIGTERM, one run per workdir, resume past a damaged checkpoint, metrics.jsonl identical after
 kills, and multi-host runs refusing an unshared workdir. Real `zoo train` processes."""
 

@@ -1,4 +1,4 @@
-"""README promises that had no test: early stopping, steps per dispatch (the lax.scan path),
+"""The loop's features from the outside: early stopping, steps per dispatch (the lax.scan path),
 refusing to resume another run, the validation split, augmentation in the step, the progress
 bar only on a terminal, --init-from an export dir, and zoo.load without TensorFlow.
 
