@@ -96,6 +96,88 @@ def test_preprocess_errors():
         zoo.preprocess("cnnn", drawn_zero())
 
 
+def pattern() -> np.ndarray:
+    """A 28x28 uint8 picture no flip or rotation maps onto itself: a light L with grey levels and
+    a dot, on black (MNIST polarity, so "auto" never inverts it)."""
+    x = np.zeros((28, 28), np.uint8)
+    x[4:24, 5:9] = np.linspace(60, 255, 20, dtype=np.uint8)[:, None]
+    x[20:24, 9:21] = 200
+    x[4, 20] = 130
+    return x
+
+
+def exif_oriented(upright: np.ndarray, orientation: int) -> "Image.Image":
+    """The stored picture whose EXIF orientation tag shows `upright` in a viewer (6: the viewer
+    turns it 90 degrees clockwise, 8: counter-clockwise, 3: half a turn)."""
+    turns = {3: 2, 6: 1, 8: -1}[orientation]  # np.rot90 turns counter-clockwise
+    image = Image.fromarray(np.ascontiguousarray(np.rot90(upright, turns)))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    image.info["exif"] = exif.tobytes()
+    return image
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_preprocess_applies_the_exif_orientation(tmp_path, orientation):
+    upright = pattern()
+    expected = upright[None, :, :, None] / np.float32(255)
+    stored = exif_oriented(upright, orientation)
+    png = tmp_path / "photo.png"
+    stored.save(png, exif=stored.info["exif"])
+    with Image.open(png) as image:
+        np.testing.assert_array_equal(zoo.preprocess("cnn", image, invert=False), expected)
+    jpg = tmp_path / "photo.jpg"
+    stored.save(jpg, exif=stored.info["exif"], quality=100)
+    with Image.open(jpg) as image:
+        got = zoo.preprocess("cnn", image, invert=False)
+    assert np.abs(got - expected).mean() < 0.01  # JPEG is lossy; unrotated it would be far off
+    assert np.abs(np.asarray(stored, np.float32)[None, :, :, None] / 255 - expected).mean() > 0.1
+
+
+def deep_pictures(tmp_path) -> dict[str, Path]:
+    """pattern() saved in modes deeper than 8 bits, each with the 8-bit picture's values."""
+    v = pattern().astype(np.float64)
+    arrays = {"F01.tiff": (v / 255).astype(np.float32), "F1000.tiff": (v * 1000 / 255).astype(np.float32),
+              "I8.tiff": v.astype(np.int32), "I16.tiff": (v * 257).astype(np.int32),
+              "Ineg.tiff": (v * 4 - 1000).astype(np.int32), "sixteen.png": (v * 257).astype(np.uint16)}
+    paths = {}
+    for name, array in arrays.items():
+        paths[name] = tmp_path / name
+        Image.fromarray(array).save(paths[name])
+    return paths
+
+
+def test_preprocess_scales_deep_pictures_by_their_range(tmp_path):
+    expected = pattern()[None, :, :, None] / np.float32(255)
+    modes = {}
+    for name, path in deep_pictures(tmp_path).items():
+        with Image.open(path) as image:
+            modes[name] = image.mode
+            np.testing.assert_allclose(zoo.preprocess("cnn", image, invert=False), expected, atol=0.5 / 255,
+                                       err_msg=f"{name} ({image.mode})")
+    assert set(modes.values()) == {"F", "I", "I;16"}  # what the test means to cover
+    with pytest.raises(ValueError, match="'F' image must hold finite values"):
+        zoo.preprocess("cnn", Image.fromarray(np.array([[0.0, np.nan]], np.float32)))
+    flat = zoo.preprocess("cnn", Image.fromarray(np.full((28, 28), 7.5, np.float32)), invert=False)
+    assert (flat == 0).all()  # no range to stretch: black, not a division by zero
+
+
+def test_predict_feeds_the_oriented_and_scaled_picture(cli, tmp_path, monkeypatch):
+    import sys
+
+    module = sys.modules["zoo.preprocess"]  # the module; zoo.preprocess is the function
+    fed = []
+    real = module.preprocess
+    monkeypatch.setattr(module, "preprocess", lambda *a, **k: fed.append(real(*a, **k)) or fed[-1])
+    stored = exif_oriented(pattern(), 6)
+    stored.save(tmp_path / "photo.png", exif=stored.info["exif"])
+    paths = [tmp_path / "photo.png", *deep_pictures(tmp_path).values()]
+    code, out, err = cli("predict", "cnn", *paths, "--pretrained", "mnist", "--no-invert")
+    assert code == 0 and err == "" and len(fed) == len(paths)
+    for path, batch in zip(paths, fed):
+        np.testing.assert_allclose(batch, pattern()[None, :, :, None] / 255, atol=0.5 / 255, err_msg=path.name)
+
+
 # ---------------------------------------------------------------- zoo predict
 
 

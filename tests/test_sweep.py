@@ -14,7 +14,7 @@ optuna = pytest.importorskip("optuna")
 
 from train import sweep  # noqa: E402
 from train.cli import main  # noqa: E402
-from train.config import resolve  # noqa: E402
+from train.config import Config, resolve  # noqa: E402
 from tests.fixtures import kill_after_first_epoch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -249,6 +249,86 @@ def test_cli_grid_sweep(tfds_dir, tmp_path, capsys):
     assert sorted(int(r["batch_size"]) for r in rows) == [32, 64]  # the grid is exhausted after 2 trials
     assert (workdir / "metric_vs_param.png").stat().st_size > 1000
     assert "wrote" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- continued studies and workers
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_a_continued_study_samples_new_points(tmp_path, sampler):
+    url = f"sqlite:///{tmp_path}/study.db"
+    space = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
+             "batch_size": optuna.distributions.IntDistribution(32, 256, step=32)}
+    asked = []
+
+    def worker(n: int, finish: bool = True) -> None:
+        study = sweep.open_study("mlp_small", space, storage=sweep.open_storage(url), study_name="s", sampler=sampler,
+                                 pruner="none", seed=0)
+        for _ in range(n):
+            trial = study.ask(space)
+            asked.append(tuple(sorted(trial.params.items())))
+            if finish:
+                study.tell(trial, 0.5)
+
+    with pytest.warns(match="Heartbeat"):  # ask() outside optimize(); heartbeats do not matter here
+        worker(2)  # the first run
+        worker(2)  # rerun with more --trials
+        worker(1, finish=False)  # a worker killed mid-trial: its trial stays running
+        worker(2)  # the restarted worker
+    assert len(set(asked)) == len(asked), asked
+    fresh = sweep.open_study("mlp_small", space, storage=sweep.open_storage(f"sqlite:///{tmp_path}/new.db"),
+                             study_name="s", sampler=sampler, pruner="none", seed=0)
+    with pytest.warns(match="Heartbeat"):
+        assert tuple(sorted(fresh.ask(space).params.items())) == asked[0]  # a new study: --seed as given
+
+
+def test_results_show_what_another_worker_did_since(tmp_path):
+    url = f"sqlite:///{tmp_path}/study.db"
+    space = {"lr": optuna.distributions.FloatDistribution(0.1, 0.2)}
+    zero, one = (sweep.open_study("mlp_small", space, storage=sweep.open_storage(url), study_name="s",
+                                  sampler="random", pruner="none", seed=i) for i in (0, 1))
+    w0, w1, stranger = tmp_path / "w0", tmp_path / "w1", tmp_path / "stranger"
+    for folder in (w0, w1, stranger):
+        folder.mkdir()
+    (stranger / "results.md").write_text("# Sweep other: mlp\n")  # another study's: left alone
+    with pytest.warns(match="Heartbeat"):
+        mine, theirs, odd = zero.ask(space), one.ask(space), one.ask(space)
+    for trial, folder in ((mine, w0), (theirs, w1), (odd, stranger)):
+        trial.set_user_attr("workdir", str(folder / "trials" / str(trial.number)))
+        trial.set_user_attr("config", Config(model="mlp_small").to_json())  # best.json is made from it
+    zero.tell(mine, 0.9)
+    sweep.write_results(zero, w0)  # worker 0 is done; worker 1 is still training
+    assert (w0 / "results.md").read_text().count("| running |") == 2
+    one.tell(theirs, state=optuna.trial.TrialState.PRUNED)
+    one.tell(odd, 0.5)
+    sweep.write_results(one, w1)
+    for folder in (w0, w1):
+        md = (folder / "results.md").read_text()
+        assert "| running |" not in md and md.count("| pruned |") == 1 and md.count("| complete |") == 2, md
+        assert [r["state"] for r in csv.DictReader((folder / "results.csv").open())] == ["complete", "complete", "pruned"]
+    assert (stranger / "results.md").read_text() == "# Sweep other: mlp\n"
+
+
+def test_the_readme_multi_worker_storage_works_in_a_fresh_directory(tfds_dir, tmp_path, monkeypatch):
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    url = re.search(r"--storage (sqlite:///\S+)", readme).group(1)
+    assert not url.startswith("sqlite:////")  # relative to the current directory, as the README runs it
+    monkeypatch.chdir(tmp_path)
+    result = sweep.run_sweep("mlp_small", {"lr": "loguniform:1e-4:1e-2"}, trials=1, workdir="runs/w0", sampler="random",
+                             pruner="none", storage=url, study_name="mlp-lr", overrides=tiny(tfds_dir, epochs=1),
+                             log=lambda m: None)
+    assert [t.state.name for t in result.study.trials] == ["COMPLETE"]
+    assert (tmp_path / url[len("sqlite:///"):]).is_file()
+
+
+def test_storage_folder_that_cannot_be_made_is_one_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match=r"--storage sqlite:///.*/file/db/study.db: cannot create the folder"):
+        sweep.run_sweep("mlp_small", {"lr": "uniform:0.1:0.2"}, trials=1, workdir=tmp_path / "w",
+                        storage=f"sqlite:///{tmp_path}/file/db/study.db", log=lambda m: None)
+    assert not (tmp_path / "w").exists()
 
 
 # ---------------------------------------------------------------- workers on one storage

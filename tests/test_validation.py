@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -64,6 +65,7 @@ ATTACKS = [
     (["--learning-rate", "1"], ["unrecognized arguments: --learning-rate 1", "did you mean --lr"]),
     (["--epoch", "3"], ["unrecognized arguments: --epoch 3", "did you mean --epochs"]),  # no abbreviations
     (["--epochs", "three"], ["--epochs", "three"]),
+    (["--classes", "0,99999999999999999999"], ["--classes", "99999999999999999999", "[0, 2**31)"]),
 ]
 
 
@@ -101,6 +103,34 @@ def test_attack_exits_2_with_one_line_before_any_work(flags, expected, tmp_path,
     out, err = capsys.readouterr()
     _one_error_line(rc, err, expected)
     assert not workdir.exists() and "training" not in out
+
+
+@pytest.mark.parametrize("model", ["char_lstm", "autoencoder", "multitask"])
+def test_classes_on_a_model_without_classes_is_one_line(model, tmp_path, capsys, no_jax_setup):
+    workdir = tmp_path / "run"
+    rc = cli.main(["train", model, "--classes", "0,1", "--workdir", str(workdir), "--data-dir", str(tmp_path / "data")])
+    _one_error_line(rc, capsys.readouterr().err, ["--classes 0,1", model, "no class labels"])
+    assert not workdir.exists()
+    with pytest.raises(ValueError, match=f"{model} .* has no class labels"):
+        resolve(model, {"classes": [0, 1]})
+
+
+def test_classes_absent_from_the_data_are_refused_naming_the_labels_present():
+    import train
+
+    rng = np.random.default_rng(0)
+    data = {"x": rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8), "y": np.arange(64, dtype=np.int32) % 10}
+    with pytest.raises(ValueError, match=r"no training example has label 10; the labels present are 0-9$"):
+        train.fit("mlp", data, classes=[0, 10], log=lambda m: None)
+    with pytest.raises(ValueError, match=r"label 11, 12; the labels present are 0-9$"):
+        train.fit("mlp", data, classes=[12, 3, 11], log=lambda m: None)
+
+
+def test_cli_classes_absent_from_mnist_exit_2(tmp_path, capsys, tfds_dir, no_jax_setup):
+    rc = cli.main(["train", "mlp", "--classes", "0,10", "--workdir", str(tmp_path / "run"), "--data-dir", str(tfds_dir)])
+    out, err = capsys.readouterr()
+    _one_error_line(rc, err, ["no training example has label 10", "labels present are 0-9"])
+    assert "val_accuracy" not in out
 
 
 # A sample through the real CLI: the process boundary (exit code, stderr, no traceback).

@@ -129,15 +129,19 @@ def option(default: Any, help: str, check, *, aliases: tuple[str, ...] = ()) -> 
 
 @dataclasses.dataclass(frozen=True)
 class Classes:
-    """A list of distinct non-negative int class labels, at least two (or empty: all classes)."""
+    """A list of distinct int class labels in [0, 2**31), at least two (or empty: all classes).
+
+    The bound is the int32 label range: a larger label cannot be in any dataset, and would
+    otherwise size a label table of that many entries.
+    """
 
     def ok(self, value: Any) -> bool:
         return isinstance(value, list) and (not value or (
             len(value) >= 2 and len(set(value)) == len(value)
-            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)))
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**31 for v in value)))
 
     def describe(self) -> str:
-        return "at least two distinct class labels >= 0 (e.g. 0,1,2), or empty for all"
+        return "at least two distinct class labels in [0, 2**31) (e.g. 0,1,2), or empty for all"
 
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -217,6 +221,7 @@ class Config:
             raise ValueError(f"--warmup-steps {self.warmup_steps}: only --schedule cosine has a linear warmup "
                              f"(got --schedule {self.schedule}; onecycle ramps up by itself)")
         if registered:
+            _check_classes_apply(self)
             _create_model(self)
         return self
 
@@ -246,6 +251,17 @@ def _check_registered(model: str) -> None:
         zoo.get_spec(model)
     except KeyError as e:  # the registry's message names the close and the available models
         raise ValueError(e.args[0]) from e
+
+
+def _check_classes_apply(cfg: Config) -> None:
+    """Raises ValueError if `cfg.classes` is set for a model without a single num_classes head."""
+    import zoo
+
+    _check_registered(cfg.model)
+    spec = zoo.get_spec(cfg.model)
+    if cfg.classes and "num_classes" not in {f.name for f in dataclasses.fields(spec.module)}:
+        raise ValueError(f"{flag('classes')} {','.join(map(str, cfg.classes))}: {cfg.model} ({spec.task}) has no "
+                         f"class labels to choose from; classes apply to single-label classifiers (e.g. cnn, mlp)")
 
 
 def build_model(cfg: Config):

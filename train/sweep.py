@@ -5,7 +5,10 @@ its per-epoch validation metric to Optuna for pruning. The study lives in an Opt
 (default SQLite WORKDIR/study.db), so several processes running the same command against one
 storage URL and study name are workers of one search, and a rerun continues it. A worker killed
 mid-trial stops sending heartbeats: another worker (or the rerun) marks that trial failed and
-retries its values as a new trial (RDB storages; the journal storage has no heartbeat).
+retries its values as a new trial (RDB storages; the journal storage has no heartbeat). A worker
+joining a study that already holds trials seeds its sampler from (seed, trials held), so a rerun
+or a restarted worker samples new points instead of replaying the seed's sequence. Results are
+rewritten from the storage at every write, also in other workers' folders on the same filesystem.
 
 With `population=K` (`--population K`) trials are asked K at a time and those that differ only
 in array-able values train together in one compiled program (train/population.py); each still
@@ -24,6 +27,8 @@ import difflib
 import io
 import json
 import math
+import os
+import stat
 import time
 import warnings
 from pathlib import Path
@@ -282,6 +287,27 @@ def _open_storage(url: str, heartbeat: int):
         raise ValueError(f"--storage {url}: cannot open the storage: {type(e).__name__}: {str(e).splitlines()[0]}") from e
 
 
+def _make_sqlite_folder(url: str) -> None:
+    """Creates the folder of a SQLite storage's database file (SQLite creates the file, not its
+    folder: "unable to open database file"); other URLs are left as they are."""
+    if not url.startswith("sqlite"):
+        return
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        database = make_url(url).database
+    except ArgumentError as e:
+        raise ValueError(f"--storage {url}: not a database URL: {e}") from e
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    folder = Path(database).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--storage {url}: cannot create the folder {folder}: {e.strerror or e}") from e
+
+
 def _sampler(name: str, space: dict, seed: int):
     optuna = _optuna()
     if name == "tpe":
@@ -302,10 +328,22 @@ def _pruner(name: str):
     return pruners[name]()
 
 
+def continued_seed(seed: int, held: int) -> int:
+    """The sampler seed of a worker joining a study that already holds `held` trials: derived from
+    both, so a rerun or a restarted worker samples new points, still reproducibly."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, held]).generate_state(1)[0])
+
+
 def open_study(model: str, space: dict, *, storage, study_name: str, sampler: str = "tpe", pruner: str = "median",
                seed: int = 0, fixed: dict | None = None):
     """Creates or joins the study; a study of that name must hold the same model, space and `fixed`
-    values (the config every trial shares, JSON), so workers never mix differently-run trials."""
+    values (the config every trial shares, JSON), so workers never mix differently-run trials.
+
+    The sampler is seeded with `seed` for a new study and with `continued_seed(seed, trials held)`
+    for one that already holds trials.
+    """
     from train import tasks
 
     optuna = _optuna()
@@ -313,6 +351,9 @@ def open_study(model: str, space: dict, *, storage, study_name: str, sampler: st
     sampler_obj, pruner_obj = _sampler(sampler, space, seed), _pruner(pruner)
     study = optuna.create_study(storage=storage, study_name=study_name, sampler=sampler_obj, pruner=pruner_obj,
                                 direction=direction, load_if_exists=True)
+    held = len(study.get_trials(deepcopy=False))
+    if held:  # a seeded sampler restarts its sequence: a continued study would repeat its first values
+        study.sampler = _sampler(sampler, space, continued_seed(seed, held))
     described, fixed = space_json(space), fixed or {}
     saved = study.user_attrs
     if "space" not in saved:
@@ -549,6 +590,8 @@ def run_sweep(model: str, params: dict[str, str], *, trials: int, workdir: str |
         raise ValueError(f"--timeout {timeout!r}: must be > 0 seconds")
     if heartbeat < 1:
         raise ValueError(f"--heartbeat {heartbeat!r}: must be >= 1 second")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise ValueError(f"--seed {seed!r}: must be an integer in [0, 2**32) (the sampler's seed)")
     space = build_space(model, params, overrides=overrides, config_file=config_file)
     base = trial_config(model, {}, overrides=overrides, config_file=config_file).to_json()
     if population is not None and base["strategy"] != "jit":
@@ -558,6 +601,8 @@ def run_sweep(model: str, params: dict[str, str], *, trials: int, workdir: str |
     url = storage or f"sqlite:///{workdir / 'study.db'}"
     if storage is None:
         workdir.mkdir(parents=True, exist_ok=True)
+    else:
+        _make_sqlite_folder(url)
     store = open_storage(url, heartbeat=heartbeat)
     # data_dir differs between machines without changing a run
     fixed = {k: v for k, v in base.items() if k not in space and k != "data_dir"}
@@ -624,8 +669,51 @@ def result_rows(study) -> list[dict]:
     return sorted(rows, key=key)
 
 
+def _title(study) -> str:
+    return f"# Sweep {study.study_name}: {study.user_attrs['model']}"
+
+
+def _other_workdirs(study, workdir: Path) -> list[Path]:
+    """The sweep folders of other workers of `study` on this filesystem: the folders above its
+    trials' WORKDIR/trials/<number>/ that already hold this study's results.md."""
+    seen, found = {Path(workdir).absolute()}, []
+    for t in study.get_trials(deepcopy=False):
+        where = t.user_attrs.get("workdir")
+        if not isinstance(where, str):
+            continue
+        folder = Path(where).absolute().parent.parent
+        if folder in seen:
+            continue
+        seen.add(folder)
+        try:  # lstat first: opening a FIFO or a device named results.md would block or read forever
+            if not stat.S_ISREG(os.lstat(folder / "results.md").st_mode):
+                continue
+            with open(folder / "results.md") as f:
+                if f.readline().rstrip("\n") == _title(study):
+                    found.append(folder)
+        except OSError:  # not on this machine, or not readable: that worker's own writes keep it current
+            continue
+    return found
+
+
 def write_results(study, workdir: Path) -> list[Path]:
-    """WORKDIR/results.csv, results.md and (once a trial completed) best.json in the recipe format."""
+    """WORKDIR/results.csv, results.md and (once a trial completed) best.json in the recipe format,
+    from the storage as it is now.
+
+    The same files in other workers' folders of this study on this filesystem are rewritten too,
+    so a worker that ended first does not keep showing a trial "running" that another worker
+    finished or pruned since.
+    """
+    files = _write_results(study, workdir)
+    for other in _other_workdirs(study, workdir):
+        try:
+            _write_results(study, other)
+        except OSError:  # another worker's snapshot; this worker's own results are written above
+            pass
+    return files
+
+
+def _write_results(study, workdir: Path) -> list[Path]:
     from train import tasks
     from zoo.exports import write_json_atomic, write_text_atomic
 
@@ -641,7 +729,7 @@ def write_results(study, workdir: Path) -> list[Path]:
     def cell(v):
         return "-" if v is None else f"{v:.6g}" if isinstance(v, float) else json.dumps(v) if isinstance(v, (list, dict)) else str(v)
 
-    lines = [f"# Sweep {study.study_name}: {study.user_attrs['model']}", "",
+    lines = [_title(study), "",
              f"{len(rows)} trials ({_summary(study)}); value = {metric} "
              f"({'higher' if study.direction.name == 'MAXIMIZE' else 'lower'} is better), the final epoch's for "
              "complete trials and the last reported one for pruned trials.", "",

@@ -237,7 +237,12 @@ def select_classes(task: Task, splits: Splits, classes) -> Splits:
     if not isinstance(splits.train.get("y"), np.ndarray) or set(task.labels(splits.train)) != {"y"}:
         raise ValueError(f"--classes applies to single-label classification, not to task {task.name!r}")
     parts = (splits.train, splits.val, splits.test)
-    top = max(max(classes), *(int(s["y"].max()) for s in parts if len(s["y"])))
+    present = np.unique(splits.train["y"])
+    absent = sorted(set(classes) - set(present.tolist()))
+    if absent:  # training on it would give a k-class head that never sees class `absent`
+        raise ValueError(f"classes {','.join(map(str, classes))}: no training example has label "
+                         f"{', '.join(map(str, absent))}; the labels present are {_label_list(present)}")
+    top = max(int(s["y"].max()) for s in parts if len(s["y"]))  # >= every class: all are present
     table = np.full(top + 1, -1)  # label -> new label, -1: dropped
     table[list(classes)] = np.arange(len(classes))
 
@@ -246,10 +251,18 @@ def select_classes(task: Task, splits: Splits, classes) -> Splits:
         rows = np.flatnonzero(y >= 0)
         return {**jax.tree.map(lambda a: a[rows], split), "y": y[rows].astype(np.int32)}
 
-    out = Splits(*(keep(s) for s in parts))
-    if not len(out.train["y"]):
-        raise ValueError(f"--classes {','.join(map(str, classes))}: no training example has these labels")
-    return out
+    return Splits(*(keep(s) for s in parts))
+
+
+def _label_list(labels: np.ndarray) -> str:
+    """Sorted int labels as "0, 1, 2" or, for a run of more than 3 consecutive labels, "0-9"."""
+    labels = [int(v) for v in labels]
+    if not labels:
+        return "none"
+    if len(labels) > 3 and labels[-1] - labels[0] == len(labels) - 1:
+        return f"{labels[0]}-{labels[-1]}"
+    shown = ", ".join(map(str, labels[:20]))
+    return shown + (f", ... ({len(labels)} labels)" if len(labels) > 20 else "")
 
 
 def check_labels(task: Task, arrays: dict, model, dataset: str) -> None:

@@ -5,7 +5,13 @@
     batch = zoo.preprocess("cnn", Image.open("digit.png"))    # float32 (1, 28, 28, 1) in [0, 1]
     logits = model.apply(variables, batch)
 
-The image is converted to the model's channels (grayscale "L" or "RGB"; a transparent image is
+A picture's EXIF orientation is applied first (PIL.ImageOps.exif_transpose), so a phone photo
+is read the way a viewer shows it. Single-channel pictures deeper than 8 bits (Pillow modes "F",
+"I", "I;16"...; float and 16/32-bit TIFFs, 16-bit PNGs) are scaled to [0, 1] by their range:
+16-bit modes divide by 65535; "F" values already in [0, 1] stay as they are; "I" values in
+0..255 divide by 255 and in 0..65535 by 65535 (8- and 16-bit data stored as int32); anything
+else (negative values, larger ranges) is stretched from the picture's own min..max to 0..1.
+The image is then converted to the model's channels (grayscale "L" or "RGB"; a transparent image is
 first laid on white), resized to the model's height and width (bilinear; Pillow antialiases
 when shrinking), and scaled to [0, 1]. Grayscale models follow MNIST's convention, a light digit on a
 dark background; `invert="auto"` inverts (x -> 1 - x) a grayscale image whose border, its
@@ -60,6 +66,27 @@ def _to_pil(image: Any):
     return Image.fromarray(array)
 
 
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _deep_to_unit(image):
+    """A float (H, W) array in [0, 1] for a picture in a mode deeper than 8 bits (the module
+    docstring's rule), or None for any other picture."""
+    if image.mode not in ("F", "I", *_SIXTEEN_BIT):
+        return None
+    values = np.asarray(image, np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError(f"a {image.mode!r} image must hold finite values, got NaN or infinity")
+    lo, hi = float(values.min()), float(values.max())
+    if image.mode in _SIXTEEN_BIT:
+        return values / 65535.0
+    if image.mode == "F" and 0.0 <= lo and hi <= 1.0:
+        return values
+    if image.mode == "I" and 0.0 <= lo and hi <= 65535.0:
+        return values / (255.0 if hi <= 255.0 else 65535.0)
+    return (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+
+
 def _flatten_alpha(image):
     """An image with transparency laid on a white background (how it looks in a viewer)."""
     from PIL import Image
@@ -77,17 +104,19 @@ def preprocess(model_or_name: str | nn.Module, image: Any, *, invert: bool | str
     Args:
       model_or_name: a registry name (its default configuration) or a model instance (e.g.
         from `zoo.load`, whose overrides may change the input shape).
-      image: a PIL image, or an array (H, W) / (H, W, 1|3|4), uint8 0-255 or float in [0, 1].
+      image: a PIL image (its EXIF orientation applied; any Pillow mode, deep ones scaled as
+        the module docstring says), or an array (H, W) / (H, W, 1|3|4), uint8 0-255 or float
+        in [0, 1].
       invert: "auto" (see the module docstring), True (always x -> 1 - x) or False (never).
 
     Returns:
       float32 numpy array (1, H, W, C) in [0, 1], the model's image size and channels.
 
     Raises:
-      ValueError: the model does not take images, the array is not an image, or `invert`
-        is not "auto", True or False.
+      ValueError: the model does not take images, the array is not an image, a float picture
+        holds NaN or infinity, or `invert` is not "auto", True or False.
     """
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     model = create(model_or_name) if isinstance(model_or_name, str) else model_or_name
     shape = image_shape(model)
@@ -96,7 +125,13 @@ def preprocess(model_or_name: str | nn.Module, image: Any, *, invert: bool | str
     if invert not in ("auto", True, False):
         raise ValueError(f"invert must be 'auto', True or False, got {invert!r}")
     height, width, channels = shape
-    picture = _flatten_alpha(_to_pil(image)).convert("L" if channels == 1 else "RGB")
+    picture = _to_pil(image)
+    if isinstance(image, Image.Image):
+        picture = ImageOps.exif_transpose(picture)
+        deep = _deep_to_unit(picture)
+        if deep is not None:
+            picture = _to_pil(deep)
+    picture = _flatten_alpha(picture).convert("L" if channels == 1 else "RGB")
     picture = picture.resize((width, height), Image.Resampling.BILINEAR)  # Pillow antialiases when shrinking
     x = np.asarray(picture, np.float32).reshape(height, width, channels) / 255.0  # (H, W, C)
     if invert == "auto":
