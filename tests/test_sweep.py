@@ -309,12 +309,12 @@ def test_results_show_what_another_worker_did_since(tmp_path):
     assert (stranger / "results.md").read_text() == "# Sweep other: mlp\n"
 
 
-def test_the_readme_multi_worker_storage_works_in_a_fresh_directory(tfds_dir, tmp_path, monkeypatch):
+def test_the_documented_multi_worker_storage_works_in_a_fresh_directory(tfds_dir, tmp_path, monkeypatch):
     import re
 
-    readme = (REPO / "README.md").read_text()
-    url = re.search(r"--storage (sqlite:///\S+)", readme).group(1)
-    assert not url.startswith("sqlite:////")  # relative to the current directory, as the README runs it
+    doc = (REPO / "docs" / "sweep.md").read_text()
+    url = re.search(r"--storage (sqlite:///\S+)", doc).group(1)
+    assert not url.startswith("sqlite:////")  # relative to the current directory, as the docs run it
     monkeypatch.chdir(tmp_path)
     result = sweep.run_sweep("mlp_small", {"lr": "loguniform:1e-4:1e-2"}, trials=1, workdir="runs/w0", sampler="random",
                              pruner="none", storage=url, study_name="mlp-lr", overrides=tiny(tfds_dir, epochs=1),
