@@ -91,7 +91,7 @@ def test_card_errors_name_what_exists():
 
 
 def test_dataset_sources_match_data_readme():
-    readme = " ".join((REPO / "data" / "README.md").read_text().split())
+    readme = " ".join((REPO / "train" / "vendored" / "README.md").read_text().split())
     for info in cards.DATASETS.values():
         assert info["source"] in readme and info["url"] in readme
     # the card says "not stated"; if data/README.md gains license terms, cards.py must state them

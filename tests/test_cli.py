@@ -330,7 +330,7 @@ def test_batch_not_divisible_by_devices_is_a_clear_error(tfds_dir, cli_env, tmp_
 
 
 def test_prepare_writes_the_dataset_and_its_array_cache(tfds_dir, cli_env, tmp_path):
-    """`zoo prepare tiny_shakespeare` (offline, from the vendored data/) prepares every split into
+    """`zoo prepare tiny_shakespeare` (offline, from the vendored files) prepares every split into
     --data-dir; what it wrote loads as the session's prepared copy does."""
     from train import data
 

@@ -7,7 +7,7 @@
     zoo sample char_lstm --pretrained tiny_shakespeare
     zoo export cnn cnn.onnx --pretrained mnist --format onnx   # or safetensors, orbax (default)
     zoo predict cnn digit.png --pretrained mnist --top-k 3
-    zoo prepare mnist tiny_shakespeare         # TFDS, offline from the vendored data/
+    zoo prepare mnist tiny_shakespeare         # TFDS, offline from the vendored train/vendored/
 """
 
 from __future__ import annotations
@@ -463,7 +463,8 @@ def cmd_predict(args) -> int:
 def cmd_prepare(args) -> int:
     from train import data
 
-    data.main(list(args.names) + (["--data-dir", args.data_dir] if args.data_dir else []))
+    data.main(list(args.names) + (["--data-dir", args.data_dir] if args.data_dir else [])
+              + (["--from", args.from_dir] if args.from_dir else []))
     return 0
 
 
@@ -617,9 +618,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "repeated stems of one call get -2, -3, ...")
     r.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("prepare", help="prepare datasets with TFDS (offline from data/ for mnist, tiny_shakespeare)")
+    p = sub.add_parser("prepare", help="prepare datasets with TFDS (offline from the vendored files for mnist, "
+                       "tiny_shakespeare; others from --from DIR)")
     p.add_argument("names", nargs="+")
     p.add_argument("--data-dir")
+    p.add_argument("--from", dest="from_dir", metavar="DIR",
+                   help="a folder holding the datasets' files under TFDS's names, for offline preparation")
     p.set_defaults(func=cmd_prepare)
     _add_sweep_parser(sub)
     parser.commands = dict(sub.choices)

@@ -24,8 +24,8 @@ from zoo.registry import InputSpec, get_spec, param_count
 
 __all__ = ["DATASETS", "LICENSE_NOTE", "TRAINING_RECORD", "model_card", "shipped_inputs"]
 
-# The vendored datasets' sources as data/README.md states them (tests keep the two in sync).
-# data/README.md states no license for either; a card says so rather than guess one.
+# The vendored datasets' sources as train/vendored/README.md states them (tests keep the two in sync).
+# train/vendored/README.md states no license for either; a card says so rather than guess one.
 DATASETS = {
     "mnist": {
         "source": "the MNIST database of handwritten digits by Yann LeCun, Corinna Cortes and "
@@ -37,7 +37,7 @@ DATASETS = {
         "url": "https://github.com/karpathy/char-rnn/blob/master/data/tinyshakespeare/input.txt",
     },
 }
-LICENSE_NOTE = "not stated in data/README.md (see the source)"
+LICENSE_NOTE = "not stated in train/vendored/README.md (see the source)"
 
 # bench/train_all.py's record of the shipped runs; present in a source checkout only.
 TRAINING_RECORD = Path(__file__).resolve().parents[1] / "bench" / "results" / "train_all.json"
@@ -108,7 +108,7 @@ def _preprocessing(spec) -> str:
 def _dataset_lines(dataset: str | None) -> list[str]:
     info = DATASETS.get(dataset or "")
     if info is None:
-        return [f"dataset: {dataset or 'not recorded'}", "  source and license: not recorded in data/README.md"]
+        return [f"dataset: {dataset or 'not recorded'}", "  source and license: not recorded in train/vendored/README.md"]
     return [f"dataset: {dataset}", f"  source: {info['source']}, {info['url']}", f"  license: {LICENSE_NOTE}"]
 
 
