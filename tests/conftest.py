@@ -22,7 +22,7 @@ pytest_plugins = ("tests.strict_skips",)
 
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory):
-    """A TFDS data dir with mnist and tiny_shakespeare prepared offline from the vendored data/.
+    """A TFDS data dir with mnist and tiny_shakespeare prepared offline from the vendored files (train/vendored/).
 
     Preparation (~1 min on 2 cores) runs once per session; afterwards the npz array cache
     under <dir>/zoo_arrays makes every load (in-process or by a CLI subprocess) fast.

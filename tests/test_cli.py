@@ -186,7 +186,18 @@ def test_export_writes_the_best_checkpoint_and_ships_it(cnn_run, cli_env, tmp_pa
     assert manifest["model"] == "cnn" and manifest["dataset"] == "mnist"
     assert manifest["metric"]["name"] == "accuracy" and manifest["metric"]["step"] == step
     assert manifest["metric"]["split"] == "test" and manifest["metric"]["count"] == 10000
-    assert manifest["command"].startswith("zoo train cnn")
+    assert manifest["command"].startswith("zoo train cnn --epochs 1 --test")
+    # the recipe, not this machine's paths; device and wall time recorded at export (model cards show them)
+    assert "--workdir" not in manifest["command"] and "--data-dir" not in manifest["command"]
+    assert str(workdir) not in json.dumps(manifest) and str(tmp_path) not in json.dumps(manifest)
+    epoch_s = [r["epoch_s"] for r in read_metrics(workdir) if r["step"] <= step]
+    assert manifest["training"]["device"].startswith("4 x cpu (cpu), jax ")
+    assert manifest["training"]["wall_s"] == round(sum(epoch_s), 1) > 0
+    card = ok(run_zoo("info", "cnn.tiny", env=env)).stdout
+    assert f"training device: {manifest['training']['device']}\n" in card
+    assert f"training wall time: {manifest['training']['wall_s']:g} s\n" in card
+    assert f"  recorded: by zoo export from the run: device at its start, wall time = its epoch times up to step {step}\n" in card
+    assert f"recipe: {manifest['command']}\n" in card
     assert (weights / "cnn.tiny" / "manifest.json").read_bytes() == (out / "manifest.json").read_bytes()
     _, exported = zoo.load("cnn", path=out)
     for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(exported)[0], jax.tree.leaves(best)):
@@ -330,7 +341,7 @@ def test_batch_not_divisible_by_devices_is_a_clear_error(tfds_dir, cli_env, tmp_
 
 
 def test_prepare_writes_the_dataset_and_its_array_cache(tfds_dir, cli_env, tmp_path):
-    """`zoo prepare tiny_shakespeare` (offline, from the vendored data/) prepares every split into
+    """`zoo prepare tiny_shakespeare` (offline, from the vendored files) prepares every split into
     --data-dir; what it wrote loads as the session's prepared copy does."""
     from train import data
 

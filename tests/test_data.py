@@ -44,7 +44,7 @@ def _block_network(mp: pytest.MonkeyPatch, attempts: list) -> None:
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    """mnist and tiny_shakespeare prepared from data/ into a fresh data dir with the network blocked."""
+    """mnist and tiny_shakespeare prepared from the vendored files into a fresh data dir with the network blocked."""
     pytest.importorskip("tensorflow_datasets")
     data_dir = tmp_path_factory.mktemp("tfds")
     attempts: list = []
@@ -72,9 +72,9 @@ def test_vendored_files_match_sha256sums():
 
 
 def test_tampered_vendored_file_is_rejected(tmp_path):
-    shutil.copy(REPO / "data" / "SHA256SUMS", tmp_path / "SHA256SUMS")
+    shutil.copy(data.VENDORED_DIR / "SHA256SUMS", tmp_path / "SHA256SUMS")
     (tmp_path / "tiny_shakespeare").mkdir()
-    text = (REPO / "data" / "tiny_shakespeare" / "input.txt").read_bytes()
+    text = (data.VENDORED_DIR / "tiny_shakespeare" / "input.txt").read_bytes()
     (tmp_path / "tiny_shakespeare" / "input.txt").write_bytes(text.replace(b"First Citizen", b"Second Citizen", 1))
     expected = data.read_sha256sums()["tiny_shakespeare/input.txt"]
     with pytest.raises(data.ChecksumMismatchError) as err:
@@ -85,7 +85,7 @@ def test_tampered_vendored_file_is_rejected(tmp_path):
 
 
 def test_missing_vendored_file_is_rejected(tmp_path):
-    shutil.copy(REPO / "data" / "SHA256SUMS", tmp_path / "SHA256SUMS")
+    shutil.copy(data.VENDORED_DIR / "SHA256SUMS", tmp_path / "SHA256SUMS")
     with pytest.raises(FileNotFoundError, match=r"mnist/t10k-images-idx3-ubyte.gz is listed in .*SHA256SUMS but missing"):
         data.verify_vendored("mnist", vendored_dir=tmp_path)
 
@@ -111,7 +111,7 @@ def test_tiny_shakespeare_arrays(prepared):
     texts = [prepared["arrays"]["tiny_shakespeare", s]["text"] for s in ("train", "validation", "test")]
     assert all(t.dtype == np.uint8 and t.ndim == 1 for t in texts)
     whole = b"".join(t.tobytes() for t in texts)
-    assert whole == (REPO / "data" / "tiny_shakespeare" / "input.txt").read_bytes()
+    assert whole == (data.VENDORED_DIR / "tiny_shakespeare" / "input.txt").read_bytes()
     assert "".join(sorted(set(whole.decode("ascii")))) == data.CHAR_VOCAB
     assert len(texts[0]) == int(len(whole) * 0.9)  # TFDS's 90/5/5 split
 
@@ -170,6 +170,61 @@ def test_unknown_dataset_or_split():
         data.load_split("imagenet", "train")
     with pytest.raises(ValueError, match="unknown split"):
         data.load_split("mnist", "validation")
+
+
+def test_vendored_files_are_package_data():
+    """The vendored files live inside the `train` package and pyproject.toml ships them, so an
+    installed copy verifies and uses the same files (no repository-root data/ path)."""
+    import tomllib
+
+    import train
+
+    package = Path(train.__file__).resolve().parent
+    assert data.VENDORED_DIR == package / "vendored"
+    globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["train"]
+    listed = set(data.read_sha256sums()) | {"SHA256SUMS"}
+    shipped = {str(p.relative_to(data.VENDORED_DIR)) for g in globs for p in package.glob(g) if p.is_file()
+               and data.VENDORED_DIR in p.parents}
+    assert listed <= shipped, listed - shipped
+
+
+def test_offline_error_is_one_line_naming_real_paths_and_commands(tmp_path, monkeypatch, cli):
+    """Offline and with no files for it, preparing a dataset fails with one `error:` line naming the
+    user's manual dir, `zoo prepare NAME --from DIR` and the array cache, not a repository folder."""
+    pytest.importorskip("tensorflow_datasets")
+    attempts: list = []
+    _block_network(monkeypatch, attempts)
+    empty = tmp_path / "no_vendored"
+    empty.mkdir()
+    with pytest.raises(data.DatasetUnavailableError) as err:
+        data.prepare("tiny_shakespeare", data_dir=tmp_path / "tfds", vendored_dir=empty)
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"{data.manual_dir('tiny_shakespeare', data_dir=tmp_path / 'tfds')}/" in message
+    assert "`zoo prepare tiny_shakespeare --from DIR`" in message
+    assert str(tmp_path / "tfds" / data.CACHE_DIRNAME / "tiny_shakespeare") in message
+    assert "input.txt (1115394 bytes, sha256 86c4e6aa" in message
+    # the CLI: one error line, exit 2, no traceback
+    code, _, err_text = cli("prepare", "cifar10", "--data-dir", tmp_path / "tfds2")
+    assert code == 2 and err_text.count("\n") == 1 and err_text.startswith("error: cannot download cifar10"), err_text
+    assert "zoo prepare cifar10 --from DIR" in err_text
+
+
+def test_prepare_from_a_folder_offline(tmp_path, monkeypatch, cli):
+    """`zoo prepare NAME --from DIR`: files under TFDS's names in DIR (or DIR/NAME/) prepare the
+    dataset with the network blocked and without the vendored copy."""
+    pytest.importorskip("tensorflow_datasets")
+    attempts: list = []
+    _block_network(monkeypatch, attempts)
+    src = tmp_path / "downloads" / "tiny_shakespeare"
+    src.mkdir(parents=True)
+    shutil.copy(data.VENDORED_DIR / "tiny_shakespeare" / "input.txt", src / "input.txt")
+    monkeypatch.setattr(data, "VENDORED_DIR", tmp_path / "nothing_vendored")
+    code, out, err_text = cli("prepare", "tiny_shakespeare", "--data-dir", tmp_path / "tfds", "--from", tmp_path / "downloads")
+    assert code == 0, err_text
+    assert "tiny_shakespeare/test:" in out and attempts == []
+    code, _, err_text = cli("prepare", "tiny_shakespeare", "--data-dir", tmp_path / "tfds3", "--from", tmp_path / "nope")
+    assert code == 2 and "not a directory" in err_text
 
 
 def test_import_does_not_import_tensorflow():

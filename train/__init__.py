@@ -4,6 +4,9 @@
 """
 
 __all__ = ["FitResult", "fit"]
+# zoo's `zoo` command (zoo/_entry.py) looks for this name to tell this package from a
+# researcher's own train.py that shadows it.
+__zoo_train__ = True
 
 
 def __getattr__(name: str):

@@ -7,7 +7,7 @@
     zoo sample char_lstm --pretrained tiny_shakespeare
     zoo export cnn cnn.onnx --pretrained mnist --format onnx   # or safetensors, orbax (default)
     zoo predict cnn digit.png --pretrained mnist --top-k 3
-    zoo prepare mnist tiny_shakespeare         # TFDS, offline from the vendored data/
+    zoo prepare mnist tiny_shakespeare         # TFDS, offline from the vendored train/vendored/
 """
 
 from __future__ import annotations
@@ -191,6 +191,32 @@ def train_config(args) -> Config:
     return cfg
 
 
+# Flags that name places on this machine, not the recipe: dropped from the recorded command.
+_MACHINE_FLAGS = ("--workdir", "--data-dir")
+
+
+def recipe(argv: list[str]) -> str:
+    """`zoo train ...` as recorded in exports: the command without its machine paths (_MACHINE_FLAGS)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in _MACHINE_FLAGS:
+            skip = True
+        elif not arg.startswith(tuple(f"{f}=" for f in _MACHINE_FLAGS)):
+            kept.append(arg)
+    return " ".join(kept)
+
+
+def device_description() -> str:
+    """The devices JAX trains on, as exports record them: '1 x cpu (cpu), jax 0.10.2, matmul precision default'."""
+    import jax
+
+    d = jax.devices()
+    precision = getattr(jax.config, "jax_default_matmul_precision", None) or "default"
+    return f"{len(d)} x {d[0].device_kind} ({d[0].platform}), jax {jax.__version__}, matmul precision {precision}"
+
+
 def cmd_train(args) -> int:
     cfg = train_config(args)  # before anything is written
     from train.loop import Preempted, TrainingDiverged, fit
@@ -199,7 +225,9 @@ def cmd_train(args) -> int:
     print(f"training {cfg.model} on {cfg.dataset} in {workdir.absolute()}")
     workdir.mkdir(parents=True, exist_ok=True)
     if not (workdir / "command.txt").exists():
-        (workdir / "command.txt").write_text("zoo " + " ".join(sys.argv[1:] if argv_is_cli() else ["train", args.model]) + "\n")
+        (workdir / "command.txt").write_text(recipe(["zoo", *(sys.argv[1:] if argv_is_cli() else ["train", args.model])]) + "\n")
+    if not (workdir / "device.txt").exists():  # zoo export records it (model cards show it)
+        (workdir / "device.txt").write_text(device_description() + "\n")
     try:
         record = fit(cfg, workdir).record
     except Preempted as e:
@@ -284,7 +312,7 @@ def _export_source(args) -> tuple:
         manifest = read_manifest(args.model, args.pretrained, path=args.path)
         _, variables = load(args.model, args.pretrained, path=args.path)
         fields = {key: manifest.get(key) for key in ("model_overrides", "dataset", "metric", "command", "train_config",
-                                                     "quality")}
+                                                     "quality", "training")}
         return variables, fields, None
 
     from train import gen_metrics, tasks
@@ -296,7 +324,7 @@ def _export_source(args) -> tuple:
         raise ValueError(f"{workdir} holds a {cfg.model!r} run, not {args.model!r}")
     metrics = evaluate_run(cfg, model, variables, args.split, quality_n=args.quality_n)  # the checkpoint restored above
     name = tasks.of_model(args.model).val_metric  # the metric the run was selected on
-    command = (workdir / "command.txt").read_text().strip() if (workdir / "command.txt").exists() else None
+    command = recipe((workdir / "command.txt").read_text().split()) if (workdir / "command.txt").exists() else None
     fields = {
         "model_overrides": cfg.model_overrides,
         "dataset": cfg.dataset,
@@ -306,8 +334,21 @@ def _export_source(args) -> tuple:
         # evaluate_run scored the samples where the task has a quality measure for its dataset
         "quality": ({**{k: metrics[k] for k in ("frechet", "confident_share", "classes_covered", "quality_n")},
                      "classifier": ".".join(gen_metrics.CLASSIFIER), "split": args.split} if "frechet" in metrics else None),
+        "training": _training_record(workdir, step),
     }
     return variables, fields, step
+
+
+def _training_record(workdir: Path, step: int) -> dict | None:
+    """The run's device (device.txt) and wall time (its epoch times in metrics.jsonl up to `step`)."""
+    device = (workdir / "device.txt").read_text().strip() if (workdir / "device.txt").exists() else None
+    log = workdir / "metrics.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    epoch_s = [r["epoch_s"] for r in records if "epoch_s" in r and r.get("step", 0) <= step]
+    if device is None and not epoch_s:
+        return None
+    return {"device": device, "wall_s": round(sum(epoch_s), 1) if epoch_s else None,
+            "recorded": f"by zoo export from the run: device at its start, wall time = its epoch times up to step {step}"}
 
 
 def cmd_export(args) -> int:
@@ -463,7 +504,8 @@ def cmd_predict(args) -> int:
 def cmd_prepare(args) -> int:
     from train import data
 
-    data.main(list(args.names) + (["--data-dir", args.data_dir] if args.data_dir else []))
+    data.main(list(args.names) + (["--data-dir", args.data_dir] if args.data_dir else [])
+              + (["--from", args.from_dir] if args.from_dir else []))
     return 0
 
 
@@ -617,9 +659,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "repeated stems of one call get -2, -3, ...")
     r.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("prepare", help="prepare datasets with TFDS (offline from data/ for mnist, tiny_shakespeare)")
+    p = sub.add_parser("prepare", help="prepare datasets with TFDS (offline from the vendored files for mnist, "
+                       "tiny_shakespeare; others from --from DIR)")
     p.add_argument("names", nargs="+")
     p.add_argument("--data-dir")
+    p.add_argument("--from", dest="from_dir", metavar="DIR",
+                   help="a folder holding the datasets' files under TFDS's names, for offline preparation")
     p.set_defaults(func=cmd_prepare)
     _add_sweep_parser(sub)
     parser.commands = dict(sub.choices)

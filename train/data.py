@@ -7,12 +7,14 @@ TensorFlow Datasets (TFDS) is the data layer. `load_split` returns whole splits 
   rather than a `str` so every split is a plain numpy array that the `.npz` cache can hold without
   pickling; `zoo.rnn.encode` accepts it directly, `bytes(arr).decode("ascii")` gives the `str`.
 
-Offline preparation: files vendored under `data/` (listed in `data/SHA256SUMS`, currently mnist and
-tiny_shakespeare) are sha256-verified and handed to TFDS as its manual directory, so TFDS builds the
+Offline preparation: files vendored in the package under `train/vendored/` (listed in its
+`SHA256SUMS`, currently mnist and tiny_shakespeare; package data, so installed copies have them too)
+are sha256-verified and handed to TFDS as its manual directory, so TFDS builds the
 dataset without touching the network. TFDS looks a URL's file up in the manual directory under the
 file name registered with the URL's checksum (`DownloadManager._get_manually_downloaded_path`), then
 validates the checksum. Vendored files are matched to the registered URLs by sha256 and symlinked
-under those names in a temporary directory, so the layout of `data/` does not matter to TFDS.
+under those names in a temporary directory, so the vendored layout does not matter to TFDS.
+Files of other datasets can come from any folder: `prepare(name, from_dir=DIR)` (`zoo prepare NAME --from DIR`).
 
 Machines without TensorFlow: every split loaded through TFDS is also written to
 `<data_dir>/zoo_arrays/<name>/<split>.npz`; without `tensorflow_datasets` (or when TFDS has not
@@ -51,18 +53,21 @@ SPLITS = {
     "tiny_shakespeare": ("train", "validation", "test"),
 }
 
-VENDORED_DIR = Path(__file__).resolve().parents[1] / "data"
+# Package data (pyproject.toml), so a checkout, an editable and a regular install all find it here.
+VENDORED_DIR = Path(__file__).resolve().parent / "vendored"
 CACHE_DIRNAME = "zoo_arrays"
 # A dropped-packet firewall would otherwise leave TFDS waiting on connects it retries 10 times.
 _PROBE_TIMEOUT_S = 5.0
 
 
-class DatasetUnavailableError(RuntimeError):
-    """The dataset can be neither loaded nor prepared here; the message says what to provide."""
+class DatasetUnavailableError(OSError):
+    """The dataset can be neither loaded nor prepared here; the message says what to provide.
+
+    An OSError (like a failed download), so the `zoo` command prints it as one `error:` line."""
 
 
 class ChecksumMismatchError(ValueError):
-    """A vendored data file does not have the sha256 recorded in data/SHA256SUMS."""
+    """A vendored data file does not have the sha256 recorded in its SHA256SUMS."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -96,7 +101,7 @@ def cache_path(name: str, split: str, *, data_dir: str | os.PathLike | None = No
 
 
 def manual_dir(name: str, *, data_dir: str | os.PathLike | None = None) -> Path:
-    """Where to put manually downloaded files for a dataset that is not vendored in data/.
+    """Where to put manually downloaded files for a dataset that is not vendored (`VENDORED_DIR`).
 
     One folder per dataset, because mnist and fashion_mnist use identical file names.
 
@@ -125,7 +130,7 @@ def read_sha256sums(vendored_dir: str | os.PathLike | None = None) -> dict[str, 
     """Parses `<vendored_dir>/SHA256SUMS` (sha256sum format).
 
     Args:
-      vendored_dir: folder holding SHA256SUMS; default the repo's data/.
+      vendored_dir: folder holding SHA256SUMS; default `VENDORED_DIR`.
 
     Returns:
       {path relative to vendored_dir: lowercase hex sha256}; empty if there is no SHA256SUMS.
@@ -146,7 +151,7 @@ def verify_vendored(name: str, *, vendored_dir: str | os.PathLike | None = None)
 
     Args:
       name: dataset name; its files are the SHA256SUMS entries under `<name>/`.
-      vendored_dir: folder holding SHA256SUMS and the files; default the repo's data/.
+      vendored_dir: folder holding SHA256SUMS and the files; default `VENDORED_DIR`.
 
     Returns:
       {sha256: path} of the verified files; empty if the dataset has no vendored files.
@@ -195,17 +200,14 @@ def _host_reachable(url: str) -> OSError | None:
     return None
 
 
-def _offline_message(name: str, user_dir: Path, missing: Mapping[str, object], cause: object) -> str:
-    files = "\n".join(
-        f"  {info.filename}  ({int(info.size)} bytes, sha256 {info.checksum}) from {url}"
-        for url, info in missing.items()
-    )
+def _offline_message(name: str, user_dir: Path, data_dir: Path, missing: Mapping[str, object], cause: object) -> str:
+    # One line (the CLI prints it as `error: ...`), naming only paths and commands that exist here.
+    files = ", ".join(f"{info.filename} ({int(info.size)} bytes, sha256 {info.checksum}, {url})"
+                      for url, info in missing.items())
     return (
-        f"cannot download {name} ({cause}). To prepare it offline, put these files into {user_dir}:\n"
-        f"{files}\n"
-        f"or vendor them under {VENDORED_DIR / name}/ and add their sha256 to {VENDORED_DIR / 'SHA256SUMS'} "
-        "(see data/README.md). Alternatively copy a prepared array cache "
-        f"({CACHE_DIRNAME}/{name}/<split>.npz) into the data dir."
+        f"cannot download {name} ({cause}); to prepare it offline, put {files} into {user_dir}/ "
+        f"or into any folder DIR and run `zoo prepare {name} --from DIR`, "
+        f"or copy a prepared array cache into {data_dir / CACHE_DIRNAME / name}/<split>.npz"
     )
 
 
@@ -214,16 +216,20 @@ def prepare(
     *,
     data_dir: str | os.PathLike | None = None,
     vendored_dir: str | os.PathLike | None = None,
+    from_dir: str | os.PathLike | None = None,
 ):
     """Makes TFDS build `name` in `data_dir` unless it already has; offline when files are available.
 
-    Vendored files (data/, sha256-verified) and files in `manual_dir(name)` are given to TFDS as its
-    manual directory, so it downloads only what neither holds; then nothing is downloaded at all.
+    Vendored files (`VENDORED_DIR`, sha256-verified), files in `from_dir` and in `manual_dir(name)`
+    are given to TFDS as its manual directory, so it downloads only what none holds; then nothing
+    is downloaded at all.
 
     Args:
       name: TFDS dataset name.
       data_dir: TFDS data directory; default `default_data_dir()`.
-      vendored_dir: folder with SHA256SUMS and vendored files; default the repo's data/.
+      vendored_dir: folder with SHA256SUMS and vendored files; default `VENDORED_DIR`.
+      from_dir: a folder holding the dataset's files under the names TFDS registers (directly or
+        in a `<name>/` subfolder); TFDS checks their sha256.
 
     Returns:
       The prepared `tfds.core.DatasetBuilder`.
@@ -233,6 +239,8 @@ def prepare(
       ChecksumMismatchError, FileNotFoundError: a vendored file is broken (see `verify_vendored`).
     """
     _check_name_split(name)
+    if from_dir is not None and not Path(from_dir).is_dir():
+        raise NotADirectoryError(f"--from {from_dir}: not a directory (expected a folder holding {name}'s files)")
     tfds = _import_tfds()
     if tfds is None:
         raise DatasetUnavailableError(f"preparing {name} needs tensorflow_datasets, which is not installed")
@@ -252,15 +260,17 @@ def prepare(
         links, extract_dir = Path(tmp) / "manual", Path(tmp) / "extracted"
         links.mkdir()
         missing = {}
+        given = [Path(from_dir), Path(from_dir) / name] if from_dir is not None else []
         for url, info in (builder.url_infos or {}).items():
-            source = vendored.get(info.checksum) or user_dir / info.filename
+            candidates = [d / info.filename for d in given] + [user_dir / info.filename]
+            source = vendored.get(info.checksum) or next((c for c in candidates if c.is_file()), candidates[-1])
             if source.exists():
                 (links / info.filename).symlink_to(source.resolve())
             else:
                 missing[url] = info
         for url in missing:
             if (error := _host_reachable(url)) is not None:
-                raise DatasetUnavailableError(_offline_message(name, user_dir, missing, error))
+                raise DatasetUnavailableError(_offline_message(name, user_dir, data_dir, missing, error))
         config = tfds.download.DownloadConfig(
             manual_dir=os.fspath(links), extract_dir=os.fspath(extract_dir), try_download_gcs=False
         )
@@ -269,7 +279,7 @@ def prepare(
         except OSError as e:  # requests' ConnectionError is an OSError
             if not missing:
                 raise
-            raise DatasetUnavailableError(_offline_message(name, user_dir, missing, e)) from e
+            raise DatasetUnavailableError(_offline_message(name, user_dir, data_dir, missing, e)) from e
     return builder
 
 
@@ -532,8 +542,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("names", nargs="+", choices=sorted(SPLITS))
     parser.add_argument("--data-dir", default=None, help="TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+    parser.add_argument("--from", dest="from_dir", default=None, metavar="DIR",
+                        help="a folder holding the datasets' files under TFDS's names (offline preparation)")
     args = parser.parse_args(argv)
     for name in args.names:
+        if args.from_dir is not None:
+            prepare(name, data_dir=args.data_dir, from_dir=args.from_dir)
         for split in SPLITS[name]:
             arrays = load_split(name, split, data_dir=args.data_dir)
             path = cache_path(name, split, data_dir=args.data_dir)

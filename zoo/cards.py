@@ -6,15 +6,13 @@
 
 A card prints only what is recorded: the registry spec, the weights' manifest (read with
 `zoo.exports.read_manifest`, pinned by the package's weights index; the parameter files are
-not hashed here, `zoo.load` does that), the dataset's source as data/README.md states it, and,
-in a source checkout, the training device and wall time that bench/train_all.py recorded for
-the run whose metric the manifest holds. Reads JSON only: no orbax, no TensorFlow.
+not hashed here, `zoo.load` does that), the dataset's source as train/vendored/README.md states
+it, and the training device and wall time the manifest records (with when and from what they were
+recorded). Reads the installed package's JSON only: no orbax, no TensorFlow, no repository files.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +20,10 @@ from zoo import exports
 from zoo.pretrained import available, weights_dir
 from zoo.registry import InputSpec, get_spec, param_count
 
-__all__ = ["DATASETS", "LICENSE_NOTE", "TRAINING_RECORD", "model_card", "shipped_inputs"]
+__all__ = ["DATASETS", "LICENSE_NOTE", "model_card", "shipped_inputs"]
 
-# The vendored datasets' sources as data/README.md states them (tests keep the two in sync).
-# data/README.md states no license for either; a card says so rather than guess one.
+# The vendored datasets' sources as train/vendored/README.md states them (tests keep the two in sync).
+# train/vendored/README.md states no license for either; a card says so rather than guess one.
 DATASETS = {
     "mnist": {
         "source": "the MNIST database of handwritten digits by Yann LeCun, Corinna Cortes and "
@@ -37,10 +35,7 @@ DATASETS = {
         "url": "https://github.com/karpathy/char-rnn/blob/master/data/tinyshakespeare/input.txt",
     },
 }
-LICENSE_NOTE = "not stated in data/README.md (see the source)"
-
-# bench/train_all.py's record of the shipped runs; present in a source checkout only.
-TRAINING_RECORD = Path(__file__).resolve().parents[1] / "bench" / "results" / "train_all.json"
+LICENSE_NOTE = "not stated in train/vendored/README.md (see the source)"
 
 
 def _weights(name: str) -> dict[str, tuple[Path, dict]]:
@@ -63,23 +58,13 @@ def shipped_inputs(name: str) -> dict[str, InputSpec]:
     return {tag: exports.model_from_manifest(_manifest(name, tag)[0]).input_spec() for tag in _weights(name)}
 
 
-def _training_record(tag_key: str, metric: Any, record_path: Path | None) -> dict | None:
-    """bench/train_all.py's entry for `tag_key`, only if its metric is the manifest's (the same run)."""
-    if record_path is None or not Path(record_path).is_file():
-        return None
-    runs = json.loads(Path(record_path).read_text())
-    for run in runs.values():
-        if run.get("tag") == tag_key and run.get("metric") == metric:
-            return run
-    return None
-
-
-def _training_lines(run: dict | None) -> list[str]:
-    device = run.get("device") if run else None
-    wall = run.get("train_wall_s") if run else None
-    source = " (bench/results/train_all.json)" if run else ""
-    return [f"training device: {device or 'not recorded'}{source if device else ''}",
-            f"training wall time: {f'{wall:g} s' if wall is not None else 'not recorded'}{source if wall is not None else ''}"]
+def _training_lines(training: dict | None) -> list[str]:
+    """The manifest's "training" record (zoo export writes it): device, wall time, how recorded."""
+    training = training or {}
+    device, wall, recorded = training.get("device"), training.get("wall_s"), training.get("recorded")
+    return [f"training device: {device or 'not recorded'}",
+            f"training wall time: {f'{wall:g} s' if wall is not None else 'not recorded'}",
+            *([f"  recorded: {recorded}"] if recorded else [])]
 
 
 def _shape(shape) -> str:
@@ -108,7 +93,7 @@ def _preprocessing(spec) -> str:
 def _dataset_lines(dataset: str | None) -> list[str]:
     info = DATASETS.get(dataset or "")
     if info is None:
-        return [f"dataset: {dataset or 'not recorded'}", "  source and license: not recorded in data/README.md"]
+        return [f"dataset: {dataset or 'not recorded'}", "  source and license: not recorded in train/vendored/README.md"]
     return [f"dataset: {dataset}", f"  source: {info['source']}, {info['url']}", f"  license: {LICENSE_NOTE}"]
 
 
@@ -138,14 +123,12 @@ def _spec_card(name: str) -> list[str]:
     return lines
 
 
-def model_card(name: str, tag: str | None = None, *, training_record: str | os.PathLike | None = TRAINING_RECORD) -> str:
+def model_card(name: str, tag: str | None = None) -> str:
     """A plain-text card for registry model `name`, or for its shipped weights `name.tag`.
 
     Args:
       name: a registry name (`zoo.list_models()`).
       tag: a shipped weights tag (`zoo.available(name)`), or None for the model and its tags.
-      training_record: bench/train_all.py's JSON (device and wall time of the shipped runs);
-        None or a missing file: those lines say "not recorded".
 
     Returns:
       The card, lines joined by newlines (what `zoo info NAME[.TAG]` prints).
@@ -169,7 +152,6 @@ def model_card(name: str, tag: str | None = None, *, training_record: str | os.P
     model = exports.model_from_manifest(manifest)
     overrides = manifest.get("model_overrides") or {}
     count = spec.num_params if not overrides else param_count(exports.expected_variables(model))
-    run = _training_record(f"{name}.{tag}", manifest.get("metric"), training_record)
     lines = [
         f"{name}.{tag}: pretrained weights of {name} ({spec.description})",
         f"task: {spec.task}",
@@ -183,7 +165,7 @@ def model_card(name: str, tag: str | None = None, *, training_record: str | os.P
         *_dataset_lines(manifest.get("dataset")),
         f"recipe: {manifest.get('command') or 'not recorded'}",
         f"metric: {_metric(manifest.get('metric'))}",
-        *_training_lines(run),
+        *_training_lines(manifest.get("training")),
         f"created: {manifest.get('created') or 'not recorded'}",
         "versions: " + (", ".join(f"{k} {v}" for k, v in (manifest.get("versions") or {}).items()) or "not recorded"),
         f"manifest sha256: {sha}",

@@ -413,6 +413,7 @@ def write_export(
     command: str | Sequence[str] | None = None,
     train_config: Mapping[str, Any] | None = None,
     quality: Mapping[str, Any] | None = None,
+    training: Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Writes `variables` of registry model `model_name` as an exported checkpoint directory.
@@ -434,6 +435,8 @@ def write_export(
         rebuilds the same data view (dataset, seq_len, ...) from it.
       quality: generative models' sample-quality measures (train/gen_metrics.py: Frechet
         distance, confident share, classes covered, image count, the classifier), JSON-able.
+      training: how the weights were trained, as model cards show it: {"device": str,
+        "wall_s": float, "recorded": when and from what these were recorded}, JSON-able.
       overwrite: replace an existing `directory` (see `_move_into_place`).
 
     Returns:
@@ -470,6 +473,7 @@ def write_export(
             "command": command,
             "train_config": _to_json(dict(train_config), "train_config") if train_config is not None else None,
             **({"quality": _to_json(dict(quality), "quality")} if quality is not None else {}),
+            **({"training": _to_json(dict(training), "training")} if training is not None else {}),
             "versions": _versions(),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
