@@ -626,14 +626,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that report bad input or a failing environment (anything else is a bug:
+    its traceback is shown). OSError: unreadable files, failed downloads, a full disk."""
+    errors = [ValueError, KeyError, TypeError, OSError]
+    data = sys.modules.get("train.data")  # not imported: its error cannot have been raised
+    if data is not None:
+        errors.append(data.DatasetUnavailableError)  # offline without the dataset (a RuntimeError)
+    return tuple(errors)
+
+
+def _quiet_library_logs() -> None:
+    """Orbax (through absl) and asyncio log the tracebacks of background-thread failures that
+    also reach main() as one exception; the CLI reports that one line instead (ZOO_DEBUG=1 shows them)."""
+    import logging
+
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command in ("train", "eval", "sample", "export", "predict", "sweep"):
-        _setup_jax(args)
+    debug = bool(os.environ.get("ZOO_DEBUG"))
     try:
+        args = build_parser().parse_args(argv)
+        if not debug:
+            _quiet_library_logs()
+        if args.command in ("train", "eval", "sample", "export", "predict", "sweep"):
+            _setup_jax(args)
         return args.func(args)
-    except (ValueError, KeyError, TypeError, OSError) as e:  # OSError: unreadable files, failed downloads
-        if os.environ.get("ZOO_DEBUG"):
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop (which stops at a checkpoint itself)
+        if debug:
+            raise
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except _user_errors() as e:
+        if debug:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
