@@ -409,3 +409,35 @@ def test_checkpoint_that_cannot_be_written_is_one_line_and_keeps_the_earlier_one
     assert again == step == 8
     for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
         np.testing.assert_array_equal(x, y)
+
+
+# ---------------------------------------------------------------- errors outside the commands
+
+
+def test_dataset_unavailable_is_one_line(cli, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # no TFDS and no array cache: offline
+    code, _, err = cli("prepare", "mnist", "--data-dir", tmp_path)
+    assert code == 2 and err.startswith("error: ") and "Traceback" not in err
+
+
+def test_ctrl_c_during_start_up_exits_130_in_one_line(cli, monkeypatch):
+    import train.cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train.cli, "_setup_jax", interrupted)
+    assert cli("list", "cnn")[0] == 0  # list does not set up JAX
+    assert cli("predict", "cnn", "x.png", "--pretrained", "mnist") == (130, "", "error: interrupted\n")
+    monkeypatch.setenv("ZOO_DEBUG", "1")
+    with pytest.raises(KeyboardInterrupt):
+        cli("predict", "cnn", "x.png", "--pretrained", "mnist")
+
+
+def test_a_bug_still_shows_its_traceback(cli, monkeypatch):
+    def bug(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(zoo, "list_models", bug)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli("list")

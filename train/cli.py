@@ -377,6 +377,8 @@ def _predict_one(model, apply, path: Path, args, names) -> dict:
         raise ValueError("not an image Pillow can read (PNG, JPEG, BMP, ...)") from None
     except OSError as e:
         raise ValueError(f"cannot read the image ({e.strerror or e})") from None
+    except (SyntaxError, Image.DecompressionBombError) as e:  # Pillow's damaged-PNG and too-many-pixels errors
+        raise ValueError(f"cannot read the image ({e})") from None
     output = apply(batch)
     if isinstance(output, dict):  # a multi-head model: top-k per head
         return {"predictions": {head: [{"class": c, "probability": p} for c, p in
@@ -407,6 +409,12 @@ def reconstruction_names(files: list[str]) -> dict[str, str]:
         names[file] = name
         taken.add(name)
     return names
+
+
+def printable(name: str) -> str:
+    """`name` with control characters (newlines, ANSI escapes) escaped as repr() does, so a
+    file name cannot forge output lines or drive the terminal."""
+    return name if name.isprintable() else repr(name)[1:-1]
 
 
 def _predict_line(path: str, result: dict) -> str:
@@ -450,10 +458,10 @@ def cmd_predict(args) -> int:
         except ValueError as e:
             failed = True
             result = {"file": file, "error": str(e)}
-            print(f"error: {file}: {e}", file=sys.stderr)
+            print(f"error: {printable(file)}: {e}", file=sys.stderr)
         else:
             if not args.json:
-                print(_predict_line(file, result))
+                print(_predict_line(printable(file), result))
         results.append(result)
     if args.json:
         print(json.dumps(results, indent=2))
