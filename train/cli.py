@@ -188,6 +188,10 @@ def train_config(args) -> Config:
 
     cfg = resolve(args.model, _overrides(args), config_file=args.config)
     check_model(cfg)
+    if cfg.init_from:
+        from train.finetune import check_source
+
+        check_source(cfg.init_from)
     return cfg
 
 
@@ -245,9 +249,15 @@ def _print_eval(result: dict) -> None:
         print(f"saved {result['saved']}")
 
 
+def _check_quality_n(args) -> None:
+    if args.quality_n < 0:
+        raise ValueError(f"--quality-n must be >= 0 (images to score; 0 = off), got {args.quality_n}")
+
+
 def cmd_eval(args) -> int:
     from train.evaluate import evaluate_pretrained, evaluate_workdir
 
+    _check_quality_n(args)
     if args.pretrained or args.path:
         result = evaluate_pretrained(args.model, args.pretrained, path=args.path, split=args.split, data_dir=args.data_dir, out=args.out,
                                      quality_n=args.quality_n)
@@ -266,6 +276,8 @@ def cmd_sample(args) -> int:
     from train.evaluate import variables_for
 
     task = tasks.of_model(args.model)
+    if args.prompt == "" and task.name == "language_model":
+        raise ValueError("--prompt must be at least one character (the model continues it)")
     if task.sample is None:
         raise ValueError(f"zoo sample works for generative models (char_lstm, dcgan), not {args.model!r}")
     model, variables = variables_for(args.model, pretrained=args.pretrained, path=args.path, workdir=args.workdir)
@@ -314,6 +326,7 @@ def cmd_export(args) -> int:
     """A run's best (or latest) checkpoint, evaluated on the test split, or shipped weights -> one format (and shipped)."""
     from zoo import exports
 
+    _check_quality_n(args)
     if args.ship and args.format != "orbax":
         raise ValueError(f"--ship needs --format orbax (the shipped weights are Orbax exports), got --format {args.format}")
     variables, fields, step = _export_source(args)

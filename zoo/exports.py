@@ -327,7 +327,11 @@ def model_from_manifest(manifest: Mapping) -> nn.Module:
     """The registry model an export's manifest names, built with its `model_overrides`."""
     if not isinstance(manifest.get("model"), str):
         raise ValueError(f"an export manifest names its registry model in 'model', got {manifest.get('model')!r}")
-    return create(manifest["model"], **from_json(manifest.get("model_overrides") or {}))
+    overrides = manifest.get("model_overrides") or {}
+    if not isinstance(overrides, Mapping):
+        raise ValueError(f"an export manifest's 'model_overrides' must be a JSON object of model fields, "
+                         f"got {type(overrides).__name__} {overrides!r}")
+    return create(manifest["model"], **from_json(overrides))
 
 
 # --- orbax (imported lazily) --------------------------------------------------------------------
@@ -642,7 +646,7 @@ def extract_archive(
         refused member, a limit passed, no manifest.json at the top).
     """
     dest = Path(dest)
-    count, size, seen = 0, 0, set()
+    count, size, seen, dirs = 0, 0, set(), set()  # seen: file paths; dirs: directory paths
     try:
         with gzip.open(archive_path, "rb") as gz:
             capped = _CappedReader(gz, max_bytes, source)
@@ -656,8 +660,16 @@ def extract_archive(
                         raise ValueError(f"{source}: refusing archive member {name!r} (absolute path or '..')")
                     if not (member.isfile() or member.isdir()):
                         raise ValueError(f"{source}: refusing archive member {name!r} (links and special files are not allowed)")
+                    key = PurePosixPath(name).as_posix()
+                    # a file where a directory is (or is needed above a member), or the reverse
+                    if key in dirs and member.isfile() or any(str(p) in seen for p in PurePosixPath(key).parents) \
+                            or member.isdir() and key in seen:
+                        raise ValueError(f"{source}: refusing archive member {name!r} (a file and a directory of "
+                                         "the same name)")
+                    dirs.update(str(p) for p in PurePosixPath(key).parents)
+                    if member.isdir():
+                        dirs.add(key)
                     if member.isfile():
-                        key = PurePosixPath(name).as_posix()
                         if key in seen:
                             raise ValueError(f"{source}: refusing archive member {name!r} (a duplicate)")
                         seen.add(key)
