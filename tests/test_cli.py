@@ -371,3 +371,84 @@ def test_compilation_cache_switch(tfds_dir, cli_env, tmp_path, setting):
         assert len(written) >= 2, written  # at least the train step and the evaluator
     else:
         assert not cache.exists() and not (home / ".cache" / "zoo").exists()
+
+
+# ---------------------------------------------------------------- failing writes: one line, nothing lost
+
+
+WRITE_LIMIT = 20_000  # bytes per file: the configs and logs fit, no checkpoint or export does
+
+
+def run_zoo_with_write_limit(*args, env) -> subprocess.CompletedProcess:
+    """`zoo ARGS` whose writes past WRITE_LIMIT bytes in one file fail in the OS (EFBIG), the way
+    a full disk fails them (ENOSPC) through the same Orbax/TensorStore and safetensors paths,
+    without needing a small filesystem. The compilation cache is off: it would hit the limit too."""
+    launcher = ("import os, resource, signal, sys; "
+                "signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "  # the write fails instead of killing the process
+                f"resource.setrlimit(resource.RLIMIT_FSIZE, ({WRITE_LIMIT}, {WRITE_LIMIT})); "
+                "os.execv(sys.executable, [sys.executable, '-m', 'train.cli', *sys.argv[1:]])")
+    return subprocess.run([sys.executable, "-c", launcher, *map(str, args)], env={**env, "ZOO_COMPILATION_CACHE": "off"},
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr[-3000:]
+    assert result.stderr.startswith("error: ")
+    return result.stderr
+
+
+@pytest.mark.parametrize("fmt,name", [("orbax", "out"), ("safetensors", "out.safetensors")])
+def test_export_that_cannot_be_written_is_one_line_and_leaves_nothing(cli_env, tmp_path, fmt, name):
+    result = run_zoo_with_write_limit("export", "cnn", tmp_path / name, "--pretrained", "mnist", "--format", fmt, env=cli_env)
+    line = one_error_line(result)
+    assert f"cannot write {'the export ' if fmt == 'orbax' else ''}{tmp_path / name}: File too large" in line
+    assert list(tmp_path.iterdir()) == []  # no partial export, no temporary
+
+
+# a resumed training run in a subprocess (~20 s)
+@pytest.mark.slow
+def test_checkpoint_that_cannot_be_written_is_one_line_and_keeps_the_earlier_one(cnn_run, tfds_dir, cli_env, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(cnn_run[0], workdir)
+    step, before = restored_params(workdir)
+    result = run_zoo_with_write_limit("train", "cnn", "--workdir", workdir, "--epochs", 2, *tiny(tfds_dir), env=cli_env)
+    line = one_error_line(result)
+    assert f"cannot save checkpoint step 16 in {workdir / 'checkpoints'}: File too large" in line
+    assert "epoch 2 step 16" in result.stdout  # it trained, then failed to save
+    again, after = restored_params(workdir)
+    assert again == step == 8
+    for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
+        np.testing.assert_array_equal(x, y)
+
+
+# ---------------------------------------------------------------- errors outside the commands
+
+
+def test_dataset_unavailable_is_one_line(cli, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # no TFDS and no array cache: offline
+    code, _, err = cli("prepare", "mnist", "--data-dir", tmp_path)
+    assert code == 2 and err.startswith("error: ") and "Traceback" not in err
+
+
+def test_ctrl_c_during_start_up_exits_130_in_one_line(cli, monkeypatch):
+    import train.cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train.cli, "_setup_jax", interrupted)
+    assert cli("list", "cnn")[0] == 0  # list does not set up JAX
+    assert cli("predict", "cnn", "x.png", "--pretrained", "mnist") == (130, "", "error: interrupted\n")
+    monkeypatch.setenv("ZOO_DEBUG", "1")
+    with pytest.raises(KeyboardInterrupt):
+        cli("predict", "cnn", "x.png", "--pretrained", "mnist")
+
+
+def test_a_bug_still_shows_its_traceback(cli, monkeypatch):
+    def bug(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(zoo, "list_models", bug)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli("list")

@@ -312,3 +312,48 @@ def test_sample_n_is_seeded(cli, tmp_path):
     assert not np.array_equal(a, c)
     # 4 samples: the last four tiles of the row stay blank
     assert (a[2:30, 2 + 4 * 30:] == 255).all() and not (a[2:30, 2:30] == 255).all()
+
+
+def _png_with_broken_chunk(path: Path) -> None:
+    """A PNG whose image data continues in a chunk with an invalid type: Pillow opens it, then
+    raises SyntaxError("broken PNG file ...") while decoding."""
+    import io
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    noise = np.random.default_rng(0).integers(0, 255, (50, 50), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, "PNG")
+    png = buffer.getvalue()
+    at = png.index(b"IDAT")
+    data = png[at + 4 : at + 4 + int.from_bytes(png[at - 4 : at], "big")]
+    half = len(data) // 2
+    path.write_bytes(png[: at - 4] + chunk(b"IDAT", data[:half]) + chunk(b"!!!!", data[half:]) + chunk(b"IEND", b""))
+
+
+def test_predict_damaged_or_oversized_png_is_named(cli, files, tmp_path, monkeypatch):
+    broken = tmp_path / "broken.png"
+    _png_with_broken_chunk(broken)
+    code, out, err = cli("predict", "cnn", broken, files["png"], "--pretrained", "mnist")
+    assert code == 2 and out.startswith(f"{files['png']}: 0 (")
+    assert err == f"error: {broken}: cannot read the image (broken PNG file (chunk b'!!!!'))\n"
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # zero.png's 200x200 is a "decompression bomb" now
+    code, _, err = cli("predict", "cnn", files["png"], "--pretrained", "mnist")
+    assert code == 2 and err.startswith(f"error: {files['png']}: cannot read the image (Image size (40000 pixels) exceeds")
+    assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["two\nlines.png", "\x1b[31mred\x1b[0m.png", "bell\a.png"])
+def test_predict_escapes_control_characters_in_file_names(cli, files, tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(files["png"].read_bytes())
+    missing = tmp_path / f"missing-{name}"
+    code, out, err = cli("predict", "cnn", path, missing, "--pretrained", "mnist")
+    assert code == 2
+    shown = repr(str(path))[1:-1]
+    assert out.startswith(f"{shown}: 0 (") and len(out.splitlines()) == 1
+    assert err == f"error: {repr(str(missing))[1:-1]}: no such file\n"
+    assert "\x1b" not in out + err and "\a" not in out + err

@@ -867,3 +867,49 @@ def test_import_zoo_and_pretrained_is_light():
         "print(heavy); assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+# --- unclear errors made clear (issue 22) -----------------------------------------------------
+
+
+def _tar_of(path: Path, members: list[tuple[str, str]]) -> None:
+    """A tar.gz of (name, "file" | "dir") members, in order."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, kind in members:
+            info = tarfile.TarInfo(name)
+            if kind == "dir":
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = 2
+                tar.addfile(info, io.BytesIO(b"{}"))
+
+
+@pytest.mark.parametrize("members", [
+    [("x", "file"), ("x", "dir")],
+    [("x", "dir"), ("x", "file")],
+    [("x", "file"), ("x/y", "file")],
+    [("x/y", "file"), ("x", "file")],
+])
+def test_url_archive_with_a_file_and_a_directory_of_one_name_names_the_url(server, tmp_path, members):
+    www, url, _ = server
+    _tar_of(www / "clash.tar.gz", members)
+    with pytest.raises(ValueError) as caught:
+        load("cnn", path=f"{url}/clash.tar.gz")
+    assert str(caught.value).startswith(f"{url}/clash.tar.gz: refusing archive member ")
+    assert "a file and a directory of the same name" in str(caught.value)
+    assert temporaries(tmp_path) == []
+
+
+def test_url_scheme_is_case_insensitive(cnn_export, server):
+    www, url, _ = server
+    archive(cnn_export[0], www / "cnn.tar.gz")
+    shouting = url.replace("http://", "HTTP://") + "/cnn.tar.gz"
+    assert_same(load("cnn", path=shouting)[1], cnn_export[1])
+
+
+def test_manifest_overrides_that_are_not_an_object_are_named(cnn_copy):
+    rewrite_manifest(cnn_copy, model_overrides="hello")
+    rehash = hashlib.sha256((cnn_copy / "manifest.json").read_bytes()).hexdigest()  # a consistent export otherwise
+    with pytest.raises(ValueError, match=r"'model_overrides' must be a JSON object of model fields, got str 'hello'"):
+        load("cnn", path=cnn_copy, sha256=rehash)

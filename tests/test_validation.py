@@ -15,12 +15,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from train import cli, config
 from train.config import Config, Integer, Number, OneOf, resolve
+import zoo
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -387,3 +389,84 @@ def test_help_states_the_allowed_values():
     assert "one of sgd, momentum, adam, adamw, rmsprop" in helps["--optimizer"]
     assert "an integer >= 1" in helps["--checkpoint-every"]
     assert "FILE.json" in train.format_usage() and "--config" in helps
+
+
+# ---------------------------------------------------------------- unclear errors made clear (issue 22)
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["train", "cnn", "--init-from", "../../no-such-dir"], "--init-from '../../no-such-dir': no such file or directory"),
+    (["sweep", "cnn", "--param", "init_from=choice:../../no-such-dir"],
+     "--init-from '../../no-such-dir': no such file or directory"),
+    (["eval", "cnn", "--pretrained", "mnist", "--quality-n", "-1"], "--quality-n must be >= 0"),
+    (["export", "cnn", "out", "--pretrained", "mnist", "--quality-n", "-1"], "--quality-n must be >= 0"),
+    (["sample", "char_lstm", "--pretrained", "tiny_shakespeare", "--prompt", ""], "--prompt must be at least one character"),
+])
+def test_cli_errors_name_the_flag_and_the_problem(args, expected, tmp_path, capsys, no_jax_setup, monkeypatch):
+    from train.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    rc = main(args)
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and expected in err and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []  # refused before any work
+
+
+def _digits(n: int = 64, labels=None) -> dict:
+    rng = np.random.default_rng(0)
+    return {"x": rng.random((n, 28, 28, 1), np.float32),
+            "y": np.asarray(labels if labels is not None else rng.integers(0, 10, n), np.int32)}
+
+
+@pytest.mark.parametrize("data,error,expected", [
+    (None, TypeError, "data must be a dataset name (e.g. 'mnist') or a dict of arrays"),
+    ([1, 2, 3], TypeError, "data must be a dataset name (e.g. 'mnist') or a dict of arrays"),
+    ({"x": np.zeros((64, 28, 28, 1), np.float32)}, ValueError, "the classification task learns targets: give {'x'"),
+    (_digits(labels=[-1] * 64), ValueError, "Class labels must be integers >= 0"),
+    (_digits(labels=[10] * 64), ValueError,
+     "Keep a subset of the classes with classes, or raise num_classes with model_overrides={'num_classes': 11}"),
+])
+def test_fit_data_errors_are_clear_and_name_python_arguments(data, error, expected):
+    import train
+
+    with pytest.raises(error) as caught:
+        train.fit("cnn", data, epochs=1, batch_size=16, num_devices=1, log=lambda m: None)
+    assert expected in str(caught.value) and "--" not in str(caught.value)
+
+
+def test_fit_model_field_says_how_to_change_the_model():
+    import train
+
+    with pytest.raises(ValueError) as caught:
+        train.fit("cnn", _digits(), num_classes=12)
+    assert str(caught.value) == ("'num_classes' is a field of the cnn model, not a training setting: "
+                                 "set it with model_overrides={'num_classes': 12}")
+    with pytest.raises(ValueError, match=r"^lr -1: must be"):  # the argument, not --lr
+        train.fit("cnn", _digits(), lr=-1)
+
+
+def test_channels_first_input_gets_a_transpose_hint():
+    model = zoo.create("cnn")
+    variables = zoo.init(model, jax.random.key(0))
+    with pytest.raises(ValueError, match=r"channels first\? .*x\.transpose\(0, 2, 3, 1\)"):
+        model.apply(variables, np.zeros((2, 1, 28, 28), np.float32))
+
+
+def test_preprocess_of_a_path_says_what_is_wrong(tmp_path):
+    with pytest.raises(TypeError, match=r"got the path '.*missing\.png' \(no such file\); open it first"):
+        zoo.preprocess("cnn", str(tmp_path / "missing.png"))
+
+
+def test_empty_prompt_is_refused_by_the_library():
+    from train.tasks import sample_text
+
+    model = zoo.create("char_lstm")
+    with pytest.raises(ValueError, match="the prompt must be at least one character"):
+        sample_text(model, zoo.init(model, jax.random.key(0)), "", 5, jax.random.key(0))
+
+
+def test_evaluate_run_refuses_a_negative_quality_n():
+    from train.evaluate import evaluate_run
+
+    with pytest.raises(ValueError, match=r"quality_n must be an integer >= 0 .*got -1"):
+        evaluate_run(None, None, None, "test", quality_n=-1)

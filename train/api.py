@@ -78,6 +78,13 @@ def _as_split(arrays: Mapping, what: str) -> dict:
     return out
 
 
+def _check_targets(task: tasks.Task, splits: tasks.Splits) -> None:
+    for name, split in (("train", splits.train), ("validation", splits.val)):
+        if task.targets and "y" not in split:
+            raise ValueError(f"data: the {task.name} task learns targets: give {{'x': inputs, 'y': targets}} "
+                             f"(the {name} split has no 'y')")
+
+
 def user_splits(data: Mapping, cfg: Config, *, val_size_given: bool) -> tasks.Splits:
     """Splits from the user's arrays: {"x", "y"} (validation: the last `val_size` examples, or
     the last 10% unless val_size was given), or {"train": {...}, "validation": {...}}."""
@@ -123,10 +130,24 @@ def fit(
         temporary directory that is removed afterwards.
       log: where progress lines go (print by default).
       **overrides: Config fields (epochs=3, lr=1e-3, batch_size=128, classes=[0, 1, 2], ...).
+        The model's own fields are not Config fields: change them with `model_overrides`,
+        e.g. a 10-class head: `model_overrides={"num_classes": 10}`.
 
     Returns:
       A FitResult with the trained model and variables, the last metrics and the history.
+
+    Raises:
+      ValueError / TypeError: a bad argument, named as the Python argument (`classes`, not
+        the CLI's `--classes`).
     """
+    with config_fields.python_names():
+        return _fit(model, data, task=task, config=config, workdir=workdir, log=log, **overrides)
+
+
+def _fit(model, data, *, task, config, workdir, log, **overrides) -> FitResult:
+    if not isinstance(data, (str, Mapping)):
+        raise TypeError("data must be a dataset name (e.g. 'mnist') or a dict of arrays {'x': inputs, 'y': targets}, "
+                        f"got {type(data).__name__}")
     values = dict(config.to_json() if isinstance(config, Config) else config or {})
     values.update(overrides)
     if isinstance(model, str):
@@ -149,7 +170,9 @@ def fit(
         cfg = Config(**{"model": name, **values}).validate(registered=False)
     splits = None
     if not isinstance(data, str):
-        splits = tasks.select_classes(the_task, user_splits(data, cfg, val_size_given="val_size" in values), cfg.classes)
+        splits = user_splits(data, cfg, val_size_given="val_size" in values)
+        _check_targets(the_task, splits)
+        splits = tasks.select_classes(the_task, splits, cfg.classes)
         cfg = dataclasses.replace(cfg, dataset="arrays")
     with tempfile.TemporaryDirectory(prefix="zoo-fit-") as tmp:
         where = Path(workdir) if workdir is not None else Path(tmp)

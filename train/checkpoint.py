@@ -30,7 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
-from zoo.exports import check_tree
+from zoo.exports import check_tree, os_error_of
 
 log = logging.getLogger(__name__)
 STATE, META, CHECKSUMS = "state", "meta", "checksums"
@@ -207,14 +207,30 @@ class Checkpointer:
         args = ocp.args.Composite(**{STATE: ocp.args.StandardSave(tree), META: ocp.args.JsonSave(dict(meta)),
                                      CHECKSUMS: ocp.args.JsonSave(sums)})
         # force=True: the save decision is ours (the loop's interval), not Orbax's.
+        self.wait()  # as Orbax's save would, but a failure of the previous save is named as that step
         self._pending = step
         _UNFINISHED.add(self)
-        return self._mgr.save(step, args=args, metrics=dict(metrics) if metrics is not None else None, force=True)
+        try:
+            return self._mgr.save(step, args=args, metrics=dict(metrics) if metrics is not None else None, force=True)
+        except ValueError as e:  # a synchronous save (or the previous async one) failed writing
+            if (error := self._os_error(e)) is None:
+                raise
+            raise error from e
+
+    def _os_error(self, error: ValueError) -> OSError | None:
+        """A failed write (a full disk) as an OSError naming the step and this directory."""
+        step = f"step {self._pending} " if self._pending is not None else ""
+        return os_error_of(error, f"cannot save checkpoint {step}in {self.directory}")
 
     def wait(self) -> None:
-        """Blocks until pending async saves are finalized (re-raises their errors)."""
+        """Blocks until pending async saves are finalized (re-raises their errors; a failed
+        write as OSError, e.g. ENOSPC when the disk is full)."""
         try:
             self._mgr.wait_until_finished()
+        except ValueError as e:
+            if (error := self._os_error(e)) is None:
+                raise
+            raise error from e
         finally:
             self._pending = None
             _UNFINISHED.discard(self)

@@ -188,6 +188,10 @@ def train_config(args) -> Config:
 
     cfg = resolve(args.model, _overrides(args), config_file=args.config)
     check_model(cfg)
+    if cfg.init_from:
+        from train.finetune import check_source
+
+        check_source(cfg.init_from)
     return cfg
 
 
@@ -273,9 +277,15 @@ def _print_eval(result: dict) -> None:
         print(f"saved {result['saved']}")
 
 
+def _check_quality_n(args) -> None:
+    if args.quality_n < 0:
+        raise ValueError(f"--quality-n must be >= 0 (images to score; 0 = off), got {args.quality_n}")
+
+
 def cmd_eval(args) -> int:
     from train.evaluate import evaluate_pretrained, evaluate_workdir
 
+    _check_quality_n(args)
     if args.pretrained or args.path:
         result = evaluate_pretrained(args.model, args.pretrained, path=args.path, split=args.split, data_dir=args.data_dir, out=args.out,
                                      quality_n=args.quality_n)
@@ -294,6 +304,8 @@ def cmd_sample(args) -> int:
     from train.evaluate import variables_for
 
     task = tasks.of_model(args.model)
+    if args.prompt == "" and task.name == "language_model":
+        raise ValueError("--prompt must be at least one character (the model continues it)")
     if task.sample is None:
         raise ValueError(f"zoo sample works for generative models (char_lstm, dcgan), not {args.model!r}")
     model, variables = variables_for(args.model, pretrained=args.pretrained, path=args.path, workdir=args.workdir)
@@ -355,6 +367,7 @@ def cmd_export(args) -> int:
     """A run's best (or latest) checkpoint, evaluated on the test split, or shipped weights -> one format (and shipped)."""
     from zoo import exports
 
+    _check_quality_n(args)
     if args.ship and args.format != "orbax":
         raise ValueError(f"--ship needs --format orbax (the shipped weights are Orbax exports), got --format {args.format}")
     variables, fields, step = _export_source(args)
@@ -418,6 +431,8 @@ def _predict_one(model, apply, path: Path, args, names) -> dict:
         raise ValueError("not an image Pillow can read (PNG, JPEG, BMP, ...)") from None
     except OSError as e:
         raise ValueError(f"cannot read the image ({e.strerror or e})") from None
+    except (SyntaxError, Image.DecompressionBombError) as e:  # Pillow's damaged-PNG and too-many-pixels errors
+        raise ValueError(f"cannot read the image ({e})") from None
     output = apply(batch)
     if isinstance(output, dict):  # a multi-head model: top-k per head
         return {"predictions": {head: [{"class": c, "probability": p} for c, p in
@@ -448,6 +463,12 @@ def reconstruction_names(files: list[str]) -> dict[str, str]:
         names[file] = name
         taken.add(name)
     return names
+
+
+def printable(name: str) -> str:
+    """`name` with control characters (newlines, ANSI escapes) escaped as repr() does, so a
+    file name cannot forge output lines or drive the terminal."""
+    return name if name.isprintable() else repr(name)[1:-1]
 
 
 def _predict_line(path: str, result: dict) -> str:
@@ -491,10 +512,10 @@ def cmd_predict(args) -> int:
         except ValueError as e:
             failed = True
             result = {"file": file, "error": str(e)}
-            print(f"error: {file}: {e}", file=sys.stderr)
+            print(f"error: {printable(file)}: {e}", file=sys.stderr)
         else:
             if not args.json:
-                print(_predict_line(file, result))
+                print(_predict_line(printable(file), result))
         results.append(result)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -671,14 +692,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that report bad input or a failing environment (anything else is a bug:
+    its traceback is shown). OSError: unreadable files, failed downloads, a full disk."""
+    errors = [ValueError, KeyError, TypeError, OSError]
+    data = sys.modules.get("train.data")  # not imported: its error cannot have been raised
+    if data is not None:
+        errors.append(data.DatasetUnavailableError)  # offline without the dataset (a RuntimeError)
+    return tuple(errors)
+
+
+def _quiet_library_logs() -> None:
+    """Orbax (through absl) and asyncio log the tracebacks of background-thread failures that
+    also reach main() as one exception; the CLI reports that one line instead (ZOO_DEBUG=1 shows them)."""
+    import logging
+
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command in ("train", "eval", "sample", "export", "predict", "sweep"):
-        _setup_jax(args)
+    debug = bool(os.environ.get("ZOO_DEBUG"))
     try:
+        args = build_parser().parse_args(argv)
+        if not debug:
+            _quiet_library_logs()
+        if args.command in ("train", "eval", "sample", "export", "predict", "sweep"):
+            _setup_jax(args)
         return args.func(args)
-    except (ValueError, KeyError, TypeError, OSError) as e:  # OSError: unreadable files, failed downloads
-        if os.environ.get("ZOO_DEBUG"):
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop (which stops at a checkpoint itself)
+        if debug:
+            raise
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except _user_errors() as e:
+        if debug:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2

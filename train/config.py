@@ -10,6 +10,8 @@ so a resolved config is always valid. The resolved config is saved in the workdi
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import difflib
 import json
@@ -230,9 +232,32 @@ FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 ALIASES = {alias: name for name, f in FIELDS.items() for alias in f.metadata.get("aliases", ())}
 
 
+# True inside train.fit: errors name its keyword arguments (classes), not the CLI's flags (--classes)
+_PYTHON_NAMES = contextvars.ContextVar("python_names", default=False)
+
+
+@contextlib.contextmanager
+def python_names():
+    """Within this block, `flag` and `override_hint` spell fields as train.fit's arguments."""
+    token = _PYTHON_NAMES.set(True)
+    try:
+        yield
+    finally:
+        _PYTHON_NAMES.reset(token)
+
+
 def flag(name: str) -> str:
-    """The CLI flag of field `name` (model_overrides is set with --set)."""
+    """The CLI flag of field `name` (model_overrides is set with --set); in `python_names`, the name."""
+    if _PYTHON_NAMES.get():
+        return name
     return "--set" if name == "model_overrides" else "--" + name.replace("_", "-")
+
+
+def override_hint(field: str, value: Any) -> str:
+    """How a user sets model field `field` to `value`: --set FIELD=JSON, or model_overrides= in Python."""
+    if _PYTHON_NAMES.get():
+        return f"model_overrides={{{field!r}: {value!r}}}"
+    return f"--set {field}={json.dumps(value)}"
 
 
 def field_error(name: str, value: Any) -> str | None:
@@ -273,7 +298,8 @@ def build_model(cfg: Config):
     overrides = from_json(cfg.model_overrides)
     if cfg.classes:
         if overrides.setdefault("num_classes", len(cfg.classes)) != len(cfg.classes):
-            raise ValueError(f"--classes gives {len(cfg.classes)} classes but --set num_classes={overrides['num_classes']}")
+            raise ValueError(f"{flag('classes')} gives {len(cfg.classes)} classes but "
+                             f"{override_hint('num_classes', overrides['num_classes'])}")
     if cfg.dtype != "float32":
         overrides["dtype"] = cfg.dtype
     return zoo.create(cfg.model, **overrides)
@@ -319,6 +345,13 @@ def unknown_key(key: str) -> str:
     close = ALIASES.get(close, close)
     hint = f" Did you mean {close!r}?" if close else ""
     return f"unknown config key {key!r}.{hint}"
+
+
+def _model_fields(model: str) -> set[str]:
+    """The fields of registry model `model`'s module (what model_overrides can set)."""
+    import zoo
+
+    return {f.name for f in dataclasses.fields(zoo.get_spec(model).module)} - {"parent", "name"}
 
 
 def read_json_config(path: str | Path) -> dict:
@@ -379,6 +412,9 @@ def resolve(model: str, overrides: dict[str, Any] | None = None, *, config_file:
         raise ValueError(f"overrides name model {overrides['model']!r} but the model is {model!r}")
     for key, value in overrides.items():
         if key not in FIELDS:
+            if key in _model_fields(model):
+                raise ValueError(f"{key!r} is a field of the {model} model, not a training setting: "
+                                 f"set it with {override_hint(key, value)}")
             raise ValueError(unknown_key(key))
         if error := field_error(key, value):
             raise ValueError(f"{flag(key)} {error}")

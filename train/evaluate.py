@@ -108,6 +108,8 @@ def evaluate_run(cfg: Config, model, variables: dict, split: str, *, quality_n: 
     `quality_n` > 0: tasks with a quality hook (GAN, autoencoder) trained on MNIST also report
     train/gen_metrics.py's measures of that many generated/reconstructed images.
     """
+    if not isinstance(quality_n, int) or isinstance(quality_n, bool) or quality_n < 0:
+        raise ValueError(f"quality_n must be an integer >= 0 (images to score; 0 = off), got {quality_n!r}")
     task = tasks.of_model(cfg.model)
     arrays = _eval_arrays(cfg, split)
     metrics = evaluate_arrays(task, model, variables, arrays, batch_size=cfg.eval_batch_size)

@@ -8,9 +8,25 @@ parameter path and both shapes.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import zoo
+from train.config import flag
+
+_NAME_TAG = re.compile(r"[A-Za-z0-9_]+\.[A-Za-z0-9_-]+")  # cnn.mnist, char_lstm.tiny_shakespeare
+
+
+def check_source(source: str) -> None:
+    """Raises ValueError unless `source` can name weights: an existing path, an http(s) URL or
+    NAME.TAG of shipped weights. Cheap (nothing is read), so it runs before any work."""
+    from zoo.pretrained import is_url_path
+
+    if is_url_path(source) or Path(source).exists():
+        return
+    if not _NAME_TAG.fullmatch(source):
+        raise ValueError(f"{flag('init_from')} {source!r}: no such file or directory; expected NAME.TAG of shipped "
+                         "weights (e.g. cnn.mnist), an export directory, a .safetensors file or an http(s) URL")
 
 
 def merge_pretrained(fresh: dict, loaded: dict, *, log=print) -> dict:
@@ -26,9 +42,10 @@ def merge_pretrained(fresh: dict, loaded: dict, *, log=print) -> dict:
 
 def init_from(source: str, model, fresh: dict, *, log=print) -> dict:
     """Loads `source` ("name.tag" shipped weights, or an export dir / URL) and merges it into `fresh`."""
-    from zoo.pretrained import load
+    from zoo.pretrained import is_url_path, load
 
-    if Path(source).exists() or "://" in source:
+    check_source(source)
+    if Path(source).exists() or is_url_path(source):
         _, loaded = load(_model_name_of(source), path=source)
     else:
         name, sep, tag = source.rpartition(".")

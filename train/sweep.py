@@ -205,11 +205,14 @@ def build_space(model: str, params: dict[str, str], *, overrides: dict | None = 
     """
     import jax
 
+    from train.finetune import check_source
     from train.parallel import check_batch_size
 
     if not params:
         raise ValueError("nothing to search: give --param NAME=SPEC (e.g. --param lr=loguniform:1e-4:1e-2) or --space FILE.json")
     base = trial_config(model, {}, overrides=overrides, config_file=config_file)
+    if base.init_from:
+        check_source(base.init_from)
     devices = num_devices or base.num_devices or len(jax.devices())
     space = {}
     for raw_name, spec in params.items():
@@ -224,6 +227,8 @@ def build_space(model: str, params: dict[str, str], *, overrides: dict | None = 
                     check_model(cfg)
                 if name == "batch_size":
                     check_batch_size(cfg.batch_size, devices)
+                if name == "init_from" and cfg.init_from:
+                    check_source(cfg.init_from)
             except ValueError as e:
                 raise ValueError(f"--param {raw_name}={spec}: value {value!r}: {e}") from e
         if name == "batch_size" and not hasattr(dist, "choices"):

@@ -19,7 +19,7 @@ import numpy as np
 
 import zoo
 from train import data, gen_metrics, report, steps
-from train.config import Config
+from train.config import Config, flag, override_hint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +59,7 @@ class Task:
     labels: Callable[[dict], dict] = lambda arrays: {}
     quality: Callable | None = None
     predicts: str = ""  # what `zoo predict` shows for a picture: "classes", "reconstruction", or "" (not supported)
+    targets: bool = True  # its arrays hold "y" (False: it learns from "x" alone)
     # False: the validation metric does not rank checkpoints (a GAN's g_loss says nothing of its
     # samples), so `zoo eval`/`zoo export` take the latest checkpoint unless --which best
     ranks_checkpoints: bool = True
@@ -127,6 +128,8 @@ def _gan_sample(model, variables, key, options: dict) -> str:
 
 def sample_text(model, variables, prompt: str, length: int, key, temperature: float = 0.8) -> str:
     """Generates `length` characters after `prompt` with a char-level LM."""
+    if not prompt:
+        raise ValueError("the prompt must be at least one character (the model continues it)")
     tokens = jnp.asarray(zoo.rnn.encode(prompt))[None]
     out = jax.jit(lambda v, k, t: model.apply(v, k, t, length, temperature, method="generate"))(variables, key, tokens)
     return prompt + zoo.rnn.decode(out[0])
@@ -166,12 +169,12 @@ TASKS: dict[str, Task] = {
              predicts="classes"),
         Task("reconstruction", _IMAGES, _images(lambda x, y: {"x": x}), *_supervised(steps.reconstruction_loss),
              "mse", "min", epoch_sample=_reconstruction_grid, quality=gen_metrics.reconstruction_quality,
-             predicts="reconstruction"),
+             predicts="reconstruction", targets=False),
         Task("language_model", data.TEXT_DATASETS, _text, *_supervised(steps.language_model_loss), "loss", "min",
              epoch_sample=_text_file, sample=_text_sample),
         Task("gan", _IMAGES, _images(lambda x, y: {"x": x}), *_gan, "g_loss", "min",
              players=("generator", "discriminator"), epoch_sample=_gan_grid, sample=_gan_sample,
-             quality=gen_metrics.gan_quality, ranks_checkpoints=False),
+             quality=gen_metrics.gan_quality, ranks_checkpoints=False, targets=False),
     )
 }
 
@@ -280,10 +283,13 @@ def check_labels(task: Task, arrays: dict, model, dataset: str) -> None:
         bad = labels[(labels < 0) | (labels >= n)]
         if bad.size:
             what = "num_classes" if name == "y" else f"the {name!r} head's classes"
-            raise ValueError(
-                f"{dataset}: label {int(bad[0])} is outside [0, {n}) ({what} = {n}); {bad.size} labels are out of "
-                f"range. Train with --classes to keep a subset, or set num_classes to at least {int(labels.max()) + 1}"
-            )
+            problem = f"{dataset}: label {int(bad[0])} is outside [0, {n}) ({what} = {n}); {bad.size} labels are out of range"
+            if labels.min() < 0:  # no num_classes helps: class labels are indices 0..k-1
+                raise ValueError(f"{problem}. Class labels must be integers >= 0 (the class index)")
+            fix = f"set {what} to at least {int(labels.max()) + 1}"
+            if name == "y":
+                fix = f"raise num_classes with {override_hint('num_classes', int(labels.max()) + 1)}"
+            raise ValueError(f"{problem}. Keep a subset of the classes with {flag('classes')}, or {fix}")
 
 
 # ---------------------------------------------------------------- metrics

@@ -327,7 +327,11 @@ def model_from_manifest(manifest: Mapping) -> nn.Module:
     """The registry model an export's manifest names, built with its `model_overrides`."""
     if not isinstance(manifest.get("model"), str):
         raise ValueError(f"an export manifest names its registry model in 'model', got {manifest.get('model')!r}")
-    return create(manifest["model"], **from_json(manifest.get("model_overrides") or {}))
+    overrides = manifest.get("model_overrides") or {}
+    if not isinstance(overrides, Mapping):
+        raise ValueError(f"an export manifest's 'model_overrides' must be a JSON object of model fields, "
+                         f"got {type(overrides).__name__} {overrides!r}")
+    return create(manifest["model"], **from_json(overrides))
 
 
 # --- orbax (imported lazily) --------------------------------------------------------------------
@@ -461,7 +465,12 @@ def write_export(
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
     try:
-        _checkpointer().save(tmp / PARAMS_DIR, args=ocp.args.PyTreeSave(host))
+        try:
+            _checkpointer().save(tmp / PARAMS_DIR, args=ocp.args.PyTreeSave(host))
+        except ValueError as e:
+            if (error := os_error_of(e, f"cannot write the export {directory}")) is None:
+                raise
+            raise error from e
         files = list_files(tmp)
         manifest = {
             "format": FORMAT,
@@ -484,6 +493,21 @@ def write_export(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+# TensorStore's "[os_error_code='28']" and Rust's "(os error 28)" (safetensors)
+_OS_ERROR_CODE = re.compile(r"\[os_error_code='(\d+)'\]|\(os error (\d+)\)")
+
+
+def os_error_of(error: BaseException, what: str) -> OSError | None:
+    """An OSError saying `what` failed, for a library error that carries an OS error code (e.g.
+    ENOSPC, a full disk), else None. TensorStore (under Orbax) raises these as ValueError and
+    safetensors as SafetensorError, with the code inside a message that names a temporary file."""
+    match = _OS_ERROR_CODE.search(str(error))
+    if match is None:
+        return None
+    code = int(match.group(1) or match.group(2))
+    return OSError(code, f"{what}: {os.strerror(code)}")  # the errno picks the subclass, as the OS's would
 
 
 def archive(export_dir: str | os.PathLike, archive_path: str | os.PathLike) -> str:
@@ -626,7 +650,7 @@ def extract_archive(
         refused member, a limit passed, no manifest.json at the top).
     """
     dest = Path(dest)
-    count, size, seen = 0, 0, set()
+    count, size, seen, dirs = 0, 0, set(), set()  # seen: file paths; dirs: directory paths
     try:
         with gzip.open(archive_path, "rb") as gz:
             capped = _CappedReader(gz, max_bytes, source)
@@ -640,8 +664,16 @@ def extract_archive(
                         raise ValueError(f"{source}: refusing archive member {name!r} (absolute path or '..')")
                     if not (member.isfile() or member.isdir()):
                         raise ValueError(f"{source}: refusing archive member {name!r} (links and special files are not allowed)")
+                    key = PurePosixPath(name).as_posix()
+                    # a file where a directory is (or is needed above a member), or the reverse
+                    if key in dirs and member.isfile() or any(str(p) in seen for p in PurePosixPath(key).parents) \
+                            or member.isdir() and key in seen:
+                        raise ValueError(f"{source}: refusing archive member {name!r} (a file and a directory of "
+                                         "the same name)")
+                    dirs.update(str(p) for p in PurePosixPath(key).parents)
+                    if member.isdir():
+                        dirs.add(key)
                     if member.isfile():
-                        key = PurePosixPath(name).as_posix()
                         if key in seen:
                             raise ValueError(f"{source}: refusing archive member {name!r} (a duplicate)")
                         seen.add(key)
@@ -742,10 +774,20 @@ def write_safetensors(
     Raises:
       FileExistsError: `path` exists and `overwrite` is False.
       ValueError: `path` does not end in .safetensors, or `variables` do not match the model.
+      OSError: the file cannot be written (e.g. the disk is full); nothing is left behind.
     """
     overrides, _, host = _file_export(path, SAFETENSORS_SUFFIX, "a safetensors export", model_name, variables,
                                       model_overrides)
+    from safetensors import SafetensorError
     from safetensors.numpy import save_file
+
+    def save(tmp):
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+        except SafetensorError as e:
+            if (error := os_error_of(e, f"cannot write {Path(path).absolute()}")) is None:
+                raise
+            raise error from e
 
     tensors = {key: np.ascontiguousarray(leaf) for key, leaf in flatten_dict(host, sep="/").items()}
     metadata = {
@@ -755,7 +797,7 @@ def write_safetensors(
     }
     if dataset is not None:
         metadata["dataset"] = dataset  # a plain string; absent when unknown
-    return _write_file_atomic(path, overwrite, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    return _write_file_atomic(path, overwrite, save)
 
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict, dict]:

@@ -22,6 +22,7 @@ mid-grey (0.5), i.e. a dark drawing on light paper. RGB models are never inverte
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,10 @@ def _to_pil(image: Any):
 
     if isinstance(image, Image.Image):
         return image
+    if isinstance(image, (str, os.PathLike)):
+        raise TypeError(f"preprocess takes a PIL image or an array, got the path {os.fspath(image)!r}"
+                        + ("" if os.path.exists(image) else " (no such file)")
+                        + "; open it first: preprocess(model, PIL.Image.open(path))")
     array = np.asarray(image)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]

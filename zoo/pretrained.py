@@ -302,7 +302,7 @@ def _locate(name: str | None, pretrained: str | None, path, sha256: str | None,
         raise ValueError(f"load({name!r}): pass exactly one of pretrained=<tag> (shipped: {shipped}) or path=")
     if sha256 is not None:
         sha256 = exports.check_sha256(sha256)
-    is_url = isinstance(path, str) and path.startswith(("http://", "https://"))
+    is_url = is_url_path(path)
     if max_bytes is not None and not is_url:
         raise ValueError(f"max_bytes= applies to an http(s) URL in path=, got path={path!r}")
     if pretrained is not None:
@@ -406,10 +406,15 @@ def load(
     return model, jax.device_put(variables)
 
 
+def is_url_path(path) -> bool:
+    """Whether `path` is an http(s) URL (the scheme is case-insensitive: HTTP://host is one)."""
+    return isinstance(path, str) and path[:8].lower().startswith(("http://", "https://"))
+
+
 def _is_safetensors(path) -> bool:
     """A local path (not a URL) naming a .safetensors file."""
     return (isinstance(path, (str, os.PathLike)) and str(path).endswith(exports.SAFETENSORS_SUFFIX)
-            and not str(path).startswith(("http://", "https://")))
+            and not is_url_path(path))
 
 
 def _read_safetensors(name: str | None, path: Path, sha256: str | None, max_bytes: int | None) -> tuple[dict, dict]:

@@ -311,6 +311,8 @@ def check_input(x: Any, spec: InputSpec, owner: str) -> None:
             problem += " (missing the batch axis? use x[None])"
     elif any(want is not None and got != want for got, want in zip(shape[1:], spec.shape)):
         problem = f"got shape {tuple(shape)}"
+        if len(spec.shape) == 3 and tuple(shape[1:]) == (spec.shape[2], spec.shape[0], spec.shape[1]):
+            problem += " (channels first? the models take channels last: x.transpose(0, 2, 3, 1))"
     else:
         want_float = jnp.issubdtype(jnp.dtype(spec.dtype), jnp.floating)
         if want_float and not jnp.issubdtype(dtype, jnp.floating):
