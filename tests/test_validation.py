@@ -122,7 +122,7 @@ def test_classes_absent_from_the_data_are_refused_naming_the_labels_present():
 
     rng = np.random.default_rng(0)
     data = {"x": rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8), "y": np.arange(64, dtype=np.int32) % 10}
-    with pytest.raises(ValueError, match=r"no training example has label 10; the labels present are 0-9$"):
+    with pytest.raises(ValueError, match=r"^classes 0,10: no training example has label 10; the labels present are 0-9$"):
         train.fit("mlp", data, classes=[0, 10], log=lambda m: None)
     with pytest.raises(ValueError, match=r"label 11, 12; the labels present are 0-9$"):
         train.fit("mlp", data, classes=[12, 3, 11], log=lambda m: None)
@@ -131,7 +131,7 @@ def test_classes_absent_from_the_data_are_refused_naming_the_labels_present():
 def test_cli_classes_absent_from_mnist_exit_2(tmp_path, capsys, tfds_dir, no_jax_setup):
     rc = cli.main(["train", "mlp", "--classes", "0,10", "--workdir", str(tmp_path / "run"), "--data-dir", str(tfds_dir)])
     out, err = capsys.readouterr()
-    _one_error_line(rc, err, ["no training example has label 10", "labels present are 0-9"])
+    _one_error_line(rc, err, ["--classes 0,10: no training example has label 10", "labels present are 0-9"])
     assert "val_accuracy" not in out
 
 

@@ -238,12 +238,12 @@ def select_classes(task: Task, splits: Splits, classes) -> Splits:
     if not classes:
         return splits
     if not isinstance(splits.train.get("y"), np.ndarray) or set(task.labels(splits.train)) != {"y"}:
-        raise ValueError(f"--classes applies to single-label classification, not to task {task.name!r}")
+        raise ValueError(f"{flag('classes')} applies to single-label classification, not to task {task.name!r}")
     parts = (splits.train, splits.val, splits.test)
     present = np.unique(splits.train["y"])
     absent = sorted(set(classes) - set(present.tolist()))
     if absent:  # training on it would give a k-class head that never sees class `absent`
-        raise ValueError(f"classes {','.join(map(str, classes))}: no training example has label "
+        raise ValueError(f"{flag('classes')} {','.join(map(str, classes))}: no training example has label "
                          f"{', '.join(map(str, absent))}; the labels present are {_label_list(present)}")
     top = max(int(s["y"].max()) for s in parts if len(s["y"]))  # >= every class: all are present
     table = np.full(top + 1, -1)  # label -> new label, -1: dropped
