@@ -360,3 +360,26 @@ def test_compilation_cache_switch(tfds_dir, cli_env, tmp_path, setting):
         assert len(written) >= 2, written  # at least the train step and the evaluator
     else:
         assert not cache.exists() and not (home / ".cache" / "zoo").exists()
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("case", ["the_workdir", "a_parent_of_the_workdir", "the_current_directory", "a_user_folder"])
+def test_export_overwrite_never_deletes_the_run_or_user_files(cnn_run, cli, tmp_path, monkeypatch, case):
+    """`--overwrite` replaces only an earlier export: OUT = the source run, a folder holding it,
+    `.` or any other folder is refused with one line, before any work, and nothing is touched."""
+    workdir = Path(shutil.copytree(cnn_run[0], tmp_path / "project" / "run"))
+    (tmp_path / "project" / "notes.txt").write_text("mine")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.png").write_bytes(b"not an export")
+    out = {"the_workdir": workdir, "a_parent_of_the_workdir": workdir.parent, "the_current_directory": ".",
+           "a_user_folder": photos}[case]
+    monkeypatch.chdir(photos)
+    before = _files(tmp_path)
+    code, printed, err = cli("export", "cnn", out, "--workdir", workdir, "--overwrite", "--quality-n", 0)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert ("source being exported" if case.endswith("workdir") else "refusing to overwrite") in err
+    assert _files(tmp_path) == before

@@ -310,12 +310,36 @@ def _export_source(args) -> tuple:
     return variables, fields, step
 
 
+def _check_export_out(args) -> None:
+    """Refuses an OUT that is the exported source (run, export or shipped weights) or holds it,
+    and one that --overwrite may not replace (only an earlier zoo export: exports.check_overwrite)."""
+    from zoo import exports
+
+    if args.pretrained:
+        from zoo.pretrained import weights_dir
+
+        source = weights_dir() / f"{args.model}.{args.pretrained}"
+    elif args.path:
+        source = None if "://" in args.path else Path(args.path)
+    else:
+        source = Path(args.workdir or Path("runs") / args.model)
+    out = Path(args.out).absolute()
+    if source is not None:
+        src, dest = source.resolve(), out.resolve()
+        if dest == src or dest in src.parents:
+            what = "is" if dest == src else "contains"
+            raise ValueError(f"zoo export: OUT {args.out} {what} the source being exported ({source}); "
+                             f"choose another output path")
+    exports.check_overwrite(out, args.format, args.overwrite)
+
+
 def cmd_export(args) -> int:
     """A run's best (or latest) checkpoint, evaluated on the test split, or shipped weights -> one format (and shipped)."""
     from zoo import exports
 
     if args.ship and args.format != "orbax":
         raise ValueError(f"--ship needs --format orbax (the shipped weights are Orbax exports), got --format {args.format}")
+    _check_export_out(args)  # before the (slow) restore and evaluation
     variables, fields, step = _export_source(args)
     if args.format == "orbax":
         out = exports.write_export(args.out, args.model, variables, overwrite=args.overwrite, **fields)
