@@ -383,3 +383,21 @@ def test_export_overwrite_never_deletes_the_run_or_user_files(cnn_run, cli, tmp_
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
     assert ("source being exported" if case.endswith("workdir") else "refusing to overwrite") in err
     assert _files(tmp_path) == before
+
+
+def test_eval_and_export_never_touch_the_runs_files(cnn_run, cli, tmp_path):
+    """Readers of a workdir (zoo eval, zoo export) see committed steps only and leave the run as
+    it was: a save the run has in flight (a `*.orbax-checkpoint-tmp` dir) is not removed (removing
+    it crashed the live run); eval adds only its report."""
+    workdir = Path(shutil.copytree(cnn_run[0], tmp_path / "run"))
+    in_flight = workdir / "checkpoints" / "99.orbax-checkpoint-tmp" / "state"
+    in_flight.mkdir(parents=True)
+    (in_flight / "_sharding").write_text("being written by the live run")
+    before = _files(workdir)
+    code, printed, err = cli("eval", "cnn", "--workdir", workdir, "--split", "validation", "--out", tmp_path / "e.json")
+    assert code == 0, err
+    assert "cnn on mnist/validation (256 examples" in printed and "step 99" not in printed
+    code, printed, err = cli("export", "cnn", tmp_path / "export", "--workdir", workdir, "--which", "latest",
+                             "--split", "validation", "--quality-n", 0)
+    assert code == 0, err
+    assert _files(workdir) == before
