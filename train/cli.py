@@ -138,7 +138,8 @@ def _setup_jax(args) -> None:
     if getattr(args, "coordinator", None) or os.environ.get("JAX_COORDINATOR_ADDRESS"):
         from train.parallel import init_distributed
 
-        init_distributed(args.coordinator, args.num_processes, args.process_id)
+        # only `zoo train` has the flags; the other commands join by the JAX_* variables
+        init_distributed(*(getattr(args, k, None) for k in ("coordinator", "num_processes", "process_id")))
 
 
 def argv_is_cli() -> bool:

@@ -389,10 +389,9 @@ def _swap(tmp: Path, final: Path) -> bool:
     """Atomically exchanges two directory entries (Linux renameat2 RENAME_EXCHANGE); False where
     the call is missing or the filesystem does not support it, so the caller falls back."""
     import ctypes
-    import ctypes.util
 
     try:
-        renameat2 = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).renameat2
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2  # the C library already loaded
     except (OSError, AttributeError):
         return False
     at_fdcwd, rename_exchange = -100, 2
