@@ -401,3 +401,41 @@ def test_eval_and_export_never_touch_the_runs_files(cnn_run, cli, tmp_path):
                              "--split", "validation", "--quality-n", 0)
     assert code == 0, err
     assert _files(workdir) == before
+
+
+@pytest.mark.slow  # a training process and several zoo eval processes side by side (~1-2 min)
+def test_eval_beside_a_live_run_never_disturbs_it(tfds_dir, cli_env, tmp_path):
+    """`zoo eval` run again and again on the workdir of a run that saves a checkpoint every step
+    (so a save is nearly always in flight): the run finishes cleanly, each eval succeeds or
+    prints one line, and the run leaves no temporary checkpoint dir behind."""
+    import time
+
+    workdir = tmp_path / "live"
+    train = subprocess.Popen(
+        [sys.executable, "-m", "train.cli", "train", "mlp_small", "--workdir", str(workdir), "--data-dir", str(tfds_dir),
+         "--epochs", "30", "--train-limit", "256", "--val-size", "64", "--batch-size", "32", "--num-devices", "1",
+         "--checkpoint-steps", "1", "--keep-checkpoints", "2", "--sample-every", "0", "--set", "hidden=[16]"],
+        env=cli_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    reads = []
+    try:
+        deadline = time.monotonic() + 240
+        while train.poll() is None and not any((workdir / "checkpoints").glob("[0-9]*")):
+            assert time.monotonic() < deadline, "the run wrote no checkpoint"
+            time.sleep(0.5)
+        while train.poll() is None and time.monotonic() < deadline:
+            reads.append(run_zoo("eval", "mlp_small", "--workdir", workdir, "--split", "validation", "--which", "latest",
+                                 "--out", tmp_path / f"eval{len(reads)}.json", env=cli_env, timeout=120))
+        out, err = train.communicate(timeout=300)
+    finally:
+        if train.poll() is None:
+            train.kill()
+            train.wait()
+    assert train.returncode == 0, f"the run was disturbed: exit {train.returncode}\n{out[-2000:]}\n{err[-3000:]}"
+    assert "epoch 30 step 240" in out
+    assert reads, "no eval ran while the run trained"
+    for r in reads:
+        assert r.returncode == 0 or (r.returncode == 2 and r.stderr.count("\n") == 1
+                                     and r.stderr.startswith("error: ")), r.stderr[-3000:]
+    assert sum(r.returncode == 0 for r in reads) >= 1, [r.stderr for r in reads]
+    assert not list((workdir / "checkpoints").glob("*.orbax-checkpoint-tmp*"))
+    assert _restored(workdir)[0] == 240
