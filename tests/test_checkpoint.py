@@ -239,3 +239,39 @@ def test_unclosed_async_save_still_finalizes_at_exit(tmp_path):
         assert ckpt.latest_step() == 1
         tree, _ = ckpt.restore(on_one_device(tree_for(1, 4_000_000)))
     assert_bitwise_equal(jax.device_get(tree), tree_for(1, 4_000_000))
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_read_only_reader_sees_committed_steps_and_changes_nothing(tmp_path):
+    """A reader beside a live run: the writer's in-flight save (a `*.orbax-checkpoint-tmp` dir)
+    is neither listed, read nor removed (a writer-style manager removes it at creation, which
+    crashed the run), and the reader writes, moves and deletes nothing."""
+    state = _train_state()
+    with Checkpointer(tmp_path, max_to_keep=2) as ckpt:
+        ckpt.save(7, state, {"epoch": 1})
+    in_flight = tmp_path / "9.orbax-checkpoint-tmp" / "state"
+    in_flight.mkdir(parents=True)
+    (in_flight / "_sharding").write_text("half-written by the live run")
+    before = _snapshot(tmp_path)
+    with Checkpointer(tmp_path, max_to_keep=2, best_metric="val_accuracy", read_only=True) as reader:
+        assert reader.all_steps() == [7] and reader.best_step() is None
+        restored, meta = reader.restore(None)
+        with pytest.raises(ValueError, match="read-only"):
+            reader.save(10, state, {"epoch": 2})
+    assert meta == {"epoch": 1} and int(restored["step"]) == 7
+    for a, b in zip(jax.tree.leaves(restored["params"]), jax.tree.leaves(state["params"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert _snapshot(tmp_path) == before
+
+
+def test_read_only_reader_never_moves_a_damaged_step_aside(tmp_path):
+    with Checkpointer(tmp_path / "c") as ckpt:
+        ckpt.save(7, _train_state(), {"epoch": 1})
+    next(p for p in (tmp_path / "c" / "7" / "meta").rglob("*") if p.is_file()).write_text("{garbled")
+    with Checkpointer(tmp_path / "c", read_only=True) as reader:
+        with pytest.raises(CheckpointError, match="damaged"):
+            reader.restore_intact(None, log=lambda *_: None)
+    assert (tmp_path / "c" / "7").is_dir() and not (tmp_path / "c.damaged").exists()

@@ -452,3 +452,82 @@ def test_a_bug_still_shows_its_traceback(cli, monkeypatch):
     monkeypatch.setattr(zoo, "list_models", bug)
     with pytest.raises(RuntimeError, match="a bug"):
         cli("list")
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("case", ["the_workdir", "a_parent_of_the_workdir", "the_current_directory", "a_user_folder"])
+def test_export_overwrite_never_deletes_the_run_or_user_files(cnn_run, cli, tmp_path, monkeypatch, case):
+    """`--overwrite` replaces only an earlier export: OUT = the source run, a folder holding it,
+    `.` or any other folder is refused with one line, before any work, and nothing is touched."""
+    workdir = Path(shutil.copytree(cnn_run[0], tmp_path / "project" / "run"))
+    (tmp_path / "project" / "notes.txt").write_text("mine")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.png").write_bytes(b"not an export")
+    out = {"the_workdir": workdir, "a_parent_of_the_workdir": workdir.parent, "the_current_directory": ".",
+           "a_user_folder": photos}[case]
+    monkeypatch.chdir(photos)
+    before = _files(tmp_path)
+    code, printed, err = cli("export", "cnn", out, "--workdir", workdir, "--overwrite", "--quality-n", 0)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert ("source being exported" if case.endswith("workdir") else "refusing to overwrite") in err
+    assert _files(tmp_path) == before
+
+
+def test_eval_and_export_never_touch_the_runs_files(cnn_run, cli, tmp_path):
+    """Readers of a workdir (zoo eval, zoo export) see committed steps only and leave the run as
+    it was: a save the run has in flight (a `*.orbax-checkpoint-tmp` dir) is not removed (removing
+    it crashed the live run); eval adds only its report."""
+    workdir = Path(shutil.copytree(cnn_run[0], tmp_path / "run"))
+    in_flight = workdir / "checkpoints" / "99.orbax-checkpoint-tmp" / "state"
+    in_flight.mkdir(parents=True)
+    (in_flight / "_sharding").write_text("being written by the live run")
+    before = _files(workdir)
+    code, printed, err = cli("eval", "cnn", "--workdir", workdir, "--split", "validation", "--out", tmp_path / "e.json")
+    assert code == 0, err
+    assert "cnn on mnist/validation (256 examples" in printed and "step 99" not in printed
+    code, printed, err = cli("export", "cnn", tmp_path / "export", "--workdir", workdir, "--which", "latest",
+                             "--split", "validation", "--quality-n", 0)
+    assert code == 0, err
+    assert _files(workdir) == before
+
+
+@pytest.mark.slow  # a training process and several zoo eval processes side by side (~1-2 min)
+def test_eval_beside_a_live_run_never_disturbs_it(tfds_dir, cli_env, tmp_path):
+    """`zoo eval` run again and again on the workdir of a run that saves a checkpoint every step
+    (so a save is nearly always in flight): the run finishes cleanly, each eval succeeds or
+    prints one line, and the run leaves no temporary checkpoint dir behind."""
+    import time
+
+    workdir = tmp_path / "live"
+    train = subprocess.Popen(
+        [sys.executable, "-m", "train.cli", "train", "mlp_small", "--workdir", str(workdir), "--data-dir", str(tfds_dir),
+         "--epochs", "30", "--train-limit", "256", "--val-size", "64", "--batch-size", "32", "--num-devices", "1",
+         "--checkpoint-steps", "1", "--keep-checkpoints", "2", "--sample-every", "0", "--set", "hidden=[16]"],
+        env=cli_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    reads = []
+    try:
+        deadline = time.monotonic() + 240
+        while train.poll() is None and not any((workdir / "checkpoints").glob("[0-9]*")):
+            assert time.monotonic() < deadline, "the run wrote no checkpoint"
+            time.sleep(0.5)
+        while train.poll() is None and time.monotonic() < deadline:
+            reads.append(run_zoo("eval", "mlp_small", "--workdir", workdir, "--split", "validation", "--which", "latest",
+                                 "--out", tmp_path / f"eval{len(reads)}.json", env=cli_env, timeout=120))
+        out, err = train.communicate(timeout=300)
+    finally:
+        if train.poll() is None:
+            train.kill()
+            train.wait()
+    assert train.returncode == 0, f"the run was disturbed: exit {train.returncode}\n{out[-2000:]}\n{err[-3000:]}"
+    assert "epoch 30 step 240" in out
+    assert reads, "no eval ran while the run trained"
+    for r in reads:
+        assert r.returncode == 0 or (r.returncode == 2 and r.stderr.count("\n") == 1
+                                     and r.stderr.startswith("error: ")), r.stderr[-3000:]
+    assert sum(r.returncode == 0 for r in reads) >= 1, [r.stderr for r in reads]
+    assert not list((workdir / "checkpoints").glob("*.orbax-checkpoint-tmp*"))
+    assert _restored(workdir)[0] == 240

@@ -273,3 +273,39 @@ def test_cli_export_errors(cli, tmp_path):
     code, _, err = cli("export", "cnn", tmp_path / "x", "--pretrained", "mnist", "--format", "safetensors")
     assert code == 2 and "ending in .safetensors" in err
     assert not any(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------- overwrite
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "onnx"])
+@pytest.mark.parametrize("case", ["directory", "foreign_file", "symlink"])
+def test_overwrite_replaces_only_a_file_zoo_wrote(cnn_file, tmp_path, fmt, case):
+    _, variables = zoo.load("cnn", path=cnn_file)
+    target = tmp_path / f"x.{fmt}"
+    if case == "directory":  # a folder that happens to be named like the output
+        target.mkdir()
+        (target / "notes.txt").write_text("mine")
+    elif case == "foreign_file":  # someone else's model file, or any file with that name
+        if fmt == "safetensors":
+            from safetensors.numpy import save_file
+
+            save_file({"w": np.ones(3, np.float32)}, str(target))
+        else:
+            target.write_bytes(b"not zoo's")
+    else:
+        (tmp_path / "real").write_text("mine")
+        target.symlink_to(tmp_path / "real")
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    write = exports.write_safetensors if fmt == "safetensors" else exports.write_onnx
+    with pytest.raises(FileExistsError, match=rf"refusing to overwrite {target}: .*only an earlier zoo export"):
+        write(target, "cnn", variables, overwrite=True)
+    assert {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_overwrite_replaces_a_zoo_safetensors_file(cnn_file, tmp_path):
+    _, variables = zoo.load("cnn", path=cnn_file)
+    target = exports.write_safetensors(tmp_path / "x.safetensors", "cnn", variables, dataset="old")
+    exports.write_safetensors(target, "cnn", variables, dataset="new", overwrite=True)
+    assert exports.read_safetensors(target)[0]["dataset"] == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.safetensors"]

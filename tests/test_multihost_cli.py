@@ -1,7 +1,8 @@
 """The CLI's data parallelism end to end: `--strategy pmap`, and a two-process run on localhost,
 one process configured by the --coordinator/--num-processes/--process-id flags and the other by
 the JAX_* environment variables. Both must train what one process on 2 devices trains; in the
-two-process run only process 0 writes logs, and the checkpoints it leaves resume.
+two-process run only process 0 writes logs, the checkpoints it leaves resume, and the test-split
+evaluation (--test, and `zoo eval` run as two processes) works.
 """
 
 from __future__ import annotations
@@ -79,11 +80,30 @@ def test_two_processes_by_flags_and_by_env_vars(reference, tfds_dir, cli_env, tm
     workdir = tmp_path / "w"
     coordinator = f"127.0.0.1:{_free_port()}"
     env = {**cli_env, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_NUM_CPU_DEVICES": "1"}
-    by_flags = zoo_cmd(tfds_dir, workdir, "--coordinator", coordinator, "--num-processes", 2, "--process-id", 0)
+    by_flags = zoo_cmd(tfds_dir, workdir, "--coordinator", coordinator, "--num-processes", 2, "--process-id", 0, "--test")
     by_env = dict(env, JAX_COORDINATOR_ADDRESS=coordinator, JAX_NUM_PROCESSES="2", JAX_PROCESS_ID="1")
-    procs = [subprocess.Popen(by_flags, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
-             subprocess.Popen(zoo_cmd(tfds_dir, workdir), env=by_env, cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)]
+    outs = run_together([by_flags, zoo_cmd(tfds_dir, workdir, "--test")], [env, by_env])
+    # both print their progress; only process 0 writes the log files: one line per epoch, one
+    # TensorBoard file (a second writer would double every metrics.jsonl line)
+    assert "epoch 2 step 8" in outs[0] and "epoch 2 step 8" in outs[1]
+    assert len(records(workdir)) == 2
+    assert len(list((workdir / "tb").glob("events.out.tfevents.*"))) == 1
+    assert_same_training(workdir, reference)  # and the checkpoint both wrote restores
+    # --test: both processes restore the final checkpoint (each onto its own device) and
+    # evaluate the test split over both; so does `zoo eval` run as two processes
+    assert printed_test_accuracy(outs[0]) == printed_test_accuracy(outs[1])
+    eval_cmd = [sys.executable, "-m", "train.cli", "eval", "mlp_small", "--workdir", str(workdir), "--which", "latest"]
+    coordinator = f"127.0.0.1:{_free_port()}"
+    evals = run_together([eval_cmd, eval_cmd], [dict(env, JAX_COORDINATOR_ADDRESS=coordinator, JAX_NUM_PROCESSES="2",
+                                                     JAX_PROCESS_ID=str(i)) for i in (0, 1)])
+    assert printed_test_accuracy(evals[0]) == printed_test_accuracy(evals[1]) == printed_test_accuracy(outs[0])
+    assert "step 8" in evals[0]
+
+
+def run_together(cmds: list[list[str]], envs: list[dict]) -> list[str]:
+    """Runs the processes of one multi-process job; returns their stdouts (all must exit 0)."""
+    procs = [subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for cmd, env in zip(cmds, envs)]
     outs = []
     try:
         for p in procs:
@@ -95,9 +115,9 @@ def test_two_processes_by_flags_and_by_env_vars(reference, tfds_dir, cli_env, tm
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    # both print their progress; only process 0 writes the log files: one line per epoch, one
-    # TensorBoard file (a second writer would double every metrics.jsonl line)
-    assert "epoch 2 step 8" in outs[0] and "epoch 2 step 8" in outs[1]
-    assert len(records(workdir)) == 2
-    assert len(list((workdir / "tb").glob("events.out.tfevents.*"))) == 1
-    assert_same_training(workdir, reference)  # and the checkpoint both wrote restores
+    return outs
+
+
+def printed_test_accuracy(out: str) -> float:
+    assert "mlp_small on mnist/test (10000 examples" in out, out[-3000:]
+    return float(next(line for line in out.splitlines() if line.startswith("  accuracy: ")).split()[-1])

@@ -913,3 +913,59 @@ def test_manifest_overrides_that_are_not_an_object_are_named(cnn_copy):
     rehash = hashlib.sha256((cnn_copy / "manifest.json").read_bytes()).hexdigest()  # a consistent export otherwise
     with pytest.raises(ValueError, match=r"'model_overrides' must be a JSON object of model fields, got str 'hello'"):
         load("cnn", path=cnn_copy, sha256=rehash)
+
+
+# --- overwrite replaces only an earlier export (never user files, the source or the cwd) ---------
+
+
+def _tree(directory: Path) -> dict[str, bytes]:
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("case", ["user_folder", "export_with_user_file", "file", "symlink", "cwd", "parent_of_cwd"])
+def test_overwrite_never_replaces_anything_but_an_export(cnn_copy, tmp_path, monkeypatch, case):
+    target = tmp_path / "target"
+    if case == "user_folder":  # e.g. a run directory or a folder of photos
+        target.mkdir()
+        (target / "notes.txt").write_text("mine")
+        (target / "checkpoints").mkdir()
+        (target / "checkpoints" / "7").write_text("a run's step")
+    elif case == "export_with_user_file":
+        target = cnn_copy
+        (target / "notes.txt").write_text("mine")
+    elif case == "file":
+        target.write_text("mine")
+    elif case == "symlink":
+        target.symlink_to(cnn_copy, target_is_directory=True)
+    elif case in ("cwd", "parent_of_cwd"):
+        target = cnn_copy  # a real export; still never the directory the user stands in
+        monkeypatch.chdir(cnn_copy if case == "cwd" else (cnn_copy / "params"))
+    before = {p: _tree(p) for p in (tmp_path, cnn_copy)} if target.is_dir() or target.is_symlink() else None
+    with pytest.raises(FileExistsError, match=r"refusing to overwrite .*overwrite replaces only an earlier zoo export"):
+        write_export(target, "cnn", random_variables("cnn", seed=1), overwrite=True)
+    if before is not None:
+        assert {p: _tree(p) for p in before} == before
+    else:
+        assert target.read_text() == "mine"
+    assert not [p for p in target.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
+
+
+def test_overwrite_swaps_in_the_new_export_and_keeps_the_old_if_the_swap_fails(cnn_copy, cnn_export, monkeypatch):
+    new = random_variables("cnn", seed=2)
+    monkeypatch.setattr(exports, "_swap", lambda tmp, final: False)  # the rename fallback
+    real_rename = os.rename
+
+    def failing_rename(src, dst):
+        if Path(src).name.startswith(".cnn.tmp-"):
+            raise OSError(errno.EIO, "simulated failure moving the new export in")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", failing_rename)
+    with pytest.raises(OSError, match="simulated failure"):
+        write_export(cnn_copy, "cnn", new, overwrite=True)
+    monkeypatch.setattr(os, "rename", real_rename)
+    assert_same(load("cnn", path=cnn_copy)[1], cnn_export[1])  # the old export, whole
+    assert [p.name for p in cnn_copy.parent.iterdir()] == ["cnn"]
+    write_export(cnn_copy, "cnn", new, overwrite=True)
+    assert_same(load("cnn", path=cnn_copy)[1], new)
+    assert [p.name for p in cnn_copy.parent.iterdir()] == ["cnn"]

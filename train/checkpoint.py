@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures.thread  # noqa: F401 - registers its exit hook before ours (see below)
+import dataclasses
 import logging
 import math
 import os
@@ -119,6 +120,25 @@ def _wait_at_exit() -> None:
 getattr(threading, "_register_atexit", atexit.register)(_wait_at_exit)
 
 
+def _handlers() -> dict:
+    # Explicit handlers (not just item_names): otherwise a fresh manager cannot read
+    # item metadata until it has saved or restored that item once (returns None).
+    return {STATE: ocp.StandardCheckpointHandler(), META: ocp.JsonCheckpointHandler(),
+            CHECKSUMS: ocp.JsonCheckpointHandler()}
+
+
+def _reader_options() -> ocp.CheckpointManagerOptions:
+    """Options of a manager that only reads. A manager opened with the writer's options removes
+    every `*.orbax-checkpoint-tmp` dir at creation, i.e. the save a live run has in flight.
+    Fields are set only where this Orbax has them (read_only and friends vary across releases)."""
+    me = jax.process_index()
+    wanted = dict(read_only=True, create=False, cleanup_tmp_directories=False, save_root_metadata=False,
+                  enable_async_checkpointing=False,
+                  multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me}))
+    fields = {f.name for f in dataclasses.fields(ocp.CheckpointManagerOptions)}
+    return ocp.CheckpointManagerOptions(**{k: v for k, v in wanted.items() if k in fields})
+
+
 class Checkpointer:
     """Keeps the latest `max_to_keep` steps plus the best by `metrics[best_metric]`.
 
@@ -127,14 +147,24 @@ class Checkpointer:
     """
 
     def __init__(self, directory, *, max_to_keep: int = 3, best_metric: str | None = None,
-                 best_mode: str = "max", async_save: bool = True):
+                 best_mode: str = "max", async_save: bool = True, read_only: bool = False):
+        """`read_only`: a reader beside a possibly live run (zoo eval/export, --test): it sees only
+        finalized steps, writes, moves and deletes nothing (the writer's tmp dirs included), and
+        each process reads on its own (no cross-process barriers)."""
         if best_mode not in ("max", "min"):
             raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
         if max_to_keep is not None and max_to_keep < 1:
             raise ValueError("max_to_keep must be >= 1 (the latest step is always kept)")
         self.directory = Path(os.path.abspath(os.fspath(directory)))  # orbax needs absolute paths
+        self.best_metric, self.best_mode, self.read_only = best_metric, best_mode, read_only
+        self._pending: int | None = None
+        self._closed = False
+        if read_only:
+            if not self.directory.is_dir():
+                raise FileNotFoundError(f"no checkpoint in {self.directory} (no such directory)")
+            self._mgr = ocp.CheckpointManager(self.directory, options=_reader_options(), item_handlers=_handlers())
+            return
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.best_metric, self.best_mode = best_metric, best_mode
         policies = [ocm.LatestN(n=max_to_keep)]
         if best_metric is not None:
             # keep_checkpoints_without_metrics=False: otherwise every save without metrics
@@ -150,13 +180,7 @@ class Checkpointer:
             cleanup_tmp_directories=True,  # tmp dirs of saves killed mid-write
             enable_async_checkpointing=async_save,
         )
-        # Explicit handlers (not just item_names): otherwise a fresh manager cannot read
-        # item metadata until it has saved or restored that item once (returns None).
-        handlers = {STATE: ocp.StandardCheckpointHandler(), META: ocp.JsonCheckpointHandler(),
-                    CHECKSUMS: ocp.JsonCheckpointHandler()}
-        self._mgr = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
-        self._pending: int | None = None
-        self._closed = False
+        self._mgr = ocp.CheckpointManager(self.directory, options=options, item_handlers=_handlers())
 
     def _score(self, metrics) -> float:
         """Higher is better; a missing or non-finite metric ranks last."""
@@ -196,6 +220,8 @@ class Checkpointer:
         than the latest raises, since Orbax would silently skip it, unless force=True.
         """
         step = int(step)
+        if self.read_only:
+            raise ValueError(f"{self.directory} was opened read-only; it cannot save step {step}")
         if step in self._mgr.all_steps():
             log.info("checkpoint step %d already exists in %s; not saved again", step, self.directory)
             return False
@@ -313,6 +339,8 @@ class Checkpointer:
                               + ". Start afresh with a new --workdir (the damaged steps were kept).")
 
     def _move_aside(self, step: int) -> Path:
+        if self.read_only:  # a reader never changes a run (it may be live): it reports instead
+            raise CheckpointError(f"checkpoint {self._step_dir(step)} is damaged; resume the run to move it aside")
         aside = self.directory.with_name(self.directory.name + ".damaged")
         aside.mkdir(exist_ok=True)
         dest = aside / str(step)
@@ -326,8 +354,8 @@ class Checkpointer:
     @staticmethod
     def _abstract_leaf(x):
         if isinstance(x, jax.ShapeDtypeStruct):
-            if x.sharding is None:  # default: the first device, rather than an Orbax error
-                one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+            if x.sharding is None:  # default: this process's first device, rather than an Orbax error
+                one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
                 return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one)
             return x
         if isinstance(x, jax.Array):

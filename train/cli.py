@@ -138,7 +138,8 @@ def _setup_jax(args) -> None:
     if getattr(args, "coordinator", None) or os.environ.get("JAX_COORDINATOR_ADDRESS"):
         from train.parallel import init_distributed
 
-        init_distributed(args.coordinator, args.num_processes, args.process_id)
+        # only `zoo train` has the flags; the other commands join by the JAX_* variables
+        init_distributed(*(getattr(args, k, None) for k in ("coordinator", "num_processes", "process_id")))
 
 
 def argv_is_cli() -> bool:
@@ -363,6 +364,29 @@ def _training_record(workdir: Path, step: int) -> dict | None:
             "recorded": f"by zoo export from the run: device at its start, wall time = its epoch times up to step {step}"}
 
 
+def _check_export_out(args) -> None:
+    """Refuses an OUT that is the exported source (run, export or shipped weights) or holds it,
+    and one that --overwrite may not replace (only an earlier zoo export: exports.check_overwrite)."""
+    from zoo import exports
+
+    if args.pretrained:
+        from zoo.pretrained import weights_dir
+
+        source = weights_dir() / f"{args.model}.{args.pretrained}"
+    elif args.path:
+        source = None if "://" in args.path else Path(args.path)
+    else:
+        source = Path(args.workdir or Path("runs") / args.model)
+    out = Path(args.out).absolute()
+    if source is not None:
+        src, dest = source.resolve(), out.resolve()
+        if dest == src or dest in src.parents:
+            what = "is" if dest == src else "contains"
+            raise ValueError(f"zoo export: OUT {args.out} {what} the source being exported ({source}); "
+                             f"choose another output path")
+    exports.check_overwrite(out, args.format, args.overwrite)
+
+
 def cmd_export(args) -> int:
     """A run's best (or latest) checkpoint, evaluated on the test split, or shipped weights -> one format (and shipped)."""
     from zoo import exports
@@ -370,6 +394,7 @@ def cmd_export(args) -> int:
     _check_quality_n(args)
     if args.ship and args.format != "orbax":
         raise ValueError(f"--ship needs --format orbax (the shipped weights are Orbax exports), got --format {args.format}")
+    _check_export_out(args)  # before the (slow) restore and evaluation
     variables, fields, step = _export_source(args)
     if args.format == "orbax":
         out = exports.write_export(args.out, args.model, variables, overwrite=args.overwrite, **fields)

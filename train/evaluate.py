@@ -9,7 +9,7 @@ import jax
 
 import zoo
 from train import parallel, tasks
-from train.checkpoint import Checkpointer
+from train.checkpoint import CheckpointError, Checkpointer
 from train.config import Config, build_model, resolve
 from zoo.exports import check_tree, expected_variables, write_text_atomic
 
@@ -46,15 +46,24 @@ def restore_workdir(workdir: Path, which: str | None = None):
     model = build_model(cfg)
     if which is None and not task.ranks_checkpoints:
         which = "latest"
-    with Checkpointer(workdir / "checkpoints", best_metric=f"val_{task.val_metric}", best_mode=task.mode) as ckpt:
-        step = ckpt.best_step() if which in (None, "best") else None
-        if step is None:
-            if which == "best":
-                raise ValueError(f"no best checkpoint tracked in {ckpt.directory}")
-            step = ckpt.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
-        restored, _ = ckpt.restore(None, step)  # the tree as saved; only its variables are used
+    for attempt in range(3):
+        # Read-only: the run may be training in this workdir right now (it must not be disturbed).
+        with Checkpointer(workdir / "checkpoints", best_metric=f"val_{task.val_metric}", best_mode=task.mode,
+                          read_only=True) as ckpt:
+            step = ckpt.best_step() if which in (None, "best") else None
+            if step is None:
+                if which == "best":
+                    raise ValueError(f"no best checkpoint tracked in {ckpt.directory}")
+                step = ckpt.latest_step()
+            if step is None:
+                raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
+            try:
+                restored, _ = ckpt.restore(None, step)  # the tree as saved; only its variables are used
+                break
+            except CheckpointError:
+                # A live run's retention may delete the step while it is read: pick again.
+                if (ckpt.directory / str(step)).exists() or attempt == 2:
+                    raise
     variables = {"params": restored["params"], **restored["model_state"]}
     check_tree(expected_variables(model), variables, f"checkpoint step {step} in {workdir} does not match {cfg.model}")
     return cfg, model, variables, step

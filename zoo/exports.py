@@ -64,7 +64,7 @@ __all__ = [
     "write_export", "archive", "ship", "extract_archive",
     "verify_export", "read_manifest", "read_index", "list_files",
     "model_from_manifest", "expected_variables", "restore_variables", "check_tree",
-    "sha256_file", "check_sha256", "check_tag", "write_text_atomic", "write_json_atomic",
+    "sha256_file", "check_sha256", "check_tag", "check_overwrite", "write_text_atomic", "write_json_atomic",
     "SAFETENSORS_SUFFIX", "ONNX_SUFFIX", "write_safetensors", "read_safetensors", "restore_safetensors", "write_onnx",
 ]
 
@@ -389,21 +389,103 @@ def _versions() -> dict[str, str]:
     return versions
 
 
+def _swap(tmp: Path, final: Path) -> bool:
+    """Atomically exchanges two directory entries (Linux renameat2 RENAME_EXCHANGE); False where
+    the call is missing or the filesystem does not support it, so the caller falls back."""
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2  # the C library already loaded
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    done = renameat2(at_fdcwd, os.fsencode(tmp), at_fdcwd, os.fsencode(final), rename_exchange)
+    return done == 0
+
+
 def _move_into_place(tmp: Path, final: Path, overwrite: bool) -> None:
     """Renames the complete directory `tmp` to `final`, replacing it if `overwrite`.
 
-    POSIX cannot swap two directories atomically, so an existing `final` is first renamed
-    aside: readers see the old export, briefly none, then the new one; never a mix.
+    Only a zoo export is ever replaced (`check_overwrite`). The new directory is complete before
+    the swap: an atomic exchange where the OS offers one, else rename the old aside and the new in
+    (undone if the second rename fails), so `final` never ends up holding neither; the old export
+    is deleted only after the new one is in place.
     """
-    if not final.exists():
+    if not os.path.lexists(final):
         os.rename(tmp, final)
         return
-    if not overwrite:
-        raise FileExistsError(f"{final} already exists (pass overwrite=True to replace it)")
+    check_overwrite(final, "orbax", overwrite)
     old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))
-    os.rename(final, old / final.name)
-    os.rename(tmp, final)
+    if _swap(tmp, final):
+        os.rename(tmp, old / final.name)  # tmp now holds the old export
+    else:
+        os.rename(final, old / final.name)
+        try:
+            os.rename(tmp, final)
+        except BaseException:
+            os.rename(old / final.name, final)
+            old.rmdir()
+            raise
     shutil.rmtree(old)
+
+
+def _refuse(path: Path, why: str) -> FileExistsError:
+    return FileExistsError(f"refusing to overwrite {path}: {why}; overwrite replaces only an earlier zoo export "
+                           f"(choose another output path)")
+
+
+def check_overwrite(path: str | os.PathLike, fmt: str = "orbax", overwrite: bool = True) -> None:
+    """Raises FileExistsError unless writing a `fmt` export ("orbax", "safetensors", "onnx") to
+    `path` loses nothing: `path` is free, or `overwrite` is set and `path` is an earlier zoo export
+    of that format (a directory with its manifest.json and no files it does not list, or a file
+    zoo wrote), never a link, another file or folder, the current directory or one of its parents.
+    """
+    path = Path(path).absolute()
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not overwrite:
+        raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
+    if stat.S_ISLNK(mode):
+        raise _refuse(path, "it is a symlink")
+    if fmt == "orbax":
+        if not stat.S_ISDIR(mode):
+            raise _refuse(path, f"it is {'a file' if stat.S_ISREG(mode) else _kind(mode)}, not an export directory")
+        here = Path.cwd().resolve()
+        if path.resolve() == here or path.resolve() in here.parents:
+            raise _refuse(path, "it is the current directory or one of its parents")
+        try:
+            listed = set(read_manifest(path)["files"]) | {MANIFEST}
+            extra = sorted(set(list_files(path)) - listed)
+        except (ValueError, OSError) as e:
+            raise _refuse(path, f"it is not a zoo export ({str(e).splitlines()[0]})") from None
+        if extra:
+            raise _refuse(path, f"it holds files its {MANIFEST} does not list ({', '.join(extra[:5])})")
+        return
+    if not stat.S_ISREG(mode):
+        raise _refuse(path, f"it is {'a directory' if stat.S_ISDIR(mode) else _kind(mode)}, not a .{fmt} file")
+    if not _written_by_zoo(path, fmt):
+        raise _refuse(path, f"it is not a {fmt} file written by zoo")
+
+
+def _written_by_zoo(path: Path, fmt: str) -> bool:
+    """Whether the regular file `path` is a zoo safetensors or ONNX export (its metadata says so)."""
+    try:
+        if fmt == "safetensors":
+            from safetensors import SafetensorError, safe_open
+
+            try:
+                with safe_open(path, framework="np") as f:
+                    return (f.metadata() or {}).get("format") == SAFETENSORS_FORMAT
+            except SafetensorError:
+                return False
+        import onnx
+
+        proto = onnx.load_model(path, load_external_data=False)
+        return any(p.key == "zoo_model" for p in proto.metadata_props)
+    except Exception:  # noqa: BLE001 - unreadable or another format: not ours, so not replaced
+        return False
 
 
 def write_export(
@@ -447,14 +529,14 @@ def write_export(
       The absolute path of the export.
 
     Raises:
-      FileExistsError: `directory` exists and `overwrite` is False.
+      FileExistsError: `directory` exists and `overwrite` is False, or it is not an earlier
+        zoo export (see `check_overwrite`).
       ValueError: `variables` do not match the model (each path with expected and found shape).
     """
     import orbax.checkpoint as ocp
 
     directory = Path(directory).absolute()  # orbax needs absolute paths
-    if directory.exists() and not overwrite:
-        raise FileExistsError(f"{directory} already exists (pass overwrite=True to replace it)")
+    check_overwrite(directory, "orbax", overwrite)  # before any work; again at the swap
     overrides = _to_json(dict(model_overrides or {}), "model_overrides")
     if metric is not None and not {"name", "value"} <= set(metric):
         raise ValueError(f"metric needs at least 'name' and 'value' (and ideally 'split'), got {dict(metric)}")
@@ -704,17 +786,18 @@ SAFETENSORS_FORMAT = "zoo-safetensors-1"  # __metadata__["format"]: what this mo
 ONNX_SUFFIX = ".onnx"
 
 
-def _write_file_atomic(path: Path, overwrite: bool, write) -> Path:
-    """Calls `write(tmp_path)` for a temporary sibling of `path`, then renames it into place."""
+def _write_file_atomic(path: Path, overwrite: bool, write, fmt: str) -> Path:
+    """Calls `write(tmp_path)` for a temporary sibling of `path`, then renames it into place
+    (replacing only an earlier zoo export of `fmt`, see `check_overwrite`)."""
     path = Path(path).absolute()
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
+    check_overwrite(path, fmt, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
     try:
         write(tmp)
         os.chmod(tmp, 0o644)
+        check_overwrite(path, fmt, overwrite)  # still ours after the (slow) write
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -772,12 +855,14 @@ def write_safetensors(
       The absolute path of the file.
 
     Raises:
-      FileExistsError: `path` exists and `overwrite` is False.
+      FileExistsError: `path` exists and `overwrite` is False, or it is not an earlier zoo
+        export of this format (see `check_overwrite`).
       ValueError: `path` does not end in .safetensors, or `variables` do not match the model.
       OSError: the file cannot be written (e.g. the disk is full); nothing is left behind.
     """
     overrides, _, host = _file_export(path, SAFETENSORS_SUFFIX, "a safetensors export", model_name, variables,
                                       model_overrides)
+    check_overwrite(path, "safetensors", overwrite)
     from safetensors import SafetensorError
     from safetensors.numpy import save_file
 
@@ -797,7 +882,7 @@ def write_safetensors(
     }
     if dataset is not None:
         metadata["dataset"] = dataset  # a plain string; absent when unknown
-    return _write_file_atomic(path, overwrite, save)
+    return _write_file_atomic(path, overwrite, save, "safetensors")
 
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict, dict]:
@@ -876,10 +961,12 @@ def write_onnx(
       The absolute path of the file.
 
     Raises:
-      FileExistsError: `path` exists and `overwrite` is False.
+      FileExistsError: `path` exists and `overwrite` is False, or it is not an earlier zoo
+        export of this format (see `check_overwrite`).
       ValueError: `path` does not end in .onnx, or `variables` do not match the model.
     """
     overrides, model, host = _file_export(path, ONNX_SUFFIX, "an ONNX export", model_name, variables, model_overrides)
+    check_overwrite(path, "onnx", overwrite)  # before the conversion; again before the rename
     import logging
 
     import onnx
@@ -898,4 +985,4 @@ def write_onnx(
         serde.setLevel(level)
     props = {**_json_metadata(model_name, overrides, metric), "dataset": json.dumps(dataset)}
     onnx.helper.set_model_props(proto, {f"zoo_{key}": value for key, value in props.items()})
-    return _write_file_atomic(path, overwrite, lambda tmp: onnx.save_model(proto, tmp))
+    return _write_file_atomic(path, overwrite, lambda tmp: onnx.save_model(proto, tmp), "onnx")
