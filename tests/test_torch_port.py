@@ -207,6 +207,21 @@ def test_torch_model_errors(monkeypatch):
         torch_model(Wide(width_mult=2))
 
 
+def test_register_torch_refuses_a_second_mapping_and_names_a_missing_twin(monkeypatch):
+    for table in ("_TORCH", "_TWIN_CLASSES"):
+        monkeypatch.setattr(registry, table, dict(getattr(registry, table)))
+    mlp = registry.torch_spec(zoo.mlp.MLP)
+    with pytest.raises(ValueError, match="MLP already has a PyTorch mapping"):
+        registry.register_torch(zoo.mlp.MLP, layers=mlp.layers, twins=mlp.twins)
+
+    class Narrow(zoo.mlp.MLP):
+        pass
+
+    registry.register_torch(Narrow, layers=mlp.layers, twins=lambda: [])
+    with pytest.raises(TypeError, match=r"register_torch\(Narrow\): its twins define no class 'Narrow'"):
+        torch_model(Narrow())
+
+
 # --- tutorial-style PyTorch modules: their own names, matched by structure -------------------------
 
 

@@ -15,7 +15,7 @@ Importing zoo loads only jax, flax and numpy (no TensorFlow, tfds, optax or orba
 
 # The model families. Importing one registers its models and their PyTorch twins and mappings,
 # so a new model touches only its family file; a new family file is named here once.
-from zoo import autoencoder, cnn, gan, mlp, multitask, rnn  # noqa: I001
+from zoo import autoencoder, cnn, gan, mlp, multitask, rnn
 from zoo import cards, finetune, layers
 from zoo.cards import model_card, shipped_inputs
 from zoo.finetune import param_labels
