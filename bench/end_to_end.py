@@ -100,7 +100,7 @@ def child_torch(model: str, rec: dict, npz: str) -> dict:
 
     info = compare.setup_torch(int(os.environ.get("ZOO_BENCH_TORCH_THREADS", "0")) or torch.get_num_threads())
     t_torch = time.perf_counter()
-    import zoo.torch_models  # noqa: F401  (builds the twin from the flax definition: imports jax/flax)
+    import zoo  # noqa: F401  (the twin is built from the flax definition: imports jax/flax)
 
     zoo_import_s = time.perf_counter() - t_torch
     d = np.load(npz)

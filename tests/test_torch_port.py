@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import inspect
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,8 +26,8 @@ from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 import zoo  # noqa: E402
-from zoo import torch_models  # noqa: E402
-from zoo.torch_port import from_torch, to_torch, torch_model  # noqa: E402
+from zoo import registry  # noqa: E402
+from zoo.torch_port import IGNORED_FIELDS, from_torch, to_torch, torch_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -172,10 +173,12 @@ def test_twins_honour_overrides(name, overrides):
 
 def test_twins_take_every_architecture_field():
     """No zoo field is silently dropped: each twin takes all of its zoo module's fields."""
-    for zoo_cls, twin_cls in torch_models._TWINS.items():
+    assert {spec.module for spec in map(zoo.get_spec, zoo.list_models())} <= set(registry.torch_modules())
+    for zoo_cls in registry.torch_modules():
+        twin_cls = registry.torch_spec(zoo_cls).twin()
         fields = {f.name for f in zoo_cls.__dataclass_fields__.values() if f.init} - {"parent", "name"}
         takes = set(inspect.signature(twin_cls).parameters)
-        assert fields - torch_models.IGNORED_FIELDS == takes, zoo_cls.__name__
+        assert fields - IGNORED_FIELDS == takes, zoo_cls.__name__
 
 
 def test_torch_model_errors(monkeypatch):
@@ -191,10 +194,32 @@ def test_torch_model_errors(monkeypatch):
 
     with pytest.raises(TypeError, match="no PyTorch twin for Wide"):
         torch_model(Wide())
-    monkeypatch.setitem(torch_models._TWINS, Wide, torch_models.MLP)
-    assert isinstance(torch_model(Wide()), torch_models.MLP)  # left at its default: nothing lost
+    mlp = registry.torch_spec(zoo.mlp.MLP)
+
+    def wide_twins():  # the MLP twin, without a width_mult option
+        return [type("Wide", (mlp.twin(),), {})]
+
+    monkeypatch.setattr(registry, "_TORCH", dict(registry._TORCH))
+    monkeypatch.setattr(registry, "_TWIN_CLASSES", dict(registry._TWIN_CLASSES))
+    registry.register_torch(Wide, layers=mlp.layers, twins=wide_twins)
+    assert isinstance(torch_model(Wide()), mlp.twin())  # left at its default: nothing lost
     with pytest.raises(ValueError, match=r"option 'width_mult' \(expected its default 1, got 2\)"):
         torch_model(Wide(width_mult=2))
+
+
+def test_register_torch_refuses_a_second_mapping_and_names_a_missing_twin(monkeypatch):
+    for table in ("_TORCH", "_TWIN_CLASSES"):
+        monkeypatch.setattr(registry, table, dict(getattr(registry, table)))
+    mlp = registry.torch_spec(zoo.mlp.MLP)
+    with pytest.raises(ValueError, match="MLP already has a PyTorch mapping"):
+        registry.register_torch(zoo.mlp.MLP, layers=mlp.layers, twins=mlp.twins)
+
+    class Narrow(zoo.mlp.MLP):
+        pass
+
+    registry.register_torch(Narrow, layers=mlp.layers, twins=lambda: [])
+    with pytest.raises(TypeError, match=r"register_torch\(Narrow\): its twins define no class 'Narrow'"):
+        torch_model(Narrow())
 
 
 # --- tutorial-style PyTorch modules: their own names, matched by structure -------------------------
@@ -564,10 +589,12 @@ def test_generator_and_discriminator_apart():
 def test_twin_parameter_counts():
     """The twins have zoo's parameter counts, plus PyTorch's second LSTM bias (4H per layer)."""
     for name in zoo.list_models():
-        model = zoo.create(name)
-        extra = 4 * model.hidden * model.num_layers if isinstance(model, (zoo.rnn.LSTMClassifier, zoo.rnn.CharLSTM)) else 0
-        n_torch = sum(p.numel() for p in torch_model(name).parameters())
+        net = torch_model(name)
+        extra = sum(p.numel() for key, p in net.named_parameters() if re.search(r"\.bias_hh_l\d+$", key))
+        n_torch = sum(p.numel() for p in net.parameters())
         assert n_torch == zoo.get_spec(name).num_params + extra, name
+        if name in ("lstm", "char_lstm"):  # the derivation above counts what it should
+            assert extra == 4 * net.lstm.hidden_size * net.lstm.num_layers > 0, name
 
 
 def test_dcgan_batchnorm_training_mode_forward_gradients_and_stats():

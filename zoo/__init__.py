@@ -13,7 +13,10 @@
 Importing zoo loads only jax, flax and numpy (no TensorFlow, tfds, optax or orbax).
 """
 
-from zoo import autoencoder, cards, cnn, finetune, gan, layers, mlp, multitask, rnn
+# The model families. Importing one registers its models and their PyTorch twins and mappings,
+# so a new model touches only its family file; a new family file is named here once.
+from zoo import autoencoder, cnn, gan, mlp, multitask, rnn
+from zoo import cards, finetune, layers
 from zoo.cards import model_card, shipped_inputs
 from zoo.finetune import param_labels
 from zoo.pretrained import available, load, register_shipped

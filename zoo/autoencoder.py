@@ -20,7 +20,16 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from zoo.layers import Conv, ConvTranspose, Dtype
-from zoo.registry import MNIST_IMAGES, InputSpec, check_input, check_positive, check_positive_tuple, register
+from zoo.registry import (
+    MNIST_IMAGES,
+    InputSpec,
+    check_input,
+    check_positive,
+    check_positive_tuple,
+    register,
+    register_torch,
+)
+from zoo.torch_map import CONV, CONV_TRANSPOSE, Layer
 
 
 class ConvAutoencoder(nn.Module):
@@ -97,3 +106,45 @@ register(
     class_names=None,
     preprocessing=MNIST_IMAGES,
 )
+
+
+# --- PyTorch: the twin (torch is imported only when one is built) and its layers -------------
+
+
+def _torch_twins():
+    from torch import nn
+
+    class ConvAutoencoder(nn.Module):
+        """Conv encoder 28 -> 14 -> 7 -> 4 and transposed-conv decoder 4 -> 7 -> 14 -> 28.
+
+        Keys encoder.{0,2,4}, decoder.{0,2,4}. The encoder ends with the ReLU that zoo applies in
+        `__call__` (zoo's `encode` returns the code before it).
+        """
+
+        def __init__(self, *, features, latent: int):
+            super().__init__()
+            f1, f2 = features
+            self.encoder = nn.Sequential(
+                nn.Conv2d(1, f1, 4, 2, 1), nn.ReLU(),
+                nn.Conv2d(f1, f2, 4, 2, 1), nn.ReLU(),
+                nn.Conv2d(f2, latent, 4, 1, 0), nn.ReLU(),
+            )  # fmt: skip
+            self.decoder = nn.Sequential(
+                nn.ConvTranspose2d(latent, f2, 4, 1, 0), nn.ReLU(),
+                nn.ConvTranspose2d(f2, f1, 4, 2, 1), nn.ReLU(),
+                nn.ConvTranspose2d(f1, 1, 4, 2, 1), nn.Sigmoid(),
+            )  # fmt: skip
+
+        def forward(self, x):
+            return self.decoder(self.encoder(x))
+
+    return [ConvAutoencoder]
+
+
+def _torch_layers(m: ConvAutoencoder) -> list[Layer]:
+    return [Layer(f"encoder.{2 * i}", (f"enc_{i}",), CONV) for i in range(3)] + [
+        Layer(f"decoder.{2 * i}", (f"dec_{i}",), CONV_TRANSPOSE) for i in range(3)
+    ]
+
+
+register_torch(ConvAutoencoder, layers=_torch_layers, twins=_torch_twins)

@@ -28,7 +28,9 @@ from zoo.registry import (
     check_positive_tuple,
     check_rate,
     register,
+    register_torch,
 )
+from zoo.torch_map import CONV, LINEAR, Layer
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -112,3 +114,47 @@ register(
     class_names=CIFAR10_CLASSES,
     preprocessing={"shape": (32, 32, 3), "layout": "NHWC", "dtype": "float32", "range": (0.0, 1.0), "channels": "RGB"},
 )
+
+
+# --- PyTorch: the twin (torch is imported only when one is built) and its layers -------------
+
+
+def _torch_twins():
+    import torch
+    from torch import nn
+
+    class CNN(nn.Module):
+        """[Conv2d 3x3 pad 1 -> ReLU -> MaxPool2d(2)] per feature count (-> Dropout) -> Linear logits.
+
+        Keys conv1, conv2, ..., fc.
+        """
+
+        def __init__(self, *, num_classes: int, features, in_shape, dropout_rate: float):
+            super().__init__()
+            h, w, c = in_shape
+            chans = [c, *features]
+            for i in range(len(features)):
+                self.add_module(f"conv{i + 1}", nn.Conv2d(chans[i], chans[i + 1], 3, padding=1))
+                h, w = h // 2, w // 2
+            self.num_convs = len(features)
+            self.pool = nn.MaxPool2d(2)
+            self.dropout = nn.Dropout(dropout_rate) if dropout_rate else nn.Identity()
+            self.fc = nn.Linear(h * w * features[-1], num_classes)
+
+        def forward(self, x):
+            for i in range(1, self.num_convs + 1):
+                x = self.pool(torch.relu(self.get_submodule(f"conv{i}")(x)))
+            return self.fc(self.dropout(x.flatten(1)))  # NCHW flatten: (C, H, W) order
+
+    return [CNN]
+
+
+def _torch_layers(m: CNN) -> list[Layer]:
+    h, w, _ = m.in_shape
+    for _ in m.features:  # 3x3 'same' conv then a 2x2 pool that floors odd sizes
+        h, w = h // 2, w // 2
+    convs = [Layer(f"conv{i + 1}", (f"conv_{i}",), CONV) for i in range(len(m.features))]
+    return convs + [Layer("fc", ("head",), LINEAR, image=(h, w, m.features[-1]))]
+
+
+register_torch(CNN, layers=_torch_layers, twins=_torch_twins)

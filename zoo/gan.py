@@ -26,7 +26,16 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from zoo.layers import Conv, ConvTranspose, Dtype
-from zoo.registry import MNIST_IMAGES, InputSpec, check_input, check_positive, check_positive_tuple, register
+from zoo.registry import (
+    MNIST_IMAGES,
+    InputSpec,
+    check_input,
+    check_positive,
+    check_positive_tuple,
+    register,
+    register_torch,
+)
+from zoo.torch_map import BATCHNORM, CONV, CONV_TRANSPOSE, Layer, nested
 
 _IMAGE_SPEC = InputSpec((28, 28, 1), "float32", "images NHWC in [0, 1]")
 # torch BatchNorm2d defaults: momentum 0.1 (flax counts the complement), eps 1e-5.
@@ -173,3 +182,87 @@ register(
     class_names=None,
     preprocessing={**MNIST_IMAGES, "input": "latent z (B, 100) ~ N(0, 1); images as MNIST for discriminate/embed"},
 )
+
+
+# --- PyTorch: the twins (torch is imported only when one is built) and their layers ----------
+# The twins keep the tutorial's [-1, 1] image range: zoo_generate(z) == (torch_generator(z) + 1) / 2
+# and zoo_discriminate(x) == torch_discriminator(2 * x - 1).
+
+
+def _torch_twins():
+    from torch import nn
+
+    class Generator(nn.Module):
+        """z (B, latent) -> images (B, 1, 28, 28) in [-1, 1] (tanh). Keys main.{0,1,3,4,6}."""
+
+        def __init__(self, *, latent_dim: int, features):
+            super().__init__()
+            f1, f2 = features
+            self.latent_dim = latent_dim
+            self.main = nn.Sequential(
+                nn.ConvTranspose2d(latent_dim, f1, 7, 1, 0, bias=False), nn.BatchNorm2d(f1), nn.ReLU(),
+                nn.ConvTranspose2d(f1, f2, 4, 2, 1, bias=False), nn.BatchNorm2d(f2), nn.ReLU(),
+                nn.ConvTranspose2d(f2, 1, 4, 2, 1), nn.Tanh(),
+            )  # fmt: skip
+
+        def forward(self, z):
+            return self.main(z.reshape(z.shape[0], self.latent_dim, 1, 1))
+
+    class Discriminator(nn.Module):
+        """images (B, 1, 28, 28) in [-1, 1] -> one logit (B, 1). Keys main.{0,2,3,5}."""
+
+        def __init__(self, *, features):
+            super().__init__()
+            f1, f2 = features
+            self.main = nn.Sequential(
+                nn.Conv2d(1, f1, 4, 2, 1), nn.LeakyReLU(0.2),
+                nn.Conv2d(f1, f2, 4, 2, 1, bias=False), nn.BatchNorm2d(f2), nn.LeakyReLU(0.2),
+                nn.Conv2d(f2, 1, 7, 1, 0),
+            )  # fmt: skip
+
+        def forward(self, x):
+            return self.main(x).reshape(x.shape[0], 1)
+
+    class DCGAN(nn.Module):
+        """Generator + discriminator; `forward(z)` generates. Keys generator.*, discriminator.*."""
+
+        def __init__(self, *, latent_dim: int, g_features, d_features):
+            super().__init__()
+            self.generator = Generator(latent_dim=latent_dim, features=g_features)
+            self.discriminator = Discriminator(features=d_features)
+
+        def forward(self, z):
+            return self.generator(z)
+
+        def discriminate(self, x):
+            return self.discriminator(x)
+
+    return [Generator, Discriminator, DCGAN]
+
+
+def _generator_torch_layers(m: Generator) -> list[Layer]:
+    return [
+        Layer("main.0", ("deconv_0",), CONV_TRANSPOSE),
+        Layer("main.1", ("bn_0",), BATCHNORM),
+        Layer("main.3", ("deconv_1",), CONV_TRANSPOSE),
+        Layer("main.4", ("bn_1",), BATCHNORM),
+        Layer("main.6", ("deconv_2",), CONV_TRANSPOSE),
+    ]
+
+
+def _discriminator_torch_layers(m: Discriminator) -> list[Layer]:
+    return [
+        Layer("main.0", ("conv_0",), CONV),
+        Layer("main.2", ("conv_1",), CONV),
+        Layer("main.3", ("bn_1",), BATCHNORM),
+        Layer("main.5", ("conv_2",), CONV),
+    ]
+
+
+def _dcgan_torch_layers(m: DCGAN) -> list[Layer]:
+    return nested("generator", _generator_torch_layers(m)) + nested("discriminator", _discriminator_torch_layers(m))
+
+
+register_torch(Generator, layers=_generator_torch_layers, twins=_torch_twins)
+register_torch(Discriminator, layers=_discriminator_torch_layers, twins=_torch_twins)
+register_torch(DCGAN, layers=_dcgan_torch_layers, twins=_torch_twins)

@@ -26,7 +26,9 @@ from zoo.registry import (
     check_positive_tuple,
     check_rate,
     register,
+    register_torch,
 )
+from zoo.torch_map import LINEAR, Layer, flattened_image
 
 
 class MLP(nn.Module):
@@ -127,3 +129,41 @@ register(
         "MNIST images as for 'mlp' (NHWC in [0, 1], white digit on black)",
     },
 )
+
+
+# --- PyTorch: the twin (torch is imported only when one is built) and its layers -------------
+
+
+def _torch_twins():
+    import torch
+    from torch import nn
+
+    class MLP(nn.Module):
+        """Flatten -> [Linear -> ReLU (-> Dropout)] per hidden width -> Linear logits. Keys fc1, fc2, ..."""
+
+        def __init__(self, *, num_classes: int, hidden, in_shape, dropout_rate: float):
+            super().__init__()
+            widths = [math.prod(in_shape), *hidden, num_classes]
+            for i in range(len(widths) - 1):
+                self.add_module(f"fc{i + 1}", nn.Linear(widths[i], widths[i + 1]))
+            self.num_linear = len(widths) - 1
+            self.dropout = nn.Dropout(dropout_rate) if dropout_rate else nn.Identity()
+
+        def forward(self, x):
+            x = x.flatten(1)  # images: (C, H, W) order
+            for i in range(1, self.num_linear):
+                x = self.dropout(torch.relu(self.get_submodule(f"fc{i}")(x)))
+            return self.get_submodule(f"fc{self.num_linear}")(x)
+
+    return [MLP]
+
+
+def _torch_layers(m: MLP) -> list[Layer]:
+    paths = [f"dense_{i}" for i in range(len(m.hidden))] + ["head"]
+    return [
+        Layer(f"fc{i + 1}", (p,), LINEAR, image=flattened_image(m.in_shape) if i == 0 else None)
+        for i, p in enumerate(paths)
+    ]
+
+
+register_torch(MLP, layers=_torch_layers, twins=_torch_twins)

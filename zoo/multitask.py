@@ -16,7 +16,18 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from zoo.layers import Dtype
-from zoo.registry import DIGITS, MNIST_IMAGES, PARITY, InputSpec, check_input, check_positive, check_positive_tuple, register
+from zoo.registry import (
+    DIGITS,
+    MNIST_IMAGES,
+    PARITY,
+    InputSpec,
+    check_input,
+    check_positive,
+    check_positive_tuple,
+    register,
+    register_torch,
+)
+from zoo.torch_map import LINEAR, Layer, flattened_image
 
 
 class MultiTaskNet(nn.Module):
@@ -86,3 +97,42 @@ register(
     class_names={"digit": DIGITS, "parity": PARITY},
     preprocessing=MNIST_IMAGES,
 )
+
+
+# --- PyTorch: the twin (torch is imported only when one is built) and its layers -------------
+
+
+def _torch_twins():
+    from torch import nn
+
+    class MultiTaskNet(nn.Module):
+        """Flatten -> shared [Linear -> ReLU] trunk -> one Linear head per task (dict of logits).
+
+        Keys shared.{0,2,...}, heads.<name>.
+        """
+
+        def __init__(self, *, heads, trunk, in_shape):
+            super().__init__()
+            layers, width = [], math.prod(in_shape)
+            for w in trunk:
+                layers += [nn.Linear(width, w), nn.ReLU()]
+                width = w
+            self.shared = nn.Sequential(*layers)
+            self.heads = nn.ModuleDict({name: nn.Linear(width, n) for name, n in heads})
+
+        def forward(self, x):
+            h = self.shared(x.flatten(1))
+            return {name: head(h) for name, head in self.heads.items()}
+
+    return [MultiTaskNet]
+
+
+def _torch_layers(m: MultiTaskNet) -> list[Layer]:
+    trunk = [
+        Layer(f"shared.{2 * i}", (f"trunk_{i}",), LINEAR, image=flattened_image(m.in_shape) if i == 0 else None)
+        for i in range(len(m.trunk))
+    ]
+    return trunk + [Layer(f"heads.{name}", (f"head_{name}",), LINEAR) for name, _ in m.heads]
+
+
+register_torch(MultiTaskNet, layers=_torch_layers, twins=_torch_twins)

@@ -1,9 +1,10 @@
 """The model registry: one name -> one module class, its defaults, input spec and metadata.
 
 Every model family file calls `register(...)` at import time; `zoo.create("cnn")`,
-`zoo.init(...)`, `zoo.get_spec(...)` and `zoo.list_models()` read from here. The
-registry holds no state beyond the name table, and creating a model is just
-`spec.module(**{**spec.defaults, **overrides})`. This module also holds the checks every
+`zoo.init(...)`, `zoo.get_spec(...)` and `zoo.list_models()` read from here. A family also
+declares, per module class, its PyTorch twin and layer mapping with `register_torch(...)`;
+zoo.torch_port reads them. The registry holds no state beyond these two tables, and creating
+a model is just `spec.module(**{**spec.defaults, **overrides})`. This module also holds the checks every
 model shares: `check_input` (the data fed to a model) and `check_positive` /
 `check_positive_tuple` / `check_rate` (a model's configuration, run when it is constructed).
 """
@@ -14,7 +15,7 @@ import dataclasses
 import difflib
 import fnmatch
 import numbers
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +27,10 @@ __all__ = [
     "ModelSpec",
     "UnknownModelError",
     "register",
+    "TorchSpec",
+    "register_torch",
+    "torch_spec",
+    "torch_modules",
     "create",
     "get_spec",
     "list_models",
@@ -190,6 +195,64 @@ def register(
     )
     _REGISTRY[name] = spec
     return spec
+
+
+@dataclasses.dataclass(frozen=True)
+class TorchSpec:
+    """How one zoo module class maps to PyTorch (read by zoo.torch_port).
+
+    Attributes:
+      module: the flax.linen.Module class.
+      layers: a configured `module` -> its layers (zoo.torch_map.Layer) in the order its twin
+        registers them.
+      twins: a function without arguments that imports torch and returns the family's twin
+        classes (torch.nn.Module subclasses); the twin of `module` is the one of the same
+        class name. It runs once, when a twin of the family is first built, so `import zoo`
+        never imports torch.
+    """
+
+    module: type[nn.Module]
+    layers: Callable[[Any], list]
+    twins: Callable[[], Iterable[type]]
+
+    def twin(self) -> type:
+        """The PyTorch twin class of `module` (imports torch)."""
+        if self.twins not in _TWIN_CLASSES:
+            _TWIN_CLASSES[self.twins] = {cls.__name__: cls for cls in self.twins()}
+        classes = _TWIN_CLASSES[self.twins]
+        if self.module.__name__ not in classes:
+            raise TypeError(f"register_torch({self.module.__name__}): its twins define no class {self.module.__name__!r}")
+        return classes[self.module.__name__]
+
+
+_TORCH: dict[type[nn.Module], TorchSpec] = {}
+_TWIN_CLASSES: dict[Callable, dict[str, type]] = {}  # one set of twin classes per family, built once
+
+
+def register_torch(
+    module: type[nn.Module], *, layers: Callable[[Any], list], twins: Callable[[], Iterable[type]]
+) -> TorchSpec:
+    """Declares `module`'s PyTorch twin and layer mapping (see TorchSpec); returns the declaration.
+
+    Every registered model whose class is declared here gets `zoo.from_torch`, `zoo.to_torch`
+    and `zoo.torch_model`. The twin takes the module's fields as keyword arguments (except
+    dtype and param_dtype).
+    """
+    if module in _TORCH:
+        raise ValueError(f"{module.__name__} already has a PyTorch mapping")
+    spec = TorchSpec(module, layers, twins)
+    _TORCH[module] = spec
+    return spec
+
+
+def torch_spec(module: type[nn.Module]) -> TorchSpec | None:
+    """The PyTorch declaration of exactly this module class (not of a subclass), or None."""
+    return _TORCH.get(module)
+
+
+def torch_modules() -> list[type[nn.Module]]:
+    """The module classes with a PyTorch mapping, sorted by name."""
+    return sorted(_TORCH, key=lambda cls: cls.__name__)
 
 
 def list_models(pattern: str | None = None, *, pretrained: bool = False) -> list[str]:

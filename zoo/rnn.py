@@ -32,7 +32,9 @@ from zoo.registry import (
     check_positive,
     check_positive_tuple,
     register,
+    register_torch,
 )
+from zoo.torch_map import EMBEDDING, LINEAR, LSTM, Layer
 
 # sorted(set(tiny_shakespeare)): the 65 characters of the char_lstm vocabulary.
 TINY_SHAKESPEARE_VOCAB = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
@@ -275,3 +277,56 @@ register(
         "vocab": TINY_SHAKESPEARE_VOCAB,
     },
 )
+
+
+# --- PyTorch: the twins (torch is imported only when one is built) and their layers ----------
+
+
+def _torch_twins():
+    from torch import nn
+
+    class LSTMClassifier(nn.Module):
+        """nn.LSTM over (B, T, F) (batch_first) -> Linear on the last step. Keys lstm, fc."""
+
+        def __init__(self, *, num_classes: int, hidden: int, num_layers: int, in_shape):
+            super().__init__()
+            self.lstm = nn.LSTM(in_shape[1], hidden, num_layers=num_layers, batch_first=True)
+            self.fc = nn.Linear(hidden, num_classes)
+
+        def forward(self, x):
+            out, _ = self.lstm(x)
+            return self.fc(out[:, -1])
+
+    class CharLSTM(nn.Module):
+        """Embedding -> nn.LSTM (batch_first) -> Linear over the vocabulary. Keys embedding, lstm, fc."""
+
+        def __init__(self, *, vocab_size: int, embed_dim: int, hidden: int, num_layers: int):
+            super().__init__()
+            self.embedding = nn.Embedding(vocab_size, embed_dim)
+            self.lstm = nn.LSTM(embed_dim, hidden, num_layers=num_layers, batch_first=True)
+            self.fc = nn.Linear(hidden, vocab_size)
+
+        def forward(self, tokens, state=None, return_state: bool = False):
+            """tokens (B, T) int64 -> logits (B, T, vocab) [, (h_n, c_n) each (layers, B, H)]."""
+            out, state = self.lstm(self.embedding(tokens), state)
+            logits = self.fc(out)
+            return (logits, state) if return_state else logits
+
+    return [LSTMClassifier, CharLSTM]
+
+
+def _lstm_stack(num_layers: int) -> list[Layer]:
+    """The stacked layers of one nn.LSTM: its keys carry "_l{k}"."""
+    return [Layer("lstm", (f"lstm_{k}",), LSTM, tag=f"_l{k}") for k in range(num_layers)]
+
+
+def _classifier_torch_layers(m: LSTMClassifier) -> list[Layer]:
+    return _lstm_stack(m.num_layers) + [Layer("fc", ("head",), LINEAR)]
+
+
+def _char_lstm_torch_layers(m: CharLSTM) -> list[Layer]:
+    return [Layer("embedding", ("embed",), EMBEDDING)] + _lstm_stack(m.num_layers) + [Layer("fc", ("head",), LINEAR)]
+
+
+register_torch(LSTMClassifier, layers=_classifier_torch_layers, twins=_torch_twins)
+register_torch(CharLSTM, layers=_char_lstm_torch_layers, twins=_torch_twins)

@@ -6,8 +6,23 @@
     net.load_state_dict(zoo.to_torch("cnn", variables))          # strict: same keys and shapes
 
 `from_torch` and `to_torch` never import torch themselves (`to_torch` returns torch tensors
-when torch is importable, numpy arrays otherwise); `torch_model` imports torch (it builds the
-modules of zoo/torch_models.py).
+when torch is importable, numpy arrays otherwise); `torch_model` imports torch.
+
+Each model family declares its twins and their layer mapping beside its modules
+(`zoo.registry.register_torch`, in the words of zoo/torch_map.py); this module walks those
+declarations, so a family with a declaration gets all three functions. A twin takes the zoo
+module's fields as keyword arguments (all required: the defaults live in zoo's modules and
+registry only) and is layer for layer the same as the Flax model, in PyTorch's conventions:
+  * images are NCHW (zoo: NHWC; permute with x.permute(0, 3, 1, 2)); a Linear on a flattened
+    image reads it in (C, H, W) order, which `from_torch`/`to_torch` permute;
+  * an nn.LSTM keeps two biases per gate (b_ih + b_hh; zoo keeps their sum);
+  * `lstm` takes (B, T, F) sequences in both (zoo: images[..., 0] for MNIST rows);
+  * `dcgan` keeps the tutorial's [-1, 1] image range: the generator returns tanh(x) and the
+    discriminator scores images in [-1, 1]. zoo's generator returns (tanh(x) + 1) / 2 and its
+    discriminator maps x -> 2x - 1 first, so
+        zoo_generate(z)     == (torch_generator(z) + 1) / 2
+        zoo_discriminate(x) == torch_discriminator(2 * x - 1).
+The bench/ scripts train these twins as the PyTorch baseline.
 
 Matching by structure. `from_torch` groups the state dict's tensors into layers: the tensors
 of one module path (weight, bias, running_mean, running_var, num_batches_tracked), and for an
@@ -34,180 +49,19 @@ these, writing the LSTM sum as bias_ih = b, bias_hh = -0.0 and num_batches_track
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from zoo import autoencoder, cnn, gan, mlp, multitask, rnn
-from zoo.registry import create, init
+from zoo.registry import create, init, torch_modules, torch_spec
+from zoo.torch_map import Layer, Tensor
 
 __all__ = ["from_torch", "to_torch", "torch_model"]
-
-
-# --- layer kinds: how a torch layer's tensors map to a zoo layer's leaves ----------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Tensor:
-    """One zoo leaf <-> torch tensor(s) `<module>.<suffix>`: flax = torch.transpose(perm).
-
-    Several suffixes are summed into the leaf (an LSTM's bias_ih + bias_hh).
-    """
-
-    leaf: str
-    suffixes: tuple[str, ...]
-    perm: tuple[int, ...] | None = None
-    collection: str = "params"
-
-
-@dataclasses.dataclass(frozen=True)
-class Kind:
-    """A torch layer type: its tensors, and its buffers that have no zoo counterpart."""
-
-    name: str
-    tensors: tuple[Tensor, ...]
-    buffers: tuple[str, ...] = ()
-
-
-_BIAS = Tensor("bias", ("bias",))
-LINEAR = Kind("Linear", (Tensor("kernel", ("weight",), (1, 0)), _BIAS))
-CONV = Kind("Conv2d", (Tensor("kernel", ("weight",), (2, 3, 1, 0)), _BIAS))
-CONV_TRANSPOSE = Kind("ConvTranspose2d", (Tensor("kernel", ("weight",), (2, 3, 1, 0)), _BIAS))
-EMBEDDING = Kind("Embedding", (Tensor("embedding", ("weight",)),))
-BATCHNORM = Kind(
-    "BatchNorm2d",
-    (
-        Tensor("scale", ("weight",)),
-        _BIAS,
-        Tensor("mean", ("running_mean",), collection="batch_stats"),
-        Tensor("var", ("running_var",), collection="batch_stats"),
-    ),
-    buffers=("num_batches_tracked",),
-)
-# One stacked layer of an nn.LSTM; its torch keys carry the layer's "_l{k}" tag.
-LSTM = Kind(
-    "LSTM",
-    (
-        Tensor("wi", ("weight_ih",), (1, 0)),
-        Tensor("wh", ("weight_hh",), (1, 0)),
-        Tensor("b", ("bias_ih", "bias_hh")),
-    ),
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class Layer:
-    """One zoo layer and its place in the PyTorch twin.
-
-    Attributes:
-      torch_name: the twin's module path ("fc1", "main.3", "lstm"); keys are
-        `<torch_name>.<suffix><tag>`.
-      path: the flax module path, e.g. ("generator", "bn_0").
-      kind: the torch layer type.
-      tag: "_l{k}" for stacked layer k of an nn.LSTM, else "".
-      image: (H, W, C) of the image a Linear reads flattened (torch flattens it (C, H, W)).
-    """
-
-    torch_name: str
-    path: tuple[str, ...]
-    kind: Kind
-    tag: str = ""
-    image: tuple[int, int, int] | None = None
-
-
-# --- per family: the zoo layers of a configured module, in the twin's state-dict order ----------
-
-
-def _image(shape) -> tuple[int, int, int] | None:
-    return tuple(shape) if len(shape) == 3 else None
-
-
-def _mlp_layers(m: mlp.MLP) -> list[Layer]:
-    paths = [f"dense_{i}" for i in range(len(m.hidden))] + ["head"]
-    return [
-        Layer(f"fc{i + 1}", (p,), LINEAR, image=_image(m.in_shape) if i == 0 else None) for i, p in enumerate(paths)
-    ]
-
-
-def _cnn_layers(m: cnn.CNN) -> list[Layer]:
-    h, w, _ = m.in_shape
-    for _ in m.features:  # 3x3 'same' conv then a 2x2 pool that floors odd sizes
-        h, w = h // 2, w // 2
-    convs = [Layer(f"conv{i + 1}", (f"conv_{i}",), CONV) for i in range(len(m.features))]
-    return convs + [Layer("fc", ("head",), LINEAR, image=(h, w, m.features[-1]))]
-
-
-def _lstm_stack(num_layers: int) -> list[Layer]:
-    return [Layer("lstm", (f"lstm_{k}",), LSTM, tag=f"_l{k}") for k in range(num_layers)]
-
-
-def _lstm_layers(m: rnn.LSTMClassifier) -> list[Layer]:
-    return _lstm_stack(m.num_layers) + [Layer("fc", ("head",), LINEAR)]
-
-
-def _char_lstm_layers(m: rnn.CharLSTM) -> list[Layer]:
-    return [Layer("embedding", ("embed",), EMBEDDING)] + _lstm_stack(m.num_layers) + [Layer("fc", ("head",), LINEAR)]
-
-
-def _autoencoder_layers(m: autoencoder.ConvAutoencoder) -> list[Layer]:
-    return [Layer(f"encoder.{2 * i}", (f"enc_{i}",), CONV) for i in range(3)] + [
-        Layer(f"decoder.{2 * i}", (f"dec_{i}",), CONV_TRANSPOSE) for i in range(3)
-    ]
-
-
-def _generator_layers(m: gan.Generator) -> list[Layer]:
-    return [
-        Layer("main.0", ("deconv_0",), CONV_TRANSPOSE),
-        Layer("main.1", ("bn_0",), BATCHNORM),
-        Layer("main.3", ("deconv_1",), CONV_TRANSPOSE),
-        Layer("main.4", ("bn_1",), BATCHNORM),
-        Layer("main.6", ("deconv_2",), CONV_TRANSPOSE),
-    ]
-
-
-def _discriminator_layers(m: gan.Discriminator) -> list[Layer]:
-    return [
-        Layer("main.0", ("conv_0",), CONV),
-        Layer("main.2", ("conv_1",), CONV),
-        Layer("main.3", ("bn_1",), BATCHNORM),
-        Layer("main.5", ("conv_2",), CONV),
-    ]
-
-
-def _nested(prefix: str, layers: list[Layer]) -> list[Layer]:
-    return [
-        dataclasses.replace(layer, torch_name=f"{prefix}.{layer.torch_name}", path=(prefix, *layer.path))
-        for layer in layers
-    ]
-
-
-def _dcgan_layers(m: gan.DCGAN) -> list[Layer]:
-    return _nested("generator", _generator_layers(m)) + _nested("discriminator", _discriminator_layers(m))
-
-
-def _multitask_layers(m: multitask.MultiTaskNet) -> list[Layer]:
-    trunk = [
-        Layer(f"shared.{2 * i}", (f"trunk_{i}",), LINEAR, image=_image(m.in_shape) if i == 0 else None)
-        for i in range(len(m.trunk))
-    ]
-    return trunk + [Layer(f"heads.{name}", (f"head_{name}",), LINEAR) for name, _ in m.heads]
-
-
-_FAMILIES: dict[type[nn.Module], Callable[[Any], list[Layer]]] = {
-    mlp.MLP: _mlp_layers,
-    cnn.CNN: _cnn_layers,
-    rnn.LSTMClassifier: _lstm_layers,
-    rnn.CharLSTM: _char_lstm_layers,
-    autoencoder.ConvAutoencoder: _autoencoder_layers,
-    gan.Generator: _generator_layers,
-    gan.Discriminator: _discriminator_layers,
-    gan.DCGAN: _dcgan_layers,
-    multitask.MultiTaskNet: _multitask_layers,
-}
 
 
 # --- the zoo side: layers with the shapes the configured model expects -------------------------
@@ -246,15 +100,15 @@ def _resolve(model_or_name: nn.Module | str, what: str) -> tuple[str, list[_Slot
     """(label for messages, the model's slots in twin order, its variables as ShapeDtypeStructs)."""
     model = create(model_or_name) if isinstance(model_or_name, str) else model_or_name
     label = model_or_name if isinstance(model_or_name, str) else type(model).__name__
-    layers_of = _FAMILIES.get(type(model))
-    if layers_of is None:
+    declared = torch_spec(type(model))
+    if declared is None:
         raise TypeError(
             f"{what}: no PyTorch mapping for {type(model).__name__}; expected one of "
-            f"{', '.join(sorted(c.__name__ for c in _FAMILIES))} or a registry name"
+            f"{', '.join(c.__name__ for c in torch_modules())} or a registry name"
         )
     expected = jax.eval_shape(lambda: init(model, jax.random.key(0)))
     slots, covered = [], set()
-    for layer in layers_of(model):
+    for layer in declared.layers(model):
         tensors = []
         for t in layer.kind.tensors:
             want = _subtree(expected.get(t.collection, {}), (*layer.path, t.leaf))
@@ -264,7 +118,10 @@ def _resolve(model_or_name: nn.Module | str, what: str) -> tuple[str, list[_Slot
         slots.append(_Slot(layer, tuple(tensors)))
     uncovered = _paths(expected) - covered
     if uncovered or not all(s.tensors for s in slots):
-        raise RuntimeError(f"zoo.torch_port's layer table for {type(model).__name__} is out of date: {sorted(uncovered)}")
+        raise RuntimeError(
+            f"the PyTorch layer mapping of {type(model).__name__} (register_torch in its family file) "
+            f"is out of date: {sorted(uncovered)}"
+        )
     return label, slots, expected
 
 
@@ -548,12 +405,16 @@ def _check_variables(variables: Any, expected: Mapping, label: str) -> None:
 # --- torch_model -----------------------------------------------------------------------------------
 
 
+# Numerics, not architecture: the twins compute in float32 whatever zoo computes in.
+IGNORED_FIELDS = frozenset({"dtype", "param_dtype"})
+
+
 def torch_model(model_or_name: nn.Module | str, **overrides: Any):
     """The PyTorch nn.Module twin of a zoo model (imports torch).
 
     The twin has the same architecture in PyTorch's conventions (NCHW images, the tutorials'
     layer types) and the state-dict keys `to_torch` writes. Images go in as (B, C, H, W);
-    `dcgan` keeps the tutorial's [-1, 1] image range (see zoo/torch_models.py).
+    `dcgan` keeps the tutorial's [-1, 1] image range (see the module docstring).
 
     Args:
       model_or_name: a registry name or a zoo module.
@@ -562,6 +423,10 @@ def torch_model(model_or_name: nn.Module | str, **overrides: Any):
 
     Returns:
       A freshly initialized torch.nn.Module (PyTorch's default initialization).
+
+    Raises:
+      TypeError: the model has no PyTorch twin.
+      ValueError: the module sets a field the twin does not take to a non-default value.
     """
     if isinstance(model_or_name, str):
         model = create(model_or_name, **overrides)
@@ -569,9 +434,27 @@ def torch_model(model_or_name: nn.Module | str, **overrides: Any):
         raise TypeError(f"torch_model: overrides {sorted(overrides)} need a registry name, got a module")
     else:
         model = model_or_name
-    from zoo import torch_models  # imports torch
-
-    return torch_models.twin(model)
+    declared = torch_spec(type(model))
+    if declared is None:
+        raise TypeError(
+            f"torch_model: no PyTorch twin for {type(model).__name__}; expected one of "
+            f"{', '.join(c.__name__ for c in torch_modules())}"
+        )
+    cls = declared.twin()  # imports torch
+    takes = inspect.signature(cls).parameters
+    kwargs: dict[str, Any] = {}
+    for field in dataclasses.fields(model):
+        if not field.init or field.name in ("parent", "name") or field.name in IGNORED_FIELDS:
+            continue
+        value = getattr(model, field.name)
+        if field.name in takes:
+            kwargs[field.name] = value
+        elif value != field.default:
+            raise ValueError(
+                f"torch_model: the PyTorch twin {cls.__name__} does not support the option "
+                f"{field.name!r} (expected its default {field.default!r}, got {value!r})"
+            )
+    return cls(**kwargs)
 
 
 # --- helpers ---------------------------------------------------------------------------------------
