@@ -52,7 +52,8 @@ class LinenView:
         stats = jax.tree.map(lambda a: a, self._stats)
         if variables.get("batch_stats"):
             nnx.replace_by_pure_dict(stats, variables["batch_stats"])
-        module = nnx.merge(self.graphdef, params, stats, self._rest)
+        rest = jax.tree.map(lambda a: a, self._rest)  # fresh Variables of this trace (reseed writes them)
+        module = nnx.merge(self.graphdef, params, stats, rest)
         module.train() if train else module.eval()
         if rng is not None:
             tags = {s.key.tag for _, s in nnx.iter_graph(module) if isinstance(s, nnx.RngStream)}
@@ -66,7 +67,7 @@ class LinenView:
         rng = None if not rngs else next(iter(rngs.values())) if len(rngs) == 1 else rngs.get("dropout")
         module = self.merged(variables, train=train, rng=rng)
         out = getattr(module, method)(*args, **kwargs) if method else module(*args, **kwargs)
-        if not mutable:
+        if mutable is False:  # as Linen: mutable=[] still returns (out, {})
             return out
         stats = nnx.to_pure_dict(nnx.state(module, nnx.BatchStat))
         return out, ({"batch_stats": stats} if jax.tree.leaves(stats) else {})
