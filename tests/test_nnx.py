@@ -40,6 +40,12 @@ def _close(a, b, tol=1e-6):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=tol, atol=tol)
 
 
+def test_import_zoo_leaves_flax_nnx_for_first_use():
+    code = ("import sys, zoo; assert 'flax.nnx' not in sys.modules and 'zoo.nnx' not in sys.modules; "
+            "assert zoo.nnx.list_models() == zoo.list_models()")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
 def test_list_models_covers_the_registry():
     assert zoo.nnx.list_models() == MODELS
     assert zoo.nnx.list_models("cnn*", pretrained=True) == zoo.list_models("cnn*", pretrained=True)
