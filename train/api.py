@@ -5,6 +5,8 @@
     result = train.fit("cnn", {"x": images, "y": labels}, epochs=3)    # your arrays
     result = train.fit(my_module, {"x": x, "y": y}, task="classification", lr=3e-4)
     logits = result.model.apply(result.variables, images)
+    result = train.fit(nnx_net, data, ...)          # an nnx.Module: trained in place, returned
+    logits = result.model(images)                     # (result.model is nnx_net)
 
 The same engine as `zoo train`: jit + NamedSharding over all devices, the task's steps, early
 stopping; with `workdir=` it checkpoints and resumes exactly as the CLI does.
@@ -20,11 +22,13 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
+from flax import nnx
 
 import zoo
 from train import loop, tasks
 from train import config as config_fields
 from train.config import Config, build_model, resolve
+from train.nnx_adapter import LinenView
 
 
 @dataclasses.dataclass
@@ -32,8 +36,10 @@ class FitResult:
     """A finished `train.fit`.
 
     Attributes:
-      model: the trained flax module.
-      variables: its variables ({"params": ..., maybe "batch_stats"}), ready for `model.apply`.
+      model: the trained flax module: a Linen module, or the nnx.Module you passed, updated in
+        place with the trained weights (in eval mode).
+      variables: the variables ({"params": ..., maybe "batch_stats"}), ready for a Linen
+        `model.apply` (for an NNX module: `zoo.nnx.variables(result.model)`).
       metrics: the last epoch's record (train_* means, val_* metrics, timings).
       history: every epoch's record, in order.
       config: the resolved training config.
@@ -53,9 +59,12 @@ def _task_of(model, task) -> tasks.Task:
         return task
     if task is not None:
         return tasks.get(task)
-    labels = {zoo.get_spec(n).task for n in zoo.list_models() if zoo.get_spec(n).module is type(model)}
+    cls = type(model)
+    if isinstance(model, LinenView):  # an NNX twin of a zoo model has its Linen class's task
+        cls = getattr(type(model.net), "linen", type(model.net))
+    labels = {zoo.get_spec(n).task for n in zoo.list_models() if zoo.get_spec(n).module is cls}
     if len(labels) != 1:
-        raise ValueError(f"train.fit({type(model).__name__}): pass task= (one of {', '.join(sorted(tasks.TASKS))})")
+        raise ValueError(f"train.fit({cls.__name__}): pass task= (one of {', '.join(sorted(tasks.TASKS))})")
     return tasks.get(labels.pop())
 
 
@@ -118,8 +127,11 @@ def fit(
     """Trains a registry model (by name) or a flax module, and returns it with its variables.
 
     Args:
-      model: a registry name ("cnn"; its recipe in train/configs gives the defaults) or a
-        flax.linen.Module (a zoo model, or your own: then pass `task`).
+      model: a registry name ("cnn"; its recipe in train/configs gives the defaults), a
+        flax.linen.Module, or an nnx.Module (a zoo model, or your own: then pass `task`). An
+        NNX module starts from its current weights (`init="glorot"` and `init_from` apply as
+        for Linen) and is trained through `nnx.split`: the jitted step is the Linen one, a pure
+        function of the variables; the trained weights are written back into it.
       data: a dataset name ("mnist", "tiny_shakespeare", ...) or your host arrays:
         {"x": inputs, "y": labels} (uint8 images are scaled to [0, 1] on device; the last 10%
         become the validation split unless `val_size=` says how many) or
@@ -150,12 +162,15 @@ def _fit(model, data, *, task, config, workdir, log, **overrides) -> FitResult:
                         f"got {type(data).__name__}")
     values = dict(config.to_json() if isinstance(config, Config) else config or {})
     values.update(overrides)
+    view = LinenView(model) if isinstance(model, nnx.Module) else None
+    if view is not None:
+        model = view
     if isinstance(model, str):
         name, module = model, None
         the_task = tasks.get(task) if isinstance(task, str) else task or tasks.of_model(name)
     else:
         the_task = _task_of(model, task)
-        name, module = values.pop("model", None) or type(model).__name__, model
+        name, module = values.pop("model", None) or (view.name if view else type(model).__name__), model
         if values.get("model_overrides") or values.get("classes"):
             raise ValueError("model_overrides and classes apply to registry names; build your module with the fields you want")
     values.pop("model", None)
@@ -179,6 +194,7 @@ def _fit(model, data, *, task, config, workdir, log, **overrides) -> FitResult:
         result = loop.fit(cfg, where, log=log, model=module, task=the_task, splits=splits)
         history_file = where / "metrics.jsonl"
         history = [json.loads(line) for line in history_file.read_text().splitlines()] if history_file.exists() else []
-    built = module if module is not None else build_model(cfg)
-    return FitResult(built, jax.device_get(result.state.variables()), result.record or (history[-1] if history else {}),
+    trained = jax.device_get(result.state.variables())
+    built = view.update_net(trained) if view else module if module is not None else build_model(cfg)
+    return FitResult(built, trained, result.record or (history[-1] if history else {}),
                      history, cfg, Path(workdir) if workdir is not None else None)

@@ -10,7 +10,10 @@
     batch = zoo.preprocess("cnn", pil_image)     # a picture -> float32 (1, 28, 28, 1), MNIST polarity
     print(zoo.model_card("cnn", "mnist"))        # what the shipped weights record (zoo info cnn.mnist)
 
-Importing zoo loads only jax, flax and numpy (no TensorFlow, tfds, optax or orbax).
+    net = zoo.nnx.create("cnn", rngs=nnx.Rngs(0))  # the same model as a native flax.nnx Module
+
+Importing zoo loads only jax, flax.linen and numpy (no TensorFlow, tfds, optax, orbax or
+flax.nnx: zoo.nnx is imported on first use).
 """
 
 # The model families. Importing one registers its models and their PyTorch twins and mappings,
@@ -36,6 +39,15 @@ from zoo.torch_port import from_torch, to_torch, torch_model
 register_shipped()  # reads zoo/weights/manifest.json only (no orbax)
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # zoo.nnx (the NNX modules) imports flax.nnx, which adds to `import zoo`: load it on first use
+    if name == "nnx":
+        import importlib
+
+        return importlib.import_module("zoo.nnx")
+    raise AttributeError(f"module 'zoo' has no attribute {name!r}")
 
 __all__ = [
     "InputSpec",
