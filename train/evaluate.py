@@ -24,9 +24,8 @@ def evaluate_arrays(task: tasks.Task, model, variables: dict, arrays: dict, *, b
     mesh = parallel.make_mesh(devices)
     replicated = parallel.NamedSharding(mesh, parallel.P())
     variables, on_device = (jax.tree.map(lambda a: parallel.put_global(a, replicated), t) for t in (variables, arrays))
-    bs = max(len(devices), batch_size - batch_size % len(devices))
     run = parallel.make_evaluator(task.eval_step(model), mesh)
-    return tasks.summarize(run(variables, on_device, len(arrays["x"]), bs))
+    return tasks.summarize(run(variables, on_device, len(arrays["x"]), parallel.eval_batch_size(batch_size, len(devices))))
 
 
 def read_config(workdir: Path) -> Config:
