@@ -397,7 +397,8 @@ def test_the_choice_is_made_per_platform(name):
     the programs hold the ops of the program traced with that path forced."""
     module, shape = REWRITE_CASES[name][0]
     cuda, cpu = _ops(_lowered_text(module, shape, "cuda")), _ops(_lowered_text(module, shape, "cpu"))
-    native, rewrite = _ops(_lowered_text(module, shape, "cuda", "native")), _ops(_lowered_text(module, shape, "cpu", "rewrite"))
+    native = _ops(_lowered_text(module, shape, "cuda", "native"))
+    rewrite = _ops(_lowered_text(module, shape, "cpu", "rewrite"))
     assert native != rewrite
     assert cuda == native and cpu == rewrite
     if name != "lstm":  # the conv's, transposed conv's, pooling's own op (the LSTM's differ in matmuls)

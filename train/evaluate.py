@@ -25,7 +25,8 @@ def evaluate_arrays(task: tasks.Task, model, variables: dict, arrays: dict, *, b
     replicated = parallel.NamedSharding(mesh, parallel.P())
     variables, on_device = (jax.tree.map(lambda a: parallel.put_global(a, replicated), t) for t in (variables, arrays))
     run = parallel.make_evaluator(task.eval_step(model), mesh)
-    return tasks.summarize(run(variables, on_device, len(arrays["x"]), parallel.eval_batch_size(batch_size, len(devices))))
+    bs = parallel.eval_batch_size(batch_size, len(devices))
+    return tasks.summarize(run(variables, on_device, len(arrays["x"]), bs))
 
 
 def read_config(workdir: Path) -> Config:

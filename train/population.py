@@ -261,8 +261,9 @@ def _build(cfgs: list[Config], log: Callable, model, task, splits) -> tuple[_Pop
     pop = _Population(
         cfgs=cfgs, task=task, model=model, splits=splits, strategy=strategy, evaluator=evaluator,
         state=strategy.place_state((state, hp)), train_data=strategy.place_data(splits.train),
-        val_data=strategy.place_data(splits.val), eval_batch=parallel.eval_batch_size(cfg.eval_batch_size, len(p.devices)),
-        steps_per_epoch=p.steps_per_epoch, total_steps=total_steps, max_in_flight=loop.max_in_flight(p.devices), log=log)
+        val_data=strategy.place_data(splits.val),
+        eval_batch=parallel.eval_batch_size(cfg.eval_batch_size, len(p.devices)), steps_per_epoch=p.steps_per_epoch,
+        total_steps=total_steps, max_in_flight=loop.max_in_flight(p.devices), log=log)
     return pop, [jax.tree.structure(s.opt_state) for s in plain]
 
 

@@ -590,7 +590,8 @@ class LSTMLayer(nn.Module):
     bias `b` (4H), gates in PyTorch's order (i, f, g, o). PyTorch's two biases (b_ih + b_hh)
     only ever appear summed, so this is the same function with 4H fewer parameters. Computed by
     `lstm_layer` where REWRITES["lstm"] applies (elsewhere autodiff through `lax.scan`): the input
-    projection of all steps is one matmul; only h @ wh runs inside the recurrence. `time_major=True` takes (T, B, F) and returns (T, B, H): stacked layers pass
+    projection of all steps is one matmul; only h @ wh runs inside the recurrence.
+    `time_major=True` takes (T, B, F) and returns (T, B, H): stacked layers pass
     time-major sequences between them and skip two (B, T) <-> (T, B) transposes per layer.
     """
 
