@@ -14,6 +14,7 @@
     python bench/cpu_probe.py pool        # CNN step: max pooling's hand-written gradient vs autodiff through max
     python bench/cpu_probe.py dense       # autoencoder step: its small stride-1 transposed conv as a dense matmul vs a conv
     python bench/cpu_probe.py vendor      # train steps: zoo vs PyTorch with and without its oneDNN kernels
+    python bench/cpu_probe.py platform    # train steps: layers chosen per platform vs the CPU rewrites traced directly
     python bench/cpu_probe.py all
 
 Each line printed is one measurement; run it on an otherwise idle machine. PyTorch uses
@@ -1030,6 +1031,20 @@ def probe_dense(args) -> None:
                              args.reps, steps=10))
 
 
+def probe_platform(args) -> None:
+    """Each model's train step with zoo.layers' per-platform choice (`per_platform`,
+    jax.lax.platform_dependent) vs with the CPU rewrites traced directly: on CPU the choice
+    should cost nothing, as only the CPU branch is compiled."""
+    from zoo import layers
+
+    def rewrite_only(name, rewrite, native, *a):
+        return rewrite(*a)
+
+    for model in args.models:
+        print("platform " + step_ab(model, {"rewrites traced": (layers, "per_platform", rewrite_only),
+                                            "per platform": None}, args.reps))
+
+
 class TorchWithoutOneDNN:
     """A compare.TorchTrainer whose steps run with PyTorch's oneDNN (mkldnn) kernels switched
     off: convolutions and the LSTM then run on PyTorch's generic paths (im2col + BLAS matmuls,
@@ -1091,7 +1106,7 @@ def probe_vendor(args) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("probe", choices=("matmul", "conv", "floor", "batch", "options", "scan", "lstm", "transpose", "profile", "bn", "convgrad", "pool", "dense", "vendor", "all"))
+    p.add_argument("probe", choices=("matmul", "conv", "floor", "batch", "options", "scan", "lstm", "transpose", "profile", "bn", "convgrad", "pool", "dense", "vendor", "platform", "all"))
     p.add_argument("--models", nargs="+", default=list(MODELS))
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
@@ -1107,7 +1122,8 @@ def main() -> None:
     compare.setup_torch(args.threads)
     probes = {"matmul": probe_matmul, "conv": probe_conv, "floor": probe_floor, "batch": probe_batch,
               "options": probe_options, "scan": probe_scan, "lstm": probe_lstm, "transpose": probe_transpose, "profile": probe_profile, "bn": probe_bn,
-              "convgrad": probe_convgrad, "pool": probe_pool, "dense": probe_dense, "vendor": probe_vendor}
+              "convgrad": probe_convgrad, "pool": probe_pool, "dense": probe_dense, "vendor": probe_vendor,
+              "platform": probe_platform}
     for name in probes if args.probe == "all" else [args.probe]:
         probes[name](args)
         sys.stdout.flush()

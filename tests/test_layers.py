@@ -1,5 +1,8 @@
 """zoo.layers: each fast layer equals its reference (flax / autodiff) and honours dtype/param_dtype."""
 
+import contextlib
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -309,3 +312,118 @@ def test_conv2d_matches_lax(cin, k, pad):
 
     assert (cin <= layers.IM2COL_MAX_CHANNELS) == (cin != 5)  # both paths are covered
     _assert_same_outputs_and_grads(lambda kern, x: layers.conv2d(x, kern, 1, padding), ref, kernel, x)
+
+
+# ---- per-platform rewrites: XLA:CPU gets zoo's rewrites, other platforms XLA's native ops ----
+
+
+def _pool_module():
+    class Pool(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return layers.max_pool_2x2(x)
+
+    return Pool()
+
+
+class _LSTMOutputs(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return LSTMLayer(5)(x)[0]
+
+
+# (module, input shape): every rewrite of layers.REWRITES, at shapes that take each of its forms
+REWRITE_CASES = {
+    "conv": [(Conv(6, 3, 2, 1), (2, 9, 9, 1)), (Conv(5, 3, 1, 1), (2, 6, 6, 7)), (Conv(4, 5, 1, 1), (2, 3, 3, 2))],
+    "conv_transpose": [(ConvTranspose(3, 4, 2, 1), (2, 5, 5, 6)), (ConvTranspose(16, 4, 2, 1), (2, 4, 4, 3)),
+                       (ConvTranspose(4, 4, 1, 0), (2, 3, 3, 5)), (ConvTranspose(3, 7, 1, 0), (2, 1, 1, 4))],
+    "max_pool": [(_pool_module(), (2, 8, 8, 3)), (_pool_module(), (2, 7, 9, 2))],
+    "lstm": [(_LSTMOutputs(), (3, 6, 4))],
+}
+
+
+def test_every_rewrite_has_cases():
+    assert set(REWRITE_CASES) == set(layers.REWRITES)
+    assert all(platforms == ("cpu",) for platforms in layers.REWRITES.values())  # measured on XLA:CPU only
+
+
+@pytest.mark.parametrize("name,case", [(n, i) for n, cases in REWRITE_CASES.items() for i in range(len(cases))])
+def test_rewrite_and_native_paths_agree(name, case):
+    """Both paths of a rewrite, forced on CPU, give the same outputs and gradients."""
+    module, shape = REWRITE_CASES[name][case]
+    x = jax.random.normal(jax.random.key(0), shape)
+    variables = module.init(jax.random.key(1), x)
+
+    def path(which):
+        def f(v, x):  # traced inside the block: jax.grad and jax.jit trace here
+            with layers.forced(which):
+                return module.apply(v, x)
+
+        return f
+
+    _assert_same_outputs_and_grads(path("rewrite"), path("native"), variables, x)
+
+
+def _lowered_text(module, shape, platform: str, path: str | None = None) -> str:
+    x = jnp.zeros(shape)
+    variables = module.init(jax.random.key(1), x)
+
+    def loss(v, x):
+        return jnp.sum(module.apply(v, x) ** 2)
+
+    f = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    if path is None:
+        traced = f.trace(variables, x)
+    else:
+        with layers.forced(path):
+            traced = f.trace(variables, x)
+    return traced.lower(lowering_platforms=(platform,)).as_text()
+
+
+def _ops(text: str) -> dict:
+    """How many of each StableHLO op a lowered program holds, without the platform switch (the
+    `case` on the platform index, its constants, and the zeros it passes for the residuals of
+    the branch not taken)."""
+    counts: dict = {}
+    for op in re.findall(r"stablehlo\.([a-z_]+)", text):
+        if op not in ("case", "return", "constant", "broadcast_in_dim"):
+            counts[op] = counts.get(op, 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize("name", sorted(REWRITE_CASES))
+def test_the_choice_is_made_per_platform(name):
+    """Lowered for CUDA (no GPU needed) the layer is XLA's native op, lowered for CPU the rewrite:
+    the programs hold the ops of the program traced with that path forced."""
+    module, shape = REWRITE_CASES[name][0]
+    cuda, cpu = _ops(_lowered_text(module, shape, "cuda")), _ops(_lowered_text(module, shape, "cpu"))
+    native = _ops(_lowered_text(module, shape, "cuda", "native"))
+    rewrite = _ops(_lowered_text(module, shape, "cpu", "rewrite"))
+    assert native != rewrite
+    assert cuda == native and cpu == rewrite
+    if name != "lstm":  # the conv's, transposed conv's, pooling's own op (the LSTM's differ in matmuls)
+        op = {"conv": "convolution", "conv_transpose": "convolution", "max_pool": "reduce_window"}[name]
+        assert op in cuda and op not in cpu
+
+
+@pytest.mark.parametrize("name", sorted(REWRITE_CASES))
+def test_cpu_compiles_only_the_rewrite(name):
+    """On CPU the per-platform choice costs nothing: the compiled program (gradient included)
+    holds the same instructions as the rewrite traced without the platform switch."""
+    module, shape = REWRITE_CASES[name][0]
+    x = jnp.zeros(shape)
+    variables = module.init(jax.random.key(1), x)
+
+    def compiled_ops(path):
+        f = jax.jit(jax.grad(lambda v: jnp.sum(module.apply(v, x) ** 2)))
+        with layers.forced(path) if path else contextlib.nullcontext():
+            text = f.lower(variables).compile().as_text()
+        return sorted(re.findall(r"= \S+ ([a-z\-]+)\(", text))
+
+    assert compiled_ops(None) == compiled_ops("rewrite")
+
+
+def test_forced_rejects_an_unknown_path():
+    with pytest.raises(ValueError, match="path must be one of"):
+        with layers.forced("fast"):
+            pass

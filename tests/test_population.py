@@ -120,6 +120,21 @@ def test_on_epoch_stops_a_member(tfds_dir, tmp_path):
     assert len(_records(tmp_path / "a")) == 3 and len(_records(tmp_path / "b")) == 1
 
 
+def test_population_epochs_run_the_single_run_loop(tfds_dir, tmp_path, monkeypatch):
+    # one dispatch loop: a population's epochs go through loop.run_epoch, as a run's do
+    epochs, stock = [], loop.run_epoch
+
+    def counted(run):
+        epochs.append(len(run.books))
+        return stock(run)
+
+    monkeypatch.setattr(loop, "run_epoch", counted)
+    cfgs = [tiny_fit_cfg(tfds_dir, seed=s, epochs=2) for s in (0, 1)]
+    result = population.fit_population(cfgs, [tmp_path / "a", tmp_path / "b"], log=lambda m: None)
+    assert [m.status for m in result.members] == ["complete"] * 2
+    assert epochs == [2, 2]  # two epochs, each over both members' books
+
+
 def test_members_must_share_static_values(tfds_dir, tmp_path):
     a, b = tiny_fit_cfg(tfds_dir), tiny_fit_cfg(tfds_dir, batch_size=16, optimizer="sgd")
     with pytest.raises(ValueError, match="member 1 differs from member 0 in batch_size, optimizer"):

@@ -24,8 +24,8 @@ def evaluate_arrays(task: tasks.Task, model, variables: dict, arrays: dict, *, b
     mesh = parallel.make_mesh(devices)
     replicated = parallel.NamedSharding(mesh, parallel.P())
     variables, on_device = (jax.tree.map(lambda a: parallel.put_global(a, replicated), t) for t in (variables, arrays))
-    bs = max(len(devices), batch_size - batch_size % len(devices))
     run = parallel.make_evaluator(task.eval_step(model), mesh)
+    bs = parallel.eval_batch_size(batch_size, len(devices))
     return tasks.summarize(run(variables, on_device, len(arrays["x"]), bs))
 
 

@@ -71,18 +71,36 @@ class _StopSignals:
             signal.signal(s, handler)
 
 
+def build_optimizer(cfg: Config, total_steps: int, hp: dict | None = None, *, clip: bool = True,
+                    decay: bool = True) -> optax.GradientTransformation:
+    """The run's optimizer: schedule, update rule, clipping and decay, frozen `train_only` parameters.
+
+    `hp`: a population member's hyperparameters (lr, momentum, weight_decay, clip_norm, b1; scalars,
+    traced under vmap) instead of `cfg`'s numbers. Its learning rate is the member's peak times the
+    schedule's shape (the schedule at peak 1); `clip`/`decay` False leave clipping/decay out of its
+    chain (no member uses them), as a plain run with 0 does.
+    """
+    if hp is None:
+        lr = make_schedule(cfg.schedule, cfg.lr, total_steps, cfg.warmup_steps)
+        hp = {"momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "clip_norm": cfg.clip_norm, "b1": cfg.b1}
+    else:
+        shape = make_schedule(cfg.schedule, 1.0, total_steps, cfg.warmup_steps)
+        lr = lambda count: hp["lr"] * shape(count)  # noqa: E731
+        hp = {**hp, "weight_decay": hp["weight_decay"] if decay else 0.0, "clip_norm": hp["clip_norm"] if clip else 0.0}
+    tx = make_optimizer(cfg.optimizer, lr, momentum=hp["momentum"], weight_decay=hp["weight_decay"],
+                        clip_norm=hp["clip_norm"], b1=hp["b1"])
+    if cfg.train_only:  # frozen parameters get zero updates (and no optimizer state)
+        tx = optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()},
+                                   lambda params: zoo.param_labels(params, cfg.train_only))
+    return tx
+
+
 def initial_state(cfg: Config, model, task: tasks.Task, total_steps: int, *, example=None, log=print) -> TrainState:
     """A fresh TrainState for `cfg`: optimizer and schedule, init (default/glorot/init_from).
 
     `example`: one host input, to initialize a module that has no zoo input spec.
     """
-    schedule = make_schedule(cfg.schedule, cfg.lr, total_steps, cfg.warmup_steps)
-    tx = make_optimizer(
-        cfg.optimizer, schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm, b1=cfg.b1
-    )
-    if cfg.train_only:  # frozen parameters get zero updates (and no optimizer state)
-        tx = optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()},
-                                   lambda params: zoo.param_labels(params, cfg.train_only))
+    tx = build_optimizer(cfg, total_steps)
     init_key, state_key, reinit_key = jax.random.split(jax.random.key(cfg.seed), 3)
     if hasattr(model, "input_spec"):
         variables = zoo.init(model, init_key)  # params depend on the input's shape only: the spec's example
@@ -142,8 +160,37 @@ class Run:
     signals: _StopSignals = dataclasses.field(default_factory=_StopSignals)
     max_in_flight: int = 0  # 0: unbounded
 
+    # The dispatch loop's view of the run (a population, train/population.py, has the same):
+    member_axis = False  # per-step metrics have no member axis
+
+    @property
+    def books(self) -> list[Book]:
+        return [self.book]
+
+    @property
+    def checkpoint_steps(self) -> int:
+        return self.cfg.checkpoint_steps
+
+    def active(self, member: int) -> bool:
+        return True
+
+    def nonfinite(self, member: int, bad_step: int) -> None:
+        raise _diverged(self, bad_step, "loss")
+
+    def batches(self, epoch: int) -> np.ndarray:
+        return epoch_batches(self.cfg, self.cfg.seed, epoch, len(self.splits.train["x"]), self.steps_per_epoch)
+
+    def label(self, epoch: int) -> str:
+        return f"epoch {epoch + 1}/{self.cfg.epochs}"
+
     def close(self) -> None:
         release(self)
+
+
+def epoch_batches(cfg: Config, seed: int, epoch: int, n: int, steps_per_epoch: int) -> np.ndarray:
+    """The example indices of each step of `epoch`, (steps_per_epoch, batch size), for `seed`."""
+    order = np.asarray(data.epoch_order(seed, epoch, n))
+    return order[: steps_per_epoch * cfg.batch_size].reshape(steps_per_epoch, cfg.batch_size)
 
 
 def release(run) -> None:
@@ -254,7 +301,7 @@ def _setup(cfg, workdir, lock, log, model, task, splits) -> Run:
         write_text_atomic(workdir / "config.json", json.dumps(cfg.to_json(), indent=2, sort_keys=True) + "\n")
 
     strategy = parallel.make_strategy(cfg.strategy, task.train_step(model, cfg), mesh)
-    eval_batch = max(len(devices), cfg.eval_batch_size - cfg.eval_batch_size % len(devices))
+    eval_batch = parallel.eval_batch_size(cfg.eval_batch_size, len(devices))
     state = strategy.place_state(state)
     return Run(
         cfg=cfg, task=task, model=model, workdir=workdir, log=log, splits=splits, strategy=strategy,
@@ -281,36 +328,23 @@ def _diverged(run: Run, bad_step: int, what: str) -> TrainingDiverged:
     )
 
 
-def run_epoch(run: Run) -> dict:
+def run_epoch(run) -> dict:
     """Trains to the end of the current epoch (or `total_steps`); returns timing facts.
 
-    Per-step metrics stay on device until a sync (every `log_every` steps, at the end, or when
-    `max_in_flight` steps are queued); each sync adds them to the book's float64 sums.
+    `run`: a Run, or a population (train/population.py), which trains its members' books on a
+    vmapped step with the same loop. Per-step metrics stay on device until a sync (every
+    `log_every` steps, at the end, before a checkpoint, or when `max_in_flight` steps are queued).
     """
-    cfg, book = run.cfg, run.book
+    cfg, books = run.cfg, run.books
     epoch, spe = run.step // run.steps_per_epoch, run.steps_per_epoch
-    order = np.asarray(data.epoch_order(cfg.seed, epoch, len(run.splits.train["x"])))
-    order = order[: spe * cfg.batch_size].reshape(spe, cfg.batch_size)
+    order = run.batches(epoch)
     pos = run.step - epoch * spe
     if pos == 0:
-        book.sums, book.sum_steps = {}, 0
-    progress = report.Progress(spe, f"epoch {epoch + 1}/{cfg.epochs}", cfg.batch_size, done=pos)
+        for book in books:
+            book.sums, book.sum_steps = {}, 0
+    progress = report.Progress(spe, run.label(epoch), cfg.batch_size * len(books), done=pos)
     per_dispatch = cfg.steps_per_dispatch or parallel.default_steps_per_dispatch(spe)
     pending, t0, compile_s, steps_run = [], time.perf_counter(), None, 0
-
-    def sync():
-        nonlocal pending
-        fetched = [jax.tree.map(np.asarray, p) for p in pending]
-        pending = []
-        losses = np.concatenate([f["loss"] for f in fetched])
-        if not np.all(np.isfinite(losses)):
-            raise _diverged(run, run.step - len(losses) + int(np.argmin(np.isfinite(losses))), "loss")
-        for f in fetched:
-            for k, v in f.items():
-                book.sums[k] = book.sums.get(k, 0.0) + float(np.sum(v, dtype=np.float64))
-        book.sum_steps += len(losses)
-        progress.update(len(losses), float(losses[-1]))
-
     while pos < spe and run.step < run.total_steps:
         k = min(per_dispatch, spe - pos, run.total_steps - run.step)
         tc = time.perf_counter()
@@ -322,11 +356,12 @@ def run_epoch(run: Run) -> dict:
         pending.append(m)
         queued = sum(len(p["loss"]) for p in pending)
         at_end = pos >= spe or run.step >= run.total_steps
-        save_due = bool(cfg.checkpoint_steps and run.step % cfg.checkpoint_steps < k and not at_end)
+        save_due = bool(run.checkpoint_steps and run.step % run.checkpoint_steps < k and not at_end)
         # A checkpoint's book must hold every step before it: sync before any save.
         bounded = bool(run.max_in_flight) and queued >= run.max_in_flight
         if at_end or save_due or run.signals.signum or queued >= cfg.log_every or bounded:
-            sync()
+            _sync(run, pending, progress)
+            pending = []
         if run.signals.signum:
             _save(run, epoch, None, force=True)
             run.ckpt.wait()
@@ -335,13 +370,36 @@ def run_epoch(run: Run) -> dict:
         if save_due:
             _save(run, epoch, None)
     progress.close()
-    if pos < spe:  # max_steps ended the run mid-epoch
-        book.finished = True
-    else:
-        book.epoch = epoch + 1
+    for book in books:
+        if pos < spe:  # max_steps ended the run mid-epoch
+            book.finished = True
+        else:
+            book.epoch = epoch + 1
     epoch_s = time.perf_counter() - t0
     return {"epoch_s": epoch_s, "compile_s": compile_s or 0.0,
             "examples_per_s": steps_run * cfg.batch_size / epoch_s if steps_run else 0}
+
+
+def _sync(run, pending: list, progress: report.Progress) -> None:
+    """Fetches the queued per-step metrics, checks each active member's losses are finite (else
+    `run.nonfinite`) and adds its metrics to its book's sums in float64 (exact for float32 values
+    at these counts, so a run resumed mid-epoch logs the same epoch means)."""
+    fetched = [jax.tree.map(np.asarray, p) for p in pending]
+    if not run.member_axis:
+        fetched = [jax.tree.map(lambda a: a[:, None], f) for f in fetched]  # (steps, 1 member)
+    for i, book in enumerate(run.books):
+        if not run.active(i):
+            continue
+        losses = np.concatenate([f["loss"][:, i] for f in fetched])
+        if not np.all(np.isfinite(losses)):
+            run.nonfinite(i, run.step - len(losses) + int(np.argmin(np.isfinite(losses))))
+            continue
+        for f in fetched:
+            for key, v in f.items():
+                book.sums[key] = book.sums.get(key, 0.0) + float(np.sum(v[:, i], dtype=np.float64))
+        book.sum_steps += len(losses)
+    shown = next((i for i in range(len(run.books)) if run.active(i)), 0)  # the bar shows one member's loss
+    progress.update(sum(len(f["loss"]) for f in fetched), float(fetched[-1]["loss"][-1, shown]))
 
 
 # ---------------------------------------------------------------- evaluate / checkpoint / stop

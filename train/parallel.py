@@ -175,21 +175,26 @@ def gather(data, idx):
 
 
 class JitStrategy:
-    """`jax.jit` + NamedSharding: replicated state, batch split over the "data" axis."""
+    """`jax.jit` + NamedSharding: replicated state, batch split over the "data" axis.
+
+    `members=True` (a population, train/population.py): each step takes (M, B) indices, one
+    batch per member, gathered into (M, B, ...) batches split over B; `step_fn` is the vmapped step.
+    """
 
     name = "jit"
 
-    def __init__(self, step_fn: Callable, mesh: Mesh, options: dict | None | str = "auto"):
+    def __init__(self, step_fn: Callable, mesh: Mesh, options: dict | None | str = "auto", *, members: bool = False):
         """options: XLA compiler options; "auto" = `compiler_options(mesh devices)`."""
         self.mesh = mesh
         self.replicated = NamedSharding(mesh, P())
-        self.batch_sharding = NamedSharding(mesh, P(AXIS))
+        self.batch_sharding = NamedSharding(mesh, P(None, AXIS) if members else P(AXIS))
         self.num_devices = mesh.devices.size
         self.options = compiler_options(mesh.devices.flat) if options == "auto" else options
+        take = jax.vmap(gather, in_axes=(None, 0)) if members else gather
 
-        def chunk(state, data, idx):  # idx: (K, B) example indices
+        def chunk(state, data, idx):  # idx: (K, B) example indices, (K, M, B) with members
             def body(state, i):
-                batch = jax.lax.with_sharding_constraint(gather(data, i), self.batch_sharding)
+                batch = jax.lax.with_sharding_constraint(take(data, i), self.batch_sharding)
                 return step_fn(state, batch)
 
             return scan_steps(body, state, idx)  # metrics: (K,) each
@@ -285,6 +290,11 @@ def make_strategy(name: str, step_fn: Callable, mesh: Mesh):
     if name == "pmap":
         return PmapStrategy(step_fn, mesh)
     raise ValueError(f"unknown strategy {name!r}; expected one of {STRATEGIES}")
+
+
+def eval_batch_size(batch_size: int, num_devices: int) -> int:
+    """The evaluation batch: `batch_size` rounded down to a multiple of the devices (at least one each)."""
+    return max(num_devices, batch_size - batch_size % num_devices)
 
 
 def make_evaluator(eval_fn: Callable, mesh: Mesh):

@@ -11,6 +11,7 @@ has the structure a separate run's has and each member's final checkpoint is an 
 Each member reads its own epoch order (`data.epoch_order(seed, epoch)`) and folds its own
 base key with the step and batch index, so it reproduces a separate `zoo train` run.
 
+The epochs run through `loop.run_epoch`, the loop of a single run, over the vmapped step.
 Devices: the jit/NamedSharding strategy of train/parallel.py with the member axis replicated:
 every device holds all K states and its share of every member's batch ((K, B) batches sharded
 on B), and XLA all-reduces the gradients. The batch size must split over the devices as for
@@ -28,19 +29,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from pathlib import Path
 from typing import Callable
 
 import jax
 import numpy as np
-import optax
 
-import zoo
-from train import data, loop, parallel, report, tasks, workdir as workdirs
+from train import loop, parallel, report, tasks, workdir as workdirs
 from train.checkpoint import Checkpointer
 from train.config import Config
-from train.state import TrainState, make_optimizer, make_schedule
+from train.state import TrainState
 from zoo.exports import write_text_atomic
 
 # Config fields whose per-member values live in arrays; every other field is static (shared).
@@ -81,23 +79,6 @@ def hyperparameters(cfgs: list[Config]) -> dict[str, np.ndarray]:
     """The members' optimizer values as (K,) float32 arrays."""
     return {k: np.asarray([getattr(c, k) for c in cfgs], np.float32)
             for k in ("lr", "weight_decay", "b1", "momentum", "clip_norm")}
-
-
-def member_optimizer(cfg: Config, hp: dict, total_steps: int, *, clip: bool, decay: bool) -> optax.GradientTransformation:
-    """One member's optimizer from its hyperparameters `hp` (scalars, traced under vmap).
-
-    The learning rate is the member's peak times the shared schedule's shape (the schedule at
-    peak 1). `clip`/`decay`: whether any member clips/decays (else those stay out of the chain,
-    as in a plain run with 0).
-    """
-    shape = make_schedule(cfg.schedule, 1.0, total_steps, cfg.warmup_steps)
-    tx = make_optimizer(cfg.optimizer, lambda count: hp["lr"] * shape(count), momentum=hp["momentum"],
-                        weight_decay=hp["weight_decay"] if decay else 0.0, clip_norm=hp["clip_norm"] if clip else 0.0,
-                        b1=hp["b1"])
-    if cfg.train_only:  # as loop.initial_state: frozen parameters get zero updates
-        tx = optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()},
-                                   lambda params: zoo.param_labels(params, cfg.train_only))
-    return tx
 
 
 @dataclasses.dataclass
@@ -162,6 +143,56 @@ def _stack(trees: list):
     return jax.tree.map(lambda *a: np.stack([np.asarray(x) for x in a]), *trees)
 
 
+@dataclasses.dataclass
+class _Population:
+    """The members as `loop.run_epoch` drives them: a Run's loop fields, one book per member.
+
+    The state is the vmapped step's carry: (stacked state tree, stacked hyperparameters)."""
+
+    cfgs: list[Config]
+    task: tasks.Task
+    model: object
+    splits: tasks.Splits
+    strategy: parallel.JitStrategy
+    evaluator: Callable
+    state: tuple
+    train_data: dict
+    val_data: dict
+    eval_batch: int
+    steps_per_epoch: int
+    total_steps: int
+    max_in_flight: int
+    log: Callable
+    members: list[Member] = dataclasses.field(default_factory=list)
+    step: int = 0
+    signals: loop._StopSignals = dataclasses.field(default_factory=loop._StopSignals)  # never entered
+    checkpoint_steps = 0  # members save at epoch ends only
+    member_axis = True
+
+    @property
+    def cfg(self) -> Config:
+        return self.cfgs[0]
+
+    @property
+    def books(self) -> list[loop.Book]:
+        return [m.book for m in self.members]
+
+    def active(self, member: int) -> bool:
+        return self.members[member].active
+
+    def nonfinite(self, member: int, bad_step: int) -> None:
+        m = self.members[member]
+        _stop(m, "diverged", self.log, f"non-finite loss at step {bad_step} (lr={m.cfg.lr}); not saved")
+
+    def batches(self, epoch: int) -> np.ndarray:
+        n = len(self.splits.train["x"])
+        return np.stack([loop.epoch_batches(self.cfg, c.seed, epoch, n, self.steps_per_epoch) for c in self.cfgs],
+                        axis=1)  # (steps, K, B)
+
+    def label(self, epoch: int) -> str:
+        return f"population of {len(self.cfgs)}: epoch {epoch + 1}/{self.cfg.epochs}"
+
+
 def fit_population(cfgs: list[Config], workdirs_: list, *, log: Callable = print, model=None,
                    task: tasks.Task | None = None, splits: tasks.Splits | None = None,
                    on_epoch: Callable[[int, dict], bool] | None = None) -> Result:
@@ -180,126 +211,76 @@ def fit_population(cfgs: list[Config], workdirs_: list, *, log: Callable = print
       parameters is saved) and the others go on.
     """
     _check_members(cfgs, workdirs_)
-    cfg = cfgs[0]
-    p = loop.plan(cfg, model=model, task=task, splits=splits)
-    task, model, splits, devices, mesh = p.task, p.model, p.splits, p.devices, p.mesh
-    n_train, k, spe, total_steps = len(splits.train["x"]), len(cfgs), p.steps_per_epoch, p.total_steps
-
-    # Each member starts from the state loop.fit builds for its config (init, seed, init_from).
-    plain = [loop.initial_state(c, model, task, total_steps, example=splits.train["x"][:1], log=log) for c in cfgs]
-    hp = hyperparameters(cfgs)
-    clip, decay = bool(np.any(hp["clip_norm"] > 0)), bool(np.any(hp["weight_decay"] > 0))
-
-    def tx_of(h):
-        return member_optimizer(cfg, h, total_steps, clip=clip, decay=decay)
-
-    def init_opt(params, h):
-        tx = tx_of(h)
-        return {p: tx.init(params[p]) for p in task.players} if task.players else tx.init(params)
-
-    # Optimizer states are re-initialized for the shared member optimizer (whose chain may
-    # hold stateless clipping/decay a member's own lacks); the array leaves are the same.
-    state = _stack([{**loop.state_tree(s), "opt_state": None} for s in plain])
-    state["opt_state"] = jax.jit(jax.vmap(init_opt))(state["params"], hp)
-    treedefs = [jax.tree.structure(s.opt_state) for s in plain]
-    for i, s in enumerate(plain):
-        _check_opt_structure(jax.tree.map(lambda a: a[i], state["opt_state"]), s.opt_state)
-
-    step_fn = task.train_step(model, cfg)
-
-    def member_step(tree, h, batch):
-        new, metrics = step_fn(TrainState(**tree, apply_fn=model.apply, tx=tx_of(h)), batch)
-        return loop.state_tree(new), metrics
-
-    replicated = parallel.NamedSharding(mesh, parallel.P())
-    batch_sharding = parallel.NamedSharding(mesh, parallel.P(None, parallel.AXIS))  # (K, B, ...): B split
-
-    def chunk(tree, h, train_data, idx):  # idx: (S, K, B) example indices
-        def body(tree, i):
-            batch = jax.vmap(lambda j: parallel.gather(train_data, j))(i)
-            batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-            return jax.vmap(member_step)(tree, h, batch)
-
-        return parallel.scan_steps(body, tree, idx)  # metrics: (S, K) each
-
-    run_chunk = jax.jit(chunk, donate_argnums=0, out_shardings=replicated,
-                        compiler_options=parallel.compiler_options(devices))
-    eval_fn = jax.vmap(task.eval_step(model), in_axes=(0, None, None))
-    evaluator = parallel.make_evaluator(eval_fn, mesh)
-    eval_batch = max(len(devices), cfg.eval_batch_size - cfg.eval_batch_size % len(devices))
-
-    put = lambda a: parallel.put_global(a, replicated)  # noqa: E731
-    state, hp_dev = jax.tree.map(put, state), jax.tree.map(put, hp)
-    train_data, val_data = jax.tree.map(put, splits.train), jax.tree.map(put, splits.val)
-    bound = loop.max_in_flight(devices)
-    per_dispatch = cfg.steps_per_dispatch or parallel.default_steps_per_dispatch(spe)
-
-    members: list[Member] = []
+    pop, treedefs = _build(cfgs, log, model, task, splits)
     try:
         for c, w, treedef in zip(cfgs, workdirs_, treedefs):
-            members.append(_open_member(c, w, task, treedef))
-        step = 0
-        while step < total_steps and any(m.active for m in members):
-            epoch = step // spe
-            orders = np.stack([np.asarray(data.epoch_order(c.seed, epoch, n_train))[: spe * cfg.batch_size]
-                               .reshape(spe, cfg.batch_size) for c in cfgs], axis=1)  # (spe, K, B)
-            for m in members:
-                m.book.sums, m.book.sum_steps = {}, 0
-            progress = report.Progress(spe, f"population of {k}: epoch {epoch + 1}/{cfg.epochs}", cfg.batch_size * k)
-            pending, t0, compile_s, pos, steps_run = [], time.perf_counter(), None, 0, 0
-
-            def sync():
-                fetched = [jax.tree.map(np.asarray, p) for p in pending]
-                pending.clear()
-                for i, m in enumerate(members):
-                    if not m.active:
-                        continue
-                    losses = np.concatenate([f["loss"][:, i] for f in fetched])
-                    if not np.all(np.isfinite(losses)):
-                        bad = step - len(losses) + int(np.argmin(np.isfinite(losses)))
-                        _stop(m, "diverged", log, f"non-finite loss at step {bad} (lr={m.cfg.lr}); not saved")
-                        continue
-                    for f in fetched:
-                        for key, v in f.items():
-                            m.book.sums[key] = m.book.sums.get(key, 0.0) + float(np.sum(v[:, i], dtype=np.float64))
-                    m.book.sum_steps += len(losses)
-                shown = next((i for i, m in enumerate(members) if m.active), 0)  # the bar shows one member's loss
-                progress.update(sum(len(f["loss"]) for f in fetched), float(fetched[-1]["loss"][-1, shown]))
-
-            while pos < spe and step < total_steps:
-                n = min(per_dispatch, spe - pos, total_steps - step)
-                tc = time.perf_counter()
-                state, metrics = run_chunk(state, hp_dev, train_data, put(orders[pos : pos + n].astype(np.int32)))
-                if compile_s is None:
-                    jax.block_until_ready(metrics)
-                    compile_s = time.perf_counter() - tc
-                pos, step, steps_run = pos + n, step + n, steps_run + n
-                pending.append(metrics)
-                queued = sum(len(p["loss"]) for p in pending)
-                if pos >= spe or step >= total_steps or queued >= cfg.log_every or (bound and queued >= bound):
-                    sync()
-            progress.close()
-            epoch_s = time.perf_counter() - t0
-            timing = {"epoch_s": epoch_s, "compile_s": compile_s or 0.0,
-                      "examples_per_s": steps_run * cfg.batch_size / epoch_s if steps_run else 0}
-            if pos < spe:  # max_steps ended the run mid-epoch
-                for m in members:
-                    m.book.finished = True
-            else:
-                for m in members:
-                    m.book.epoch = epoch + 1
-            _epoch_end(members, state, step, timing, task, model, splits, evaluator, val_data, eval_batch,
-                       total_steps, log, on_epoch)
+            pop.members.append(_open_member(c, w, pop.task, treedef))
+        while pop.step < pop.total_steps and any(m.active for m in pop.members):
+            timing = loop.run_epoch(pop)
+            _epoch_end(pop, timing, on_epoch)
     finally:
         errors = []
-        for m in members:
+        for m in pop.members:
             try:
                 m.close()
             except Exception as e:  # every member's files are closed; the first error is raised
                 errors.append(e)
         if errors:
             raise errors[0]
-    return Result(members, state)
+    return Result(pop.members, pop.state[0])
+
+
+def _build(cfgs: list[Config], log: Callable, model, task, splits) -> tuple[_Population, list]:
+    """The population's data, stacked initial state and vmapped step, and each member's
+    optimizer-state structure as a separate run has it."""
+    cfg = cfgs[0]
+    p = loop.plan(cfg, model=model, task=task, splits=splits)
+    task, model, splits, total_steps = p.task, p.model, p.splits, p.total_steps
+    # Each member starts from the state loop.fit builds for its config (init, seed, init_from).
+    plain = [loop.initial_state(c, model, task, total_steps, example=splits.train["x"][:1], log=log) for c in cfgs]
+    hp = hyperparameters(cfgs)
+    clip, decay = bool(np.any(hp["clip_norm"] > 0)), bool(np.any(hp["weight_decay"] > 0))
+
+    def tx_of(h):
+        return loop.build_optimizer(cfg, total_steps, h, clip=clip, decay=decay)
+
+    state = _stacked_state(plain, hp, tx_of, task)
+    step_fn = task.train_step(model, cfg)
+
+    def member_step(tree, h, batch):
+        new, metrics = step_fn(TrainState(**tree, apply_fn=model.apply, tx=tx_of(h)), batch)
+        return loop.state_tree(new), metrics
+
+    def step(carry, batch):  # batch: (K, B, ...); metrics: (K,) each
+        tree, h = carry
+        new, metrics = jax.vmap(member_step)(tree, h, batch)
+        return (new, h), metrics
+
+    strategy = parallel.JitStrategy(step, p.mesh, members=True)
+    evaluator = parallel.make_evaluator(jax.vmap(task.eval_step(model), in_axes=(0, None, None)), p.mesh)
+    pop = _Population(
+        cfgs=cfgs, task=task, model=model, splits=splits, strategy=strategy, evaluator=evaluator,
+        state=strategy.place_state((state, hp)), train_data=strategy.place_data(splits.train),
+        val_data=strategy.place_data(splits.val),
+        eval_batch=parallel.eval_batch_size(cfg.eval_batch_size, len(p.devices)), steps_per_epoch=p.steps_per_epoch,
+        total_steps=total_steps, max_in_flight=loop.max_in_flight(p.devices), log=log)
+    return pop, [jax.tree.structure(s.opt_state) for s in plain]
+
+
+def _stacked_state(plain: list[TrainState], hp: dict, tx_of: Callable, task: tasks.Task) -> dict:
+    """The members' states stacked on a leading axis, their optimizer states re-initialized for
+    the shared member optimizer (whose chain may hold stateless clipping/decay a member's own
+    lacks); the array leaves are the same."""
+
+    def init_opt(params, h):
+        tx = tx_of(h)
+        return {p: tx.init(params[p]) for p in task.players} if task.players else tx.init(params)
+
+    state = _stack([{**loop.state_tree(s), "opt_state": None} for s in plain])
+    state["opt_state"] = jax.jit(jax.vmap(init_opt))(state["params"], hp)
+    for i, s in enumerate(plain):
+        _check_opt_structure(jax.tree.map(lambda a: a[i], state["opt_state"]), s.opt_state)
+    return state
 
 
 def _check_opt_structure(population_opt, plain_opt) -> None:
@@ -316,14 +297,13 @@ def _stop(m: Member, status: str, log: Callable, why: str) -> None:
     log(f"member {m.workdir.name}: {status}: {why}")
 
 
-def _epoch_end(members, state, step, timing, task, model, splits, evaluator, val_data, eval_batch, total_steps,
-               log, on_epoch) -> None:
+def _epoch_end(pop: _Population, timing: dict, on_epoch) -> None:
     """Per active member: validation record, early stopping, checkpoint if due, `on_epoch`."""
+    task, step, state = pop.task, pop.step, pop.state[0]
     variables = {"params": state["params"], **state["model_state"]}
-    sums = evaluator(variables, val_data, len(splits.val["x"]), eval_batch)
-    sums = jax.tree.map(np.asarray, sums)
+    sums = jax.tree.map(np.asarray, pop.evaluator(variables, pop.val_data, len(pop.splits.val["x"]), pop.eval_batch))
     metric = f"val_{task.val_metric}"
-    for i, m in enumerate(members):
+    for i, m in enumerate(pop.members):
         if not m.active:
             continue
         cfg, book = m.cfg, m.book
@@ -331,24 +311,33 @@ def _epoch_end(members, state, step, timing, task, model, splits, evaluator, val
         record = loop.record_epoch(task, book, step, val, timing)
         m.metrics_log.write(record)
         m.record = record
-        log(f"member {m.workdir.name} epoch {book.epoch} step {step} "
-            + report.fmt({k: v for k, v in record.items() if k != "epoch_s"}))
+        pop.log(f"member {m.workdir.name} epoch {book.epoch} step {step} "
+                + report.fmt({k: v for k, v in record.items() if k != "epoch_s"}))
         if cfg.sample_every and book.epoch % cfg.sample_every == 0 and task.epoch_sample and report.is_writer():
             member_vars = jax.device_get(jax.tree.map(lambda a: a[i], variables))
-            task.epoch_sample(model, member_vars, splits.val, m.workdir / "samples", book.epoch, cfg.seed, log)
+            task.epoch_sample(pop.model, member_vars, pop.splits.val, m.workdir / "samples", book.epoch, cfg.seed,
+                              pop.log)
         early = bool(cfg.early_stop_patience and book.bad_epochs >= cfg.early_stop_patience)
-        if early or step >= total_steps:
+        if early or step >= pop.total_steps:
             book.finished = True
-        if book.finished or book.epoch % cfg.checkpoint_every == 0:
-            tree = jax.tree.map(lambda a: a[i], state)
-            tree["opt_state"] = jax.tree.unflatten(m.opt_treedef, jax.tree.leaves(tree["opt_state"]))
-            if not loop.all_finite((tree["params"], tree["model_state"])):
-                _stop(m, "diverged", log, f"non-finite parameters at step {step}; not saved")
-                continue
-            m.ckpt.save(step, tree, loop.checkpoint_meta(book, book.epoch, step, cfg), {metric: record[metric]})
+        due = book.finished or book.epoch % cfg.checkpoint_every == 0
+        if due and not _save(m, i, state, step, record, metric, pop.log):
+            continue
         if on_epoch is not None and on_epoch(i, record):  # as loop.fit: asked after the checkpoint
             m.status = "pruned"
         elif early:
-            _stop(m, "early_stopped", log, f"{metric} has not improved for {book.bad_epochs} epochs")
+            _stop(m, "early_stopped", pop.log, f"{metric} has not improved for {book.bad_epochs} epochs")
         elif book.finished:
             m.status = "complete"
+
+
+def _save(m: Member, i: int, state: dict, step: int, record: dict, metric: str, log: Callable) -> bool:
+    """Saves member `i`'s checkpoint with a separate run's optimizer-state structure; False (and
+    the member diverged, nothing saved) where its parameters are not finite."""
+    tree = jax.tree.map(lambda a: a[i], state)
+    tree["opt_state"] = jax.tree.unflatten(m.opt_treedef, jax.tree.leaves(tree["opt_state"]))
+    if not loop.all_finite((tree["params"], tree["model_state"])):
+        _stop(m, "diverged", log, f"non-finite parameters at step {step}; not saved")
+        return False
+    m.ckpt.save(step, tree, loop.checkpoint_meta(m.book, m.book.epoch, step, m.cfg), {metric: record[metric]})
+    return True

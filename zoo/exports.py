@@ -979,8 +979,11 @@ def write_onnx(
     level = serde.level
     serde.setLevel(logging.ERROR)
     try:
-        proto = to_onnx(fn, [jax.ShapeDtypeStruct(dims, np.dtype(spec.dtype))], model_name=model_name,
-                        input_names=["input"], output_names=_output_names(fn, spec))
+        from zoo import layers
+
+        with layers.forced("rewrite"):  # jax2onnx converts no platform-dependent program
+            proto = to_onnx(fn, [jax.ShapeDtypeStruct(dims, np.dtype(spec.dtype))], model_name=model_name,
+                            input_names=["input"], output_names=_output_names(fn, spec))
     finally:
         serde.setLevel(level)
     props = {**_json_metadata(model_name, overrides, metric), "dataset": json.dumps(dataset)}

@@ -1,5 +1,11 @@
 """How zoo's layers are computed fast on XLA (the model files say what the networks are).
 
+On XLA:CPU zoo computes standard layers by hand-made formulations (the rewrites below), each
+measured faster there; on other platforms (GPU, TPU) the layers run XLA's native ops, since no
+measurement there says the rewrites help. `REWRITES` lists every rewrite and the platforms it
+applies on; `per_platform` makes the choice when the program is lowered for its platform
+(`jax.lax.platform_dependent`), so one traced function is right on every backend.
+
 - `Conv` / `strided_conv`: PyTorch's Conv2d; a strided conv runs as space-to-depth + a
   stride-1 conv, so its input gradient is never an input-dilated conv (slow on XLA:CPU).
 - `ConvTranspose` / `conv_transpose`: PyTorch's ConvTranspose2d without input-dilated convs:
@@ -18,6 +24,8 @@ CPU time goes".
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from functools import partial
 from typing import Any
@@ -29,6 +37,49 @@ from flax import linen as nn
 from flax.linen.dtypes import promote_dtype
 
 Dtype = Any  # a jnp dtype, e.g. jnp.bfloat16
+
+
+# --- which platforms get the rewrites --------------------------------------------------------
+
+# Each rewrite and the platforms (jax.lax.platform_dependent's names: "cpu", "cuda", "rocm",
+# "tpu") it applies on; everywhere else the layer runs the native op named here. Each rewrite
+# was measured on XLA:CPU only: add a platform once a measurement there shows it is faster.
+REWRITES = {
+    "conv": ("cpu",),  # Conv: padding + space-to-depth + im2col/einsum, not lax.conv_general_dilated
+    "conv_transpose": ("cpu",),  # ConvTranspose: `conv_transpose`'s methods, not lax.conv_transpose
+    "max_pool": ("cpu",),  # max_pool_2x2: reshape + max and a custom gradient, not nn.max_pool
+    "lstm": ("cpu",),  # LSTMLayer: `lstm_layer`'s hand-written backward, not autodiff through lax.scan
+}
+PATHS = ("rewrite", "native")
+_forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("zoo_layers_forced_path", default=None)
+
+
+@contextlib.contextmanager
+def forced(path: str):
+    """Within the block, layers traced take `path` ("rewrite" or "native") on every platform.
+
+    For tests and benchmarks comparing the two, and for tracers that cannot take a
+    platform-dependent program (jax2onnx). It acts at trace time: a function jitted before
+    keeps the program it was traced with.
+    """
+    if path not in PATHS:
+        raise ValueError(f"layers.forced: path must be one of {PATHS}, got {path!r}")
+    token = _forced.set(path)
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+def per_platform(name: str, rewrite, native, *args):
+    """`rewrite(*args)` on the platforms REWRITES[name] lists, `native(*args)` elsewhere.
+
+    Chosen when the program is lowered (only the chosen branch is compiled), unless `forced`.
+    """
+    path = _forced.get()
+    if path is not None:
+        return (rewrite if path == "rewrite" else native)(*args)
+    return jax.lax.platform_dependent(*args, **{p: rewrite for p in REWRITES[name]}, default=native)
 
 
 # --- convolutions ----------------------------------------------------------------------------
@@ -91,10 +142,23 @@ def strided_conv(x, kernel, stride: int, padding: int):
     return conv2d(x, kern)  # (B, oh, ow, Cout)
 
 
+def _conv_rewrite(x, kernel, stride: int, padding: int):
+    p, k = padding, kernel.shape[0]
+    if x.shape[1] + 2 * p == k and x.shape[2] + 2 * p == k:  # one output pixel: a dense layer
+        return jnp.einsum("bhwi,hwio->bo", jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))), kernel)[:, None, None, :]
+    return strided_conv(x, kernel, stride, p)
+
+
+def _conv_native(x, kernel, stride: int, padding: int):
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((padding, padding), (padding, padding)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
 class Conv(nn.Module):
     """PyTorch-style Conv2d in NHWC with flax.linen.Conv's parameters (`kernel` (k, k, in, out),
-    `bias`) and initialization; strided convs go through `strided_conv`, a window covering the
-    whole input is an einsum (XLA:CPU runs that as a conv ~5x slower, bench/README.md)."""
+    `bias`) and initialization. Where REWRITES["conv"] applies, strided convs go through
+    `strided_conv` and a window covering the whole input is an einsum (XLA:CPU runs that as a
+    conv ~5x slower, bench/README.md); elsewhere `lax.conv_general_dilated`."""
 
     features: int
     kernel_size: int
@@ -110,11 +174,8 @@ class Conv(nn.Module):
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype) if self.use_bias else None
         x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
-        p = self.padding
-        if x.shape[1] + 2 * p == k and x.shape[2] + 2 * p == k:  # one output pixel: a dense layer
-            y = jnp.einsum("bhwi,hwio->bo", jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))), kernel)[:, None, None, :]
-        else:
-            y = strided_conv(x, kernel, self.stride, p)
+        shape = dict(stride=self.stride, padding=self.padding)
+        y = per_platform("conv", partial(_conv_rewrite, **shape), partial(_conv_native, **shape), x, kernel)
         return y if bias is None else y + bias
 
 
@@ -287,8 +348,15 @@ def conv_transpose(x, kernel, stride: int, padding: int, method: str | None = No
     return _conv_transpose_subpixel(x, kernel, s, p)
 
 
+def _conv_transpose_native(x, kernel, stride: int, padding: int):
+    q = kernel.shape[0] - 1 - padding  # PyTorch's padding p crops p from the full output
+    return jax.lax.conv_transpose(x, kernel, (stride, stride), ((q, q), (q, q)),
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"), transpose_kernel=True)
+
+
 class ConvTranspose(nn.Module):
-    """PyTorch-style ConvTranspose2d in NHWC; parameters `kernel` (k, k, out, in), `bias`."""
+    """PyTorch-style ConvTranspose2d in NHWC; parameters `kernel` (k, k, out, in), `bias`.
+    Computed by `conv_transpose` where REWRITES["conv_transpose"] applies, else `lax.conv_transpose`."""
 
     features: int
     kernel_size: int
@@ -307,7 +375,9 @@ class ConvTranspose(nn.Module):
         kernel = self.param("kernel", init, (k, k, self.features, x.shape[-1]), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype) if self.use_bias else None
         x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
-        y = conv_transpose(x, kernel, self.stride, self.padding)
+        rewrite = partial(conv_transpose, stride=self.stride, padding=self.padding)
+        native = partial(_conv_transpose_native, stride=self.stride, padding=self.padding)
+        y = per_platform("conv_transpose", rewrite, native, x, kernel)
         return y if bias is None else y + bias
 
 
@@ -350,14 +420,22 @@ def max_pool_2x2(x):
     Equals `nn.max_pool(x, (2, 2), (2, 2))`, forward and gradient: the gradient goes to the
     first maximum of each window (row-major, as PyTorch's MaxPool2d and XLA's
     select-and-scatter route it), not split among ties as autodiff through `max` would.
-    A reshape + max because XLA:CPU runs `reduce_window` pooling (and its gradient) much more
-    slowly; the hand-written gradient keeps one int8 winner index per window and writes the
-    input gradient in one fused pass (autodiff through `max` took compare, count and divide
-    passes over the full input; the CNN train step went from 17.9 to 15.8 ms,
-    `bench/cpu_probe.py pool`).
+    Where REWRITES["max_pool"] applies, a reshape + max because XLA:CPU runs `reduce_window`
+    pooling (and its gradient) much more slowly; the hand-written gradient keeps one int8
+    winner index per window and writes the input gradient in one fused pass (autodiff through
+    `max` took compare, count and divide passes over the full input, `bench/cpu_probe.py
+    pool`). Elsewhere `nn.max_pool` (reduce_window).
     """
+    return per_platform("max_pool", _max_pool_rewrite, _max_pool_native, x)
+
+
+def _max_pool_rewrite(x):
     b, h, w, c = x.shape
     return _max_pool_even(x[:, : h - h % 2, : w - w % 2, :])
+
+
+def _max_pool_native(x):
+    return nn.max_pool(x, (2, 2), (2, 2))
 
 
 # --- LSTM ------------------------------------------------------------------------------------
@@ -494,14 +572,26 @@ def lstm_layer(x, wi, wh, b, carry):
 lstm_layer.defvjp(_layer_fwd, _layer_bwd)
 
 
+def _lstm_layer_native(x, wi, wh, b, carry):
+    """`lstm_layer`'s function as a plain `lax.scan` of `lstm_cell`, differentiated by autodiff."""
+
+    def step(carry, gates_x):
+        carry = lstm_cell(wh, carry, gates_x)
+        return carry, carry[0]
+
+    final, hs = jax.lax.scan(step, carry, x @ wi + b)
+    return hs, final
+
+
 class LSTMLayer(nn.Module):
     """A single LSTM layer over (B, T, F) -> outputs (B, T, H), final carry (h, c).
 
     Parameters: one fused input kernel `wi` (F, 4H), one recurrent kernel `wh` (H, 4H) and ONE
     bias `b` (4H), gates in PyTorch's order (i, f, g, o). PyTorch's two biases (b_ih + b_hh)
     only ever appear summed, so this is the same function with 4H fewer parameters. Computed by
-    `lstm_layer`: the input projection of all steps is one matmul; only h @ wh runs inside the
-    recurrence. `time_major=True` takes (T, B, F) and returns (T, B, H): stacked layers pass
+    `lstm_layer` where REWRITES["lstm"] applies (elsewhere autodiff through `lax.scan`): the input
+    projection of all steps is one matmul; only h @ wh runs inside the recurrence.
+    `time_major=True` takes (T, B, F) and returns (T, B, H): stacked layers pass
     time-major sequences between them and skip two (B, T) <-> (T, B) transposes per layer.
     """
 
@@ -522,5 +612,5 @@ class LSTMLayer(nn.Module):
             zeros = jnp.zeros((x.shape[1], self.hidden), x.dtype)
             carry = (zeros, zeros)
         carry = tuple(jnp.asarray(c, x.dtype) for c in carry)
-        hs, carry = lstm_layer(x, wi, wh, b, carry)
+        hs, carry = per_platform("lstm", lstm_layer, _lstm_layer_native, x, wi, wh, b, carry)
         return (hs if time_major else jnp.swapaxes(hs, 0, 1)), carry
