@@ -419,6 +419,7 @@ def _read_safetensors(name: str | None, path: Path, sha256: str | None, max_byte
     if max_bytes is not None:
         raise ValueError(f"max_bytes= applies to an http(s) URL in path=, got path={str(path)!r}")
     try:
+        exports.check_regular_file(path, "a .safetensors file")  # a FIFO would block, a directory fails obscurely
         if sha256 is not None:
             expected, found = exports.check_sha256(sha256), exports.sha256_file(path)
             if found != expected:
