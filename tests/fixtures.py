@@ -116,7 +116,9 @@ def returns_promptly(fn, *args, timeout: float = 60.0, fifos=(), **kwargs):
 
     Runs it in a thread and fails the test if it is still running after `timeout` seconds (a
     reader blocked on a FIFO waits forever); a reader stuck on one of `fifos` is then released
-    (a writer opens and closes it), so the thread ends.
+    (a writer opens and closes it), so the thread ends. The call must release the GIL while it
+    blocks, as Python's own file opening does; a native open that holds it (safetensors') needs
+    a subprocess instead.
     """
     import os
     import threading
