@@ -442,12 +442,15 @@ def _predict_one(model, apply, path: Path, args, names) -> dict:
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
+    from zoo.exports import NotARegularFileError, open_regular_file
     from zoo.preprocess import preprocess
 
     try:
-        with Image.open(path) as image:
+        with open_regular_file(path, "an image file") as f, Image.open(f) as image:  # a FIFO would block
             image.load()  # decode now: a truncated file fails here, named
             batch = preprocess(model, image, invert="auto" if args.invert else False)
+    except NotARegularFileError as e:
+        raise ValueError(f"is {e.kind}, not an image file") from None
     except FileNotFoundError:
         raise ValueError("no such file") from None
     except IsADirectoryError:

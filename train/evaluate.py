@@ -10,8 +10,8 @@ import jax
 import zoo
 from train import parallel, tasks
 from train.checkpoint import CheckpointError, Checkpointer
-from train.config import Config, build_model, resolve
-from zoo.exports import check_tree, expected_variables, write_text_atomic
+from train.config import Config, build_model, read_config_text, resolve
+from zoo.exports import check_finite, check_tree, expected_variables, write_text_atomic
 
 
 def evaluate_arrays(task: tasks.Task, model, variables: dict, arrays: dict, *, batch_size: int = 1000,
@@ -34,7 +34,7 @@ def read_config(workdir: Path) -> Config:
     path = Path(workdir) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"no run in {workdir} (missing config.json); train first: zoo train MODEL --workdir {workdir}")
-    return Config(**json.loads(path.read_text()))
+    return Config(**json.loads(read_config_text(path, "a run's config.json")))
 
 
 def restore_workdir(workdir: Path, which: str | None = None):
@@ -66,6 +66,7 @@ def restore_workdir(workdir: Path, which: str | None = None):
                     raise
     variables = {"params": restored["params"], **restored["model_state"]}
     check_tree(expected_variables(model), variables, f"checkpoint step {step} in {workdir} does not match {cfg.model}")
+    check_finite(variables, f"checkpoint step {step} in {workdir}")  # NaN weights would score and export as if fine
     return cfg, model, variables, step
 
 

@@ -65,6 +65,7 @@ __all__ = [
     "verify_export", "read_manifest", "read_index", "list_files",
     "model_from_manifest", "expected_variables", "restore_variables", "check_tree",
     "sha256_file", "check_sha256", "check_tag", "check_overwrite", "write_text_atomic", "write_json_atomic",
+    "NotARegularFileError", "check_regular_file", "open_regular_file", "read_regular_file", "check_finite",
     "SAFETENSORS_SUFFIX", "ONNX_SUFFIX", "write_safetensors", "read_safetensors", "restore_safetensors", "write_onnx",
 ]
 
@@ -80,9 +81,72 @@ _TAG = re.compile(r"[A-Za-z0-9_-]+")  # no dots: "<model>.<tag>" must split unam
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    """The hex sha256 of a file's bytes."""
-    with open(path, "rb") as f:
+    """The hex sha256 of a file's bytes (a regular file: see `open_regular_file`)."""
+    with open_regular_file(path, "a file to hash") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+# --- files a user points zoo at -----------------------------------------------------------------
+# Opening a FIFO for reading blocks until a writer appears and a device such as /dev/zero never
+# ends, so every file zoo reads is checked to be a regular file (a symlink to one is fine) first.
+
+
+class NotARegularFileError(ValueError):
+    """A path that should be a regular file is a directory, FIFO, device or socket."""
+
+    def __init__(self, path: str | os.PathLike, kind: str, what: str):
+        self.path, self.kind, self.what = str(path), kind, what
+        super().__init__(f"{path}: is {kind}, not a regular file (expected {what})")
+
+
+def check_regular_file(path: str | os.PathLike, what: str) -> Path:
+    """`path` as a Path if it is (or links to) a regular file; nothing is opened.
+
+    Raises:
+      NotARegularFileError (a ValueError): a directory, FIFO, device or socket, named with
+        `what` was expected (e.g. "a JSON config").
+      FileNotFoundError: nothing there (or a dangling link).
+    """
+    path = Path(path)
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise NotARegularFileError(path, _kind(mode), what)
+    return path
+
+
+def open_regular_file(path: str | os.PathLike, what: str):
+    """`path` opened for binary reading, if it is a regular file (see `check_regular_file`).
+
+    The open is non-blocking and the opened file is checked again (fstat), so a FIFO swapped
+    in after the first check cannot block either.
+    """
+    path = check_regular_file(path, what)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotARegularFileError(path, _kind(mode), what)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 and n % (1 << 20) == 0 else f"{n} bytes"
+
+
+def read_regular_file(path: str | os.PathLike, what: str, max_bytes: int) -> bytes:
+    """The bytes of the regular file `path`, refused (ValueError) if it holds more than `max_bytes`.
+
+    At most `max_bytes` + 1 bytes are read, whatever the file claims its size is.
+    """
+    with open_regular_file(path, what) as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"{path}: larger than {_size(max_bytes)}, the most {what} may hold; refusing to read it")
+    return data
 
 
 def check_sha256(value: Any) -> str:
@@ -126,7 +190,7 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISLNK, "a symlink"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+    for test, name in ((stat.S_ISLNK, "a symlink"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
                        (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
         if test(mode):
             return name
@@ -195,6 +259,8 @@ def read_manifest(directory: str | os.PathLike, manifest_sha256: str | None = No
         manifest = json.loads(manifest_path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{manifest_path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise ValueError(f"{manifest_path}: not valid JSON (nested too deeply)") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ValueError(f"{manifest_path}: not a zoo export manifest of format {FORMAT}")
     listed = manifest.get("files")
@@ -300,6 +366,45 @@ def check_tree(expected: Mapping, found: Mapping, what: str) -> None:
         raise ValueError(f"{what}:\n  " + "\n  ".join(problems))
 
 
+def _nonfinite_counts(leaf: Any) -> tuple[int, int]:
+    """(NaN count, inf count) of a floating-point leaf: numpy on this host, else a device reduction
+    (a leaf sharded over other processes cannot be fetched whole)."""
+    if getattr(leaf, "is_fully_addressable", True):
+        a = np.asarray(jax.device_get(leaf))
+        return int(np.isnan(a).sum()), int(np.isinf(a).sum())
+    import jax.numpy as jnp
+
+    nan, inf = jax.jit(lambda a: (jnp.isnan(a).sum(), jnp.isinf(a).sum()))(leaf)
+    return int(nan), int(inf)
+
+
+def check_finite(variables: Mapping, what: str) -> None:
+    """Raises one ValueError naming every floating-point leaf of `variables` that holds NaN or inf.
+
+    Such weights predict NaN for every input (argmax class 0), so they are refused wherever
+    weights come in: loading, exporting, `--init-from`. Leaves are named "params/head/kernel",
+    with their NaN and inf counts.
+
+    Args:
+      variables: a nested (or flat "a/b") dict of arrays.
+      what: the start of the message, e.g. "cnn.safetensors".
+    """
+    import jax.numpy as jnp
+
+    problems = []
+    for path, leaf in sorted(flatten_dict(unfreeze(dict(variables)), sep="/").items()):
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
+            continue
+        nan, inf = _nonfinite_counts(leaf)
+        if nan or inf:
+            counts = " and ".join(f"{n} {kind}" for n, kind in ((nan, "NaN"), (inf, "inf")) if n)
+            problems.append(f"{path} ({counts} of {int(np.size(leaf))} values)")
+    if problems:
+        shown = problems[:10] + ([f"and {len(problems) - 10} more leaves"] if len(problems) > 10 else [])
+        raise ValueError(f"{what}: non-finite weights (NaN or inf) in {', '.join(shown)}; refusing them")
+
+
 def expected_variables(model: nn.Module) -> dict:
     """The model's variables as a tree of jax.ShapeDtypeStruct (no memory, no device)."""
     shapes = jax.eval_shape(lambda: init(model, jax.random.key(0)))
@@ -361,7 +466,8 @@ def restore_variables(directory: str | os.PathLike, model: nn.Module, name: str)
 
     Raises:
       ValueError: the checkpoint's tree differs from the model's (each parameter path with
-        the expected and the found shape and dtype); nothing is restored then.
+        the expected and the found shape and dtype); nothing is restored then. Or a
+        restored leaf holds NaN or inf (see `check_finite`).
     """
     import orbax.checkpoint as ocp
 
@@ -371,7 +477,9 @@ def restore_variables(directory: str | os.PathLike, model: nn.Module, name: str)
     expected = expected_variables(model)
     check_tree(expected, stored, f"checkpoint {directory} does not match model {name!r}")
     restore_args = jax.tree.map(lambda s: ocp.RestoreArgs(restore_type=np.ndarray, dtype=s.dtype), expected)
-    return ckptr.restore(params_dir, args=ocp.args.PyTreeRestore(item=expected, restore_args=restore_args))
+    variables = ckptr.restore(params_dir, args=ocp.args.PyTreeRestore(item=expected, restore_args=restore_args))
+    check_finite(variables, f"checkpoint {directory}")
+    return variables
 
 
 # --- writing ------------------------------------------------------------------------------------
@@ -831,6 +939,7 @@ def _checked_host_variables(model_name: str, variables: Mapping, overrides: dict
     host = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), unfreeze(variables))
     what = f"variables do not match model {model_name!r}" + (f" with overrides {overrides}" if overrides else "")
     check_tree(expected_variables(model), host, what)
+    check_finite(host, f"variables of {model_name!r}")  # an export of them would predict NaN
     return model, host
 
 
@@ -898,7 +1007,7 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict, dict]:
     """
     from safetensors import SafetensorError, safe_open
 
-    path = Path(path)
+    path = check_regular_file(path, "a .safetensors file")
     try:
         with safe_open(path, framework="np") as f:
             metadata = f.metadata() or {}
@@ -912,8 +1021,9 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict, dict]:
     for key in ("model_overrides", "metric", "versions"):
         try:
             manifest[key] = json.loads(metadata.get(key, "null"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: __metadata__ {key!r} must be JSON, got {metadata[key]!r} ({e})") from None
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise ValueError(f"{path}: __metadata__ {key!r} must be JSON, got {metadata[key][:200]!r} "
+                             f"({e if isinstance(e, json.JSONDecodeError) else 'nested too deeply'})") from None
     if not isinstance(manifest["model_overrides"], (dict, type(None))):
         raise ValueError(f"{path}: __metadata__ 'model_overrides' must be a JSON object, got {manifest['model_overrides']!r}")
     return manifest, flat
@@ -924,11 +1034,12 @@ def restore_safetensors(path: str | os.PathLike, model: nn.Module, name: str, fl
 
     Raises:
       ValueError: the tensors differ from the model's variables (each parameter path with
-        the expected and the found shape and dtype).
+        the expected and the found shape and dtype), or hold NaN or inf (`check_finite`).
     """
     from flax.traverse_util import unflatten_dict
 
     check_tree(expected_variables(model), flat, f"{path} does not match model {name!r}")
+    check_finite(flat, str(path))
     return unflatten_dict(dict(flat), sep="/")
 
 
