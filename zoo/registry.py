@@ -302,8 +302,8 @@ def create(name: str, **overrides: Any) -> nn.Module:
 
 
 # Initialization runs once per run, so on CPU its program is compiled for compile time, not
-# run time: LLVM without optimization compiles the CNN's init in 0.4 s instead of 2.3 s (the
-# threefry and initializer arithmetic of every parameter). Values may differ from an optimized
+# run time: LLVM without optimization compiles it several times faster (the threefry and
+# initializer arithmetic of every parameter; docs/results.md has the figures). Values may differ from an optimized
 # build in the last bit (no fused multiply-adds); a given jaxlib always gives the same ones.
 INIT_CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 
