@@ -354,10 +354,14 @@ MAX_PARAM_BYTES_ENV = "ZOO_MAX_PARAM_BYTES"
 
 
 def _memory_bytes() -> tuple[int, str] | None:
-    """(bytes, where) of the default device's memory, or this machine's RAM for a CPU."""
-    stats = getattr(jax.devices()[0], "memory_stats", lambda: None)() or {}
+    """(bytes, where) of this process's first device's memory, or this machine's RAM for a CPU.
+
+    A local device: in a multi-process run `jax.devices()[0]` belongs to process 0, and the
+    others cannot read its memory statistics."""
+    device = jax.local_devices()[0]
+    stats = getattr(device, "memory_stats", lambda: None)() or {}
     if stats.get("bytes_limit"):
-        return int(stats["bytes_limit"]), f"the {jax.devices()[0].platform.upper()}'s memory"
+        return int(stats["bytes_limit"]), f"the {device.platform.upper()}'s memory"
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "this machine's memory"
     except (ValueError, OSError, AttributeError):
