@@ -106,11 +106,11 @@ def test_dataset_sources_match_the_vendored_readme():
     assert "licen" not in readme.lower()
 
 
-def test_shipped_inputs_differ_only_where_overrides_change_them():
-    assert zoo.shipped_inputs("mlp_binary")["mnist_parity"].shape == (28, 28, 1)
+def test_pretrained_inputs_differ_only_where_overrides_change_them():
+    assert zoo.pretrained_inputs("mlp_binary")["mnist_parity"].shape == (28, 28, 1)
     assert zoo.get_spec("mlp_binary").input.shape == (10,)
-    assert {t: s.shape for t, s in zoo.shipped_inputs("cnn").items()} == {"mnist": (28, 28, 1), "mnist_aug": (28, 28, 1)}
-    assert zoo.shipped_inputs("cnn_cifar") == {}
+    assert {t: s.shape for t, s in zoo.pretrained_inputs("cnn").items()} == {"mnist": (28, 28, 1), "mnist_aug": (28, 28, 1)}
+    assert zoo.pretrained_inputs("cnn_cifar") == {}
 
 
 def test_cli_info_prints_the_card():

@@ -174,14 +174,14 @@ def test_eval_prints_accuracy_and_per_class_table(cnn_run, cli_env):
     assert np.asarray(metrics["confusion"]).sum() == 10000
 
 
-def test_export_writes_the_best_checkpoint_and_ships_it(cnn_run, cli_env, tmp_path):
+def test_export_writes_the_best_checkpoint_and_publishes_it(cnn_run, cli_env, tmp_path):
     workdir, _ = cnn_run
     out, weights = tmp_path / "export", tmp_path / "weights"
     env = dict(cli_env, ZOO_WEIGHTS_DIR=str(weights))
-    printed = ok(run_zoo("export", "cnn", out, "--workdir", workdir, "--ship", "tiny", env=env)).stdout
+    printed = ok(run_zoo("export", "cnn", out, "--workdir", workdir, "--publish", "tiny", env=env)).stdout
     step, best = restored_params(workdir, "best")
     assert f"exported cnn step {step} (accuracy=" in printed and f"to {out}" in printed
-    assert "shipped as cnn.tiny" in printed
+    assert "published as pretrained cnn.tiny" in printed
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"] == "cnn" and manifest["dataset"] == "mnist"
     assert manifest["metric"]["name"] == "accuracy" and manifest["metric"]["step"] == step

@@ -264,8 +264,9 @@ def test_cli_exports_the_dcgan_generator_as_onnx(cli, tmp_path):
 
 
 def test_cli_export_errors(cli, tmp_path):
-    code, _, err = cli("export", "cnn", tmp_path / "x.onnx", "--pretrained", "mnist", "--format", "onnx", "--ship", "t")
-    assert code == 2 and "--ship needs --format orbax" in err
+    for flag in ("--publish", "--ship"):  # --ship: the flag's earlier name, still accepted
+        code, _, err = cli("export", "cnn", tmp_path / "x.onnx", "--pretrained", "mnist", "--format", "onnx", flag, "t")
+        assert code == 2 and "--publish needs --format orbax" in err
     code, _, err = cli("export", "cnn", tmp_path / "x", "--pretrained", "mnist", "--workdir", tmp_path)
     assert code == 2 and "not both" in err
     code, _, err = cli("export", "cnn", tmp_path / "x.safetensors", "--pretrained", "nope", "--format", "safetensors")

@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:
 import zoo  # noqa: E402
 from zoo import exports, pretrained  # noqa: E402
 from zoo.exports import archive, ship, write_export  # noqa: E402
-from zoo.pretrained import available, load, register_shipped  # noqa: E402
+from zoo.pretrained import available, load, register_pretrained  # noqa: E402
 
 
 def random_variables(name: str, seed: int = 0, **overrides) -> dict:
@@ -96,9 +96,9 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     yield
-    # tests that call register_shipped() on a fake weights dir must not leak its tags
+    # tests that call register_pretrained() on a fake weights dir must not leak its tags
     monkeypatch.undo()
-    register_shipped()
+    register_pretrained()
 
 
 # --- round trips ----------------------------------------------------------------------------
@@ -750,7 +750,7 @@ def shipped(cnn_export, tmp_path, monkeypatch):
     entry = ship(cnn_export[0], "mnist")
     yield tmp_path / "weights", entry
     monkeypatch.undo()
-    register_shipped()
+    register_pretrained()
 
 
 def test_shipped_weights_load(shipped, cnn_export):
@@ -764,7 +764,7 @@ def test_shipped_weights_load(shipped, cnn_export):
     model, variables = load("cnn", pretrained="mnist")
     assert_same(variables, cnn_export[1])
 
-    register_shipped()
+    register_pretrained()
     assert zoo.get_spec("cnn").pretrained == ("mnist",) and zoo.get_spec("mlp").pretrained == ()
 
 
@@ -810,7 +810,7 @@ def test_manifest_of_unregistered_model_warns(tmp_path):
     entry = {"dir": "nosuch.mnist", "manifest_sha256": "0" * 64, "metric": None, "size_bytes": 0}
     (weights / "manifest.json").write_text(json.dumps({"format": 1, "weights": {"nosuch.mnist": entry}}))
     with pytest.warns(UserWarning, match="'nosuch', which is not a registered model"):
-        register_shipped()
+        register_pretrained()
     (weights / "manifest.json").write_text(json.dumps({"format": 2}))
     with pytest.raises(ValueError, match="not a zoo weights manifest"):
         available()
@@ -861,7 +861,7 @@ def test_weights_index_entries_are_checked(tmp_path, entry, message):
 
 def test_import_zoo_and_pretrained_is_light():
     code = (
-        "import sys, zoo, zoo.exports, zoo.pretrained; zoo.pretrained.register_shipped(); zoo.pretrained.available(); "
+        "import sys, zoo, zoo.exports, zoo.pretrained; zoo.pretrained.register_pretrained(); zoo.pretrained.available(); "
         "heavy = [m for m in sys.modules if m.split('.')[0] in "
         "('orbax', 'tensorflow', 'tensorflow_datasets', 'optax', 'torch', 'train')]; "
         "print(heavy); assert not heavy, heavy"

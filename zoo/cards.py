@@ -2,7 +2,7 @@
 
     print(zoo.model_card("cnn"))            # the registry entry and its shipped tags
     print(zoo.model_card("cnn", "mnist"))   # one set of shipped weights: its manifest, in words
-    zoo.shipped_inputs("mlp_binary")        # {"mnist_parity": InputSpec((28, 28, 1), ...)}
+    zoo.pretrained_inputs("mlp_binary")     # {"mnist_parity": InputSpec((28, 28, 1), ...)}
 
 A card prints only what is recorded: the registry spec, the weights' manifest (read with
 `zoo.exports.read_manifest`, pinned by the package's weights index; the parameter files are
@@ -20,7 +20,7 @@ from zoo import exports
 from zoo.pretrained import available, weights_dir
 from zoo.registry import InputSpec, get_spec, param_count
 
-__all__ = ["DATASETS", "LICENSE_NOTE", "model_card", "shipped_inputs"]
+__all__ = ["DATASETS", "LICENSE_NOTE", "model_card", "pretrained_inputs", "shipped_inputs"]
 
 # The vendored datasets' sources as train/vendored/README.md states them (tests keep the two in sync).
 # train/vendored/README.md states no license for either; a card says so rather than guess one.
@@ -53,9 +53,12 @@ def _manifest(name: str, tag: str) -> tuple[dict, str]:
     return exports.read_manifest(directory, entry["manifest_sha256"]), entry["manifest_sha256"]
 
 
-def shipped_inputs(name: str) -> dict[str, InputSpec]:
+def pretrained_inputs(name: str) -> dict[str, InputSpec]:
     """The input spec of each of `name`'s shipped weights (their model overrides applied)."""
     return {tag: exports.model_from_manifest(_manifest(name, tag)[0]).input_spec() for tag in _weights(name)}
+
+
+shipped_inputs = pretrained_inputs  # the name before "pretrained" was the one word for shipped weights
 
 
 def _training_lines(training: dict | None) -> list[str]:

@@ -54,7 +54,7 @@ from flax import linen as nn
 from zoo import exports, finetune
 from zoo.registry import _set_pretrained, get_spec, init, list_models
 
-__all__ = ["load", "available", "register_shipped", "weights_dir", "cache_dir", "read_manifest"]
+__all__ = ["load", "available", "register_pretrained", "weights_dir", "cache_dir", "read_manifest"]
 
 DEFAULT_MAX_DOWNLOAD_BYTES = 1 << 30
 DEFAULT_DOWNLOAD_TIMEOUT = 600.0  # seconds for a whole download, not per read
@@ -102,7 +102,7 @@ def available(name: str | None = None) -> dict:
     return by_model.get(name, {})
 
 
-def register_shipped() -> None:
+def register_pretrained() -> None:
     """Sets every registered model's `ModelSpec.pretrained` tags from the weights manifest.
 
     Reads only the small JSON manifest (no orbax), so it is cheap to call at `import zoo`.
