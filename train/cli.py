@@ -452,17 +452,7 @@ def _add_sweep_parser(sub) -> None:
     w.set_defaults(func=cmd_sweep, seed=None)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="zoo", description="JAX/Flax model zoo: train, evaluate and sample the tutorial models.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    ls = sub.add_parser("list", help="list registered models (input, parameters, shipped weights)")
-    ls.add_argument("pattern", nargs="?", help="shell-style name pattern, e.g. 'cnn*' or '*lstm'")
-    ls.add_argument("--pretrained", action="store_true", help="only models with shipped weights")
-    ls.set_defaults(func=cmd_list)
-    i = sub.add_parser("info", help="model card: architecture, input, classes, data, recipe, metric, hashes")
-    i.add_argument("name", metavar="NAME[.TAG]", help="a model (cnn) or its shipped weights (cnn.mnist)")
-    i.set_defaults(func=cmd_info)
-
+def _add_train_parser(sub) -> None:
     t = sub.add_parser(
         "train", help="train a model (resumes if the workdir has a checkpoint)",
         description="Train a model; resumes if the workdir has a checkpoint. Every value is checked before any "
@@ -478,6 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(t)
     t.set_defaults(func=cmd_train)
 
+
+
+def _add_eval_parser(sub) -> None:
     e = sub.add_parser("eval", help="evaluate a run (best checkpoint) or pretrained weights")
     e.add_argument("model")
     e.add_argument("--workdir")
@@ -492,6 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(train/gen_metrics.py); 0 = off")
     e.set_defaults(func=cmd_eval)
 
+
+
+def _add_sample_parser(sub) -> None:
     s = sub.add_parser("sample", help="sample from a generative model (char_lstm text, dcgan images)")
     s.add_argument("model")
     s.add_argument("--pretrained")
@@ -505,6 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out")
     s.set_defaults(func=cmd_sample)
 
+
+
+def _add_export_parser(sub) -> None:
     x = sub.add_parser("export", help="export a run's best checkpoint or shipped weights (orbax, safetensors, onnx)")
     x.add_argument("model")
     x.add_argument("out", help="export directory (orbax) or file (.safetensors, .onnx) to create")
@@ -526,6 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--overwrite", action="store_true")
     x.set_defaults(func=cmd_export)
 
+
+
+def _add_predict_parser(sub) -> None:
     r = sub.add_parser(
         "predict", help="classify image files (PNG, JPEG, BMP) with an image classifier, or reconstruct them",
         description="Top-k classes for each image file, one line per file (or --json). Images are converted to the "
@@ -546,6 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "repeated stems of one call get -2, -3, ...")
     r.set_defaults(func=cmd_predict)
 
+
+
+def _add_prepare_parser(sub) -> None:
     p = sub.add_parser("prepare", help="prepare datasets with TFDS (offline from the vendored files for mnist, "
                        "tiny_shakespeare; others from --from DIR)")
     p.add_argument("names", nargs="+")
@@ -553,6 +558,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="from_dir", metavar="DIR",
                    help="a folder holding the datasets' files under TFDS's names, for offline preparation")
     p.set_defaults(func=cmd_prepare)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="zoo", description="JAX/Flax model zoo: train, evaluate and sample the tutorial models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ls = sub.add_parser("list", help="list registered models (input, parameters, shipped weights)")
+    ls.add_argument("pattern", nargs="?", help="shell-style name pattern, e.g. 'cnn*' or '*lstm'")
+    ls.add_argument("--pretrained", action="store_true", help="only models with shipped weights")
+    ls.set_defaults(func=cmd_list)
+    i = sub.add_parser("info", help="model card: architecture, input, classes, data, recipe, metric, hashes")
+    i.add_argument("name", metavar="NAME[.TAG]", help="a model (cnn) or its shipped weights (cnn.mnist)")
+    i.set_defaults(func=cmd_info)
+    _add_train_parser(sub)
+    _add_eval_parser(sub)
+    _add_sample_parser(sub)
+    _add_export_parser(sub)
+    _add_predict_parser(sub)
+    _add_prepare_parser(sub)
     _add_sweep_parser(sub)
     parser.commands = dict(sub.choices)
     return parser
