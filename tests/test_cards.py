@@ -15,7 +15,10 @@ from pathlib import Path
 import pytest
 
 import zoo
-from zoo import cards, exports
+from zoo import cards
+from zoo.files import sha256_file
+from zoo.formats.common import model_from_manifest
+from zoo.trees import expected_variables
 from zoo.pretrained import weights_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,15 +39,15 @@ def test_card_of_shipped_weights_states_the_manifest(model, tag):
     directory = weights_dir() / zoo.available(model)[tag]["dir"]
     manifest = json.loads((directory / "manifest.json").read_text())
     fields = card_fields(zoo.model_card(model, tag))
-    assert fields["manifest sha256"] == exports.sha256_file(directory / "manifest.json")
+    assert fields["manifest sha256"] == sha256_file(directory / "manifest.json")
     assert fields["recipe"] == manifest["command"]
     assert fields["dataset"] == manifest["dataset"]
     metric = manifest["metric"]
     assert fields["metric"].startswith(f"{metric['name']} {metric['value']:.6g} ({metric['split']} split")
     assert fields["follows"] == zoo.get_spec(model).follows
-    built = exports.model_from_manifest(manifest)
+    built = model_from_manifest(manifest)
     assert fields["input"] == str(built.input_spec())
-    assert fields["parameters"] == f"{zoo.param_count(exports.expected_variables(built)):,}"
+    assert fields["parameters"] == f"{zoo.param_count(expected_variables(built)):,}"
     source = cards.DATASETS[manifest["dataset"]]
     assert fields["source"] == f"{source['source']}, {source['url']}"
     assert fields["license"] == cards.LICENSE_NOTE

@@ -124,7 +124,7 @@ def test_zoo_eval_reports_quality(tfds_dir, tmp_path, capsys):
 def test_zoo_export_records_quality_in_the_manifest(tfds_dir, tmp_path, capsys):
     """A generative run's export carries its sample quality; a classifier's does not; --quality-n 0 turns it off."""
     from train.cli import main
-    from zoo.exports import read_manifest
+    from zoo.formats.orbax_export import read_manifest
 
     workdir = tmp_path / "run"
     assert main(["train", "autoencoder", "--workdir", str(workdir), "--data-dir", str(tfds_dir), "--epochs", "1",

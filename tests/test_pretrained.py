@@ -37,15 +37,20 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import zoo  # noqa: E402
-from zoo import exports, pretrained  # noqa: E402
-from zoo.exports import archive, ship, write_export  # noqa: E402
+from zoo import pretrained  # noqa: E402
+from zoo.files import write_json_atomic  # noqa: E402
+from zoo.formats import orbax_export  # noqa: E402
+from zoo.formats.archive import archive, extract_archive  # noqa: E402
+from zoo.formats.orbax_export import write_export  # noqa: E402
+from zoo.trees import expected_variables  # noqa: E402
+from zoo.weights_index import publish  # noqa: E402
 from zoo.pretrained import available, load, register_pretrained  # noqa: E402
 
 
 def random_variables(name: str, seed: int = 0, **overrides) -> dict:
     """Random numpy variables with the exact tree of `zoo.create(name, **overrides)`."""
     rng = np.random.default_rng(seed)
-    shapes = exports.expected_variables(zoo.create(name, **overrides))
+    shapes = expected_variables(zoo.create(name, **overrides))
     return jax.tree.map(lambda s: rng.uniform(0.5, 1.5, s.shape).astype(s.dtype), shapes)
 
 
@@ -285,7 +290,7 @@ def test_os_error_names_the_export(cnn_copy, monkeypatch):
             raise OSError(errno.EIO, "Input/output error", str(path))
         return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
-    monkeypatch.setattr(exports, "sha256_file", failing_sha256)
+    monkeypatch.setattr(orbax_export, "sha256_file", failing_sha256)
     with pytest.raises(OSError) as caught:
         load("cnn", path=cnn_copy)
     assert caught.value.errno == errno.EIO and caught.value.filename == str(target)
@@ -621,7 +626,7 @@ def test_extraction_stops_at_the_byte_cap(tmp_path):
     dest = tmp_path / "dest"
     dest.mkdir()
     with pytest.raises(ValueError, match=f"many: the archive expands to more than {8 << 20} bytes"):
-        exports.extract_archive(tmp_path / "many.tar.gz", dest, "many", max_bytes=8 << 20)
+        extract_archive(tmp_path / "many.tar.gz", dest, "many", max_bytes=8 << 20)
     written = [p.stat().st_size for p in dest.rglob("*") if p.is_file()]
     assert 0 < sum(written) <= 8 << 20  # stopped while extracting, not after
 
@@ -631,7 +636,7 @@ def test_extraction_stops_at_the_member_cap(tmp_path):
     dest = tmp_path / "dest"
     dest.mkdir()
     with pytest.raises(ValueError, match="many: the archive has more than 5 members; refusing it"):
-        exports.extract_archive(tmp_path / "many.tar.gz", dest, "many", max_bytes=1 << 20, max_members=5)
+        extract_archive(tmp_path / "many.tar.gz", dest, "many", max_bytes=1 << 20, max_members=5)
     assert len([p for p in dest.rglob("*") if p.is_file()]) == 5  # the sixth was never written
 
 
@@ -735,7 +740,7 @@ def test_cli_eval_path_errors_are_one_line_and_exit_2(cnn_copy, server, capsys, 
         def failing_sha256(p):
             raise OSError(errno.EIO, "Input/output error", str(p))
 
-        monkeypatch.setattr(exports, "sha256_file", failing_sha256)
+        monkeypatch.setattr(orbax_export, "sha256_file", failing_sha256)
     assert main(["eval", "cnn", "--path", path]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and (err.startswith(f"error: {path}: ") or err.startswith(f"error: [Errno 5] cannot load {path}: "))
@@ -747,7 +752,7 @@ def test_cli_eval_path_errors_are_one_line_and_exit_2(cnn_copy, server, capsys, 
 @pytest.fixture
 def shipped(cnn_export, tmp_path, monkeypatch):
     """A fake package weights dir (ZOO_WEIGHTS_DIR) with cnn.mnist shipped; registry restored after."""
-    entry = ship(cnn_export[0], "mnist")
+    entry = publish(cnn_export[0], "mnist")
     yield tmp_path / "weights", entry
     monkeypatch.undo()
     register_pretrained()
@@ -787,11 +792,11 @@ def test_shipped_export_is_pinned_by_the_package(shipped):
         load("cnn", pretrained="mnist")
 
 
-def test_ship_refuses_duplicates(shipped, cnn_export):
+def test_publish_refuses_duplicates(shipped, cnn_export):
     with pytest.raises(FileExistsError, match="cnn.mnist is already shipped"):
-        ship(cnn_export[0], "mnist")
+        publish(cnn_export[0], "mnist")
     with pytest.raises(ValueError, match="tag must be"):
-        ship(cnn_export[0], "mn.ist")
+        publish(cnn_export[0], "mn.ist")
 
 
 def test_tampered_cache_entry_names_the_cache(cnn_export, server, tmp_path):
@@ -831,13 +836,13 @@ def test_package_weights_are_consistent(monkeypatch):
 
 
 def test_manifest_layout_is_unchanged(monkeypatch, tmp_path):
-    """exports writes the exact JSON layout (bytes) of the shipped index and export manifests."""
+    """zoo writes the exact JSON layout (bytes) of the shipped index and export manifests."""
     monkeypatch.delenv("ZOO_WEIGHTS_DIR")
     weights = pretrained.weights_dir()
     entries = [e for tags in available().values() for e in tags.values()]
     assert entries, "no shipped weights to compare with"
     for path in [weights / "manifest.json"] + [weights / e["dir"] / "manifest.json" for e in entries]:
-        exports.write_json_atomic(tmp_path / "again.json", json.loads(path.read_text()))
+        write_json_atomic(tmp_path / "again.json", json.loads(path.read_text()))
         assert (tmp_path / "again.json").read_bytes() == path.read_bytes(), path
 
 
@@ -861,7 +866,7 @@ def test_weights_index_entries_are_checked(tmp_path, entry, message):
 
 def test_import_zoo_and_pretrained_is_light():
     code = (
-        "import sys, zoo, zoo.exports, zoo.pretrained; zoo.pretrained.register_pretrained(); zoo.pretrained.available(); "
+        "import sys, zoo, zoo.formats, zoo.weights_index, zoo.pretrained; zoo.pretrained.register_pretrained(); zoo.pretrained.available(); "
         "heavy = [m for m in sys.modules if m.split('.')[0] in "
         "('orbax', 'tensorflow', 'tensorflow_datasets', 'optax', 'torch', 'train')]; "
         "print(heavy); assert not heavy, heavy"
@@ -952,7 +957,7 @@ def test_overwrite_never_replaces_anything_but_an_export(cnn_copy, tmp_path, mon
 
 def test_overwrite_swaps_in_the_new_export_and_keeps_the_old_if_the_swap_fails(cnn_copy, cnn_export, monkeypatch):
     new = random_variables("cnn", seed=2)
-    monkeypatch.setattr(exports, "_swap", lambda tmp, final: False)  # the rename fallback
+    monkeypatch.setattr(orbax_export, "_swap", lambda tmp, final: False)  # the rename fallback
     real_rename = os.rename
 
     def failing_rename(src, dst):

@@ -286,11 +286,11 @@ def _export_source(args) -> tuple:
 
 def _check_export_out(args) -> None:
     """Refuses an OUT that is the exported source (run, export or shipped weights) or holds it,
-    and one that --overwrite may not replace (only an earlier zoo export: exports.check_overwrite)."""
-    from zoo import exports
+    and one that --overwrite may not replace (only an earlier zoo export: formats.check_overwrite)."""
+    from zoo import formats
 
     if args.pretrained:
-        from zoo.pretrained import weights_dir
+        from zoo.weights_index import weights_dir
 
         source = weights_dir() / f"{args.model}.{args.pretrained}"
     elif args.path:
@@ -304,24 +304,21 @@ def _check_export_out(args) -> None:
             what = "is" if dest == src else "contains"
             raise ValueError(f"zoo export: OUT {args.out} {what} the source being exported ({source}); "
                              f"choose another output path")
-    exports.check_overwrite(out, args.format, args.overwrite)
+    formats.check_overwrite(out, args.format, args.overwrite)
 
 
 def cmd_export(args) -> int:
     """A run's best (or latest) checkpoint, evaluated on the test split, or shipped weights -> one format (and shipped)."""
-    from zoo import exports
+    from zoo import formats
+    from zoo.weights_index import publish
 
     _check_quality_n(args)
-    if args.publish and args.format != "orbax":
-        raise ValueError(f"--publish needs --format orbax (pretrained weights are Orbax exports), got --format {args.format}")
+    if args.publish and args.format != formats.DIRECTORY:
+        raise ValueError(f"--publish needs --format {formats.DIRECTORY} (pretrained weights are export directories), "
+                         f"got --format {args.format}")
     _check_export_out(args)  # before the (slow) restore and evaluation
     variables, fields, step = _export_source(args)
-    if args.format == "orbax":
-        out = exports.write_export(args.out, args.model, variables, overwrite=args.overwrite, **fields)
-    else:
-        write = exports.write_safetensors if args.format == "safetensors" else exports.write_onnx
-        out = write(args.out, args.model, variables, overwrite=args.overwrite,
-                    **{k: fields[k] for k in ("model_overrides", "dataset", "metric")})
+    out = formats.write(args.format, args.out, args.model, variables, overwrite=args.overwrite, **fields)
     metric = fields["metric"]
     scored = f" ({metric['name']}={metric['value']:.6g} on {metric.get('split')})" if metric else ""
     if fields.get("quality"):
@@ -329,7 +326,7 @@ def cmd_export(args) -> int:
     source = f"step {step}" if step is not None else (f"pretrained {args.pretrained}" if args.pretrained else str(args.path))
     print(f"exported {args.model} {source}{scored} as {args.format} to {out}")
     if args.publish:
-        entry = exports.ship(out, args.publish, overwrite=args.overwrite)
+        entry = publish(out, args.publish, overwrite=args.overwrite)
         print(f"published as pretrained {args.model}.{args.publish}: {entry}")
     return 0
 
@@ -504,12 +501,14 @@ def _add_sample_parser(sub) -> None:
 
 
 def _add_export_parser(sub) -> None:
+    from zoo import formats  # the formats' table names the choices
+
     x = sub.add_parser("export", help="export a run's best checkpoint or shipped weights (orbax, safetensors, onnx)")
     x.add_argument("model")
     x.add_argument("out", help="export directory (orbax) or file (.safetensors, .onnx) to create")
-    x.add_argument("--format", choices=["orbax", "safetensors", "onnx"], default="orbax",
-                   help="orbax: an export directory for zoo.load; safetensors: one weights file for zoo.load; "
-                        "onnx: an inference graph (dynamic batch) for onnxruntime [default orbax]")
+    x.add_argument("--format", choices=list(formats.FORMATS), default=formats.DIRECTORY,
+                   help="; ".join(f"{f.name}: {f.help}" for f in formats.FORMATS.values())
+                   + f" [default {formats.DIRECTORY}]")
     x.add_argument("--workdir", help="the run to export (default runs/MODEL)")
     x.add_argument("--pretrained", metavar="TAG", help="instead, convert shipped weights, e.g. mnist")
     x.add_argument("--path", help="instead, convert an export (directory, .safetensors file or URL)")

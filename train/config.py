@@ -293,7 +293,7 @@ def build_model(cfg: Config):
     """The registry model of `cfg`: its `model_overrides` (--set), `classes` (num_classes
     follows) and `dtype`."""
     import zoo
-    from zoo.exports import from_json
+    from zoo.formats.common import from_json
 
     overrides = from_json(cfg.model_overrides)
     if cfg.classes:

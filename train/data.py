@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zoo.exports import sha256_file
+from zoo.files import sha256_file
 
 # The 65 characters of tiny_shakespeare, sorted(set(text)), defined once in zoo.rnn.
 from zoo.rnn import TINY_SHAKESPEARE_VOCAB as CHAR_VOCAB  # noqa: F401 - one vocabulary for data and model

@@ -11,7 +11,8 @@ import zoo
 from train import gen_metrics, parallel, tasks
 from train.checkpoint import CheckpointError, Checkpointer
 from train.config import Config, build_model, resolve
-from zoo.exports import check_tree, expected_variables, write_text_atomic
+from zoo.files import write_text_atomic
+from zoo.trees import check_tree, expected_variables
 
 
 def evaluate_arrays(task: tasks.Task, model, variables: dict, arrays: dict, *, batch_size: int = 1000,

@@ -732,7 +732,7 @@ def write_results(study, workdir: Path) -> list[Path]:
 
 def _write_results(study, workdir: Path) -> list[Path]:
     from train import tasks
-    from zoo.exports import write_json_atomic, write_text_atomic
+    from zoo.files import write_json_atomic, write_text_atomic
 
     rows = result_rows(study)
     metric = "val_" + tasks.of_model(study.user_attrs["model"]).val_metric

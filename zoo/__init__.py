@@ -37,10 +37,10 @@ from zoo.registry import (
     register,
 )
 from zoo.torch_port import from_torch, to_torch, torch_model
+from zoo.version import __version__  # noqa: F401 (zoo.__version__)
 
 register_pretrained()  # reads zoo/weights/manifest.json only (no orbax)
 
-__version__ = "0.1.0"
 
 
 def __getattr__(name):
