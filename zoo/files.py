@@ -26,12 +26,10 @@ __all__ = [
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-
 def sha256_file(path: str | os.PathLike) -> str:
     """The hex sha256 of a file's bytes."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
-
 
 
 def check_sha256(value: Any) -> str:
@@ -41,11 +39,9 @@ def check_sha256(value: Any) -> str:
     return value.lower()
 
 
-
 def is_safe_relpath(rel: str) -> bool:
     p = PurePosixPath(rel)
     return bool(rel) and not p.is_absolute() and ".." not in p.parts and "\\" not in rel
-
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -64,11 +60,9 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         raise
 
 
-
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     """`data` as indented, key-sorted JSON plus a newline (the layout of every manifest), atomically."""
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
 
 
 def file_kind(mode: int) -> str:
@@ -77,7 +71,6 @@ def file_kind(mode: int) -> str:
         if test(mode):
             return name
     return "not a regular file"
-
 
 
 def list_files(directory: str | os.PathLike) -> list[str]:
@@ -110,10 +103,8 @@ def list_files(directory: str | os.PathLike) -> list[str]:
     return sorted(files)
 
 
-
 # TensorStore's "[os_error_code='28']" and Rust's "(os error 28)" (safetensors)
 _OS_ERROR_CODE = re.compile(r"\[os_error_code='(\d+)'\]|\(os error (\d+)\)")
-
 
 
 def os_error_of(error: BaseException, what: str) -> OSError | None:

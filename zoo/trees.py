@@ -19,11 +19,9 @@ def _shape_dtype(leaf: Any) -> tuple[tuple[int, ...], np.dtype | None]:
     return tuple(np.shape(leaf)), (np.dtype(dtype) if dtype is not None else None)
 
 
-
 def _describe(leaf: Any) -> str:
     shape, dtype = _shape_dtype(leaf)
     return f"shape {shape} {dtype if dtype is not None else '?'}"
-
 
 
 def check_tree(expected: Mapping, found: Mapping, what: str) -> None:
@@ -52,7 +50,6 @@ def check_tree(expected: Mapping, found: Mapping, what: str) -> None:
                 problems.append(f"{path}: expected {_describe(exp[path])}, found {_describe(got[path])}")
     if problems:
         raise ValueError(f"{what}:\n  " + "\n  ".join(problems))
-
 
 
 def expected_variables(model: nn.Module) -> dict:

@@ -38,13 +38,11 @@ default_weights_dir = weights_dir  # publish()'s parameter of that name hides th
 _TAG = re.compile(r"[A-Za-z0-9_-]+")  # no dots: "<model>.<tag>" must split unambiguously
 
 
-
 def check_tag(tag: Any) -> str:
     """`tag` if it is a valid pretrained tag (letters, digits, '_', '-'); else ValueError."""
     if not isinstance(tag, str) or not _TAG.fullmatch(tag):
         raise ValueError(f"tag must be letters, digits, '_' or '-', got {tag!r}")
     return tag
-
 
 
 def read_index(directory: str | os.PathLike) -> dict:

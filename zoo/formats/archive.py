@@ -20,7 +20,6 @@ __all__ = ["MAX_ARCHIVE_MEMBERS", "archive", "extract_archive"]
 MAX_ARCHIVE_MEMBERS = 10_000  # an export has a few dozen files; more is an attack or a mistake
 
 
-
 def archive(export_dir: str | os.PathLike, archive_path: str | os.PathLike) -> str:
     """Packs an export into a reproducible tar.gz (one top directory) and returns its sha256.
 
@@ -51,7 +50,6 @@ def archive(export_dir: str | os.PathLike, archive_path: str | os.PathLike) -> s
         os.unlink(tmp)
         raise
     return sha256_file(archive_path)
-
 
 
 class _CappedReader:

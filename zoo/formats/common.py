@@ -3,12 +3,12 @@ manifest names, and the overwrite rule (only an earlier zoo export is ever repla
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import platform
 import stat
 import tempfile
-import importlib.metadata
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -24,9 +24,7 @@ from zoo.version import __version__
 
 
 FORMAT = 1
-
 MANIFEST = "manifest.json"  # in an export dir, and in the shipped weights dir (the index)
-
 
 
 def from_json(value: Any) -> Any:
@@ -38,14 +36,12 @@ def from_json(value: Any) -> Any:
     return value
 
 
-
 def to_json(value: Any, what: str) -> Any:
     """`value` as JSON (tuples become lists); raises TypeError if it is not JSON-able."""
     try:
         return json.loads(json.dumps(value))
     except (TypeError, ValueError) as e:
         raise TypeError(f"{what} must be JSON-serializable: {e}") from None
-
 
 
 def model_from_manifest(manifest: Mapping) -> nn.Module:
@@ -59,7 +55,6 @@ def model_from_manifest(manifest: Mapping) -> nn.Module:
     return create(manifest["model"], **from_json(overrides))
 
 
-
 def versions() -> dict[str, str]:
     versions = {"python": platform.python_version(), "zoo": __version__}
     for package, dist in (("jax", "jax"), ("jaxlib", "jaxlib"), ("flax", "flax"), ("orbax", "orbax-checkpoint"), ("numpy", "numpy")):
@@ -68,7 +63,6 @@ def versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             pass
     return versions
-
 
 
 def refuse(path: Path, why: str) -> FileExistsError:
@@ -122,7 +116,6 @@ def write_file_atomic(path: Path, overwrite: bool, write, fmt: str, ours: Callab
     return path
 
 
-
 def file_export(path, suffix: str, kind: str, model_name: str, variables: Mapping,
                  model_overrides: Mapping | None) -> tuple[dict, nn.Module, dict]:
     """A one-file export's checks: the suffix, JSON-able overrides, the strict tree check.
@@ -133,7 +126,6 @@ def file_export(path, suffix: str, kind: str, model_name: str, variables: Mappin
     return (overrides, *checked_host_variables(model_name, variables, overrides))
 
 
-
 def json_metadata(model_name: str, overrides: dict, metric: Mapping | None) -> dict[str, str]:
     """The string metadata both one-file formats carry: model, overrides, metric, versions (JSON)."""
     return {
@@ -142,7 +134,6 @@ def json_metadata(model_name: str, overrides: dict, metric: Mapping | None) -> d
         "metric": json.dumps(to_json(dict(metric), "metric") if metric is not None else None, sort_keys=True),
         "versions": json.dumps(versions(), sort_keys=True),
     }
-
 
 
 def checked_host_variables(model_name: str, variables: Mapping, overrides: dict) -> tuple[nn.Module, dict]:

@@ -45,7 +45,6 @@ def _output_names(fn, spec) -> list[str]:
     return ["output"] if not isinstance(out, (tuple, list)) else [f"output_{i}" for i in range(len(out))]
 
 
-
 def write_onnx(
     path: str | os.PathLike,
     model_name: str,

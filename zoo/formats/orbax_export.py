@@ -45,7 +45,6 @@ __all__ = ["PARAMS_DIR", "read_manifest", "verify_export", "restore_variables", 
 PARAMS_DIR = "params"  # the Orbax checkpoint inside an export dir
 
 
-
 def read_manifest(directory: str | os.PathLike, manifest_sha256: str | None = None) -> dict:
     """The parsed, validated manifest.json of an export, without checking its other files.
 
@@ -86,7 +85,6 @@ def read_manifest(directory: str | os.PathLike, manifest_sha256: str | None = No
     return manifest
 
 
-
 def verify_export(directory: str | os.PathLike, manifest_sha256: str | None = None) -> dict:
     """Checks an exported checkpoint's files against its manifest and returns the manifest.
 
@@ -120,7 +118,6 @@ def verify_export(directory: str | os.PathLike, manifest_sha256: str | None = No
     return manifest
 
 
-
 def _checkpointer():
     """A synchronous Orbax PyTree checkpointer that involves only this process.
 
@@ -131,7 +128,6 @@ def _checkpointer():
     me = jax.process_index()
     mp = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
     return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(multiprocessing_options=mp), multiprocessing_options=mp)
-
 
 
 def restore_variables(directory: str | os.PathLike, model: nn.Module, name: str) -> dict:
@@ -159,7 +155,6 @@ def restore_variables(directory: str | os.PathLike, model: nn.Module, name: str)
     return ckptr.restore(params_dir, args=ocp.args.PyTreeRestore(item=expected, restore_args=restore_args))
 
 
-
 def _swap(tmp: Path, final: Path) -> bool:
     """Atomically exchanges two directory entries (Linux renameat2 RENAME_EXCHANGE); False where
     the call is missing or the filesystem does not support it, so the caller falls back."""
@@ -172,7 +167,6 @@ def _swap(tmp: Path, final: Path) -> bool:
     at_fdcwd, rename_exchange = -100, 2
     done = renameat2(at_fdcwd, os.fsencode(tmp), at_fdcwd, os.fsencode(final), rename_exchange)
     return done == 0
-
 
 
 def move_into_place(tmp: Path, final: Path, overwrite: bool) -> None:

@@ -24,7 +24,6 @@ __all__ = ["SAFETENSORS_SUFFIX", "SAFETENSORS_FORMAT", "write_safetensors", "rea
 
 
 SAFETENSORS_SUFFIX = ".safetensors"
-
 SAFETENSORS_FORMAT = "zoo-safetensors-1"  # __metadata__["format"]: what this module writes and reads
 
 
@@ -95,7 +94,6 @@ def write_safetensors(
     return write_file_atomic(path, overwrite, save, "safetensors", written_by_zoo)
 
 
-
 def read_safetensors(path: str | os.PathLike) -> tuple[dict, dict]:
     """(manifest, flat variables) of a .safetensors export, without checking them against a model.
 
@@ -128,7 +126,6 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict, dict]:
     if not isinstance(manifest["model_overrides"], (dict, type(None))):
         raise ValueError(f"{path}: __metadata__ 'model_overrides' must be a JSON object, got {manifest['model_overrides']!r}")
     return manifest, flat
-
 
 
 def restore_safetensors(path: str | os.PathLike, model: nn.Module, name: str, flat: Mapping) -> dict:
