@@ -312,3 +312,30 @@ def test_overwrite_replaces_a_zoo_safetensors_file(cnn_file, tmp_path):
     write_safetensors(target, "cnn", variables, dataset="new", overwrite=True)
     assert read_safetensors(target)[0]["dataset"] == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["x.safetensors"]
+
+
+def test_the_format_table_drives_export_and_load():
+    from train.cli import build_parser
+    from zoo import formats
+
+    export = build_parser().commands["export"]
+    (choice,) = [a for a in export._actions if "--format" in a.option_strings]
+    assert choice.choices == list(formats.FORMATS) == ["orbax", "safetensors", "onnx"]
+    assert choice.default == formats.DIRECTORY == "orbax"
+    # zoo.load reads a local file by the suffix of a format that has a reader; anything else
+    # (a directory, a URL's archive, an .onnx graph) is looked up as an export directory
+    assert formats.of_path("w/cnn.safetensors").name == "safetensors"
+    assert formats.of_path(Path("cnn.safetensors")).name == "safetensors"
+    for path in ("https://host/cnn.safetensors", "w/cnn.onnx", "w/export", None):
+        assert formats.of_path(path).name == "orbax", path
+    with pytest.raises(ValueError, match="unknown export format 'tflite'; formats: orbax, safetensors, onnx"):
+        formats.get("tflite")
+
+
+def test_formats_write_keeps_only_the_fields_a_format_records(tmp_path):
+    from zoo import formats
+
+    variables = zoo.init("mlp", jax.random.key(0))
+    out = formats.write("safetensors", tmp_path / "m.safetensors", "mlp", variables, dataset="mnist",
+                        command="zoo train mlp", train_config={"epochs": 1})  # not recorded in the file
+    assert read_safetensors(out)[0]["dataset"] == "mnist"

@@ -157,3 +157,17 @@ def test_a_gan_run_exports_its_latest_checkpoint_by_default(tfds_dir, tmp_path, 
     steps = [int(line.split()[3]) for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
     assert restore_workdir(workdir)[3] == steps[-1] == restore_workdir(workdir, "latest")[3]
     assert restore_workdir(workdir, "best")[3] in steps
+
+
+def test_eval_printout_follows_the_task_record():
+    from train.evaluate import report_lines
+
+    quality = {"frechet": 12.5, "confident_share": 0.75, "classes_covered": 9, "quality_n": 64}
+    gan = {"model": "dcgan", "dataset": "mnist", "split": "test", "source": "run",
+           "metrics": {"count": 64, "g_loss": 1.5, **quality}}
+    lines = report_lines(gan)
+    assert lines[-1] == "  classes_covered: 9 of 10 digits (cnn.mnist confidence > 0.9), over 64 images"
+    assert not any("confusion" in line for line in lines)  # a GAN's task has no per-class table
+    # quality measured only with --quality-n > 0: no coverage line without it
+    assert not any("classes_covered" in line for line in report_lines({**gan, "metrics": {"count": 64, "g_loss": 1.5}}))
+    assert tasks.of_model("cnn").per_class and not tasks.of_model("dcgan").per_class

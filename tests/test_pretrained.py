@@ -974,3 +974,12 @@ def test_overwrite_swaps_in_the_new_export_and_keeps_the_old_if_the_swap_fails(c
     write_export(cnn_copy, "cnn", new, overwrite=True)
     assert_same(load("cnn", path=cnn_copy)[1], new)
     assert [p.name for p in cnn_copy.parent.iterdir()] == ["cnn"]
+
+
+def test_one_word_for_pretrained_weights_and_the_old_names_still_work():
+    from zoo import cards, registry, weights_index
+
+    assert zoo.register is registry.register  # a user model needs no private module
+    assert zoo.pretrained_inputs is cards.pretrained_inputs and zoo.shipped_inputs is zoo.pretrained_inputs
+    assert pretrained.register_pretrained and pretrained.weights_dir is weights_index.weights_dir
+    assert zoo.available is pretrained.available  # pretrained tags: zoo.load(name, pretrained=TAG)

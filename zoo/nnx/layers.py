@@ -25,7 +25,7 @@ __all__ = ["Conv", "ConvTranspose", "LSTMLayer", "ZooModule", "variables"]
 # Here, not in zoo/nnx/__init__: the models use it, and __init__ imports the models.
 def variables(net: nnx.Module) -> dict:
     """{"params": ..., and "batch_stats" if the net has BatchNorm}: the Linen variables dict of
-    `net`, the input of `zoo.exports` writers, `zoo.to_torch` and the Linen twin's `apply`."""
+    `net`, the input of the `zoo.formats` writers, `zoo.to_torch` and the Linen twin's `apply`."""
     if not isinstance(net, nnx.Module):
         raise TypeError(f"expected an nnx.Module, got {type(net).__name__}")
     out = {"params": nnx.to_pure_dict(nnx.state(net, nnx.Param))}
