@@ -109,3 +109,37 @@ def kill_after_first_epoch(victim, metrics) -> None:
         time.sleep(0.2)
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait()
+
+
+def returns_promptly(fn, *args, timeout: float = 60.0, fifos=(), **kwargs):
+    """What `fn(*args, **kwargs)` returned, or the exception it raised (returned, not raised).
+
+    Runs it in a thread and fails the test if it is still running after `timeout` seconds (a
+    reader blocked on a FIFO waits forever); a reader stuck on one of `fifos` is then released
+    (a writer opens and closes it), so the thread ends. The call must release the GIL while it
+    blocks, as Python's own file opening does; a native open that holds it (safetensors') needs
+    a subprocess instead.
+    """
+    import os
+    import threading
+
+    outcome = []
+
+    def run():
+        try:
+            outcome.append(fn(*args, **kwargs))
+        except BaseException as e:  # noqa: BLE001 - handed to the test (SystemExit included)
+            outcome.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        for fifo in fifos:
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+        thread.join(10)
+        raise AssertionError(f"{getattr(fn, '__name__', fn)}{args} still running after {timeout} s (blocked?)")
+    return outcome[0]

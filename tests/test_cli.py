@@ -531,3 +531,72 @@ def test_eval_beside_a_live_run_never_disturbs_it(tfds_dir, cli_env, tmp_path):
     assert sum(r.returncode == 0 for r in reads) >= 1, [r.stderr for r in reads]
     assert not list((workdir / "checkpoints").glob("*.orbax-checkpoint-tmp*"))
     assert _restored(workdir)[0] == 240
+
+
+# ---------------------------------------------------------------- files that are not what they claim
+
+
+def test_init_from_a_fifo_is_refused_promptly(tfds_dir, cli_env, tmp_path):
+    """A FIFO blocks its reader until a writer comes: --init-from refuses it from its kind. (A
+    subprocess: safetensors' native open holds the GIL while it blocks; the timeout fails a hang.)"""
+    import os
+
+    fifo = tmp_path / "weights.safetensors"
+    os.mkfifo(fifo)
+    result = run_zoo("train", "cnn", "--workdir", tmp_path / "run", "--epochs", 1, "--init-from", fifo,
+                     *tiny(tfds_dir), env=cli_env, timeout=180)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr == f"error: {fifo}: is a FIFO, not a regular file (expected a .safetensors file)\n"
+
+
+def test_init_from_nonfinite_weights_names_the_leaf(cli, tfds_dir, tmp_path, monkeypatch):
+    """NaN weights used to start training and fail later, blaming the learning rate."""
+    from zoo.formats import common
+    from zoo.formats.safetensors_export import write_safetensors
+
+    model = zoo.create("cnn")
+    variables = jax.tree.map(np.array, zoo.init(model, jax.random.key(0)))
+    variables["params"]["head"]["bias"][[1, 4]] = np.inf
+    with monkeypatch.context() as m:  # how a damaged file is made: the writer refuses NaN and inf
+        m.setattr(common, "check_finite", lambda variables, what: None, raising=False)
+        source = write_safetensors(tmp_path / "inf.safetensors", "cnn", variables)
+    code, out, err = cli("train", "cnn", "--workdir", tmp_path / "run", "--epochs", 1, "--init-from", source,
+                         *tiny(tfds_dir))
+    assert code == 2 and "epoch 1" not in out, out
+    assert err == (f"error: {source}: non-finite weights (NaN or inf) in params/head/bias (2 inf of 10 values); "
+                   "refusing them\n"), err
+
+
+def test_export_and_eval_refuse_a_checkpoint_with_nonfinite_weights(cli, tfds_dir, tmp_path):
+    """A checkpoint whose weights hold NaN (damaged, or written by other code) is not scored or
+    exported as if it were fine."""
+    from tests.fixtures import tiny_fit_cfg
+    from train.checkpoint import Checkpointer
+    from train.loop import fit
+
+    workdir = tmp_path / "run"
+    fit(tiny_fit_cfg(tfds_dir), workdir, log=lambda line: None)
+    with Checkpointer(workdir / "checkpoints") as ckpt:
+        step = ckpt.latest_step()
+        tree, meta = ckpt.restore(None, step)
+        tree = jax.tree.map(np.array, tree)
+        tree["params"]["dense_0"]["kernel"][0, :3] = np.nan
+        ckpt.save(step + 1, tree, meta)
+    expected = (f"error: checkpoint step {step + 1} in {workdir}: non-finite weights (NaN or inf) in "
+                f"params/dense_0/kernel (3 NaN of {784 * 16} values); refusing them\n")
+    code, out, err = cli("export", "mlp_small", tmp_path / "out", "--workdir", workdir, "--which", "latest")
+    assert code == 2 and err == expected and not out, err
+    assert not (tmp_path / "out").exists()
+    code, out, err = cli("eval", "mlp_small", "--workdir", workdir, "--which", "latest")
+    assert code == 2 and err == expected and not out, err
+
+
+def test_run_config_that_is_a_fifo_is_refused_promptly(tmp_path):
+    import os
+
+    from tests.fixtures import returns_promptly
+    from train.evaluate import read_config
+
+    os.mkfifo(tmp_path / "config.json")
+    error = returns_promptly(read_config, tmp_path, fifos=[tmp_path / "config.json"])
+    assert isinstance(error, ValueError) and "config.json: is a FIFO, not a regular file" in str(error), error

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -163,6 +164,55 @@ def test_safetensors_missing_file_names_it(tmp_path):
         zoo.load("cnn", path=tmp_path / "nope.safetensors")
 
 
+@pytest.mark.parametrize("kind, found", [("FIFO", "a FIFO"), ("directory", "a directory")])
+def test_safetensors_path_that_is_not_a_regular_file_is_refused_promptly(kind, found, tmp_path):
+    """Opening a FIFO blocks until a writer comes; a directory failed with 'No such device'.
+    In a subprocess: safetensors' native open holds the GIL while it blocks, so a thread could
+    not time it out."""
+    path = tmp_path / "x.safetensors"
+    os.mkfifo(path) if kind == "FIFO" else path.mkdir()
+    code = ("import sys, zoo\n"
+            "calls = [lambda: zoo.load('cnn', path=sys.argv[1]), lambda: zoo.load('cnn', path=sys.argv[1], sha256='0' * 64),\n"
+            "         lambda: zoo.pretrained.read_manifest(path=sys.argv[1])]\n"
+            "for call in calls:\n"
+            "    try:\n"
+            "        call()\n"
+            "    except ValueError as e:\n"
+            "        print(e)\n")
+    result = subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                            capture_output=True, text=True, timeout=120)
+    expected = f"{path}: is {found}, not a regular file (expected a .safetensors file)"
+    assert result.stdout.splitlines() == [expected] * 3, result.stdout + result.stderr[-2000:]
+
+
+def nonfinite_safetensors(source: Path, path: Path) -> Path:
+    """`source`'s header and tensors, with 2 NaN and 1 inf written into params/head/kernel."""
+    from safetensors.numpy import save_file
+
+    with safetensors.safe_open(source, framework="np") as f:
+        metadata, tensors = f.metadata(), {key: f.get_tensor(key) for key in f.keys()}
+    kernel = tensors["params/head/kernel"].copy()
+    kernel.flat[[1, 2]] = np.nan
+    kernel.flat[3] = np.inf
+    save_file({**tensors, "params/head/kernel": kernel}, path, metadata=metadata)
+    return path
+
+
+NONFINITE = r"non-finite weights \(NaN or inf\) in params/head/kernel \(2 NaN and 1 inf of 31360 values\); refusing them"
+
+
+def test_nonfinite_safetensors_are_refused_naming_the_leaf(cnn_file, tmp_path):
+    path = nonfinite_safetensors(cnn_file, tmp_path / "nan.safetensors")
+    with pytest.raises(ValueError, match=f"^{re.escape(str(path))}: {NONFINITE}$"):
+        zoo.load("cnn", path=path)
+    _, variables = zoo.load("cnn", path=cnn_file)
+    variables = jax.tree.map(np.array, variables)
+    variables["params"]["conv_0"]["bias"][0] = np.nan
+    with pytest.raises(ValueError, match=r"^variables of 'cnn': non-finite .* in params/conv_0/bias \(1 NaN of 32 values\)"):
+        write_safetensors(tmp_path / "out.safetensors", "cnn", variables)
+    assert not (tmp_path / "out.safetensors").exists()
+
+
 def test_write_safetensors_refuses_bad_input(cnn_file, tmp_path):
     _, variables = zoo.load("cnn", path=cnn_file)
     with pytest.raises(ValueError, match=r"ending in .safetensors, got '.*cnn.st'"):
@@ -263,6 +313,14 @@ def test_cli_exports_the_dcgan_generator_as_onnx(cli, tmp_path):
     z = np.random.default_rng(1).standard_normal((3, model.latent_dim)).astype(np.float32)
     (images,) = ort.InferenceSession(str(out)).run(None, {"input": z})
     np.testing.assert_allclose(images, np.asarray(model.apply(variables, z, method="generate")), rtol=0, atol=1e-4)
+
+
+def test_cli_export_refuses_nonfinite_weights(cli, cnn_file, tmp_path):
+    """The ONNX export of NaN weights used to carry the file's claimed accuracy."""
+    source = nonfinite_safetensors(cnn_file, tmp_path / "nan.safetensors")
+    code, out, err = cli("export", "cnn", tmp_path / "nan.onnx", "--path", source, "--format", "onnx")
+    assert code == 2 and re.fullmatch(f"error: {re.escape(str(source))}: {NONFINITE}\n", err), err
+    assert not (tmp_path / "nan.onnx").exists() and not out
 
 
 def test_cli_export_errors(cli, tmp_path):

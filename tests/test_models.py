@@ -154,6 +154,29 @@ def test_unknown_override_suggests_close_field():
     assert out.shape == (2, 5)
 
 
+def test_init_refuses_a_model_too_large_for_memory():
+    """Options asking for terabytes of weights fail from their shapes (nothing allocated) with the
+    number, not with an out-of-memory traceback; ZOO_MAX_PARAM_BYTES sets the limit."""
+    huge = zoo.create("cnn", num_classes=10**8)  # a 3136 x 1e8 head: 1.25 TB of float32
+    with pytest.raises(ValueError, match=r"^CNN with these options has 313,700,[\d,]+ parameters \(1254.[\d] GB float32\); "
+                                         r"the limit is [\d.]+ [kMG]B \(half of this machine's memory; "
+                                         r"set ZOO_MAX_PARAM_BYTES to change it\)$"):
+        zoo.init(huge, jax.random.key(0))
+
+
+def test_max_param_bytes_setting(monkeypatch):
+    model = zoo.create("mlp", hidden=(8,))  # 784*8 + 8 + 8*10 + 10 = 6370 float32 parameters
+    monkeypatch.setenv("ZOO_MAX_PARAM_BYTES", str(6370 * 4))
+    assert registry.param_count(zoo.init(model, jax.random.key(0))) == 6370  # at the limit: fine
+    monkeypatch.setenv("ZOO_MAX_PARAM_BYTES", str(6370 * 4 - 1))
+    with pytest.raises(ValueError, match=r"^MLP with these options has 6,370 parameters \(25.5 kB float32\); "
+                                         r"the limit is 25.5 kB \(ZOO_MAX_PARAM_BYTES\)$"):
+        zoo.init(model, jax.random.key(0))
+    monkeypatch.setenv("ZOO_MAX_PARAM_BYTES", "lots")
+    with pytest.raises(ValueError, match="^ZOO_MAX_PARAM_BYTES must be a positive number of bytes, got 'lots'$"):
+        zoo.init(model, jax.random.key(0))
+
+
 def test_direct_use_without_registry():
     net = cnn.CNN(num_classes=10)
     variables = zoo.init(net, jax.random.key(0))

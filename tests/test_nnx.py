@@ -285,3 +285,33 @@ def test_kill_9_resume_of_an_nnx_run_is_exact(tmp_path):
     assert len(final.files) == len(expected.files) > 0
     for key in expected.files:
         np.testing.assert_array_equal(final[key], expected[key])
+
+
+def _compiled_op_counts(model, variables, x, y) -> dict:
+    """Counts of each HLO op in the compiled loss-and-gradient program of `model.apply`."""
+    import collections
+    import re
+
+    import optax
+
+    def loss(v):
+        logits = model.apply(v, x, train=True, rngs={"dropout": jax.random.key(1)})
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    text = jax.jit(jax.value_and_grad(loss)).lower(variables).compile().as_text()
+    return collections.Counter(re.findall(r"= \S+ (\w[\w-]*)\(", text))
+
+
+@pytest.mark.parametrize("name", ["cnn", "lstm"])
+def test_train_fit_compiles_the_nnx_model_to_the_linen_program(name):
+    """The engine's view of an NNX net merges it inside the trace, so XLA gets the Linen program:
+    no per-step cost for NNX in train.fit beyond noise (bench/nnx_overhead.py times it)."""
+    from train.nnx_adapter import LinenView
+
+    linen = zoo.create(name)
+    variables = zoo.init(linen, jax.random.key(0))
+    spec = linen.input_spec()
+    x = jnp.zeros(spec.example_shape(8), spec.dtype)
+    y = jnp.zeros((8,), jnp.int32)
+    view = LinenView(zoo.nnx.from_variables(name, variables))
+    assert _compiled_op_counts(view, variables, x, y) == _compiled_op_counts(linen, variables, x, y)

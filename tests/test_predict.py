@@ -231,6 +231,19 @@ def test_predict_bad_files_are_named_and_skipped(cli, files):
     assert [("error" in r) for r in results] == [True, False, True, True]
 
 
+def test_predict_fifo_is_named_and_skipped_promptly(cli, files, tmp_path):
+    """A FIFO blocks its reader until a writer comes: it is refused from its kind, unopened."""
+    import os
+
+    from tests.fixtures import returns_promptly
+
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    code, out, err = returns_promptly(cli, "predict", "cnn", fifo, files["png"], "--pretrained", "mnist", fifos=[fifo])
+    assert code == 2 and err == f"error: {fifo}: is a FIFO, not an image file\n", err
+    assert out.startswith(f"{files['png']}: 0 (")  # the other file still gets its answer
+
+
 def test_predict_truncated_image_is_named(cli, files, tmp_path):
     cut = tmp_path / "cut.png"
     cut.write_bytes(files["png"].read_bytes()[:200])

@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:
 import zoo  # noqa: E402
 from zoo import pretrained  # noqa: E402
 from zoo.files import write_json_atomic  # noqa: E402
-from zoo.formats import orbax_export  # noqa: E402
+from zoo.formats import common, orbax_export  # noqa: E402
 from zoo.formats.archive import archive, extract_archive  # noqa: E402
 from zoo.formats.orbax_export import write_export  # noqa: E402
 from zoo.trees import expected_variables  # noqa: E402
@@ -334,6 +334,56 @@ def test_load_arguments(cnn_export):
         load("cnn", path=cnn_export[0], sha256="abc")
     with pytest.raises(zoo.UnknownModelError, match="Did you mean 'cnn'"):
         load("cnnn", path=cnn_export[0])
+
+
+def test_new_head_too_large_for_memory_is_refused(cnn_export):
+    with pytest.raises(ValueError, match=r"^CNN with these options has [\d,]+ parameters \(1254.[\d] GB float32\)"):
+        load("cnn", path=cnn_export[0], num_classes=10**8)
+
+
+# --- non-finite weights: refused wherever weights come in, the leaves named --------------------
+
+
+def nonfinite_variables(name: str = "cnn") -> dict:
+    """Random variables of `name` with 3 NaN and 1 inf in params/head/kernel (cnn: 31360 values)."""
+    variables = random_variables(name)
+    kernel = variables["params"]["head"]["kernel"]
+    kernel.flat[[5, 50, 500]] = np.nan
+    kernel.flat[7] = -np.inf
+    return variables
+
+
+NONFINITE = r"non-finite weights \(NaN or inf\) in params/head/kernel \(3 NaN and 1 inf of 31360 values\); refusing them"
+
+
+def write_unchecked(monkeypatch, write, *args, **kwargs):
+    """`write(*args, **kwargs)` with the finiteness check off: how a damaged or hostile file is made."""
+    with monkeypatch.context() as m:
+        m.setattr(common, "check_finite", lambda variables, what: None, raising=False)  # the writers' check
+        return write(*args, **kwargs)
+
+
+def test_nonfinite_export_is_refused_at_load(tmp_path, monkeypatch):
+    out = write_unchecked(monkeypatch, write_export, tmp_path / "nan", "cnn", nonfinite_variables(),
+                          metric={"name": "accuracy", "value": 0.99, "split": "test"})
+    with pytest.raises(ValueError, match=f"^checkpoint {re.escape(str(out))}: {NONFINITE}$"):
+        load("cnn", path=out)
+    with pytest.raises(ValueError, match=NONFINITE):  # nor published
+        publish(out, "nan", weights_dir=tmp_path / "weights")
+
+
+def test_nonfinite_archive_is_refused_at_load(tmp_path, monkeypatch, server):
+    www, url, _ = server
+    out = write_unchecked(monkeypatch, write_export, tmp_path / "nan", "cnn", nonfinite_variables())
+    sha = archive(out, www / "nan.tar.gz")
+    with pytest.raises(ValueError, match=NONFINITE):
+        load("cnn", path=f"{url}/nan.tar.gz", sha256=sha)
+
+
+def test_nonfinite_variables_are_not_exported(tmp_path):
+    with pytest.raises(ValueError, match=f"^variables of 'cnn': {NONFINITE}$"):
+        write_export(tmp_path / "nan", "cnn", nonfinite_variables())
+    assert not list(tmp_path.iterdir())  # not even a temporary
 
 
 # --- URLs and the download cache ------------------------------------------------------------

@@ -370,3 +370,15 @@ def test_two_workers_share_one_study_and_a_killed_trial_is_retried(tfds_dir, cli
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]  # never counted complete
     assert trials[1].params == trials[0].params  # the retry ran the killed trial's values
     assert (tmp_path / "k" / "trials" / "1" / "metrics.jsonl").read_text().count("\n") == 40
+
+
+def test_space_file_that_is_a_fifo_is_refused_promptly(tmp_path):
+    import os
+
+    from tests.fixtures import returns_promptly
+
+    fifo = tmp_path / "space.json"
+    os.mkfifo(fifo)
+    error = returns_promptly(sweep.read_space, fifo, fifos=[fifo])
+    assert isinstance(error, ValueError), error
+    assert str(error) == f"{fifo}: is a FIFO, not a regular file (expected a JSON search space)"

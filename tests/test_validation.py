@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from hypothesis import given, settings, strategies as st
 from train import cli, config
 from train.config import Config, Integer, Number, OneOf, resolve
 import zoo
+from tests.fixtures import returns_promptly
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,6 +70,9 @@ ATTACKS = [
     (["--epoch", "3"], ["unrecognized arguments: --epoch 3", "did you mean --epochs"]),  # no abbreviations
     (["--epochs", "three"], ["--epochs", "three"]),
     (["--classes", "0,99999999999999999999"], ["--classes", "99999999999999999999", "[0, 2**31)"]),
+    # 4 TB of weights: refused from shapes alone (no out-of-memory traceback), naming the number
+    (["--set", "hidden=[1000000,1000000]"], ["--set hidden=[1000000, 1000000]", "1,000,796,000,010 parameters",
+                                              "4003.2 GB float32", "ZOO_MAX_PARAM_BYTES"]),
 ]
 
 
@@ -338,6 +343,67 @@ def test_malformed_recipe_names_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(config, "CONFIG_DIR", tmp_path)
     with pytest.raises(ValueError, match=f"^{re.escape(str(tmp_path / 'mlp.json'))}: invalid JSON: .*line 1 column 14"):
         resolve("mlp")
+
+
+def _special(path: Path, kind: str) -> Path:
+    if kind == "FIFO":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    else:  # a link to a device that never ends
+        path.symlink_to("/dev/zero")
+    return path
+
+
+@pytest.mark.parametrize("kind, found", [("FIFO", "a FIFO"), ("directory", "a directory")])
+def test_config_file_that_is_not_a_regular_file_is_refused_promptly(kind, found, tmp_path, capsys, no_jax_setup):
+    """A FIFO blocks its reader until a writer comes: it is refused from its kind, unopened."""
+    file = _special(tmp_path / "c.json", kind)
+    rc = returns_promptly(cli.main, ["train", "mlp", "--workdir", str(tmp_path / "run"), "--config", str(file)],
+                          fifos=[file] if kind == "FIFO" else [])
+    _one_error_line(rc, capsys.readouterr().err,
+                    [f"{file}: is {found}, not a regular file (expected a JSON config)"])
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_file_linked_to_dev_zero_is_refused(tmp_path, cli_env):
+    """/dev/zero never ends: reading it as a config ate all memory. The subprocess gets a 4 GiB
+    address-space cap, so a build without the check fails here instead of exhausting the machine."""
+    file = _special(tmp_path / "c.json", "link to /dev/zero")
+    capped = ["bash", "-c", 'ulimit -v 4194304 && exec "$@"', "zoo"]  # KiB
+    result = subprocess.run([*capped, sys.executable, "-m", "train.cli", "train", "mlp", "--workdir",
+                             str(tmp_path / "run"), "--config", str(file)],
+                            env=cli_env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    _one_error_line(result.returncode, result.stderr,
+                    [f"{file}: is a character device, not a regular file (expected a JSON config)"])
+
+
+def test_config_file_over_the_size_cap_is_refused(tmp_path):
+    file = _write(tmp_path / "c.json", '{"epochs": 2, "_comment": "' + "x" * config.MAX_CONFIG_BYTES + '"}')
+    with pytest.raises(ValueError, match=f"^{re.escape(str(file))}: larger than 1 MiB, the most a JSON config may hold"):
+        resolve("mlp", config_file=file)
+
+
+def test_deeply_nested_json_is_one_clear_line(tmp_path):
+    deep = "[" * 100_000 + "]" * 100_000
+    file = _write(tmp_path / "c.json", '{"model_overrides": {"hidden": ' + deep + "}}")
+    with pytest.raises(ValueError, match=f"^{re.escape(str(file))}: invalid JSON: nested too deeply$"):
+        resolve("mlp", config_file=file)
+    args = cli.build_parser().parse_args(["train", "mlp", "--set", "hidden=" + deep])
+    with pytest.raises(ValueError, match="^--set hidden=.*: nested too deeply$"):
+        cli.train_config(args)
+
+
+def test_train_fit_refuses_a_model_too_large_for_memory_before_loading_data(monkeypatch):
+    import train
+
+    import numpy as np
+
+    monkeypatch.setenv("ZOO_MAX_PARAM_BYTES", "1000000")  # 1 MB: mlp's defaults take more
+    data = {"x": np.zeros((16, 28, 28, 1), np.float32), "y": np.zeros(16, np.int32)}
+    with pytest.raises(ValueError, match=r"^model_overrides=\{'hidden': \[500\]\}: mlp with these options has [\d,]+ "
+                                         r"parameters \([\d.]+ MB float32\); the limit is 1.0 MB \(ZOO_MAX_PARAM_BYTES\)"):
+        train.fit("mlp", data, epochs=1, batch_size=8, model_overrides={"hidden": [500]}, log=lambda line: None)
 
 
 # ---------------------------------------------------------------- --set

@@ -178,6 +178,7 @@ def _fit(model, data, *, task, config, workdir, log, **overrides) -> FitResult:
         values["dataset"] = data
     if module is None:
         cfg = resolve(name, values)
+        config_fields.check_model(cfg)  # a model too large for memory is refused before any data loads
     else:  # your own module: no recipe, no registry model to build
         unknown = [k for k in values if k not in config_fields.FIELDS]
         if unknown:

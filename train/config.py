@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB; more is a mistake (a log, a link to /dev/zero)
 INITS = ("default", "glorot")
 
 
@@ -315,7 +316,8 @@ def _create_model(cfg: Config):
 
 
 def check_model(cfg: Config) -> None:
-    """Raises ValueError unless `cfg`'s model builds and initializes (shapes only, nothing computed).
+    """Raises ValueError unless `cfg`'s model builds and initializes (shapes only, nothing computed)
+    and its variables fit in memory (`zoo.registry.check_variables_size`).
 
     `validate` only creates the module; this also traces `zoo.init`, which is where bad
     sizes (e.g. num_classes=0) fail in models that do not check their fields.
@@ -326,14 +328,21 @@ def check_model(cfg: Config) -> None:
 
     model = _create_model(cfg)
     try:
-        jax.eval_shape(lambda key: zoo.init(model, key), jax.random.key(0))
+        shapes = jax.eval_shape(lambda key: zoo.init(model, key), jax.random.key(0))
     except Exception as e:  # whatever the model raised: a user error in its options
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ValueError(f"{_set_flags(cfg.model_overrides)}: {cfg.model} cannot be initialized: "
                          f"{type(e).__name__}: {first}") from e
+    try:  # before any data is loaded or memory allocated
+        zoo.registry.check_variables_size(shapes, cfg.model)
+    except ValueError as e:
+        raise ValueError(f"{_set_flags(cfg.model_overrides)}: {e}") from None
 
 
 def _set_flags(model_overrides: dict) -> str:
+    """The model options as the user gave them: `--set K=V ...` on the CLI, `model_overrides={...}` in Python."""
+    if _PYTHON_NAMES.get():
+        return f"model_overrides={dict(model_overrides)!r}"
     if not model_overrides:
         return f"{flag('model_overrides')} (none)"
     return flag("model_overrides") + " " + " ".join(f"{k}={json.dumps(v)}" for k, v in model_overrides.items())
@@ -358,13 +367,15 @@ def read_json_config(path: str | Path) -> dict:
     """The Config fields in a recipe or --config JSON file ("_comment" ignored), each checked.
 
     Raises:
-      ValueError: naming the file: invalid JSON (with line and column), not an object, a
+      ValueError: naming the file: not a regular file (a FIFO, a device, a directory),
+        over `MAX_CONFIG_BYTES`, invalid JSON (with line and column), not an object, a
         "model" key (the model is chosen by name), an unknown key, or an invalid value.
       OSError: the file cannot be read.
     """
     path = Path(path)
+    text = read_config_text(path, "a JSON config")
     try:
-        values = loads_finite(path.read_text())
+        values = loads_finite(text)
     except ValueError as e:  # json.JSONDecodeError (with line and column) or a NaN/Infinity
         raise ValueError(f"{path}: invalid JSON: {e}") from e
     if not isinstance(values, dict):
@@ -385,8 +396,27 @@ def _reject_constant(name: str):
 
 
 def loads_finite(text: str) -> Any:
-    """json.loads without the NaN, Infinity and -Infinity that Python's json accepts by default."""
-    return json.loads(text, parse_constant=_reject_constant)
+    """json.loads without the NaN, Infinity and -Infinity that Python's json accepts by default.
+
+    Raises ValueError (json.JSONDecodeError for malformed text), also for JSON nested deeper
+    than Python's parser can follow (which raises RecursionError).
+    """
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def read_config_text(path: str | Path, what: str) -> str:
+    """The text of a user's JSON file (--config, --space): a regular file of at most
+    MAX_CONFIG_BYTES, UTF-8; else ValueError naming the file (FileNotFoundError if missing)."""
+    from zoo.files import read_regular_file
+
+    data = read_regular_file(path, what, MAX_CONFIG_BYTES)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON: not UTF-8 text ({e})") from None
 
 
 def recipe(model: str) -> dict:

@@ -10,9 +10,9 @@ import jax
 import zoo
 from train import gen_metrics, parallel, tasks
 from train.checkpoint import CheckpointError, Checkpointer
-from train.config import Config, build_model, resolve
+from train.config import Config, build_model, read_config_text, resolve
 from zoo.files import write_text_atomic
-from zoo.trees import check_tree, expected_variables
+from zoo.trees import check_finite, check_tree, expected_variables
 
 
 def evaluate_arrays(task: tasks.Task, model, variables: dict, arrays: dict, *, batch_size: int = 1000,
@@ -35,7 +35,7 @@ def read_config(workdir: Path) -> Config:
     path = Path(workdir) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"no run in {workdir} (missing config.json); train first: zoo train MODEL --workdir {workdir}")
-    return Config(**json.loads(path.read_text()))
+    return Config(**json.loads(read_config_text(path, "a run's config.json")))
 
 
 def restore_workdir(workdir: Path, which: str | None = None):
@@ -67,6 +67,7 @@ def restore_workdir(workdir: Path, which: str | None = None):
                     raise
     variables = {"params": restored["params"], **restored["model_state"]}
     check_tree(expected_variables(model), variables, f"checkpoint step {step} in {workdir} does not match {cfg.model}")
+    check_finite(variables, f"checkpoint step {step} in {workdir}")  # NaN weights would score and export as if fine
     return cfg, model, variables, step
 
 

@@ -92,10 +92,10 @@ CPU_COMPILER_OPTIONS = {
 }
 CPU_COMPILER_OPTIONS_JAXLIB = ("0.10.",)
 
-# GPU: matmuls through cuBLAS instead of autotuned Triton GEMM fusions. On an H200 (jax 0.11.2,
-# bench/results/gpu/h200_compile_*.md) the cold compile of the whole-epoch programs fell from
-# 8.4 to 0.9 s (mlp) and 13.7 to 1.4 s (lstm); XLA's no-autotuning level cut compile as much but
-# made the convolution epochs 10-17x slower, so convolutions keep cuDNN's autotuning.
+# GPU: matmuls through cuBLAS instead of autotuned Triton GEMM fusions: the GEMM autotuner was
+# most of the whole-epoch programs' cold compile; turning all autotuning off would also cut it,
+# but cuDNN then picks slow convolution algorithms, so convolutions keep their autotuning
+# (measured on an H200: docs/results.md, bench/results/gpu/h200_compile_*.md).
 GPU_COMPILER_OPTIONS = {"xla_gpu_enable_triton_gemm": False}
 
 
@@ -146,7 +146,7 @@ def _default_options(platform: str) -> dict:
 
 def unroll_scan() -> bool:
     """Whether to unroll the steps of a dispatch chunk: on CPU, where a step inside a rolled
-    `lax.scan` runs ~18x slower than at top level (bench/README.md)."""
+    `lax.scan` runs much slower than at top level (bench/README.md has the figure)."""
     return jax.default_backend() == "cpu"
 
 

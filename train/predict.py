@@ -28,12 +28,15 @@ def read_image(model, path: Path, *, invert: bool = True) -> np.ndarray:
     """The model's input batch (1, ...) of one image file; ValueError naming what is wrong with it."""
     from PIL import Image, UnidentifiedImageError
 
+    from zoo.files import NotARegularFileError, open_regular_file
     from zoo.preprocess import preprocess
 
     try:
-        with Image.open(path) as image:
+        with open_regular_file(path, "an image file") as f, Image.open(f) as image:  # a FIFO would block
             image.load()  # decode now: a truncated file fails here, named
             return preprocess(model, image, invert="auto" if invert else False)
+    except NotARegularFileError as e:
+        raise ValueError(f"is {e.kind}, not an image file") from None
     except FileNotFoundError:
         raise ValueError("no such file") from None
     except IsADirectoryError:

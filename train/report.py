@@ -23,8 +23,8 @@ def is_writer() -> bool:
 def summary_writer_class():
     """tensorboardX's SummaryWriter, imported without its optional `import torch`.
 
-    tensorboardX imports torch whenever torch is installed (about 2 s of a run's start-up on
-    this CPU) only for a type annotation; torch tensors it still recognises by their type's
+    tensorboardX imports torch whenever torch is installed (seconds of a run's start-up) only
+    for a type annotation; torch tensors it still recognises by their type's
     name, importing torch then. The engine logs Python floats. While tensorboardX loads,
     `import torch` is made to fail (sys.modules["torch"] = None); the entry is removed after,
     so a later `import torch` works. Nothing changes when either is already imported.

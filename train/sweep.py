@@ -34,7 +34,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from train.config import ALIASES, FIELDS, Config, check_model, loads_finite, resolve
+from train.config import ALIASES, FIELDS, Config, check_model, loads_finite, read_config_text, resolve
 
 KINDS = ("loguniform", "uniform", "int", "choice")
 SAMPLERS = ("tpe", "random", "grid")
@@ -67,8 +67,9 @@ def parse_param(text: str) -> tuple[str, str]:
 def read_space(path: str | Path) -> dict[str, str]:
     """A --space JSON file: {NAME: "SPEC"} (a JSON list is shorthand for choice:...)."""
     path = Path(path)
+    text = read_config_text(path, "a JSON search space")
     try:
-        values = loads_finite(path.read_text())
+        values = loads_finite(text)
     except ValueError as e:
         raise ValueError(f"{path}: invalid JSON: {e}") from e
     if not isinstance(values, dict):

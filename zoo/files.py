@@ -19,7 +19,7 @@ from typing import Any
 
 __all__ = [
     "sha256_file", "check_sha256", "is_safe_relpath", "write_text_atomic", "write_json_atomic", "file_kind",
-    "list_files", "os_error_of", "is_url_path",
+    "list_files", "os_error_of", "is_url_path", "NotARegularFileError", "check_regular_file", "open_regular_file", "read_regular_file",
 ]
 
 
@@ -27,9 +27,67 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    """The hex sha256 of a file's bytes."""
-    with open(path, "rb") as f:
+    """The hex sha256 of a file's bytes (a regular file: see `open_regular_file`)."""
+    with open_regular_file(path, "a file to hash") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+class NotARegularFileError(ValueError):
+    """A path that should be a regular file is a directory, FIFO, device or socket."""
+
+    def __init__(self, path: str | os.PathLike, kind: str, what: str):
+        self.path, self.kind, self.what = str(path), kind, what
+        super().__init__(f"{path}: is {kind}, not a regular file (expected {what})")
+
+
+def check_regular_file(path: str | os.PathLike, what: str) -> Path:
+    """`path` as a Path if it is (or links to) a regular file; nothing is opened.
+
+    Raises:
+      NotARegularFileError (a ValueError): a directory, FIFO, device or socket, named with
+        `what` was expected (e.g. "a JSON config").
+      FileNotFoundError: nothing there (or a dangling link).
+    """
+    path = Path(path)
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise NotARegularFileError(path, file_kind(mode), what)
+    return path
+
+
+def open_regular_file(path: str | os.PathLike, what: str):
+    """`path` opened for binary reading, if it is a regular file (see `check_regular_file`).
+
+    The open is non-blocking and the opened file is checked again (fstat), so a FIFO swapped
+    in after the first check cannot block either.
+    """
+    path = check_regular_file(path, what)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotARegularFileError(path, file_kind(mode), what)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 and n % (1 << 20) == 0 else f"{n} bytes"
+
+
+def read_regular_file(path: str | os.PathLike, what: str, max_bytes: int) -> bytes:
+    """The bytes of the regular file `path`, refused (ValueError) if it holds more than `max_bytes`.
+
+    At most `max_bytes` + 1 bytes are read, whatever the file claims its size is.
+    """
+    with open_regular_file(path, what) as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"{path}: larger than {_size(max_bytes)}, the most {what} may hold; refusing to read it")
+    return data
 
 
 def check_sha256(value: Any) -> str:
@@ -66,7 +124,7 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
 
 
 def file_kind(mode: int) -> str:
-    for test, name in ((stat.S_ISLNK, "a symlink"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+    for test, name in ((stat.S_ISLNK, "a symlink"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
                        (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
         if test(mode):
             return name

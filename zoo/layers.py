@@ -93,9 +93,9 @@ def _phase_taps(k: int, s: int, p: int, a: int) -> list[tuple[int, int]]:
     return [(-d, a + p + s * d) for d in range(-k, k + 1) if 0 <= a + p + s * d < k]
 
 
-# Input channels up to which a stride-1 conv runs as im2col + one matmul (the 1-channel image
-# layers, 4 channels after space-to-depth: fwd+bwd 8.5 -> 2.1 ms); a 128-channel one was slower
-# that way (36 -> 51 ms). bench/README.md.
+# Input channels up to which a stride-1 conv runs as im2col + one matmul: a win for the thin
+# image layers (1 channel, or 4 after space-to-depth), a loss for wide ones (the A/B figures are
+# in bench/README.md).
 IM2COL_MAX_CHANNELS = 4
 
 
@@ -186,9 +186,9 @@ class Conv(nn.Module):
 COL2IM_MAX_FEATURES = 8
 # A stride-1 transposed conv whose input has no more pixels than its kernel has taps runs as
 # ONE matmul with a dense (H*W*Cin, OH*OW*Cout) weight ("dense"): the same FLOPs as the conv
-# with the flipped kernel over the zero-padded input, in one large matmul. The autoencoder's
-# 4->7, 16->64 k4 layer: fwd+bwd 6.8 -> 4.0 ms at batch 128 (`cpu_probe.py transpose`). Up to
-# this many elements in the dense weight (4M floats, 16 MB).
+# with the flipped kernel over the zero-padded input, in one large matmul, which XLA:CPU runs
+# faster than the conv for the autoencoder's 4->7 layer (`cpu_probe.py transpose`, bench/README.md).
+# Up to this many elements in the dense weight (4M floats, 16 MB).
 DENSE_MAX_ELEMENTS = 1 << 22
 TRANSPOSE_METHODS = ("einsum", "conv", "subpixel", "col2im", "dense")
 

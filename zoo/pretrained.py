@@ -18,7 +18,8 @@ Loading is strict and happens in this order: every file's sha256 is checked (a c
 truncated, missing or unlisted file, a symlink, FIFO or device raises ValueError naming it);
 the manifest's model must be `name`; the checkpoint's tree (from its metadata) must match
 `jax.eval_shape` of the model's init exactly (one ValueError lists each parameter path with
-the expected and the found shape); only then are the arrays restored, as host numpy arrays,
+the expected and the found shape); only then are the arrays restored, as host numpy arrays
+(weights holding NaN or inf are refused, the leaves named),
 so a checkpoint loads on any device count, without a GPU and without TensorFlow. Orbax is
 imported only inside `load`: `import zoo` stays light.
 
@@ -53,7 +54,7 @@ import jax
 from flax import linen as nn
 
 from zoo import finetune, formats
-from zoo.files import check_sha256, is_url_path, sha256_file
+from zoo.files import check_regular_file, check_sha256, is_url_path, sha256_file
 from zoo.formats.archive import extract_archive
 from zoo.formats.common import model_from_manifest
 from zoo.formats.orbax_export import verify_export
@@ -386,7 +387,9 @@ def load(
       ValueError: unknown tag (the message lists the shipped ones), failed verification,
         another model's checkpoint, a tree that does not match the model (the message
         names each parameter path with the expected and the found shape), a download
-        over `max_bytes`, or an archive that is not a tar.gz of one export.
+        over `max_bytes`, an archive that is not a tar.gz of one export, weights holding NaN
+        or inf (each leaf named), a `.safetensors` path that is not a regular file (a FIFO,
+        a directory), or a `num_classes` head too large for memory.
       OSError: a file could not be read (the message names `path`), or a download failed:
         the URL unreachable, an HTTP error (URL and status named), or TimeoutError after
         `ZOO_DOWNLOAD_TIMEOUT` seconds.
@@ -414,6 +417,7 @@ def _read_file(fmt: formats.Format, name: str | None, path: Path, sha256: str | 
     if max_bytes is not None:
         raise ValueError(f"max_bytes= applies to an http(s) URL in path=, got path={str(path)!r}")
     try:
+        check_regular_file(path, f"a {fmt.suffix} file")  # a FIFO would block, a directory fails obscurely
         if sha256 is not None:
             expected, found = check_sha256(sha256), sha256_file(path)
             if found != expected:

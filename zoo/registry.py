@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import fnmatch
 import numbers
+import os
 from typing import Any, Callable, Iterable, Mapping
 
 import jax
@@ -36,6 +37,7 @@ __all__ = [
     "list_models",
     "init",
     "param_count",
+    "check_variables_size",
     "check_input",
     "check_positive",
     "check_positive_tuple",
@@ -300,8 +302,8 @@ def create(name: str, **overrides: Any) -> nn.Module:
 
 
 # Initialization runs once per run, so on CPU its program is compiled for compile time, not
-# run time: LLVM without optimization compiles the CNN's init in 0.4 s instead of 2.3 s (the
-# threefry and initializer arithmetic of every parameter). Values may differ from an optimized
+# run time: LLVM without optimization compiles it several times faster (the threefry and
+# initializer arithmetic of every parameter; docs/results.md has the figures). Values may differ from an optimized
 # build in the last bit (no fused multiply-adds); a given jaxlib always gives the same ones.
 INIT_CPU_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 
@@ -342,7 +344,63 @@ def init(
     rngs = {"params": params_rng, "dropout": dropout_rng, "noise": noise_rng}
     traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((rngs, x)))
     options = None if traced else init_compiler_options()  # inside a trace the outer program's options apply
-    return jax.jit(lambda r, v: model.init(r, v), compiler_options=options)(rngs, x)
+    program = jax.jit(lambda r, v: model.init(r, v), compiler_options=options)
+    if not traced:  # shapes first (no memory): too large a model is refused, not an out-of-memory crash
+        check_variables_size(jax.eval_shape(program, rngs, x), type(model).__name__)
+    return program(rngs, x)
+
+
+MAX_PARAM_BYTES_ENV = "ZOO_MAX_PARAM_BYTES"
+
+
+def _memory_bytes() -> tuple[int, str] | None:
+    """(bytes, where) of the default device's memory, or this machine's RAM for a CPU."""
+    stats = getattr(jax.devices()[0], "memory_stats", lambda: None)() or {}
+    if stats.get("bytes_limit"):
+        return int(stats["bytes_limit"]), f"the {jax.devices()[0].platform.upper()}'s memory"
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "this machine's memory"
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def max_variables_bytes() -> tuple[int | None, str]:
+    """(the most bytes a model's variables may take, why): $ZOO_MAX_PARAM_BYTES, else half of the
+    default device's memory (training also holds gradients and optimizer state)."""
+    raw = os.environ.get(MAX_PARAM_BYTES_ENV, "")
+    if raw.strip():
+        try:
+            value = int(float(raw))
+        except ValueError:
+            value = 0
+        if value <= 0:
+            raise ValueError(f"{MAX_PARAM_BYTES_ENV} must be a positive number of bytes, got {raw!r}")
+        return value, MAX_PARAM_BYTES_ENV
+    memory = _memory_bytes()
+    if memory is None:
+        return None, ""
+    return memory[0] // 2, f"half of {memory[1]}; set {MAX_PARAM_BYTES_ENV} to change it"
+
+
+def check_variables_size(shapes: Any, what: str) -> None:
+    """Raises ValueError if the variables `shapes` (e.g. from `jax.eval_shape` of an init) take more
+    bytes than `max_variables_bytes()`; `what` names the model in the message."""
+    leaves = jax.tree.leaves(shapes)
+    count = sum(int(np.prod(leaf.shape, dtype=np.float64)) for leaf in leaves)
+    size = sum(int(np.prod(leaf.shape, dtype=np.float64)) * np.dtype(leaf.dtype).itemsize for leaf in leaves)
+    limit, why = max_variables_bytes()
+    if limit is not None and size > limit:
+        dtypes = {np.dtype(leaf.dtype).name for leaf in leaves}
+        kind = f" {dtypes.pop()}" if len(dtypes) == 1 else ""
+        raise ValueError(f"{what} with these options has {count:,} parameters ({_bytes(size)}{kind}); "
+                         f"the limit is {_bytes(limit)} ({why})")
+
+
+def _bytes(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
 
 
 def param_count(variables_or_params: Any) -> int:

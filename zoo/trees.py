@@ -1,4 +1,4 @@
-"""Strict checks of variable trees: every path, shape and dtype against what a model expects."""
+"""Strict checks of variable trees: every path, shape and dtype against what a model expects, and finite."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 from flax import linen as nn
+from flax.core import unfreeze
 from flax.traverse_util import flatten_dict
 
 from zoo.registry import init
 
-__all__ = ["check_tree", "expected_variables"]
+__all__ = ["check_tree", "expected_variables", "check_finite"]
 
 
 def _shape_dtype(leaf: Any) -> tuple[tuple[int, ...], np.dtype | None]:
@@ -50,6 +51,45 @@ def check_tree(expected: Mapping, found: Mapping, what: str) -> None:
                 problems.append(f"{path}: expected {_describe(exp[path])}, found {_describe(got[path])}")
     if problems:
         raise ValueError(f"{what}:\n  " + "\n  ".join(problems))
+
+
+def _nonfinite_counts(leaf: Any) -> tuple[int, int]:
+    """(NaN count, inf count) of a floating-point leaf: numpy on this host, else a device reduction
+    (a leaf sharded over other processes cannot be fetched whole)."""
+    if getattr(leaf, "is_fully_addressable", True):
+        a = np.asarray(jax.device_get(leaf))
+        return int(np.isnan(a).sum()), int(np.isinf(a).sum())
+    import jax.numpy as jnp
+
+    nan, inf = jax.jit(lambda a: (jnp.isnan(a).sum(), jnp.isinf(a).sum()))(leaf)
+    return int(nan), int(inf)
+
+
+def check_finite(variables: Mapping, what: str) -> None:
+    """Raises one ValueError naming every floating-point leaf of `variables` that holds NaN or inf.
+
+    Such weights predict NaN for every input (argmax class 0), so they are refused wherever
+    weights come in: loading, exporting, `--init-from`. Leaves are named "params/head/kernel",
+    with their NaN and inf counts.
+
+    Args:
+      variables: a nested (or flat "a/b") dict of arrays.
+      what: the start of the message, e.g. "cnn.safetensors".
+    """
+    import jax.numpy as jnp
+
+    problems = []
+    for path, leaf in sorted(flatten_dict(unfreeze(dict(variables)), sep="/").items()):
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
+            continue
+        nan, inf = _nonfinite_counts(leaf)
+        if nan or inf:
+            counts = " and ".join(f"{n} {kind}" for n, kind in ((nan, "NaN"), (inf, "inf")) if n)
+            problems.append(f"{path} ({counts} of {int(np.size(leaf))} values)")
+    if problems:
+        shown = problems[:10] + ([f"and {len(problems) - 10} more leaves"] if len(problems) > 10 else [])
+        raise ValueError(f"{what}: non-finite weights (NaN or inf) in {', '.join(shown)}; refusing them")
 
 
 def expected_variables(model: nn.Module) -> dict:

@@ -19,7 +19,7 @@ from flax.core import unfreeze
 
 from zoo.files import file_kind
 from zoo.registry import create
-from zoo.trees import check_tree, expected_variables
+from zoo.trees import check_finite, check_tree, expected_variables
 from zoo.version import __version__
 
 
@@ -142,4 +142,5 @@ def checked_host_variables(model_name: str, variables: Mapping, overrides: dict)
     host = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), unfreeze(variables))
     what = f"variables do not match model {model_name!r}" + (f" with overrides {overrides}" if overrides else "")
     check_tree(expected_variables(model), host, what)
+    check_finite(host, f"variables of {model_name!r}")  # an export of them would predict NaN
     return model, host

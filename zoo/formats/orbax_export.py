@@ -37,7 +37,7 @@ from flax import linen as nn
 
 from zoo.files import check_sha256, file_kind, is_safe_relpath, list_files, os_error_of, sha256_file, write_json_atomic
 from zoo.formats.common import (FORMAT, MANIFEST, checked_host_variables, refuse, replaceable, to_json, versions)
-from zoo.trees import check_tree, expected_variables
+from zoo.trees import check_finite, check_tree, expected_variables
 
 __all__ = ["PARAMS_DIR", "read_manifest", "verify_export", "restore_variables", "check_overwrite", "write_export"]
 
@@ -74,6 +74,8 @@ def read_manifest(directory: str | os.PathLike, manifest_sha256: str | None = No
         manifest = json.loads(manifest_path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{manifest_path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise ValueError(f"{manifest_path}: not valid JSON (nested too deeply)") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ValueError(f"{manifest_path}: not a zoo export manifest of format {FORMAT}")
     listed = manifest.get("files")
@@ -142,7 +144,8 @@ def restore_variables(directory: str | os.PathLike, model: nn.Module, name: str)
 
     Raises:
       ValueError: the checkpoint's tree differs from the model's (each parameter path with
-        the expected and the found shape and dtype); nothing is restored then.
+        the expected and the found shape and dtype); nothing is restored then. Or a
+        restored leaf holds NaN or inf (see `check_finite`).
     """
     import orbax.checkpoint as ocp
 
@@ -152,7 +155,9 @@ def restore_variables(directory: str | os.PathLike, model: nn.Module, name: str)
     expected = expected_variables(model)
     check_tree(expected, stored, f"checkpoint {directory} does not match model {name!r}")
     restore_args = jax.tree.map(lambda s: ocp.RestoreArgs(restore_type=np.ndarray, dtype=s.dtype), expected)
-    return ckptr.restore(params_dir, args=ocp.args.PyTreeRestore(item=expected, restore_args=restore_args))
+    variables = ckptr.restore(params_dir, args=ocp.args.PyTreeRestore(item=expected, restore_args=restore_args))
+    check_finite(variables, f"checkpoint {directory}")
+    return variables
 
 
 def _swap(tmp: Path, final: Path) -> bool:

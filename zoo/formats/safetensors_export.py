@@ -15,9 +15,9 @@ import numpy as np
 from flax import linen as nn
 from flax.traverse_util import flatten_dict
 
-from zoo.files import os_error_of
+from zoo.files import check_regular_file, os_error_of
 from zoo.formats.common import check_file_overwrite, file_export, json_metadata, write_file_atomic
-from zoo.trees import check_tree, expected_variables
+from zoo.trees import check_finite, check_tree, expected_variables
 
 __all__ = ["SAFETENSORS_SUFFIX", "SAFETENSORS_FORMAT", "write_safetensors", "read_safetensors", "restore_safetensors",
            "check_overwrite"]
@@ -107,7 +107,7 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict, dict]:
     """
     from safetensors import SafetensorError, safe_open
 
-    path = Path(path)
+    path = check_regular_file(path, "a .safetensors file")
     try:
         with safe_open(path, framework="np") as f:
             metadata = f.metadata() or {}
@@ -121,8 +121,9 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict, dict]:
     for key in ("model_overrides", "metric", "versions"):
         try:
             manifest[key] = json.loads(metadata.get(key, "null"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: __metadata__ {key!r} must be JSON, got {metadata[key]!r} ({e})") from None
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise ValueError(f"{path}: __metadata__ {key!r} must be JSON, got {metadata[key][:200]!r} "
+                             f"({e if isinstance(e, json.JSONDecodeError) else 'nested too deeply'})") from None
     if not isinstance(manifest["model_overrides"], (dict, type(None))):
         raise ValueError(f"{path}: __metadata__ 'model_overrides' must be a JSON object, got {manifest['model_overrides']!r}")
     return manifest, flat
@@ -133,9 +134,10 @@ def restore_safetensors(path: str | os.PathLike, model: nn.Module, name: str, fl
 
     Raises:
       ValueError: the tensors differ from the model's variables (each parameter path with
-        the expected and the found shape and dtype).
+        the expected and the found shape and dtype), or hold NaN or inf (`check_finite`).
     """
     from flax.traverse_util import unflatten_dict
 
     check_tree(expected_variables(model), flat, f"{path} does not match model {name!r}")
+    check_finite(flat, str(path))
     return unflatten_dict(dict(flat), sep="/")
