@@ -1,11 +1,11 @@
-"""Trains every default recipe, evaluates it on the test split, and (optionally) ships the weights.
+"""Trains every default recipe, evaluates it on the test split, and (optionally) publishes the weights.
 
 This is the script behind the README's accuracy table: it runs the real CLI
 (`zoo train`, then `zoo export`) for each model, timing the wall clock, and writes
 bench/results/train_all.json and a markdown table.
 
     python bench/train_all.py                      # all recipes into runs/
-    python bench/train_all.py cnn mlp --ship mnist # some models, copy weights into zoo/weights
+    python bench/train_all.py cnn mlp --publish    # some models, published as pretrained weights in zoo/weights
 
 Extra `zoo train` flags per entry are listed in RUNS (e.g. the augmented CNN).
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# name -> (registry model, extra train flags, tag to ship under, extra export flags)
+# name -> (registry model, extra train flags, tag to publish under, extra export flags)
 RUNS = {
     "cnn": ("cnn", [], "mnist", []),
     "mlp": ("mlp", [], "mnist", []),
@@ -76,7 +76,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("names", nargs="*", default=list(RUNS))
     parser.add_argument("--runs", default="runs", help="parent of the workdirs")
-    parser.add_argument("--ship", action="store_true", help="copy the exports into zoo/weights (MODEL.TAG)")
+    parser.add_argument("--publish", action="store_true", help="publish the exports as pretrained weights in zoo/weights (MODEL.TAG)")
     args = parser.parse_args()
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -97,8 +97,8 @@ def main() -> None:
             continue
         export_dir = Path(args.runs) / f"{name}.export"
         export_cmd = zoo_cli + ["export", model, str(export_dir), "--workdir", str(workdir), "--overwrite", *export_flags]
-        if args.ship:
-            export_cmd += ["--ship", tag]
+        if args.publish:
+            export_cmd += ["--publish", tag]
         try:
             run(export_cmd, log)
         except subprocess.CalledProcessError as e:

@@ -15,7 +15,10 @@ from pathlib import Path
 import pytest
 
 import zoo
-from zoo import cards, exports
+from zoo import cards
+from zoo.files import sha256_file
+from zoo.formats.common import model_from_manifest
+from zoo.trees import expected_variables
 from zoo.pretrained import weights_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,15 +39,15 @@ def test_card_of_shipped_weights_states_the_manifest(model, tag):
     directory = weights_dir() / zoo.available(model)[tag]["dir"]
     manifest = json.loads((directory / "manifest.json").read_text())
     fields = card_fields(zoo.model_card(model, tag))
-    assert fields["manifest sha256"] == exports.sha256_file(directory / "manifest.json")
+    assert fields["manifest sha256"] == sha256_file(directory / "manifest.json")
     assert fields["recipe"] == manifest["command"]
     assert fields["dataset"] == manifest["dataset"]
     metric = manifest["metric"]
     assert fields["metric"].startswith(f"{metric['name']} {metric['value']:.6g} ({metric['split']} split")
     assert fields["follows"] == zoo.get_spec(model).follows
-    built = exports.model_from_manifest(manifest)
+    built = model_from_manifest(manifest)
     assert fields["input"] == str(built.input_spec())
-    assert fields["parameters"] == f"{zoo.param_count(exports.expected_variables(built)):,}"
+    assert fields["parameters"] == f"{zoo.param_count(expected_variables(built)):,}"
     source = cards.DATASETS[manifest["dataset"]]
     assert fields["source"] == f"{source['source']}, {source['url']}"
     assert fields["license"] == cards.LICENSE_NOTE
@@ -106,11 +109,11 @@ def test_dataset_sources_match_the_vendored_readme():
     assert "licen" not in readme.lower()
 
 
-def test_shipped_inputs_differ_only_where_overrides_change_them():
-    assert zoo.shipped_inputs("mlp_binary")["mnist_parity"].shape == (28, 28, 1)
+def test_pretrained_inputs_differ_only_where_overrides_change_them():
+    assert zoo.pretrained_inputs("mlp_binary")["mnist_parity"].shape == (28, 28, 1)
     assert zoo.get_spec("mlp_binary").input.shape == (10,)
-    assert {t: s.shape for t, s in zoo.shipped_inputs("cnn").items()} == {"mnist": (28, 28, 1), "mnist_aug": (28, 28, 1)}
-    assert zoo.shipped_inputs("cnn_cifar") == {}
+    assert {t: s.shape for t, s in zoo.pretrained_inputs("cnn").items()} == {"mnist": (28, 28, 1), "mnist_aug": (28, 28, 1)}
+    assert zoo.pretrained_inputs("cnn_cifar") == {}
 
 
 def test_cli_info_prints_the_card():

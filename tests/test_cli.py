@@ -174,14 +174,14 @@ def test_eval_prints_accuracy_and_per_class_table(cnn_run, cli_env):
     assert np.asarray(metrics["confusion"]).sum() == 10000
 
 
-def test_export_writes_the_best_checkpoint_and_ships_it(cnn_run, cli_env, tmp_path):
+def test_export_writes_the_best_checkpoint_and_publishes_it(cnn_run, cli_env, tmp_path):
     workdir, _ = cnn_run
     out, weights = tmp_path / "export", tmp_path / "weights"
     env = dict(cli_env, ZOO_WEIGHTS_DIR=str(weights))
-    printed = ok(run_zoo("export", "cnn", out, "--workdir", workdir, "--ship", "tiny", env=env)).stdout
+    printed = ok(run_zoo("export", "cnn", out, "--workdir", workdir, "--publish", "tiny", env=env)).stdout
     step, best = restored_params(workdir, "best")
     assert f"exported cnn step {step} (accuracy=" in printed and f"to {out}" in printed
-    assert "shipped as cnn.tiny" in printed
+    assert "published as pretrained cnn.tiny" in printed
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"] == "cnn" and manifest["dataset"] == "mnist"
     assert manifest["metric"]["name"] == "accuracy" and manifest["metric"]["step"] == step
@@ -551,14 +551,15 @@ def test_init_from_a_fifo_is_refused_promptly(tfds_dir, cli_env, tmp_path):
 
 def test_init_from_nonfinite_weights_names_the_leaf(cli, tfds_dir, tmp_path, monkeypatch):
     """NaN weights used to start training and fail later, blaming the learning rate."""
-    from zoo import exports
+    from zoo.formats import common
+    from zoo.formats.safetensors_export import write_safetensors
 
     model = zoo.create("cnn")
     variables = jax.tree.map(np.array, zoo.init(model, jax.random.key(0)))
     variables["params"]["head"]["bias"][[1, 4]] = np.inf
     with monkeypatch.context() as m:  # how a damaged file is made: the writer refuses NaN and inf
-        m.setattr(exports, "check_finite", lambda variables, what: None, raising=False)
-        source = exports.write_safetensors(tmp_path / "inf.safetensors", "cnn", variables)
+        m.setattr(common, "check_finite", lambda variables, what: None, raising=False)
+        source = write_safetensors(tmp_path / "inf.safetensors", "cnn", variables)
     code, out, err = cli("train", "cnn", "--workdir", tmp_path / "run", "--epochs", 1, "--init-from", source,
                          *tiny(tfds_dir))
     assert code == 2 and "epoch 1" not in out, out

@@ -22,7 +22,9 @@ import pytest
 from flax.traverse_util import flatten_dict
 
 import zoo
-from zoo import exports
+from zoo.files import sha256_file
+from zoo.formats.onnx_export import write_onnx
+from zoo.formats.safetensors_export import SAFETENSORS_FORMAT, read_safetensors, write_safetensors
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = [(model, tag) for model, tags in sorted(zoo.available().items()) for tag in sorted(tags)]
@@ -43,7 +45,7 @@ def cnn_file(tmp_path_factory):
     """cnn.mnist as a .safetensors export."""
     _, variables = zoo.load("cnn", pretrained="mnist")
     path = tmp_path_factory.mktemp("st") / "cnn.safetensors"
-    return exports.write_safetensors(path, "cnn", variables, dataset="mnist",
+    return write_safetensors(path, "cnn", variables, dataset="mnist",
                                      metric={"name": "accuracy", "value": 0.99, "split": "test"})
 
 
@@ -54,7 +56,7 @@ def cnn_file(tmp_path_factory):
 def test_safetensors_round_trip_is_bit_exact(model, tag, tmp_path):
     manifest = zoo.pretrained.read_manifest(model, tag)
     net, variables = zoo.load(model, pretrained=tag)
-    path = exports.write_safetensors(tmp_path / f"{model}.safetensors", model, variables,
+    path = write_safetensors(tmp_path / f"{model}.safetensors", model, variables,
                                      model_overrides=manifest["model_overrides"], dataset=manifest["dataset"],
                                      metric=manifest["metric"])
     loaded_net, loaded = zoo.load(model, path=path)
@@ -69,7 +71,7 @@ def test_safetensors_header_holds_the_manifest_fields(cnn_file):
     with safetensors.safe_open(cnn_file, framework="np") as f:
         meta = f.metadata()
         assert "params/conv_0/kernel" in f.keys()
-    assert meta["format"] == exports.SAFETENSORS_FORMAT and meta["model"] == "cnn" and meta["dataset"] == "mnist"
+    assert meta["format"] == SAFETENSORS_FORMAT and meta["model"] == "cnn" and meta["dataset"] == "mnist"
     assert json.loads(meta["model_overrides"]) == {}
     assert json.loads(meta["metric"]) == {"name": "accuracy", "value": 0.99, "split": "test"}
     assert json.loads(meta["versions"])["jax"] == jax.__version__
@@ -80,7 +82,7 @@ def test_safetensors_header_holds_the_manifest_fields(cnn_file):
 def test_safetensors_keeps_model_overrides(tmp_path):
     model = zoo.create("mlp", hidden=(16,))
     variables = zoo.init(model, jax.random.key(1))
-    path = exports.write_safetensors(tmp_path / "m.safetensors", "mlp", variables, model_overrides={"hidden": (16,)})
+    path = write_safetensors(tmp_path / "m.safetensors", "mlp", variables, model_overrides={"hidden": (16,)})
     loaded_model, loaded = zoo.load("mlp", path=path)
     assert loaded_model.hidden == (16,)
     _assert_same_tree(variables, loaded)
@@ -152,7 +154,7 @@ def test_safetensors_missing_and_reshaped_tensors_are_named(cnn_file, tmp_path):
 
 
 def test_safetensors_sha256_pin(cnn_file):
-    zoo.load("cnn", path=cnn_file, sha256=exports.sha256_file(cnn_file))
+    zoo.load("cnn", path=cnn_file, sha256=sha256_file(cnn_file))
     with pytest.raises(ValueError, match="sha256 mismatch"):
         zoo.load("cnn", path=cnn_file, sha256="0" * 64)
 
@@ -207,18 +209,18 @@ def test_nonfinite_safetensors_are_refused_naming_the_leaf(cnn_file, tmp_path):
     variables = jax.tree.map(np.array, variables)
     variables["params"]["conv_0"]["bias"][0] = np.nan
     with pytest.raises(ValueError, match=r"^variables of 'cnn': non-finite .* in params/conv_0/bias \(1 NaN of 32 values\)"):
-        exports.write_safetensors(tmp_path / "out.safetensors", "cnn", variables)
+        write_safetensors(tmp_path / "out.safetensors", "cnn", variables)
     assert not (tmp_path / "out.safetensors").exists()
 
 
 def test_write_safetensors_refuses_bad_input(cnn_file, tmp_path):
     _, variables = zoo.load("cnn", path=cnn_file)
     with pytest.raises(ValueError, match=r"ending in .safetensors, got '.*cnn.st'"):
-        exports.write_safetensors(tmp_path / "cnn.st", "cnn", variables)
+        write_safetensors(tmp_path / "cnn.st", "cnn", variables)
     with pytest.raises(FileExistsError, match="overwrite=True"):
-        exports.write_safetensors(cnn_file, "cnn", variables)
+        write_safetensors(cnn_file, "cnn", variables)
     with pytest.raises(ValueError, match=r"variables do not match model 'mlp'"):
-        exports.write_safetensors(tmp_path / "x.safetensors", "mlp", variables)
+        write_safetensors(tmp_path / "x.safetensors", "mlp", variables)
     assert not (tmp_path / "x.safetensors").exists()
 
 
@@ -241,7 +243,7 @@ def _onnx_check(model_name: str, tag: str | None, tmp_path: Path, batch_sizes=(1
     else:
         manifest = zoo.pretrained.read_manifest(model_name, tag)
         model, variables = zoo.load(model_name, pretrained=tag)
-    path = exports.write_onnx(tmp_path / f"{model_name}.onnx", model_name, variables,
+    path = write_onnx(tmp_path / f"{model_name}.onnx", model_name, variables,
                               model_overrides=manifest["model_overrides"], dataset=manifest["dataset"])
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (inp,) = session.get_inputs()
@@ -282,7 +284,7 @@ def test_char_lstm_onnx_has_a_dynamic_time_axis(tmp_path):
 
 def test_write_onnx_refuses_a_wrong_suffix(tmp_path):
     with pytest.raises(ValueError, match=r"ending in .onnx"):
-        exports.write_onnx(tmp_path / "x.bin", "mlp", zoo.init("mlp", jax.random.key(0)))
+        write_onnx(tmp_path / "x.bin", "mlp", zoo.init("mlp", jax.random.key(0)))
 
 
 # ---------------------------------------------------------------- zoo export
@@ -322,8 +324,9 @@ def test_cli_export_refuses_nonfinite_weights(cli, cnn_file, tmp_path):
 
 
 def test_cli_export_errors(cli, tmp_path):
-    code, _, err = cli("export", "cnn", tmp_path / "x.onnx", "--pretrained", "mnist", "--format", "onnx", "--ship", "t")
-    assert code == 2 and "--ship needs --format orbax" in err
+    for flag in ("--publish", "--ship"):  # --ship: the flag's earlier name, still accepted
+        code, _, err = cli("export", "cnn", tmp_path / "x.onnx", "--pretrained", "mnist", "--format", "onnx", flag, "t")
+        assert code == 2 and "--publish needs --format orbax" in err
     code, _, err = cli("export", "cnn", tmp_path / "x", "--pretrained", "mnist", "--workdir", tmp_path)
     assert code == 2 and "not both" in err
     code, _, err = cli("export", "cnn", tmp_path / "x.safetensors", "--pretrained", "nope", "--format", "safetensors")
@@ -355,7 +358,7 @@ def test_overwrite_replaces_only_a_file_zoo_wrote(cnn_file, tmp_path, fmt, case)
         (tmp_path / "real").write_text("mine")
         target.symlink_to(tmp_path / "real")
     before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    write = exports.write_safetensors if fmt == "safetensors" else exports.write_onnx
+    write = write_safetensors if fmt == "safetensors" else write_onnx
     with pytest.raises(FileExistsError, match=rf"refusing to overwrite {target}: .*only an earlier zoo export"):
         write(target, "cnn", variables, overwrite=True)
     assert {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
@@ -363,7 +366,34 @@ def test_overwrite_replaces_only_a_file_zoo_wrote(cnn_file, tmp_path, fmt, case)
 
 def test_overwrite_replaces_a_zoo_safetensors_file(cnn_file, tmp_path):
     _, variables = zoo.load("cnn", path=cnn_file)
-    target = exports.write_safetensors(tmp_path / "x.safetensors", "cnn", variables, dataset="old")
-    exports.write_safetensors(target, "cnn", variables, dataset="new", overwrite=True)
-    assert exports.read_safetensors(target)[0]["dataset"] == "new"
+    target = write_safetensors(tmp_path / "x.safetensors", "cnn", variables, dataset="old")
+    write_safetensors(target, "cnn", variables, dataset="new", overwrite=True)
+    assert read_safetensors(target)[0]["dataset"] == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["x.safetensors"]
+
+
+def test_the_format_table_drives_export_and_load():
+    from train.cli import build_parser
+    from zoo import formats
+
+    export = build_parser().commands["export"]
+    (choice,) = [a for a in export._actions if "--format" in a.option_strings]
+    assert choice.choices == list(formats.FORMATS) == ["orbax", "safetensors", "onnx"]
+    assert choice.default == formats.DIRECTORY == "orbax"
+    # zoo.load reads a local file by the suffix of a format that has a reader; anything else
+    # (a directory, a URL's archive, an .onnx graph) is looked up as an export directory
+    assert formats.of_path("w/cnn.safetensors").name == "safetensors"
+    assert formats.of_path(Path("cnn.safetensors")).name == "safetensors"
+    for path in ("https://host/cnn.safetensors", "w/cnn.onnx", "w/export", None):
+        assert formats.of_path(path).name == "orbax", path
+    with pytest.raises(ValueError, match="unknown export format 'tflite'; formats: orbax, safetensors, onnx"):
+        formats.get("tflite")
+
+
+def test_formats_write_keeps_only_the_fields_a_format_records(tmp_path):
+    from zoo import formats
+
+    variables = zoo.init("mlp", jax.random.key(0))
+    out = formats.write("safetensors", tmp_path / "m.safetensors", "mlp", variables, dataset="mnist",
+                        command="zoo train mlp", train_config={"epochs": 1})  # not recorded in the file
+    assert read_safetensors(out)[0]["dataset"] == "mnist"

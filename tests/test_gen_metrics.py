@@ -124,7 +124,7 @@ def test_zoo_eval_reports_quality(tfds_dir, tmp_path, capsys):
 def test_zoo_export_records_quality_in_the_manifest(tfds_dir, tmp_path, capsys):
     """A generative run's export carries its sample quality; a classifier's does not; --quality-n 0 turns it off."""
     from train.cli import main
-    from zoo.exports import read_manifest
+    from zoo.formats.orbax_export import read_manifest
 
     workdir = tmp_path / "run"
     assert main(["train", "autoencoder", "--workdir", str(workdir), "--data-dir", str(tfds_dir), "--epochs", "1",
@@ -157,3 +157,17 @@ def test_a_gan_run_exports_its_latest_checkpoint_by_default(tfds_dir, tmp_path, 
     steps = [int(line.split()[3]) for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
     assert restore_workdir(workdir)[3] == steps[-1] == restore_workdir(workdir, "latest")[3]
     assert restore_workdir(workdir, "best")[3] in steps
+
+
+def test_eval_printout_follows_the_task_record():
+    from train.evaluate import report_lines
+
+    quality = {"frechet": 12.5, "confident_share": 0.75, "classes_covered": 9, "quality_n": 64}
+    gan = {"model": "dcgan", "dataset": "mnist", "split": "test", "source": "run",
+           "metrics": {"count": 64, "g_loss": 1.5, **quality}}
+    lines = report_lines(gan)
+    assert lines[-1] == "  classes_covered: 9 of 10 digits (cnn.mnist confidence > 0.9), over 64 images"
+    assert not any("confusion" in line for line in lines)  # a GAN's task has no per-class table
+    # quality measured only with --quality-n > 0: no coverage line without it
+    assert not any("classes_covered" in line for line in report_lines({**gan, "metrics": {"count": 64, "g_loss": 1.5}}))
+    assert tasks.of_model("cnn").per_class and not tasks.of_model("dcgan").per_class

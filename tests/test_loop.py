@@ -179,10 +179,10 @@ def test_progress_bar_only_on_a_terminal(monkeypatch, tty):
 
 
 def test_init_from_an_export_dir_starts_from_its_weights(tfds_dir, tmp_path):
-    """An exported checkpoint (zoo.exports.write_export) is the run's starting point: one step at a
+    """An exported checkpoint (zoo.formats.orbax_export.write_export) is the run's starting point: one step at a
     negligible learning rate leaves the export's weights (and not the seed's init) in place."""
     from train.loop import fit
-    from zoo.exports import write_export
+    from zoo.formats.orbax_export import write_export
 
     model = zoo.create("mlp_small", hidden=(16,))
     exported = jax.device_get(zoo.init(model, jax.random.key(123)))

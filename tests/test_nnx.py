@@ -169,7 +169,7 @@ def test_load_with_a_new_head_and_export_round_trip(tmp_path):
     shipped = zoo.nnx.load("cnn", pretrained="mnist")
     _, linen_vars = zoo.load("cnn", pretrained="mnist")
     _close(zoo.nnx.variables(shipped), jax.tree.map(jnp.asarray, linen_vars), tol=0)
-    from zoo.exports import write_safetensors
+    from zoo.formats.safetensors_export import write_safetensors
 
     write_safetensors(tmp_path / "cnn.safetensors", "cnn", zoo.nnx.variables(shipped))
     again = zoo.nnx.load("cnn", path=str(tmp_path / "cnn.safetensors"))

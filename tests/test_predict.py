@@ -288,7 +288,7 @@ def test_predict_autoencoder_writes_input_and_reconstruction(cli, files, tmp_pat
 
 
 def test_reconstruction_names_never_collide():
-    from train.cli import reconstruction_names
+    from train.predict import reconstruction_names
 
     names = reconstruction_names(["a/7.png", "b/7.png", "7.jpg", "7-2.png", "c/8.bmp", "a/7.png"])
     assert names == {"a/7.png": "7.png", "b/7.png": "7-2.png", "7.jpg": "7-3.png", "7-2.png": "7-2-2.png",

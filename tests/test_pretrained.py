@@ -37,15 +37,20 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import zoo  # noqa: E402
-from zoo import exports, pretrained  # noqa: E402
-from zoo.exports import archive, ship, write_export  # noqa: E402
-from zoo.pretrained import available, load, register_shipped  # noqa: E402
+from zoo import pretrained  # noqa: E402
+from zoo.files import write_json_atomic  # noqa: E402
+from zoo.formats import common, orbax_export  # noqa: E402
+from zoo.formats.archive import archive, extract_archive  # noqa: E402
+from zoo.formats.orbax_export import write_export  # noqa: E402
+from zoo.trees import expected_variables  # noqa: E402
+from zoo.weights_index import publish  # noqa: E402
+from zoo.pretrained import available, load, register_pretrained  # noqa: E402
 
 
 def random_variables(name: str, seed: int = 0, **overrides) -> dict:
     """Random numpy variables with the exact tree of `zoo.create(name, **overrides)`."""
     rng = np.random.default_rng(seed)
-    shapes = exports.expected_variables(zoo.create(name, **overrides))
+    shapes = expected_variables(zoo.create(name, **overrides))
     return jax.tree.map(lambda s: rng.uniform(0.5, 1.5, s.shape).astype(s.dtype), shapes)
 
 
@@ -96,9 +101,9 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     yield
-    # tests that call register_shipped() on a fake weights dir must not leak its tags
+    # tests that call register_pretrained() on a fake weights dir must not leak its tags
     monkeypatch.undo()
-    register_shipped()
+    register_pretrained()
 
 
 # --- round trips ----------------------------------------------------------------------------
@@ -285,7 +290,7 @@ def test_os_error_names_the_export(cnn_copy, monkeypatch):
             raise OSError(errno.EIO, "Input/output error", str(path))
         return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
-    monkeypatch.setattr(exports, "sha256_file", failing_sha256)
+    monkeypatch.setattr(orbax_export, "sha256_file", failing_sha256)
     with pytest.raises(OSError) as caught:
         load("cnn", path=cnn_copy)
     assert caught.value.errno == errno.EIO and caught.value.filename == str(target)
@@ -354,7 +359,7 @@ NONFINITE = r"non-finite weights \(NaN or inf\) in params/head/kernel \(3 NaN an
 def write_unchecked(monkeypatch, write, *args, **kwargs):
     """`write(*args, **kwargs)` with the finiteness check off: how a damaged or hostile file is made."""
     with monkeypatch.context() as m:
-        m.setattr(exports, "check_finite", lambda variables, what: None, raising=False)
+        m.setattr(common, "check_finite", lambda variables, what: None, raising=False)  # the writers' check
         return write(*args, **kwargs)
 
 
@@ -363,8 +368,8 @@ def test_nonfinite_export_is_refused_at_load(tmp_path, monkeypatch):
                           metric={"name": "accuracy", "value": 0.99, "split": "test"})
     with pytest.raises(ValueError, match=f"^checkpoint {re.escape(str(out))}: {NONFINITE}$"):
         load("cnn", path=out)
-    with pytest.raises(ValueError, match=NONFINITE):  # nor shipped
-        ship(out, "nan", weights_dir=tmp_path / "weights")
+    with pytest.raises(ValueError, match=NONFINITE):  # nor published
+        publish(out, "nan", weights_dir=tmp_path / "weights")
 
 
 def test_nonfinite_archive_is_refused_at_load(tmp_path, monkeypatch, server):
@@ -671,7 +676,7 @@ def test_extraction_stops_at_the_byte_cap(tmp_path):
     dest = tmp_path / "dest"
     dest.mkdir()
     with pytest.raises(ValueError, match=f"many: the archive expands to more than {8 << 20} bytes"):
-        exports.extract_archive(tmp_path / "many.tar.gz", dest, "many", max_bytes=8 << 20)
+        extract_archive(tmp_path / "many.tar.gz", dest, "many", max_bytes=8 << 20)
     written = [p.stat().st_size for p in dest.rglob("*") if p.is_file()]
     assert 0 < sum(written) <= 8 << 20  # stopped while extracting, not after
 
@@ -681,7 +686,7 @@ def test_extraction_stops_at_the_member_cap(tmp_path):
     dest = tmp_path / "dest"
     dest.mkdir()
     with pytest.raises(ValueError, match="many: the archive has more than 5 members; refusing it"):
-        exports.extract_archive(tmp_path / "many.tar.gz", dest, "many", max_bytes=1 << 20, max_members=5)
+        extract_archive(tmp_path / "many.tar.gz", dest, "many", max_bytes=1 << 20, max_members=5)
     assert len([p for p in dest.rglob("*") if p.is_file()]) == 5  # the sixth was never written
 
 
@@ -785,7 +790,7 @@ def test_cli_eval_path_errors_are_one_line_and_exit_2(cnn_copy, server, capsys, 
         def failing_sha256(p):
             raise OSError(errno.EIO, "Input/output error", str(p))
 
-        monkeypatch.setattr(exports, "sha256_file", failing_sha256)
+        monkeypatch.setattr(orbax_export, "sha256_file", failing_sha256)
     assert main(["eval", "cnn", "--path", path]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and (err.startswith(f"error: {path}: ") or err.startswith(f"error: [Errno 5] cannot load {path}: "))
@@ -797,10 +802,10 @@ def test_cli_eval_path_errors_are_one_line_and_exit_2(cnn_copy, server, capsys, 
 @pytest.fixture
 def shipped(cnn_export, tmp_path, monkeypatch):
     """A fake package weights dir (ZOO_WEIGHTS_DIR) with cnn.mnist shipped; registry restored after."""
-    entry = ship(cnn_export[0], "mnist")
+    entry = publish(cnn_export[0], "mnist")
     yield tmp_path / "weights", entry
     monkeypatch.undo()
-    register_shipped()
+    register_pretrained()
 
 
 def test_shipped_weights_load(shipped, cnn_export):
@@ -814,7 +819,7 @@ def test_shipped_weights_load(shipped, cnn_export):
     model, variables = load("cnn", pretrained="mnist")
     assert_same(variables, cnn_export[1])
 
-    register_shipped()
+    register_pretrained()
     assert zoo.get_spec("cnn").pretrained == ("mnist",) and zoo.get_spec("mlp").pretrained == ()
 
 
@@ -837,11 +842,11 @@ def test_shipped_export_is_pinned_by_the_package(shipped):
         load("cnn", pretrained="mnist")
 
 
-def test_ship_refuses_duplicates(shipped, cnn_export):
+def test_publish_refuses_duplicates(shipped, cnn_export):
     with pytest.raises(FileExistsError, match="cnn.mnist is already shipped"):
-        ship(cnn_export[0], "mnist")
+        publish(cnn_export[0], "mnist")
     with pytest.raises(ValueError, match="tag must be"):
-        ship(cnn_export[0], "mn.ist")
+        publish(cnn_export[0], "mn.ist")
 
 
 def test_tampered_cache_entry_names_the_cache(cnn_export, server, tmp_path):
@@ -860,7 +865,7 @@ def test_manifest_of_unregistered_model_warns(tmp_path):
     entry = {"dir": "nosuch.mnist", "manifest_sha256": "0" * 64, "metric": None, "size_bytes": 0}
     (weights / "manifest.json").write_text(json.dumps({"format": 1, "weights": {"nosuch.mnist": entry}}))
     with pytest.warns(UserWarning, match="'nosuch', which is not a registered model"):
-        register_shipped()
+        register_pretrained()
     (weights / "manifest.json").write_text(json.dumps({"format": 2}))
     with pytest.raises(ValueError, match="not a zoo weights manifest"):
         available()
@@ -881,13 +886,13 @@ def test_package_weights_are_consistent(monkeypatch):
 
 
 def test_manifest_layout_is_unchanged(monkeypatch, tmp_path):
-    """exports writes the exact JSON layout (bytes) of the shipped index and export manifests."""
+    """zoo writes the exact JSON layout (bytes) of the shipped index and export manifests."""
     monkeypatch.delenv("ZOO_WEIGHTS_DIR")
     weights = pretrained.weights_dir()
     entries = [e for tags in available().values() for e in tags.values()]
     assert entries, "no shipped weights to compare with"
     for path in [weights / "manifest.json"] + [weights / e["dir"] / "manifest.json" for e in entries]:
-        exports.write_json_atomic(tmp_path / "again.json", json.loads(path.read_text()))
+        write_json_atomic(tmp_path / "again.json", json.loads(path.read_text()))
         assert (tmp_path / "again.json").read_bytes() == path.read_bytes(), path
 
 
@@ -911,7 +916,7 @@ def test_weights_index_entries_are_checked(tmp_path, entry, message):
 
 def test_import_zoo_and_pretrained_is_light():
     code = (
-        "import sys, zoo, zoo.exports, zoo.pretrained; zoo.pretrained.register_shipped(); zoo.pretrained.available(); "
+        "import sys, zoo, zoo.formats, zoo.weights_index, zoo.pretrained; zoo.pretrained.register_pretrained(); zoo.pretrained.available(); "
         "heavy = [m for m in sys.modules if m.split('.')[0] in "
         "('orbax', 'tensorflow', 'tensorflow_datasets', 'optax', 'torch', 'train')]; "
         "print(heavy); assert not heavy, heavy"
@@ -1002,7 +1007,7 @@ def test_overwrite_never_replaces_anything_but_an_export(cnn_copy, tmp_path, mon
 
 def test_overwrite_swaps_in_the_new_export_and_keeps_the_old_if_the_swap_fails(cnn_copy, cnn_export, monkeypatch):
     new = random_variables("cnn", seed=2)
-    monkeypatch.setattr(exports, "_swap", lambda tmp, final: False)  # the rename fallback
+    monkeypatch.setattr(orbax_export, "_swap", lambda tmp, final: False)  # the rename fallback
     real_rename = os.rename
 
     def failing_rename(src, dst):
@@ -1019,3 +1024,12 @@ def test_overwrite_swaps_in_the_new_export_and_keeps_the_old_if_the_swap_fails(c
     write_export(cnn_copy, "cnn", new, overwrite=True)
     assert_same(load("cnn", path=cnn_copy)[1], new)
     assert [p.name for p in cnn_copy.parent.iterdir()] == ["cnn"]
+
+
+def test_one_word_for_pretrained_weights_and_the_old_names_still_work():
+    from zoo import cards, registry, weights_index
+
+    assert zoo.register is registry.register  # a user model needs no private module
+    assert zoo.pretrained_inputs is cards.pretrained_inputs and zoo.shipped_inputs is zoo.pretrained_inputs
+    assert pretrained.register_pretrained and pretrained.weights_dir is weights_index.weights_dir
+    assert zoo.available is pretrained.available  # pretrained tags: zoo.load(name, pretrained=TAG)

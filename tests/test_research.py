@@ -8,8 +8,6 @@ tests/fixtures.py's learnable synthetic digits and shrunk models, so each takes 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import jax
@@ -92,17 +90,15 @@ def test_class_names_follow_the_classes_mapping():
 
 
 def test_eval_printout_names_each_row():
-    from train.cli import _print_eval
+    from train.evaluate import report_lines
 
     per_class = {str(i): {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1} for i in range(3)}
     result = {"model": "cnn", "dataset": "mnist", "split": "test", "source": "run", "class_names": ["0", "2", "5"],
               "metrics": {"count": 3, "accuracy": 1.0, "per_class": per_class, "confusion": np.eye(3, dtype=int).tolist()}}
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        _print_eval(result)
-    rows = [line.split()[:2] for line in buffer.getvalue().splitlines() if line.count(".") >= 3]
+    printed = "\n".join(report_lines(result))
+    rows = [line.split()[:2] for line in printed.splitlines() if line.count(".") >= 3]
     assert rows == [["0", "'0'"], ["1", "'2'"], ["2", "'5'"]]
-    assert "  class  precision  recall  f1      support" in buffer.getvalue()
+    assert "  class  precision  recall  f1      support" in printed
 
 
 # ---------------------------------------------------------------- train.fit on arrays, bfloat16

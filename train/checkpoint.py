@@ -31,7 +31,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
-from zoo.exports import check_tree, os_error_of
+from zoo.files import os_error_of
+from zoo.trees import check_tree
 
 log = logging.getLogger(__name__)
 STATE, META, CHECKSUMS = "state", "meta", "checksums"

@@ -159,7 +159,7 @@ def cmd_list(args) -> int:
         s = zoo.get_spec(name)
         # shipped weights built with other overrides (mlp_binary's 784-wide input) name their input
         tags = [tag if spec.shape == s.input.shape else f"{tag} (input {_dims(spec.shape)})"
-                for tag, spec in zoo.shipped_inputs(name).items()]
+                for tag, spec in zoo.pretrained_inputs(name).items()]
         rows.append((name, s.task, f"{_dims(s.input.shape)} {s.input.dtype}", f"{s.num_params:,}", ", ".join(tags) or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
@@ -196,34 +196,9 @@ def train_config(args) -> Config:
     return cfg
 
 
-# Flags that name places on this machine, not the recipe: dropped from the recorded command.
-_MACHINE_FLAGS = ("--workdir", "--data-dir")
-
-
-def recipe(argv: list[str]) -> str:
-    """`zoo train ...` as recorded in exports: the command without its machine paths (_MACHINE_FLAGS)."""
-    kept, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in _MACHINE_FLAGS:
-            skip = True
-        elif not arg.startswith(tuple(f"{f}=" for f in _MACHINE_FLAGS)):
-            kept.append(arg)
-    return " ".join(kept)
-
-
-def device_description() -> str:
-    """The devices JAX trains on, as exports record them: '1 x cpu (cpu), jax 0.10.2, matmul precision default'."""
-    import jax
-
-    d = jax.devices()
-    precision = getattr(jax.config, "jax_default_matmul_precision", None) or "default"
-    return f"{len(d)} x {d[0].device_kind} ({d[0].platform}), jax {jax.__version__}, matmul precision {precision}"
-
-
 def cmd_train(args) -> int:
     cfg = train_config(args)  # before anything is written
+    from train.export import device_description, recipe
     from train.loop import Preempted, TrainingDiverged, fit
 
     workdir = Path(args.workdir or Path("runs") / args.model)
@@ -255,27 +230,9 @@ def _eval_workdir(model_name: str, workdir: Path, split: str, which: str | None)
 
 
 def _print_eval(result: dict) -> None:
-    m = result["metrics"]
-    print(f"{result['model']} on {result['dataset']}/{result['split']} ({m['count']} examples, {result['source']}):")
-    for key, value in m.items():
-        if isinstance(value, float):
-            print(f"  {key}: {value:.6g}")
-    if "per_class" in m:
-        # "index 'name'": with --classes 0,2,5 row 1 is class '2' of the original labels
-        names = result.get("class_names") or [None] * len(m["per_class"])
-        labels = [c if n is None else f"{c} {n!r}" for c, n in zip(m["per_class"], names)]
-        width = max(5, *map(len, labels))
-        print(f"  {'class':>{width}}  precision  recall  f1      support")
-        for label, r in zip(labels, m["per_class"].values()):
-            print(f"  {label:>{width}}  {r['precision']:.4f}     {r['recall']:.4f}  {r['f1']:.4f}  {r['support']}")
-        print("  confusion (rows: true, cols: predicted):")
-        for row in m["confusion"]:
-            print("   " + " ".join(f"{v:5d}" for v in row))
-    if "classes_covered" in m:  # generative quality (train/gen_metrics.py)
-        print(f"  classes_covered: {m['classes_covered']} of 10 digits (cnn.mnist confidence > 0.9), "
-              f"over {m['quality_n']} images")
-    if result.get("saved"):
-        print(f"saved {result['saved']}")
+    from train.evaluate import report_lines
+
+    print("\n".join(report_lines(result)))
 
 
 def _check_quality_n(args) -> None:
@@ -317,60 +274,23 @@ def cmd_sample(args) -> int:
 
 def _export_source(args) -> tuple:
     """(variables, export fields, step) from --pretrained/--path, or a run's best (latest) checkpoint."""
+    from train import export
+
     if args.pretrained or args.path:
         if args.workdir or args.which:
             raise ValueError("zoo export: give --workdir/--which (a run) or --pretrained/--path (an export), not both")
-        from zoo.pretrained import load, read_manifest
-
-        manifest = read_manifest(args.model, args.pretrained, path=args.path)
-        _, variables = load(args.model, args.pretrained, path=args.path)
-        fields = {key: manifest.get(key) for key in ("model_overrides", "dataset", "metric", "command", "train_config",
-                                                     "quality", "training")}
-        return variables, fields, None
-
-    from train import gen_metrics, tasks
-    from train.evaluate import evaluate_run, restore_workdir
-
+        return (*export.fields_from_export(args.model, args.pretrained, args.path), None)
     workdir = Path(args.workdir or Path("runs") / args.model)
-    cfg, model, variables, step = restore_workdir(workdir, args.which)
-    if cfg.model != args.model:
-        raise ValueError(f"{workdir} holds a {cfg.model!r} run, not {args.model!r}")
-    metrics = evaluate_run(cfg, model, variables, args.split, quality_n=args.quality_n)  # the checkpoint restored above
-    name = tasks.of_model(args.model).val_metric  # the metric the run was selected on
-    command = recipe((workdir / "command.txt").read_text().split()) if (workdir / "command.txt").exists() else None
-    fields = {
-        "model_overrides": cfg.model_overrides,
-        "dataset": cfg.dataset,
-        "metric": {"name": name, "value": metrics[name], "split": args.split, "count": metrics["count"], "step": step},
-        "command": command,
-        "train_config": cfg.to_json(),
-        # evaluate_run scored the samples where the task has a quality measure for its dataset
-        "quality": ({**{k: metrics[k] for k in ("frechet", "confident_share", "classes_covered", "quality_n")},
-                     "classifier": ".".join(gen_metrics.CLASSIFIER), "split": args.split} if "frechet" in metrics else None),
-        "training": _training_record(workdir, step),
-    }
-    return variables, fields, step
-
-
-def _training_record(workdir: Path, step: int) -> dict | None:
-    """The run's device (device.txt) and wall time (its epoch times in metrics.jsonl up to `step`)."""
-    device = (workdir / "device.txt").read_text().strip() if (workdir / "device.txt").exists() else None
-    log = workdir / "metrics.jsonl"
-    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
-    epoch_s = [r["epoch_s"] for r in records if "epoch_s" in r and r.get("step", 0) <= step]
-    if device is None and not epoch_s:
-        return None
-    return {"device": device, "wall_s": round(sum(epoch_s), 1) if epoch_s else None,
-            "recorded": f"by zoo export from the run: device at its start, wall time = its epoch times up to step {step}"}
+    return export.fields_from_run(args.model, workdir, args.which, args.split, quality_n=args.quality_n)
 
 
 def _check_export_out(args) -> None:
     """Refuses an OUT that is the exported source (run, export or shipped weights) or holds it,
-    and one that --overwrite may not replace (only an earlier zoo export: exports.check_overwrite)."""
-    from zoo import exports
+    and one that --overwrite may not replace (only an earlier zoo export: formats.check_overwrite)."""
+    from zoo import formats
 
     if args.pretrained:
-        from zoo.pretrained import weights_dir
+        from zoo.weights_index import weights_dir
 
         source = weights_dir() / f"{args.model}.{args.pretrained}"
     elif args.path:
@@ -384,113 +304,34 @@ def _check_export_out(args) -> None:
             what = "is" if dest == src else "contains"
             raise ValueError(f"zoo export: OUT {args.out} {what} the source being exported ({source}); "
                              f"choose another output path")
-    exports.check_overwrite(out, args.format, args.overwrite)
+    formats.check_overwrite(out, args.format, args.overwrite)
 
 
 def cmd_export(args) -> int:
     """A run's best (or latest) checkpoint, evaluated on the test split, or shipped weights -> one format (and shipped)."""
-    from zoo import exports
+    from zoo import formats
+    from zoo.weights_index import publish
 
     _check_quality_n(args)
-    if args.ship and args.format != "orbax":
-        raise ValueError(f"--ship needs --format orbax (the shipped weights are Orbax exports), got --format {args.format}")
+    if args.publish and args.format != formats.DIRECTORY:
+        raise ValueError(f"--publish needs --format {formats.DIRECTORY} (pretrained weights are export directories), "
+                         f"got --format {args.format}")
     _check_export_out(args)  # before the (slow) restore and evaluation
     variables, fields, step = _export_source(args)
-    if args.format == "orbax":
-        out = exports.write_export(args.out, args.model, variables, overwrite=args.overwrite, **fields)
-    else:
-        write = exports.write_safetensors if args.format == "safetensors" else exports.write_onnx
-        out = write(args.out, args.model, variables, overwrite=args.overwrite,
-                    **{k: fields[k] for k in ("model_overrides", "dataset", "metric")})
+    out = formats.write(args.format, args.out, args.model, variables, overwrite=args.overwrite, **fields)
     metric = fields["metric"]
     scored = f" ({metric['name']}={metric['value']:.6g} on {metric.get('split')})" if metric else ""
     if fields.get("quality"):
         scored += f", frechet={fields['quality']['frechet']:.4g} over {fields['quality']['quality_n']} images"
     source = f"step {step}" if step is not None else (f"pretrained {args.pretrained}" if args.pretrained else str(args.path))
     print(f"exported {args.model} {source}{scored} as {args.format} to {out}")
-    if args.ship:
-        entry = exports.ship(out, args.ship, overwrite=args.overwrite)
-        print(f"shipped as {args.model}.{args.ship}: {entry}")
+    if args.publish:
+        entry = publish(out, args.publish, overwrite=args.overwrite)
+        print(f"published as pretrained {args.model}.{args.publish}: {entry}")
     return 0
 
 
 # ---------------------------------------------------------------- predict
-
-
-
-def _class_probabilities(logits, names) -> list[tuple[str, float]]:
-    """(class name, probability) for one example's logits, most likely first.
-
-    One logit is binary (sigmoid: names[1] when the logit is positive); more are a softmax.
-    Class names come from the spec when they match the logits, else the class index.
-    """
-    import jax
-    import numpy as np
-
-    logits = np.asarray(logits, np.float32)
-    if logits.shape == (1,):
-        probs = np.asarray(jax.nn.sigmoid(np.array([-logits[0], logits[0]])))  # 1 - sigmoid(l) = sigmoid(-l)
-    else:
-        probs = np.asarray(jax.nn.softmax(logits))
-    labels = list(names) if names is not None and len(names) == len(probs) else [str(i) for i in range(len(probs))]
-    order = np.argsort(-probs, kind="stable")
-    return [(labels[i], float(probs[i])) for i in order]
-
-
-def _predict_one(model, apply, path: Path, args, names) -> dict:
-    """The top-k predictions (or the reconstruction written) for one image file."""
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
-    from zoo.exports import NotARegularFileError, open_regular_file
-    from zoo.preprocess import preprocess
-
-    try:
-        with open_regular_file(path, "an image file") as f, Image.open(f) as image:  # a FIFO would block
-            image.load()  # decode now: a truncated file fails here, named
-            batch = preprocess(model, image, invert="auto" if args.invert else False)
-    except NotARegularFileError as e:
-        raise ValueError(f"is {e.kind}, not an image file") from None
-    except FileNotFoundError:
-        raise ValueError("no such file") from None
-    except IsADirectoryError:
-        raise ValueError("is a directory, not an image file") from None
-    except UnidentifiedImageError:
-        raise ValueError("not an image Pillow can read (PNG, JPEG, BMP, ...)") from None
-    except OSError as e:
-        raise ValueError(f"cannot read the image ({e.strerror or e})") from None
-    except (SyntaxError, Image.DecompressionBombError) as e:  # Pillow's damaged-PNG and too-many-pixels errors
-        raise ValueError(f"cannot read the image ({e})") from None
-    output = apply(batch)
-    if isinstance(output, dict):  # a multi-head model: top-k per head
-        return {"predictions": {head: [{"class": c, "probability": p} for c, p in
-                                       _class_probabilities(out[0], (names or {}).get(head))[:args.top_k]]
-                                for head, out in sorted(output.items())}}
-    if args.reconstruct:
-        from train.report import save_grid
-
-        recon = np.asarray(output)
-        out = save_grid(np.concatenate([batch, recon]), Path(args.out) / args.out_names[str(path)], ncol=2)
-        return {"reconstruction": str(out), "mse": float(np.mean((recon - batch) ** 2))}
-    return {"predictions": [{"class": c, "probability": p} for c, p in _class_probabilities(output[0], names)[:args.top_k]]}
-
-
-def reconstruction_names(files: list[str]) -> dict[str, str]:
-    """One PNG name per input file for `zoo predict autoencoder --out DIR`: FILE-STEM.png, and
-    where stems repeat in one call (a/7.png b/7.png, 7.png 7.jpg) STEM-2.png, STEM-3.png, ... in
-    argument order, so no reconstruction overwrites another of the same call."""
-    names, taken = {}, set()
-    for file in files:
-        if file in names:
-            continue
-        stem, n = Path(file).stem, 1
-        name = f"{stem}.png"
-        while name in taken:
-            n += 1
-            name = f"{stem}-{n}.png"
-        names[file] = name
-        taken.add(name)
-    return names
 
 
 def printable(name: str) -> str:
@@ -499,22 +340,12 @@ def printable(name: str) -> str:
     return name if name.isprintable() else repr(name)[1:-1]
 
 
-def _predict_line(path: str, result: dict) -> str:
-    if "reconstruction" in result:
-        return f"{path}: wrote {result['reconstruction']} (input | reconstruction, mse {result['mse']:.4g})"
-    predictions = result["predictions"]
-    top = lambda ps: ", ".join(f"{p['class']} ({p['probability']:.3f})" for p in ps)  # noqa: E731
-    if isinstance(predictions, dict):
-        return f"{path}: " + "; ".join(f"{head}: {top(ps)}" for head, ps in predictions.items())
-    return f"{path}: {top(predictions)}"
-
-
 def cmd_predict(args) -> int:
     """Top-k classes (or reconstructions) for image files; a bad file is named and skipped (exit 2)."""
     import jax
 
     import zoo
-    from train import tasks
+    from train import predict, tasks
     from train.evaluate import variables_for
     from zoo.preprocess import image_shape
 
@@ -525,25 +356,27 @@ def cmd_predict(args) -> int:
     if not predicts:
         raise ValueError(f"zoo predict works for image classifiers and the autoencoder; {args.model!r} is a "
                          f"{spec.task} model (its input: {spec.input})")
-    args.reconstruct = predicts == "reconstruction"
-    if args.reconstruct and not args.out:
+    reconstruct = predicts == "reconstruction"
+    if reconstruct and not args.out:
         raise ValueError(f"zoo predict {args.model} writes reconstructions as PNGs: give --out DIR")
     model, variables = variables_for(args.model, pretrained=args.pretrained, path=args.path, workdir=args.workdir)
     if image_shape(model) is None:
         raise ValueError(f"zoo predict works for image models; {args.model!r} here takes {model.input_spec()}")
     apply = jax.jit(lambda x: model.apply(variables, x))
-    args.out_names = reconstruction_names([str(Path(f)) for f in args.files])
+    out_names = predict.reconstruction_names([str(Path(f)) for f in args.files])
     results, failed = [], False
     for file in args.files:
+        png = Path(args.out) / out_names[str(Path(file))] if reconstruct else None
         try:
-            result = {"file": file, **_predict_one(model, apply, Path(file), args, spec.class_names)}
+            result = {"file": file, **predict.predict_one(model, apply, Path(file), spec.class_names, top_k=args.top_k,
+                                                          invert=args.invert, reconstruction=png)}
         except ValueError as e:
             failed = True
             result = {"file": file, "error": str(e)}
             print(f"error: {printable(file)}: {e}", file=sys.stderr)
         else:
             if not args.json:
-                print(_predict_line(printable(file), result))
+                print(predict.summary_line(printable(file), result))
         results.append(result)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -616,17 +449,7 @@ def _add_sweep_parser(sub) -> None:
     w.set_defaults(func=cmd_sweep, seed=None)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="zoo", description="JAX/Flax model zoo: train, evaluate and sample the tutorial models.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    ls = sub.add_parser("list", help="list registered models (input, parameters, shipped weights)")
-    ls.add_argument("pattern", nargs="?", help="shell-style name pattern, e.g. 'cnn*' or '*lstm'")
-    ls.add_argument("--pretrained", action="store_true", help="only models with shipped weights")
-    ls.set_defaults(func=cmd_list)
-    i = sub.add_parser("info", help="model card: architecture, input, classes, data, recipe, metric, hashes")
-    i.add_argument("name", metavar="NAME[.TAG]", help="a model (cnn) or its shipped weights (cnn.mnist)")
-    i.set_defaults(func=cmd_info)
-
+def _add_train_parser(sub) -> None:
     t = sub.add_parser(
         "train", help="train a model (resumes if the workdir has a checkpoint)",
         description="Train a model; resumes if the workdir has a checkpoint. Every value is checked before any "
@@ -642,6 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(t)
     t.set_defaults(func=cmd_train)
 
+
+
+def _add_eval_parser(sub) -> None:
     e = sub.add_parser("eval", help="evaluate a run (best checkpoint) or pretrained weights")
     e.add_argument("model")
     e.add_argument("--workdir")
@@ -656,6 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(train/gen_metrics.py); 0 = off")
     e.set_defaults(func=cmd_eval)
 
+
+
+def _add_sample_parser(sub) -> None:
     s = sub.add_parser("sample", help="sample from a generative model (char_lstm text, dcgan images)")
     s.add_argument("model")
     s.add_argument("--pretrained")
@@ -669,25 +498,35 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out")
     s.set_defaults(func=cmd_sample)
 
+
+
+def _add_export_parser(sub) -> None:
+    from zoo import formats  # the formats' table names the choices
+
     x = sub.add_parser("export", help="export a run's best checkpoint or shipped weights (orbax, safetensors, onnx)")
     x.add_argument("model")
     x.add_argument("out", help="export directory (orbax) or file (.safetensors, .onnx) to create")
-    x.add_argument("--format", choices=["orbax", "safetensors", "onnx"], default="orbax",
-                   help="orbax: an export directory for zoo.load; safetensors: one weights file for zoo.load; "
-                        "onnx: an inference graph (dynamic batch) for onnxruntime [default orbax]")
+    x.add_argument("--format", choices=list(formats.FORMATS), default=formats.DIRECTORY,
+                   help="; ".join(f"{f.name}: {f.help}" for f in formats.FORMATS.values())
+                   + f" [default {formats.DIRECTORY}]")
     x.add_argument("--workdir", help="the run to export (default runs/MODEL)")
     x.add_argument("--pretrained", metavar="TAG", help="instead, convert shipped weights, e.g. mnist")
     x.add_argument("--path", help="instead, convert an export (directory, .safetensors file or URL)")
     x.add_argument("--which", choices=["best", "latest"], default=None,
                    help="checkpoint (default: best if tracked; latest for a GAN, whose g_loss does not rank its samples)")
     x.add_argument("--split", default="test", help="split whose metric is recorded in the manifest")
-    x.add_argument("--ship", metavar="TAG", help="also copy into zoo/weights as MODEL.TAG")
+    x.add_argument("--publish", metavar="TAG",
+                   help="also publish as pretrained weights MODEL.TAG in zoo/weights (zoo.load(MODEL, pretrained=TAG))")
+    x.add_argument("--ship", dest="publish", help=argparse.SUPPRESS)  # its name before --publish
     x.add_argument("--quality-n", type=int, default=10_000,
                    help="dcgan/autoencoder on MNIST: images for the sample-quality measures recorded in the "
                         "manifest (train/gen_metrics.py); 0 = off")
     x.add_argument("--overwrite", action="store_true")
     x.set_defaults(func=cmd_export)
 
+
+
+def _add_predict_parser(sub) -> None:
     r = sub.add_parser(
         "predict", help="classify image files (PNG, JPEG, BMP) with an image classifier, or reconstruct them",
         description="Top-k classes for each image file, one line per file (or --json). Images are converted to the "
@@ -708,6 +547,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "repeated stems of one call get -2, -3, ...")
     r.set_defaults(func=cmd_predict)
 
+
+
+def _add_prepare_parser(sub) -> None:
     p = sub.add_parser("prepare", help="prepare datasets with TFDS (offline from the vendored files for mnist, "
                        "tiny_shakespeare; others from --from DIR)")
     p.add_argument("names", nargs="+")
@@ -715,6 +557,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="from_dir", metavar="DIR",
                    help="a folder holding the datasets' files under TFDS's names, for offline preparation")
     p.set_defaults(func=cmd_prepare)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="zoo", description="JAX/Flax model zoo: train, evaluate and sample the tutorial models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ls = sub.add_parser("list", help="list registered models (input, parameters, shipped weights)")
+    ls.add_argument("pattern", nargs="?", help="shell-style name pattern, e.g. 'cnn*' or '*lstm'")
+    ls.add_argument("--pretrained", action="store_true", help="only models with shipped weights")
+    ls.set_defaults(func=cmd_list)
+    i = sub.add_parser("info", help="model card: architecture, input, classes, data, recipe, metric, hashes")
+    i.add_argument("name", metavar="NAME[.TAG]", help="a model (cnn) or its shipped weights (cnn.mnist)")
+    i.set_defaults(func=cmd_info)
+    _add_train_parser(sub)
+    _add_eval_parser(sub)
+    _add_sample_parser(sub)
+    _add_export_parser(sub)
+    _add_predict_parser(sub)
+    _add_prepare_parser(sub)
     _add_sweep_parser(sub)
     parser.commands = dict(sub.choices)
     return parser

@@ -294,7 +294,7 @@ def build_model(cfg: Config):
     """The registry model of `cfg`: its `model_overrides` (--set), `classes` (num_classes
     follows) and `dtype`."""
     import zoo
-    from zoo.exports import from_json
+    from zoo.formats.common import from_json
 
     overrides = from_json(cfg.model_overrides)
     if cfg.classes:
@@ -410,7 +410,7 @@ def loads_finite(text: str) -> Any:
 def read_config_text(path: str | Path, what: str) -> str:
     """The text of a user's JSON file (--config, --space): a regular file of at most
     MAX_CONFIG_BYTES, UTF-8; else ValueError naming the file (FileNotFoundError if missing)."""
-    from zoo.exports import read_regular_file
+    from zoo.files import read_regular_file
 
     data = read_regular_file(path, what, MAX_CONFIG_BYTES)
     try:

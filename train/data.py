@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zoo.exports import sha256_file
+from zoo.files import sha256_file
 
 # The 65 characters of tiny_shakespeare, sorted(set(text)), defined once in zoo.rnn.
 from zoo.rnn import TINY_SHAKESPEARE_VOCAB as CHAR_VOCAB  # noqa: F401 - one vocabulary for data and model
@@ -239,11 +239,7 @@ def prepare(
       ChecksumMismatchError, FileNotFoundError: a vendored file is broken (see `verify_vendored`).
     """
     _check_name_split(name)
-    if from_dir is not None and not Path(from_dir).is_dir():
-        raise NotADirectoryError(f"--from {from_dir}: not a directory (expected a folder holding {name}'s files)")
-    tfds = _import_tfds()
-    if tfds is None:
-        raise DatasetUnavailableError(f"preparing {name} needs tensorflow_datasets, which is not installed")
+    tfds = _tfds_for_preparing(name, from_dir)
     data_dir = _resolve_data_dir(data_dir)
     builder = tfds.builder(name, data_dir=os.fspath(data_dir))
     if builder.is_prepared():
@@ -259,15 +255,8 @@ def prepare(
     with tempfile.TemporaryDirectory(dir=download_dir, prefix=f"zoo_{name}_") as tmp:
         links, extract_dir = Path(tmp) / "manual", Path(tmp) / "extracted"
         links.mkdir()
-        missing = {}
         given = [Path(from_dir), Path(from_dir) / name] if from_dir is not None else []
-        for url, info in (builder.url_infos or {}).items():
-            candidates = [d / info.filename for d in given] + [user_dir / info.filename]
-            source = vendored.get(info.checksum) or next((c for c in candidates if c.is_file()), candidates[-1])
-            if source.exists():
-                (links / info.filename).symlink_to(source.resolve())
-            else:
-                missing[url] = info
+        missing = _link_manual_files(builder, links, vendored, [*given, user_dir])
         for url in missing:
             if (error := _host_reachable(url)) is not None:
                 raise DatasetUnavailableError(_offline_message(name, user_dir, data_dir, missing, error))
@@ -281,6 +270,30 @@ def prepare(
                 raise
             raise DatasetUnavailableError(_offline_message(name, user_dir, data_dir, missing, e)) from e
     return builder
+
+
+def _tfds_for_preparing(name: str, from_dir) -> object:
+    """tensorflow_datasets, once `from_dir` (if given) is a folder; else the error naming what is missing."""
+    if from_dir is not None and not Path(from_dir).is_dir():
+        raise NotADirectoryError(f"--from {from_dir}: not a directory (expected a folder holding {name}'s files)")
+    tfds = _import_tfds()
+    if tfds is None:
+        raise DatasetUnavailableError(f"preparing {name} needs tensorflow_datasets, which is not installed")
+    return tfds
+
+
+def _link_manual_files(builder, links: Path, vendored: dict, folders: list[Path]) -> dict:
+    """Links each file `builder` downloads into `links` under its TFDS name, from the vendored
+    files (by sha256) or the first of `folders` holding it; returns {url: info} of those none has."""
+    missing = {}
+    for url, info in (builder.url_infos or {}).items():
+        candidates = [d / info.filename for d in folders]
+        source = vendored.get(info.checksum) or next((c for c in candidates if c.is_file()), candidates[-1])
+        if source.exists():
+            (links / info.filename).symlink_to(source.resolve())
+        else:
+            missing[url] = info
+    return missing
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,10 +8,11 @@ from pathlib import Path
 import jax
 
 import zoo
-from train import parallel, tasks
+from train import gen_metrics, parallel, tasks
 from train.checkpoint import CheckpointError, Checkpointer
 from train.config import Config, build_model, read_config_text, resolve
-from zoo.exports import check_finite, check_tree, expected_variables, write_text_atomic
+from zoo.files import write_text_atomic
+from zoo.trees import check_finite, check_tree, expected_variables
 
 
 def evaluate_arrays(task: tasks.Task, model, variables: dict, arrays: dict, *, batch_size: int = 1000,
@@ -152,3 +153,32 @@ def variables_for(name: str, *, pretrained=None, path=None, workdir=None):
         return load(name, pretrained=pretrained, path=path)
     _, model, variables, _ = restore_workdir(Path(workdir or Path("runs") / name))
     return model, variables
+
+
+def report_lines(result: dict) -> list[str]:
+    """`zoo eval`'s printout of an evaluation result: its numbers, then what the model's task
+    reports beside them (a per-class table, the sample-quality coverage where it was measured)."""
+    m = result["metrics"]
+    task = tasks.of_model(result["model"])
+    lines = [f"{result['model']} on {result['dataset']}/{result['split']} ({m['count']} examples, {result['source']}):"]
+    lines += [f"  {key}: {value:.6g}" for key, value in m.items() if isinstance(value, float)]
+    if task.per_class:
+        lines += _class_table(m, result.get("class_names"))
+    if task.quality is not None and "quality_n" in m:  # measured where --quality-n > 0 on MNIST
+        lines.append("  " + gen_metrics.quality_line(m))
+    if result.get("saved"):
+        lines.append(f"saved {result['saved']}")
+    return lines
+
+
+def _class_table(m: dict, names: list[str] | None) -> list[str]:
+    # "index 'name'": with --classes 0,2,5 row 1 is class '2' of the original labels
+    names = names or [None] * len(m["per_class"])
+    labels = [c if n is None else f"{c} {n!r}" for c, n in zip(m["per_class"], names)]
+    width = max(5, *map(len, labels))
+    lines = [f"  {'class':>{width}}  precision  recall  f1      support"]
+    for label, r in zip(labels, m["per_class"].values()):
+        lines.append(f"  {label:>{width}}  {r['precision']:.4f}     {r['recall']:.4f}  {r['f1']:.4f}  {r['support']}")
+    lines.append("  confusion (rows: true, cols: predicted):")
+    lines += ["   " + " ".join(f"{v:5d}" for v in row) for row in m["confusion"]]
+    return lines

@@ -20,7 +20,7 @@ _NAME_TAG = re.compile(r"[A-Za-z0-9_]+\.[A-Za-z0-9_-]+")  # cnn.mnist, char_lstm
 def check_source(source: str) -> None:
     """Raises ValueError unless `source` can name weights: an existing path, an http(s) URL or
     NAME.TAG of shipped weights. Cheap (nothing is read), so it runs before any work."""
-    from zoo.pretrained import is_url_path
+    from zoo.files import is_url_path
 
     if is_url_path(source) or Path(source).exists():
         return
@@ -42,7 +42,8 @@ def merge_pretrained(fresh: dict, loaded: dict, *, log=print) -> dict:
 
 def init_from(source: str, model, fresh: dict, *, log=print) -> dict:
     """Loads `source` ("name.tag" shipped weights, or an export dir / URL) and merges it into `fresh`."""
-    from zoo.pretrained import is_url_path, load
+    from zoo.files import is_url_path
+    from zoo.pretrained import load
 
     check_source(source)
     if Path(source).exists() or is_url_path(source):

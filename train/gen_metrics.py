@@ -98,6 +98,13 @@ def quality(images, reference) -> dict:
     }
 
 
+def quality_line(metrics: dict) -> str:
+    """How `zoo eval` prints the class coverage of `quality` metrics (after the other numbers)."""
+    classes = len(zoo.get_spec(CLASSIFIER[0]).class_names)
+    return (f"classes_covered: {metrics['classes_covered']} of {classes} digits ({'.'.join(CLASSIFIER)} confidence > "
+            f"{CONFIDENCE:g}), over {metrics['quality_n']} images")
+
+
 def _count(n: int, available: int) -> int:
     if n < 2:
         raise ValueError(f"the quality image count must be at least 2, got {n}")

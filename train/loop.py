@@ -21,7 +21,7 @@ import optax
 
 import zoo
 from train import data, parallel, report, tasks, workdir as workdirs
-from zoo.exports import write_text_atomic
+from zoo.files import write_text_atomic
 from train.checkpoint import Checkpointer
 from train.config import Config, build_model
 from train.state import TrainState, create_state, glorot_reinit, make_optimizer, make_schedule

@@ -39,7 +39,7 @@ from train import loop, parallel, report, tasks, workdir as workdirs
 from train.checkpoint import Checkpointer
 from train.config import Config
 from train.state import TrainState
-from zoo.exports import write_text_atomic
+from zoo.files import write_text_atomic
 
 # Config fields whose per-member values live in arrays; every other field is static (shared).
 ARRAY_FIELDS = ("lr", "weight_decay", "b1", "momentum", "clip_norm", "seed")

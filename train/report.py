@@ -56,7 +56,7 @@ class MetricsLog:
         lines = self.path.read_text().splitlines(keepends=True)
         keep = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
         if len(keep) != len(lines):
-            from zoo.exports import write_text_atomic
+            from zoo.files import write_text_atomic
 
             write_text_atomic(self.path, "".join(keep))
 

@@ -573,6 +573,33 @@ class Sweep:
     files: list
 
 
+def _progress(workdir: Path, log: Callable) -> Callable:
+    """The study callback that logs each finished trial and rewrites the results."""
+
+    def progress(study, trial) -> None:
+        value = trial.value if trial.value is not None else (
+            trial.intermediate_values[max(trial.intermediate_values)] if trial.intermediate_values else None)
+        shown = "-" if value is None else f"{value:.6g}"
+        log(f"trial {trial.number} {trial.state.name.lower()} ({shown}); study: {_summary(study)}")
+        write_results(study, workdir)
+
+    return progress
+
+
+def _check_counts(*, trials, population, timeout, heartbeat, seed) -> None:
+    """run_sweep's numeric arguments (ValueError naming the flag and the value)."""
+    if not isinstance(trials, int) or trials < 1:
+        raise ValueError(f"--trials {trials!r}: must be an integer >= 1")
+    if population is not None and (not isinstance(population, int) or isinstance(population, bool) or population < 1):
+        raise ValueError(f"--population {population!r}: must be an integer >= 1 (trials trained together)")
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"--timeout {timeout!r}: must be > 0 seconds")
+    if heartbeat < 1:
+        raise ValueError(f"--heartbeat {heartbeat!r}: must be >= 1 second")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise ValueError(f"--seed {seed!r}: must be an integer in [0, 2**32) (the sampler's seed)")
+
+
 def run_sweep(model: str, params: dict[str, str], *, trials: int, workdir: str | Path, sampler: str = "tpe",
               pruner: str = "median", seed: int = 0, storage: str | None = None, study_name: str | None = None,
               timeout: float | None = None, overrides: dict | None = None, config_file=None, heartbeat: int = 60,
@@ -588,16 +615,7 @@ def run_sweep(model: str, params: dict[str, str], *, trials: int, workdir: str |
     optuna = _optuna()
     from train.loop import TrainingDiverged
 
-    if not isinstance(trials, int) or trials < 1:
-        raise ValueError(f"--trials {trials!r}: must be an integer >= 1")
-    if population is not None and (not isinstance(population, int) or isinstance(population, bool) or population < 1):
-        raise ValueError(f"--population {population!r}: must be an integer >= 1 (trials trained together)")
-    if timeout is not None and not timeout > 0:
-        raise ValueError(f"--timeout {timeout!r}: must be > 0 seconds")
-    if heartbeat < 1:
-        raise ValueError(f"--heartbeat {heartbeat!r}: must be >= 1 second")
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
-        raise ValueError(f"--seed {seed!r}: must be an integer in [0, 2**32) (the sampler's seed)")
+    _check_counts(trials=trials, population=population, timeout=timeout, heartbeat=heartbeat, seed=seed)
     space = build_space(model, params, overrides=overrides, config_file=config_file)
     base = trial_config(model, {}, overrides=overrides, config_file=config_file).to_json()
     if population is not None and base["strategy"] != "jit":
@@ -620,13 +638,7 @@ def run_sweep(model: str, params: dict[str, str], *, trials: int, workdir: str |
     log(f"sweep {study.study_name} of {model} in {workdir} (storage {url}): {len(space)} parameters, "
         f"{trials} trials, sampler {sampler}, pruner {pruner}")
 
-    def progress(study, trial) -> None:
-        value = trial.value if trial.value is not None else (
-            trial.intermediate_values[max(trial.intermediate_values)] if trial.intermediate_values else None)
-        shown = "-" if value is None else f"{value:.6g}"
-        log(f"trial {trial.number} {trial.state.name.lower()} ({shown}); study: {_summary(study)}")
-        write_results(study, workdir)
-
+    progress = _progress(workdir, log)
     done = len(study.get_trials(deepcopy=False, states=finished))
     if done < trials and population is not None:
         run_populations(study, model, space, workdir, trials=trials, population=population, timeout=timeout,
@@ -721,7 +733,7 @@ def write_results(study, workdir: Path) -> list[Path]:
 
 def _write_results(study, workdir: Path) -> list[Path]:
     from train import tasks
-    from zoo.exports import write_json_atomic, write_text_atomic
+    from zoo.files import write_json_atomic, write_text_atomic
 
     rows = result_rows(study)
     metric = "val_" + tasks.of_model(study.user_attrs["model"]).val_metric

@@ -44,6 +44,8 @@ class Task:
       quality: optional `(model, variables, arrays, n, seed) -> metrics` of generated or
         reconstructed images against the first `n` of `arrays["x"]` (train/gen_metrics.py),
         reported by `zoo eval`.
+      per_class: its eval metrics hold per-class precision/recall/F1 and the confusion matrix
+        (`summarize`), which `zoo eval` prints as a table.
     """
 
     name: str
@@ -63,6 +65,7 @@ class Task:
     # False: the validation metric does not rank checkpoints (a GAN's g_loss says nothing of its
     # samples), so `zoo eval`/`zoo export` take the latest checkpoint unless --which best
     ranks_checkpoints: bool = True
+    per_class: bool = False
 
     def better(self, value: float, best: float | None) -> bool:
         """Whether validation `value` improves on `best` (None: nothing yet)."""
@@ -159,9 +162,9 @@ TASKS: dict[str, Task] = {
     t.name: t
     for t in (
         Task("classification", _IMAGES, _images(lambda x, y: {"x": x, "y": y}), *_classify, "accuracy", "max",
-             labels=lambda a: {"y": a["y"]}, predicts="classes"),
+             labels=lambda a: {"y": a["y"]}, predicts="classes", per_class=True),
         Task("sequence_classification", _IMAGES, _images(lambda x, y: {"x": data.rows_as_sequence(x), "y": y}),
-             *_classify, "accuracy", "max", labels=lambda a: {"y": a["y"]}),
+             *_classify, "accuracy", "max", labels=lambda a: {"y": a["y"]}, per_class=True),
         Task("binary", _IMAGES, _images(lambda x, y: {"x": x, "y": data.binary_labels(y)}),
              *_supervised(steps.binary_loss), "accuracy", "max", predicts="classes"),
         Task("multitask", _IMAGES, _images(lambda x, y: {"x": x, "y": data.multitask_labels(y)}),

@@ -6,7 +6,8 @@
     variables = zoo.init(model, jax.random.key(0))
     logits = model.apply(variables, images)      # images: float32 NHWC in [0, 1]
     feats = model.apply(variables, images, method="embed")   # the representation before the head
-    zoo.list_models("cnn*", pretrained=True)     # filter by pattern / shipped weights
+    zoo.list_models("cnn*", pretrained=True)     # filter by pattern / pretrained weights
+    zoo.available("cnn")                         # {tag: entry} of its pretrained weights
     batch = zoo.preprocess("cnn", pil_image)     # a picture -> float32 (1, 28, 28, 1), MNIST polarity
     print(zoo.model_card("cnn", "mnist"))        # what the shipped weights record (zoo info cnn.mnist)
 
@@ -20,9 +21,9 @@ flax.nnx: zoo.nnx is imported on first use).
 # so a new model touches only its family file; a new family file is named here once.
 from zoo import autoencoder, cnn, gan, mlp, multitask, rnn
 from zoo import cards, finetune, layers
-from zoo.cards import model_card, shipped_inputs
+from zoo.cards import model_card, pretrained_inputs, shipped_inputs
 from zoo.finetune import param_labels
-from zoo.pretrained import available, load, register_shipped
+from zoo.pretrained import available, load, register_pretrained
 from zoo.preprocess import preprocess  # the function; the module stays in sys.modules["zoo.preprocess"]
 from zoo.registry import (
     InputSpec,
@@ -33,12 +34,13 @@ from zoo.registry import (
     init,
     list_models,
     param_count,
+    register,
 )
 from zoo.torch_port import from_torch, to_torch, torch_model
+from zoo.version import __version__  # noqa: F401 (zoo.__version__)
 
-register_shipped()  # reads zoo/weights/manifest.json only (no orbax)
+register_pretrained()  # reads zoo/weights/manifest.json only (no orbax)
 
-__version__ = "0.1.0"
 
 
 def __getattr__(name):
@@ -73,6 +75,8 @@ __all__ = [
     "param_labels",
     "preprocess",
     "rnn",
+    "pretrained_inputs",
+    "register",
     "shipped_inputs",
     "to_torch",
     "torch_model",

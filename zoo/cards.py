@@ -2,10 +2,10 @@
 
     print(zoo.model_card("cnn"))            # the registry entry and its shipped tags
     print(zoo.model_card("cnn", "mnist"))   # one set of shipped weights: its manifest, in words
-    zoo.shipped_inputs("mlp_binary")        # {"mnist_parity": InputSpec((28, 28, 1), ...)}
+    zoo.pretrained_inputs("mlp_binary")     # {"mnist_parity": InputSpec((28, 28, 1), ...)}
 
 A card prints only what is recorded: the registry spec, the weights' manifest (read with
-`zoo.exports.read_manifest`, pinned by the package's weights index; the parameter files are
+`zoo.formats.orbax_export.read_manifest`, pinned by the package's weights index; the parameter files are
 not hashed here, `zoo.load` does that), the dataset's source as train/vendored/README.md states
 it, and the training device and wall time the manifest records (with when and from what they were
 recorded). Reads the installed package's JSON only: no orbax, no TensorFlow, no repository files.
@@ -16,11 +16,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from zoo import exports
+from zoo.formats.common import model_from_manifest
+from zoo.formats.orbax_export import read_manifest
 from zoo.pretrained import available, weights_dir
 from zoo.registry import InputSpec, get_spec, param_count
+from zoo.trees import expected_variables
 
-__all__ = ["DATASETS", "LICENSE_NOTE", "model_card", "shipped_inputs"]
+__all__ = ["DATASETS", "LICENSE_NOTE", "model_card", "pretrained_inputs", "shipped_inputs"]
 
 # The vendored datasets' sources as train/vendored/README.md states them (tests keep the two in sync).
 # train/vendored/README.md states no license for either; a card says so rather than guess one.
@@ -50,12 +52,15 @@ def _manifest(name: str, tag: str) -> tuple[dict, str]:
         have = ", ".join(sorted(weights)) or "none shipped"
         raise ValueError(f"unknown pretrained tag {tag!r} for {name!r}; shipped tags: {have}")
     directory, entry = weights[tag]
-    return exports.read_manifest(directory, entry["manifest_sha256"]), entry["manifest_sha256"]
+    return read_manifest(directory, entry["manifest_sha256"]), entry["manifest_sha256"]
 
 
-def shipped_inputs(name: str) -> dict[str, InputSpec]:
+def pretrained_inputs(name: str) -> dict[str, InputSpec]:
     """The input spec of each of `name`'s shipped weights (their model overrides applied)."""
-    return {tag: exports.model_from_manifest(_manifest(name, tag)[0]).input_spec() for tag in _weights(name)}
+    return {tag: model_from_manifest(_manifest(name, tag)[0]).input_spec() for tag in _weights(name)}
+
+
+shipped_inputs = pretrained_inputs  # the name before "pretrained" was the one word for shipped weights
 
 
 def _training_lines(training: dict | None) -> list[str]:
@@ -149,9 +154,9 @@ def model_card(name: str, tag: str | None = None) -> str:
         return "\n".join(lines)
 
     manifest, sha = _manifest(name, tag)
-    model = exports.model_from_manifest(manifest)
+    model = model_from_manifest(manifest)
     overrides = manifest.get("model_overrides") or {}
-    count = spec.num_params if not overrides else param_count(exports.expected_variables(model))
+    count = spec.num_params if not overrides else param_count(expected_variables(model))
     lines = [
         f"{name}.{tag}: pretrained weights of {name} ({spec.description})",
         f"task: {spec.task}",

@@ -7,11 +7,11 @@
     model, variables = zoo.load("cnn", path="https://host/cnn.tar.gz", sha256="9f2c...")
     logits = model.apply(variables, images)
 
-The export format (an export directory, its manifest.json, the shipped weights index, the
-tar.gz archive) is written, read and verified by zoo/exports.py; this module finds exports
-(shipped, local or downloaded) and loads them. Shipped weights live in
-`zoo/weights/<model>.<tag>/`, pinned by `zoo/weights/manifest.json`, so verification chains
-from the installed package. Pass `sha256=` to pin a URL's archive (or a local directory's
+The formats (an export directory, a .safetensors file, the tar.gz archive) are written, read
+and verified by zoo/formats/ (its table says how each path is read); this module finds exports
+(pretrained, local or downloaded) and loads them. Pretrained weights live in
+`zoo/weights/<model>.<tag>/`, pinned by `zoo/weights/manifest.json` (zoo/weights_index.py), so
+verification chains from the installed package. Pass `sha256=` to pin a URL's archive (or a local directory's
 manifest.json) the same way.
 
 Loading is strict and happens in this order: every file's sha256 is checked (a changed,
@@ -25,7 +25,7 @@ imported only inside `load`: `import zoo` stays light.
 
 Downloads (`path=` an http(s) URL of a tar.gz) are bounded: at most `max_bytes` (default
 1 GiB, `ZOO_MAX_DOWNLOAD_BYTES`) are downloaded and at most as many extracted (plus at most
-`exports.MAX_ARCHIVE_MEMBERS` members); the download must finish within
+`zoo.formats.archive.MAX_ARCHIVE_MEMBERS` members); the download must finish within
 `ZOO_DOWNLOAD_TIMEOUT` seconds (default 600; checked between reads, and no single read waits
 longer, so a stalled server is dropped within twice that at worst). Everything is written
 under temporary names `.download-HOST-PID-*` / `.extract-HOST-PID-*` in the cache and removed
@@ -48,14 +48,20 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import jax
 from flax import linen as nn
 
-from zoo import exports, finetune
+from zoo import finetune, formats
+from zoo.files import check_regular_file, check_sha256, is_url_path, sha256_file
+from zoo.formats.archive import extract_archive
+from zoo.formats.common import model_from_manifest
+from zoo.formats.orbax_export import verify_export
 from zoo.registry import _set_pretrained, get_spec, init, list_models
+from zoo.weights_index import read_index, weights_dir
 
-__all__ = ["load", "available", "register_shipped", "weights_dir", "cache_dir", "read_manifest"]
+__all__ = ["load", "available", "register_pretrained", "weights_dir", "cache_dir", "read_manifest"]
 
 DEFAULT_MAX_DOWNLOAD_BYTES = 1 << 30
 DEFAULT_DOWNLOAD_TIMEOUT = 600.0  # seconds for a whole download, not per read
@@ -64,12 +70,6 @@ _TEMPORARY = re.compile(r"\.(?:download|extract)-(?P<host>.+)-(?P<pid>\d+)-[a-z0
 
 
 # --- locations ------------------------------------------------------------------------------
-
-
-def weights_dir() -> Path:
-    """The shipped weights directory: `$ZOO_WEIGHTS_DIR` if set, else the package's `weights/`."""
-    env = os.environ.get("ZOO_WEIGHTS_DIR")
-    return Path(env) if env else Path(__file__).parent / "weights"
 
 
 def cache_dir() -> Path:
@@ -94,7 +94,7 @@ def available(name: str | None = None) -> dict:
       "manifest_sha256", "metric" and "size_bytes".
     """
     by_model: dict[str, dict[str, dict]] = {}
-    for key, entry in sorted(exports.read_index(weights_dir())["weights"].items()):
+    for key, entry in sorted(read_index(weights_dir())["weights"].items()):
         model, _, tag = key.partition(".")
         by_model.setdefault(model, {})[tag] = dict(entry)
     if name is None:
@@ -103,7 +103,7 @@ def available(name: str | None = None) -> dict:
     return by_model.get(name, {})
 
 
-def register_shipped() -> None:
+def register_pretrained() -> None:
     """Sets every registered model's `ModelSpec.pretrained` tags from the weights manifest.
 
     Reads only the small JSON manifest (no orbax), so it is cheap to call at `import zoo`.
@@ -253,8 +253,8 @@ def _fetch(url: str, sha256: str | None, max_bytes: int | None) -> Path:
         if sha256 is not None and found != sha256:
             raise ValueError(f"{url}: sha256 mismatch: expected {sha256}, found {found}")
         extracted = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".extract-{owner}"))
-        root = exports.extract_archive(archive, extracted, url, max_bytes=max_bytes)
-        exports.verify_export(root)
+        root = extract_archive(archive, extracted, url, max_bytes=max_bytes)
+        verify_export(root)
         try:
             os.rename(root, final)
         except OSError:
@@ -302,7 +302,7 @@ def _locate(name: str | None, pretrained: str | None, path, sha256: str | None,
         shipped = ", ".join(available(name)) or "none shipped yet"
         raise ValueError(f"load({name!r}): pass exactly one of pretrained=<tag> (shipped: {shipped}) or path=")
     if sha256 is not None:
-        sha256 = exports.check_sha256(sha256)
+        sha256 = check_sha256(sha256)
     is_url = is_url_path(path)
     if max_bytes is not None and not is_url:
         raise ValueError(f"max_bytes= applies to an http(s) URL in path=, got path={path!r}")
@@ -310,17 +310,17 @@ def _locate(name: str | None, pretrained: str | None, path, sha256: str | None,
         if sha256 is not None:
             raise ValueError("sha256= applies to path=; shipped weights are pinned by the package")
         directory, sha256 = _shipped_dir(name, pretrained)
-        manifest = exports.verify_export(directory, manifest_sha256=sha256)
+        manifest = verify_export(directory, manifest_sha256=sha256)
     elif is_url:
         directory = _fetch(path, sha256, max_bytes)
         try:
-            manifest = exports.verify_export(directory)
+            manifest = verify_export(directory)
         except ValueError as e:
             raise ValueError(f"{e}\n(the cached download of {path}; delete {directory} to fetch it again)") from None
     else:
         directory = Path(path)
         try:
-            manifest = exports.verify_export(directory, manifest_sha256=sha256)
+            manifest = verify_export(directory, manifest_sha256=sha256)
         except OSError as e:
             raise _naming(path, e) from e
 
@@ -338,12 +338,13 @@ def _check_model(manifest: dict, name: str | None, what: str) -> None:
 def read_manifest(name: str | None = None, pretrained: str | None = None, *, path=None, sha256: str | None = None) -> dict:
     """The verified manifest of shipped weights (`name`, `pretrained`) or of an export (`path`).
 
-    Unlike `zoo.exports.read_manifest(directory)`, this finds the export first (a shipped
+    Unlike `zoo.formats.orbax_export.read_manifest(directory)`, this finds the export first (a shipped
     tag, a directory or a URL, downloaded if needed) and checks every file's sha256. For a
     .safetensors file, its header's metadata in the same layout (no "files").
     """
-    if pretrained is None and _is_safetensors(path):
-        return _read_safetensors(name, Path(path), sha256, None)[0]
+    fmt = formats.of_path(path) if pretrained is None else formats.get(formats.DIRECTORY)
+    if fmt.read is not None:
+        return _read_file(fmt, name, Path(path), sha256, None)[0]
     return _locate(name, pretrained, path, sha256)[1]
 
 
@@ -367,7 +368,7 @@ def load(
       name: registry name; must equal the checkpoint's model.
       pretrained: tag of weights shipped with zoo (see `available(name)`), e.g. "mnist".
       path: instead, an exported checkpoint directory, a local `.safetensors` file
-        written by `zoo.exports.write_safetensors` (or `zoo export --format safetensors`),
+        written by `zoo.formats.safetensors_export.write_safetensors` (or `zoo export --format safetensors`),
         or an http(s) URL of a tar.gz of an export directory (downloaded once into the
         cache, `ZOO_CACHE`).
       sha256: optional pin: the archive's sha256 for a URL, the manifest.json's sha256 for
@@ -393,50 +394,39 @@ def load(
         the URL unreachable, an HTTP error (URL and status named), or TimeoutError after
         `ZOO_DOWNLOAD_TIMEOUT` seconds.
     """
-    if pretrained is None and _is_safetensors(path):
-        manifest, flat = _read_safetensors(name, Path(path), sha256, max_bytes)
-        model = exports.model_from_manifest(manifest)
-        variables = exports.restore_safetensors(path, model, name, flat)
+    fmt = formats.of_path(path) if pretrained is None else formats.get(formats.DIRECTORY)
+    if fmt.read is not None:  # a one-file format
+        source, (manifest, payload) = path, _read_file(fmt, name, Path(path), sha256, max_bytes)
     else:
-        directory, manifest = _locate(name, pretrained, path, sha256, max_bytes)
-        model = exports.model_from_manifest(manifest)
-        try:
-            variables = exports.restore_variables(directory, model, name)
-        except OSError as e:
-            raise _naming(path if path is not None else directory, e) from e
+        (source, manifest), payload = _locate(name, pretrained, path, sha256, max_bytes), None
+    model = model_from_manifest(manifest)
+    try:
+        variables = fmt.restore(source, model, name, payload)
+    except OSError as e:
+        raise _naming(path if path is not None else source, e) from e
     if num_classes is not None and num_classes != getattr(model, "num_classes", None):
         model, variables = _new_head(model, variables, num_classes, seed)
     return model, jax.device_put(variables)
 
 
-def is_url_path(path) -> bool:
-    """Whether `path` is an http(s) URL (the scheme is case-insensitive: HTTP://host is one)."""
-    return isinstance(path, str) and path[:8].lower().startswith(("http://", "https://"))
-
-
-def _is_safetensors(path) -> bool:
-    """A local path (not a URL) naming a .safetensors file."""
-    return (isinstance(path, (str, os.PathLike)) and str(path).endswith(exports.SAFETENSORS_SUFFIX)
-            and not is_url_path(path))
-
-
-def _read_safetensors(name: str | None, path: Path, sha256: str | None, max_bytes: int | None) -> tuple[dict, dict]:
-    """(manifest, flat arrays) of a .safetensors export: pinned by `sha256` if given, of model `name`."""
+def _read_file(fmt: formats.Format, name: str | None, path: Path, sha256: str | None,
+               max_bytes: int | None) -> tuple[dict, Any]:
+    """(manifest, payload) of a one-file export (`fmt.read`): pinned by `sha256` if given, of model `name`."""
     if name is not None:
         get_spec(name)
     if max_bytes is not None:
         raise ValueError(f"max_bytes= applies to an http(s) URL in path=, got path={str(path)!r}")
     try:
-        exports.check_regular_file(path, "a .safetensors file")  # a FIFO would block, a directory fails obscurely
+        check_regular_file(path, f"a {fmt.suffix} file")  # a FIFO would block, a directory fails obscurely
         if sha256 is not None:
-            expected, found = exports.check_sha256(sha256), exports.sha256_file(path)
+            expected, found = check_sha256(sha256), sha256_file(path)
             if found != expected:
                 raise ValueError(f"{path}: sha256 mismatch: expected {expected}, found {found}")
-        manifest, flat = exports.read_safetensors(path)
+        manifest, payload = fmt.read(path)
     except OSError as e:
         raise _naming(path, e) from e
     _check_model(manifest, name, str(path))
-    return manifest, flat
+    return manifest, payload
 
 
 def _new_head(model: nn.Module, loaded: dict, num_classes: int, seed: int) -> tuple[nn.Module, dict]:

@@ -28,7 +28,7 @@ from flax import nnx
 
 from zoo import registry
 from zoo.nnx import autoencoder, cnn, gan, mlp, multitask, rnn
-from zoo.nnx.layers import Conv, ConvTranspose, LSTMLayer, ZooModule
+from zoo.nnx.layers import Conv, ConvTranspose, LSTMLayer, ZooModule, variables
 
 __all__ = [
     "Conv",
@@ -79,18 +79,6 @@ def create(name: str, *, rngs: nnx.Rngs, **overrides: Any) -> ZooModule:
 
 def _pure(tree) -> dict:
     return nnx.to_pure_dict(tree)
-
-
-def variables(net: nnx.Module) -> dict:
-    """{"params": ..., and "batch_stats" if the net has BatchNorm}: the Linen variables dict of
-    `net`, the input of `zoo.exports` writers, `zoo.to_torch` and the Linen twin's `apply`."""
-    if not isinstance(net, nnx.Module):
-        raise TypeError(f"expected an nnx.Module, got {type(net).__name__}")
-    out = {"params": _pure(nnx.state(net, nnx.Param))}
-    stats = _pure(nnx.state(net, nnx.BatchStat))
-    if jax.tree.leaves(stats):
-        out["batch_stats"] = stats
-    return out
 
 
 def _paths(tree) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import jax
 import jax.numpy as jnp
 from flax import linen as nn
 from flax import nnx
@@ -18,7 +19,20 @@ from flax import nnx
 from zoo import layers
 from zoo.registry import _check_overrides, _module_fields
 
-__all__ = ["Conv", "ConvTranspose", "LSTMLayer", "ZooModule"]
+__all__ = ["Conv", "ConvTranspose", "LSTMLayer", "ZooModule", "variables"]
+
+
+# Here, not in zoo/nnx/__init__: the models use it, and __init__ imports the models.
+def variables(net: nnx.Module) -> dict:
+    """{"params": ..., and "batch_stats" if the net has BatchNorm}: the Linen variables dict of
+    `net`, the input of the `zoo.formats` writers, `zoo.to_torch` and the Linen twin's `apply`."""
+    if not isinstance(net, nnx.Module):
+        raise TypeError(f"expected an nnx.Module, got {type(net).__name__}")
+    out = {"params": nnx.to_pure_dict(nnx.state(net, nnx.Param))}
+    stats = nnx.to_pure_dict(nnx.state(net, nnx.BatchStat))
+    if jax.tree.leaves(stats):
+        out["batch_stats"] = stats
+    return out
 
 
 class _LinenLayer(nnx.Module):

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from zoo import rnn as linen
-from zoo.nnx.layers import LSTMLayer, ZooModule
+from zoo.nnx.layers import LSTMLayer, ZooModule, variables
 from zoo.registry import check_input
 from zoo.rnn import TINY_SHAKESPEARE_VOCAB, decode, encode  # noqa: F401 (the same vocabulary helpers)
 
@@ -117,6 +117,4 @@ class CharLSTM(ZooModule):
         The Linen model's sampler on this module's parameters (same checks, same samples).
         Under `nnx.jit`, mark `length` static.
         """
-        from zoo.nnx import variables
-
         return self.to_linen().apply(variables(self), rng, prompt, length, temperature, method="generate")

@@ -1,0 +1,97 @@
+"""`zoo predict`'s library half: pictures -> top-k classes per head, or reconstructions as PNGs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import numpy as np
+
+
+def class_probabilities(logits, names) -> list[tuple[str, float]]:
+    """(class name, probability) for one example's logits, most likely first.
+
+    One logit is binary (sigmoid: names[1] when the logit is positive); more are a softmax.
+    Class names come from the spec when they match the logits, else the class index.
+    """
+    logits = np.asarray(logits, np.float32)
+    if logits.shape == (1,):
+        probs = np.asarray(jax.nn.sigmoid(np.array([-logits[0], logits[0]])))  # 1 - sigmoid(l) = sigmoid(-l)
+    else:
+        probs = np.asarray(jax.nn.softmax(logits))
+    labels = list(names) if names is not None and len(names) == len(probs) else [str(i) for i in range(len(probs))]
+    order = np.argsort(-probs, kind="stable")
+    return [(labels[i], float(probs[i])) for i in order]
+
+
+def read_image(model, path: Path, *, invert: bool = True) -> np.ndarray:
+    """The model's input batch (1, ...) of one image file; ValueError naming what is wrong with it."""
+    from PIL import Image, UnidentifiedImageError
+
+    from zoo.files import NotARegularFileError, open_regular_file
+    from zoo.preprocess import preprocess
+
+    try:
+        with open_regular_file(path, "an image file") as f, Image.open(f) as image:  # a FIFO would block
+            image.load()  # decode now: a truncated file fails here, named
+            return preprocess(model, image, invert="auto" if invert else False)
+    except NotARegularFileError as e:
+        raise ValueError(f"is {e.kind}, not an image file") from None
+    except FileNotFoundError:
+        raise ValueError("no such file") from None
+    except IsADirectoryError:
+        raise ValueError("is a directory, not an image file") from None
+    except UnidentifiedImageError:
+        raise ValueError("not an image Pillow can read (PNG, JPEG, BMP, ...)") from None
+    except OSError as e:
+        raise ValueError(f"cannot read the image ({e.strerror or e})") from None
+    except (SyntaxError, Image.DecompressionBombError) as e:  # Pillow's damaged-PNG and too-many-pixels errors
+        raise ValueError(f"cannot read the image ({e})") from None
+
+
+def predict_one(model, apply, path: Path, names, *, top_k: int = 3, invert: bool = True,
+                reconstruction: Path | None = None) -> dict:
+    """The top-k predictions for one image file ({"predictions": ...}), or with `reconstruction`
+    (a PNG path) the input | reconstruction grid written there ({"reconstruction", "mse"})."""
+    batch = read_image(model, path, invert=invert)
+    output = apply(batch)
+    if isinstance(output, dict):  # a multi-head model: top-k per head
+        return {"predictions": {head: [{"class": c, "probability": p} for c, p in
+                                       class_probabilities(out[0], (names or {}).get(head))[:top_k]]
+                                for head, out in sorted(output.items())}}
+    if reconstruction is not None:
+        from train.report import save_grid
+
+        recon = np.asarray(output)
+        out = save_grid(np.concatenate([batch, recon]), reconstruction, ncol=2)
+        return {"reconstruction": str(out), "mse": float(np.mean((recon - batch) ** 2))}
+    return {"predictions": [{"class": c, "probability": p} for c, p in class_probabilities(output[0], names)[:top_k]]}
+
+
+def reconstruction_names(files: list[str]) -> dict[str, str]:
+    """One PNG name per input file for `zoo predict autoencoder --out DIR`: FILE-STEM.png, and
+    where stems repeat in one call (a/7.png b/7.png, 7.png 7.jpg) STEM-2.png, STEM-3.png, ... in
+    argument order, so no reconstruction overwrites another of the same call."""
+    names, taken = {}, set()
+    for file in files:
+        if file in names:
+            continue
+        stem, n = Path(file).stem, 1
+        name = f"{stem}.png"
+        while name in taken:
+            n += 1
+            name = f"{stem}-{n}.png"
+        names[file] = name
+        taken.add(name)
+    return names
+
+
+def summary_line(path: str, result: dict) -> str:
+    """One printed line of a `predict_one` result for the file shown as `path`."""
+    if "reconstruction" in result:
+        return f"{path}: wrote {result['reconstruction']} (input | reconstruction, mse {result['mse']:.4g})"
+    predictions = result["predictions"]
+    top = lambda ps: ", ".join(f"{p['class']} ({p['probability']:.3f})" for p in ps)  # noqa: E731
+    if isinstance(predictions, dict):
+        return f"{path}: " + "; ".join(f"{head}: {top(ps)}" for head, ps in predictions.items())
+    return f"{path}: {top(predictions)}"
