@@ -315,3 +315,16 @@ def test_train_fit_compiles_the_nnx_model_to_the_linen_program(name):
     y = jnp.zeros((8,), jnp.int32)
     view = LinenView(zoo.nnx.from_variables(name, variables))
     assert _compiled_op_counts(view, variables, x, y) == _compiled_op_counts(linen, variables, x, y)
+
+
+def test_the_writers_take_an_nnx_net_as_it_is(tmp_path):
+    """What an NNX user holds is the net: every format writes it without a conversion step."""
+    from zoo import formats
+
+    net = zoo.nnx.create("cnn", rngs=nnx.Rngs(3))
+    expected = zoo.nnx.variables(net)
+    for fmt, path in (("orbax", tmp_path / "export"), ("safetensors", tmp_path / "cnn.safetensors")):
+        formats.write(fmt, path, "cnn", net)
+        _, loaded = zoo.load("cnn", path=path)
+        for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(loaded)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Mapping
 
 import jax
@@ -12,7 +13,7 @@ from flax.traverse_util import flatten_dict
 
 from zoo.registry import init
 
-__all__ = ["check_tree", "expected_variables", "check_finite"]
+__all__ = ["as_variables", "check_tree", "expected_variables", "check_finite"]
 
 
 def _shape_dtype(leaf: Any) -> tuple[tuple[int, ...], np.dtype | None]:
@@ -96,3 +97,17 @@ def expected_variables(model: nn.Module) -> dict:
     """The model's variables as a tree of jax.ShapeDtypeStruct (no memory, no device)."""
     shapes = jax.eval_shape(lambda: init(model, jax.random.key(0)))
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), shapes)
+
+
+def as_variables(obj: Any) -> Any:
+    """`obj` as a Linen variables dict: a mapping is returned as it is; an `nnx.Module` (a
+    `zoo.nnx` model or your own) gives {"params": its nnx.Param state, "batch_stats": its
+    nnx.BatchStat state, if any} as plain dicts, the one tree both APIs share."""
+    nnx = sys.modules.get("flax.nnx")  # an nnx.Module can only exist once flax.nnx is imported
+    if nnx is None or not isinstance(obj, nnx.Module):
+        return obj
+    out = {"params": nnx.to_pure_dict(nnx.state(obj, nnx.Param))}
+    stats = nnx.to_pure_dict(nnx.state(obj, nnx.BatchStat))
+    if jax.tree.leaves(stats):
+        out["batch_stats"] = stats
+    return out

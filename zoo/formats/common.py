@@ -19,7 +19,7 @@ from flax.core import unfreeze
 
 from zoo.files import file_kind
 from zoo.registry import create
-from zoo.trees import check_finite, check_tree, expected_variables
+from zoo.trees import as_variables, check_finite, check_tree, expected_variables
 from zoo.version import __version__
 
 
@@ -137,9 +137,10 @@ def json_metadata(model_name: str, overrides: dict, metric: Mapping | None) -> d
 
 
 def checked_host_variables(model_name: str, variables: Mapping, overrides: dict) -> tuple[nn.Module, dict]:
-    """(model, variables as host numpy), after the strict tree check against the model."""
+    """(model, variables as host numpy), after the strict tree check against the model.
+    `variables` may be an nnx.Module: its own variables are written (`zoo.trees.as_variables`)."""
     model = model_from_manifest({"model": model_name, "model_overrides": overrides})
-    host = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), unfreeze(variables))
+    host = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), unfreeze(as_variables(variables)))
     what = f"variables do not match model {model_name!r}" + (f" with overrides {overrides}" if overrides else "")
     check_tree(expected_variables(model), host, what)
     check_finite(host, f"variables of {model_name!r}")  # an export of them would predict NaN

@@ -18,6 +18,7 @@ from flax import nnx
 
 from zoo import layers
 from zoo.registry import _check_overrides, _module_fields
+from zoo.trees import as_variables
 
 __all__ = ["Conv", "ConvTranspose", "LSTMLayer", "ZooModule", "variables"]
 
@@ -28,11 +29,7 @@ def variables(net: nnx.Module) -> dict:
     `net`, the input of the `zoo.formats` writers, `zoo.to_torch` and the Linen twin's `apply`."""
     if not isinstance(net, nnx.Module):
         raise TypeError(f"expected an nnx.Module, got {type(net).__name__}")
-    out = {"params": nnx.to_pure_dict(nnx.state(net, nnx.Param))}
-    stats = nnx.to_pure_dict(nnx.state(net, nnx.BatchStat))
-    if jax.tree.leaves(stats):
-        out["batch_stats"] = stats
-    return out
+    return as_variables(net)
 
 
 class _LinenLayer(nnx.Module):
