@@ -272,6 +272,18 @@ def test_cli_resumes_past_damage_and_says_so_once_nothing_is_intact(finished_run
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_cli_fallback_past_an_emptied_file_prints_no_background_traceback(finished_run, tfds_dir, cli_env, tmp_path):
+    """An emptied array file made Orbax's background thread log an asyncio traceback on stderr
+    after the fallback had been said; the user sees the one warning line and the run."""
+    workdir = tmp_path / "w"
+    shutil.copytree(finished_run, workdir)
+    steps = _steps(workdir)
+    _damage(workdir / "checkpoints" / str(steps[-1]), "empty")
+    result = _ok(_run(_tiny(tfds_dir, workdir, "--epochs", 2), cli_env))
+    assert f"checkpoint step {steps[-1]} is damaged" in result.stdout
+    assert "Traceback" not in result.stderr and "ERROR" not in result.stderr, result.stderr[-3000:]
+
+
 # ---------------------------------------------------------------- 10: multi-host, unshared workdir
 
 
