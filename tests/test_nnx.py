@@ -176,6 +176,7 @@ def test_load_with_a_new_head_and_export_round_trip(tmp_path):
     _close(zoo.nnx.variables(again), zoo.nnx.variables(shipped), tol=0)
 
 
+@pytest.mark.slow  # ten full test-split evaluations; the Linen twin of each runs in the default suite
 @pytest.mark.parametrize("name,tag", SHIPPED, ids=[f"{n}.{t}" for n, t in SHIPPED])
 def test_shipped_weights_reproduce_their_metric_through_nnx(name, tag, tfds_dir):
     """tests/test_shipped.py's check, with the forward pass computed by the NNX module."""
