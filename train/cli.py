@@ -72,6 +72,8 @@ def _add_config_flags(parser: _Parser) -> None:
         default = field.default if field.default not in (None, "", dataclasses.MISSING) else "none"
         kind = {"int": int, "float": float, "str": str, "bool": bool, "str | None": str, "list": _int_list}.get(
             str(field.type), str)
+        if field.name == "class_names":
+            kind = _name_list
         if kind is bool:
             help_text = f"{field.metadata['help']} [default {'on' if default else 'off'}]"
             parser.add_argument(flag(field.name), action=argparse.BooleanOptionalAction, default=None, help=help_text)
@@ -97,6 +99,14 @@ def _int_list(raw: str) -> list:
 
 
 _int_list.__name__ = "comma-separated integers"  # argparse names the type in its error
+
+
+def _name_list(raw: str) -> list:
+    """"cat,dog" -> ["cat", "dog"] (names keep inner spaces; empty parts are dropped)."""
+    return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+_name_list.__name__ = "comma-separated names"
 
 
 def _looks_like_json(raw: str) -> bool:

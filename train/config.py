@@ -95,6 +95,18 @@ class OfType:
         return self.what
 
 
+@dataclasses.dataclass(frozen=True)
+class ClassNames:
+    """A list of distinct, non-empty strings (or empty: the model's own names)."""
+
+    def ok(self, value: Any) -> bool:
+        return (isinstance(value, list) and all(isinstance(v, str) and v.strip() for v in value)
+                and len(set(value)) == len(value))
+
+    def describe(self) -> str:
+        return "distinct non-empty class names"
+
+
 def _optimizers():
     from train.state import OPTIMIZERS
 
@@ -198,6 +210,13 @@ class Config:
     init_from: str = option("", "fine-tune from a pretrained tag (cnn.mnist) or an export dir", OfType(str, "a string"))
     data_dir: str | None = option(None, "TFDS data dir; none = $TFDS_DATA_DIR or ~/tensorflow_datasets",
                                   OfType(str, "a directory", optional=True))
+    data: str | None = option(None, "your own data instead of --dataset: a folder of class subfolders of images "
+                              "(optionally split as train/, val/, test/), an .npz of x/y (or image/label) arrays, "
+                              "or a text file / folder of .txt files for language models (docs/data.md)",
+                              OfType(str, "a path", optional=True))
+    class_names: list = option(list, "names of the classes in label order (filled from an image folder's "
+                               "subfolders; recorded with the run and its exports); empty = the model's own",
+                               ClassNames())
     classes: list = option(list, "train on these class labels only, relabelled 0..k-1 (num_classes becomes k); "
                            "CLI: --classes 0,1,2; empty = all", Classes())
     train_only: str = option("", "train only the parameters whose path matches these comma-separated patterns "

@@ -1,0 +1,88 @@
+"""Your own data: a folder of images, an .npz of arrays, or text files, as the engine trains on them.
+
+    ud = sources.open_data("pets/", image_shape=(64, 64, 3), val_size=5000)
+    ud.splits["train"]      # an ImageFolderSource (streamed with Grain) or a dict of numpy arrays
+    ud.class_names          # ("cat", "dog"): the subfolder names, sorted
+    ud.vocab                # text: the sorted characters of the training text
+
+What each layout gives (docs/data.md):
+
+* a folder of class subfolders of images (optionally `train/`, `val/`, `test/` folders of class
+  subfolders): `images.ImageFolderSource` per split, decoded one image at a time (in Grain worker
+  processes when training), never all in memory; items are TFDS-style
+  {"image": uint8 (H, W, C), "label": int32 ()}.
+* an `.npz`: `image`/`label` arrays are TFDS-style (the task's view applies, as for MNIST);
+  `x`/`y` arrays are `train.fit`-style (already the model's input). In memory.
+* a text file or a folder of `.txt` files: {"text": uint8 bytes} per split, in memory, with the
+  vocabulary built from the training text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["UserData", "open_data"]
+
+
+@dataclasses.dataclass(frozen=True)
+class UserData:
+    """A user's dataset, opened.
+
+    Attributes:
+      kind: "images" (a folder of class subfolders), "arrays" (an .npz) or "text".
+      path: the path given, absolute.
+      splits: {"train", "validation", "test"} -> an `images.ImageFolderSource` (streamed) or a
+        dict of numpy arrays (in memory): {"image", "label"} or {"x", "y"} or {"text"}.
+      class_names: names of the labels 0..k-1, or None (an .npz without `class_names`, text).
+      vocab: text: the vocabulary (sorted distinct characters of the training text); else None.
+      notes: one-line facts said once when the data is opened (files skipped, images resized,
+        where validation came from).
+    """
+
+    kind: str
+    path: Path
+    splits: dict[str, Any]
+    class_names: tuple[str, ...] | None = None
+    vocab: str | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def streamed(self) -> bool:
+        """True when the training split is read from files while training (Grain), not held in memory."""
+        return not isinstance(self.splits["train"], dict)
+
+
+def open_data(path: str | os.PathLike, *, image_shape: tuple[int, int, int] | None, val_size: int,
+              text: bool = False) -> UserData:
+    """Opens a user's dataset by its layout.
+
+    Args:
+      path: an image folder, an .npz file, or (with `text`) a text file or folder of .txt files.
+      image_shape: (height, width, channels) images are decoded to (the model's input;
+        `zoo.preprocess.image_shape`); None for models that do not take images.
+      val_size: examples held out for validation where the data has no validation split.
+      text: the model is a language model: read `path` as text.
+
+    Raises:
+      FileNotFoundError, ValueError: one line naming the path and what was expected.
+    """
+    p = Path(path).expanduser().absolute()
+    if not p.exists():
+        raise FileNotFoundError(f"--data {os.fspath(path)}: no such file or folder")
+    if text:
+        from train.sources import text as text_files
+
+        return text_files.open_text(p, val_size=val_size)
+    if p.is_file() and p.suffix == ".npz":
+        from train.sources import arrays
+
+        return arrays.open_npz(p, val_size=val_size)
+    if p.is_dir():
+        from train.sources import images
+
+        return images.open_folder(p, image_shape=image_shape, val_size=val_size)
+    raise ValueError(f"--data {os.fspath(path)}: expected a folder of class subfolders of images or an .npz "
+                     "file (a text file trains a language model such as char_lstm)")
