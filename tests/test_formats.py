@@ -397,3 +397,12 @@ def test_formats_write_keeps_only_the_fields_a_format_records(tmp_path):
     out = formats.write("safetensors", tmp_path / "m.safetensors", "mlp", variables, dataset="mnist",
                         command="zoo train mlp", train_config={"epochs": 1})  # not recorded in the file
     assert read_safetensors(out)[0]["dataset"] == "mnist"
+
+
+def test_load_of_an_onnx_file_says_what_load_reads(tmp_path):
+    """An .onnx graph is for onnxruntime: zoo.load says so instead of "not a directory"."""
+    graph = tmp_path / "cnn.onnx"
+    graph.write_bytes(b"not read")
+    with pytest.raises(ValueError, match=r"cnn\.onnx: zoo\.load cannot read onnx files .*reads an export directory or "
+                                         r"\.safetensors files"):
+        zoo.load("cnn", path=graph)

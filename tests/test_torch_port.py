@@ -636,3 +636,13 @@ def test_dcgan_batchnorm_training_mode_forward_gradients_and_stats():
     for (path, got), expected in zip(jax.tree_util.tree_flatten_with_path(stats)[0], jax.tree.leaves(want_stats)):
         if jax.tree_util.keystr(path).endswith("['mean']"):
             np.testing.assert_allclose(np.asarray(got), np.asarray(expected), **TOL, err_msg=jax.tree_util.keystr(path))
+
+
+def test_from_torch_refuses_non_finite_weights():
+    """A state dict that diverged in PyTorch gives one error naming the leaf, not NaN variables."""
+    net = torch_model("mlp_small")
+    state = net.state_dict()
+    first = next(iter(state))
+    state[first][0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"from_torch \(mlp_small\): non-finite weights .*1 NaN"):
+        from_torch("mlp_small", state)

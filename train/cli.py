@@ -304,7 +304,9 @@ def _check_export_out(args) -> None:
 
         source = weights_dir() / f"{args.model}.{args.pretrained}"
     elif args.path:
-        source = None if "://" in args.path else Path(args.path)
+        from zoo.files import is_url_path
+
+        source = None if is_url_path(args.path) else Path(args.path)
     else:
         source = Path(args.workdir or Path("runs") / args.model)
     out = Path(args.out).absolute()

@@ -60,6 +60,7 @@ from flax import linen as nn
 
 from zoo.registry import create, init, torch_modules, torch_spec
 from zoo.torch_map import Layer, Tensor
+from zoo.trees import check_finite
 
 __all__ = ["from_torch", "to_torch", "torch_model"]
 
@@ -274,6 +275,7 @@ def from_torch(model_or_name: nn.Module | str, state_dict: Mapping[str, Any]) ->
             for part in slot.layer.path:
                 node = node.setdefault(part, {})
             node[t.leaf] = jnp.asarray(value, want.dtype)
+    check_finite(variables, f"from_torch ({label})")  # NaN weights would predict class 0 for everything
     return variables
 
 

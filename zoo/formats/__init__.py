@@ -76,7 +76,11 @@ def of_path(path) -> Format:
     export directory (a local one, or a URL's tar.gz)."""
     if isinstance(path, (str, os.PathLike)) and not is_url_path(path):
         for fmt in FORMATS.values():
-            if fmt.suffix and fmt.read is not None and str(path).endswith(fmt.suffix):
+            if fmt.suffix and str(path).endswith(fmt.suffix):
+                if fmt.read is None:  # written for another runtime (an ONNX graph), not for zoo.load
+                    readable = ", ".join(f.suffix for f in FORMATS.values() if f.read) or "none"
+                    raise ValueError(f"{os.fspath(path)}: zoo.load cannot read {fmt.name} files ({fmt.help}); "
+                                     f"it reads an export directory or {readable} files")
                 return fmt
     return FORMATS[DIRECTORY]
 
