@@ -380,12 +380,15 @@ def test_the_format_table_drives_export_and_load():
     (choice,) = [a for a in export._actions if "--format" in a.option_strings]
     assert choice.choices == list(formats.FORMATS) == ["orbax", "safetensors", "onnx"]
     assert choice.default == formats.DIRECTORY == "orbax"
-    # zoo.load reads a local file by the suffix of a format that has a reader; anything else
-    # (a directory, a URL's archive, an .onnx graph) is looked up as an export directory
+    # zoo.load reads a local file by the suffix of a format that has a reader, refuses one of a
+    # format without a reader (an .onnx graph); anything else (a directory, a URL's archive) is
+    # looked up as an export directory
     assert formats.of_path("w/cnn.safetensors").name == "safetensors"
     assert formats.of_path(Path("cnn.safetensors")).name == "safetensors"
-    for path in ("https://host/cnn.safetensors", "w/cnn.onnx", "w/export", None):
+    for path in ("https://host/cnn.safetensors", "w/export", None):
         assert formats.of_path(path).name == "orbax", path
+    with pytest.raises(ValueError, match="cannot read onnx files"):
+        formats.of_path("w/cnn.onnx")
     with pytest.raises(ValueError, match="unknown export format 'tflite'; formats: orbax, safetensors, onnx"):
         formats.get("tflite")
 
