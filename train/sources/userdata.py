@@ -1,5 +1,6 @@
-"""`UserData`, what `train.sources.open_data` returns (in its own module so that the readers,
-which `open_data` imports, can build one without an import cycle)."""
+"""`UserData`, what `train.sources.open_data` returns, and the validation cut the readers share
+(in their own module so that the readers, which `open_data` imports, use them without an import
+cycle)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-__all__ = ["UserData"]
+import numpy as np
+
+__all__ = ["UserData", "validation_cut", "VAL_SEED"]
+
+# Not the run's seed: every run and sweep trial validates on the same held-out examples.
+VAL_SEED = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,3 +42,18 @@ class UserData:
     def streamed(self) -> bool:
         """True when the training split is read from files while training (Grain), not held in memory."""
         return not isinstance(self.splits["train"], dict)
+
+
+def validation_cut(n: int, val_size: int | None, where: str, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) indices of `n` examples, each sorted: `val_size` of them (None: a
+    tenth, at least one) picked by a fixed shuffle (`VAL_SEED`), the rest for training.
+
+    Raises:
+      ValueError: "`where`: ..." naming `what` was cut when no training example would be left.
+    """
+    size = max(1, n // 10) if val_size is None else val_size
+    if not 0 <= size < n:
+        raise ValueError(f"{where}: --val-size {size} holds out {what} ({n} examples), leaving none to train on; "
+                         "give a smaller --val-size or a validation split")
+    order = np.random.default_rng(VAL_SEED).permutation(n)
+    return np.sort(order[size:]), np.sort(order[:size])
