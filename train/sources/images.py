@@ -261,7 +261,8 @@ def open_folder(path: Path, *, image_shape: tuple[int, int, int] | None, val_siz
     notes = scan.notes(where)
     train_name = "the folder" if folders["train"] == root else "train/"
     found, more = _validation_and_test(found, train_name, val_size, where)
-    splits = {split: ImageFolderSource(paths, labels, image_shape) for split, (paths, labels) in found.items()}
+    made = {}  # id of a (paths, labels) pair -> its source: "test" may be the validation split itself
+    splits = {split: made.setdefault(id(pair), ImageFolderSource(*pair, image_shape)) for split, pair in found.items()}
     return UserData(kind="images", path=root, splits=splits, class_names=tuple(classes), notes=tuple(more + notes))
 
 
