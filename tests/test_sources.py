@@ -371,3 +371,17 @@ def test_open_data_dispatches_by_layout(tmp_path):
     np.savez(tmp_path / "d.npz", x=np.zeros((4, 2)), y=np.array([0, 1, 0, 1]))
     assert open_data(tmp_path / "imgs", image_shape=SHAPE, val_size=1).kind == "images"
     assert open_data(tmp_path / "d.npz", image_shape=SHAPE, val_size=1).kind == "arrays"
+
+
+def test_a_folder_that_cannot_be_listed_is_one_line(tmp_path, monkeypatch):
+    folder(tmp_path, {"a": 2, "b": 2})
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # as running without read permission on b/ would (tests may run as root)
+        if os.fspath(path).endswith(f"{os.sep}b"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(OSError, match=rf"^--data {tmp_path}: cannot list b/: Permission denied$"):
+        open_folder(tmp_path, image_shape=SHAPE, val_size=1)

@@ -123,8 +123,11 @@ class _Scan:
         """The sorted class (or split) folder names in `directory`; its other entries are ignored.
 
         Raises ValueError when it has none (empty, or the images lie directly in it)."""
-        with os.scandir(directory) as entries:
-            entries = sorted(entries, key=lambda e: e.name)
+        try:
+            with os.scandir(directory) as entries:
+                entries = sorted(entries, key=lambda e: e.name)
+        except OSError as e:
+            raise self.unlisted(e, where) from e
         names = [e.name for e in entries if not e.name.startswith(".") and e.is_dir()]
         others = [e.name for e in entries if e.name not in names]
         label = f"{self.rel(directory)}/" if directory != self.root else "the folder"
@@ -139,10 +142,16 @@ class _Scan:
         self.ignored.update(dict.fromkeys(self.rel(directory / n) for n in others))
         return names
 
-    def images_in(self, class_dir: Path) -> list[Path]:
+    def unlisted(self, error: OSError, where: str) -> OSError:
+        """One line for a folder that cannot be listed (e.g. no permission)."""
+        folder = Path(error.filename or self.root)
+        label = f"{self.rel(folder)}/" if folder != self.root else "the folder"
+        return OSError(f"{where}: cannot list {label}: {error.strerror or error}")
+
+    def images_in(self, class_dir: Path, where: str) -> list[Path]:
         """The readable image files under `class_dir` (subfolders too, links to folders not followed)."""
         def fail(error: OSError) -> None:  # os.walk skips unreadable folders unless told
-            raise error
+            raise self.unlisted(error, where) from error
 
         found = []
         for folder, dirs, files in os.walk(class_dir, onerror=fail):
@@ -223,7 +232,7 @@ def _split_images(scan: _Scan, folders: dict[str, Path], where: str) -> tuple[li
                              + "; ".join(parts))
         paths, labels = [], []
         for label, name in enumerate(classes):
-            images = scan.images_in(folder / name)
+            images = scan.images_in(folder / name, where)
             if not images:
                 raise ValueError(f"{where}: the class folder {scan.rel(folder / name)}/ holds no readable images "
                                  f"({', '.join(IMAGE_SUFFIXES)})")
