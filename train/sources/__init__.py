@@ -27,7 +27,7 @@ from train.sources.userdata import UserData  # its own module: the readers impor
 __all__ = ["UserData", "open_data"]
 
 
-def open_data(path: str | os.PathLike, *, image_shape: tuple[int, int, int] | None, val_size: int,
+def open_data(path: str | os.PathLike, *, image_shape: tuple[int, int, int] | None, val_size: int | None,
               text: bool = False) -> UserData:
     """Opens a user's dataset by its layout.
 
@@ -35,7 +35,8 @@ def open_data(path: str | os.PathLike, *, image_shape: tuple[int, int, int] | No
       path: an image folder, an .npz file, or (with `text`) a text file or folder of .txt files.
       image_shape: (height, width, channels) images are decoded to (the model's input;
         `zoo.preprocess.image_shape`); None for models that do not take images.
-      val_size: examples held out for validation where the data has no validation split.
+      val_size: examples held out for validation where the data has no validation split (by a
+        fixed shuffle, the same for every run: `userdata.validation_cut`); None: a tenth.
       text: the model is a language model: read `path` as text.
 
     Raises:
