@@ -182,7 +182,11 @@ def test_empty_folder_and_images_without_class_folders(tmp_path):
     bad_folder(tmp_path, "the folder holds no class subfolders; expected")
     png(tmp_path / "1.png")
     bad_folder(tmp_path, r"the images lie directly in the folder \(1.png, ...\); put each class's images in a "
-                         "subfolder named after the class")
+                         r"subfolder named after the class \(PATH/cat/1.png, ...\)$")
+    (tmp_path / "train").mkdir()
+    (tmp_path / "1.png").rename(tmp_path / "train" / "1.png")
+    bad_folder(tmp_path, r"the images lie directly in train/ \(1.png, ...\); put each class's images in a "
+                         r"subfolder named after the class \(train/cat/1.png, ...\)$")
 
 
 def test_one_class_and_a_class_without_images(tmp_path):

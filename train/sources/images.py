@@ -135,7 +135,7 @@ class _Scan:
             images = [n for n in others if _is_image(n)]
             if images:
                 raise ValueError(f"{where}: the images lie directly in {label} ({images[0]}, ...); put each class's "
-                                 f"images in a subfolder named after the class ({label.rstrip('/')}/cat/1.png, ...)")
+                                 f"images in a subfolder named after the class ({label if directory != self.root else 'PATH/'}cat/1.png, ...)")
             state = "is empty" if not others else "holds no class subfolders"
             raise ValueError(f"{where}: {label} {state}; expected class subfolders of images (PATH/cat/1.png, "
                              "PATH/dog/2.png) or PATH/train/<class>/..., optionally with PATH/val/ and PATH/test/")
