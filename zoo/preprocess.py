@@ -145,3 +145,23 @@ def preprocess(model_or_name: str | nn.Module, image: Any, *, invert: bool | str
     if invert:
         x = 1.0 - x
     return x[None]  # (1, H, W, C)
+
+
+def fit_uint8(picture, shape: tuple[int, int, int]) -> np.ndarray:
+    """A PIL picture as uint8 (H, W, C) of `shape`, the way training reads image files.
+
+    The same steps as `preprocess` (EXIF orientation, deep modes scaled, transparency laid on
+    white, the model's channels, bilinear resize) but kept uint8 0-255 and never inverted:
+    training data is taken as it is.
+    """
+    from PIL import Image, ImageOps
+
+    height, width, channels = shape
+    picture = ImageOps.exif_transpose(picture)
+    deep = _deep_to_unit(picture)
+    if deep is not None:
+        picture = _to_pil(deep)
+    picture = _flatten_alpha(picture).convert("L" if channels == 1 else "RGB")
+    if picture.size != (width, height):
+        picture = picture.resize((width, height), Image.Resampling.BILINEAR)  # Pillow antialiases when shrinking
+    return np.asarray(picture, np.uint8).reshape(height, width, channels)
