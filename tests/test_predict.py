@@ -264,6 +264,9 @@ def test_centring_reads_hand_drawn_digits():
     resized, _ = hand_digit_accuracy(model, variables, center=False)
     assert centred >= 0.9, wrong
     assert resized <= 0.5 and centred - resized >= 0.5
+    bench = json.loads((Path(__file__).parents[1] / "bench" / "results" / "hand_digits.json").read_text())
+    assert bench["models"]["cnn.mnist"]["centred"]["accuracy"] == pytest.approx(centred)  # the committed table
+    assert bench["models"]["cnn.mnist"]["resized"]["accuracy"] == pytest.approx(resized)
 
 
 def test_hand_digits_fixture_is_reproducible(tmp_path):
@@ -511,12 +514,13 @@ def test_predict_centres_only_weights_trained_on_mnist_digits(tmp_path):
     assert centers_digits("cnn", model, pretrained="mnist")
     assert not centers_digits("cnn_cifar", zoo.create("cnn_cifar"), pretrained="mnist")  # never asked for: RGB
     digits = {"dataset": "mnist", "train_config": {"dataset": "mnist", "class_names": list("0123456789")}}
+    subset = {"dataset": "mnist", "train_config": {"dataset": "mnist", "class_names": ["0", "2", "5"]}}  # --classes
     other = {"own data": {"dataset": "mnist", "train_config": {"dataset": "mnist", "data": "/photos"}},
              "other class names": {"dataset": "mnist", "train_config": {"dataset": "mnist", "class_names": ["a", "b"]}},
              "other dataset": {"dataset": "fashion_mnist"}, "not recorded": {}}
-    for what, fields in {"digits": digits, **other}.items():
+    for what, fields in {"digits": digits, "subset": subset, **other}.items():
         out = formats.write(formats.DIRECTORY, tmp_path / what.replace(" ", "_"), "cnn", variables, **fields)
-        assert centers_digits("cnn", model, path=out) == (what == "digits"), what
+        assert centers_digits("cnn", model, path=out) == (what in ("digits", "subset")), what
     for what, kw in {"digits": {}, "own data": {"data": "/photos"}, "other class names": {"class_names": ["a", "b"]}}.items():
         run = tmp_path / "run" / what.replace(" ", "_")
         run.mkdir(parents=True)

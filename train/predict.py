@@ -28,8 +28,9 @@ def centers_digits(name: str, model, *, pretrained=None, path=None, workdir=None
     """Whether `zoo predict` prepares pictures as MNIST prepared its digits for these weights:
     the model's card says MNIST-style digits, it takes 28x28 grayscale, and the export's manifest
     (shipped weights, `path`) or the run's config (`workdir`) says it was trained on MNIST itself
-    (dataset "mnist", no own --data, digit class names where any are recorded). Weights trained
-    on other data (or an export that does not say) see pictures resized as before."""
+    (dataset "mnist", no own --data, digit class names where any are recorded: all ten or a
+    --classes subset). Weights trained on other data (or an export that does not say) see
+    pictures resized as before."""
     from zoo.preprocess import image_shape, mnist_style
     from zoo.registry import DIGITS
 
@@ -47,7 +48,8 @@ def centers_digits(name: str, model, *, pretrained=None, path=None, workdir=None
 
         cfg = read_config(Path(workdir or Path("runs") / name))
         dataset, data, class_names = cfg.dataset, cfg.data, cfg.class_names
-    return dataset == "mnist" and not data and (not class_names or list(class_names) == list(DIGITS))
+    digits = not class_names or isinstance(class_names, list) and set(class_names) <= set(DIGITS)
+    return dataset == "mnist" and not data and digits
 
 
 def read_image(model, path: Path, *, invert: bool = True, center: bool | str = "auto") -> np.ndarray:
