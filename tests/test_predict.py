@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -52,14 +53,15 @@ def test_preprocess_gives_the_models_input():
 def test_preprocess_invert_rule():
     dark_on_light = drawn_zero()
     light_on_dark = Image.eval(dark_on_light, lambda v: 255 - v)
-    raw = zoo.preprocess("cnn", dark_on_light, invert=False)
-    np.testing.assert_allclose(zoo.preprocess("cnn", dark_on_light), 1.0 - raw, atol=1e-6)
-    np.testing.assert_allclose(zoo.preprocess("cnn", dark_on_light, invert=True), 1.0 - raw, atol=1e-6)
-    np.testing.assert_allclose(zoo.preprocess("cnn", light_on_dark), zoo.preprocess("cnn", light_on_dark, invert=False))
+    pre = lambda image, **kw: zoo.preprocess("cnn", image, center=False, **kw)  # noqa: E731  (inversion alone)
+    raw = pre(dark_on_light, invert=False)
+    np.testing.assert_allclose(pre(dark_on_light), 1.0 - raw, atol=1e-6)
+    np.testing.assert_allclose(pre(dark_on_light, invert=True), 1.0 - raw, atol=1e-6)
+    np.testing.assert_allclose(pre(light_on_dark), pre(light_on_dark, invert=False))
     # the rule looks at the border's mean: a mid-grey just above/below 0.5 decides
     grey = lambda v: Image.new("L", (28, 28), v)  # noqa: E731
-    assert zoo.preprocess("cnn", grey(130))[0, 0, 0, 0] == pytest.approx(1 - 130 / 255)
-    assert zoo.preprocess("cnn", grey(125))[0, 0, 0, 0] == pytest.approx(125 / 255)
+    assert pre(grey(130))[0, 0, 0, 0] == pytest.approx(1 - 130 / 255)
+    assert pre(grey(125))[0, 0, 0, 0] == pytest.approx(125 / 255)
 
 
 def test_preprocess_accepts_arrays_and_transparency():
@@ -125,11 +127,11 @@ def test_preprocess_applies_the_exif_orientation(tmp_path, orientation):
     png = tmp_path / "photo.png"
     stored.save(png, exif=stored.info["exif"])
     with Image.open(png) as image:
-        np.testing.assert_array_equal(zoo.preprocess("cnn", image, invert=False), expected)
+        np.testing.assert_array_equal(zoo.preprocess("cnn", image, invert=False, center=False), expected)
     jpg = tmp_path / "photo.jpg"
     stored.save(jpg, exif=stored.info["exif"], quality=100)
     with Image.open(jpg) as image:
-        got = zoo.preprocess("cnn", image, invert=False)
+        got = zoo.preprocess("cnn", image, invert=False, center=False)
     assert np.abs(got - expected).mean() < 0.01  # JPEG is lossy; unrotated it would be far off
     assert np.abs(np.asarray(stored, np.float32)[None, :, :, None] / 255 - expected).mean() > 0.1
 
@@ -153,12 +155,12 @@ def test_preprocess_scales_deep_pictures_by_their_range(tmp_path):
     for name, path in deep_pictures(tmp_path).items():
         with Image.open(path) as image:
             modes[name] = image.mode
-            np.testing.assert_allclose(zoo.preprocess("cnn", image, invert=False), expected, atol=0.5 / 255,
+            np.testing.assert_allclose(zoo.preprocess("cnn", image, invert=False, center=False), expected, atol=0.5 / 255,
                                        err_msg=f"{name} ({image.mode})")
     assert set(modes.values()) == {"F", "I", "I;16"}  # what the test means to cover
     with pytest.raises(ValueError, match="'F' image must hold finite values"):
         zoo.preprocess("cnn", Image.fromarray(np.array([[0.0, np.nan]], np.float32)))
-    flat = zoo.preprocess("cnn", Image.fromarray(np.full((28, 28), 7.5, np.float32)), invert=False)
+    flat = zoo.preprocess("cnn", Image.fromarray(np.full((28, 28), 7.5, np.float32)), invert=False, center=False)
     assert (flat == 0).all()  # no range to stretch: black, not a division by zero
 
 
@@ -172,10 +174,112 @@ def test_predict_feeds_the_oriented_and_scaled_picture(cli, tmp_path, monkeypatc
     stored = exif_oriented(pattern(), 6)
     stored.save(tmp_path / "photo.png", exif=stored.info["exif"])
     paths = [tmp_path / "photo.png", *deep_pictures(tmp_path).values()]
-    code, out, err = cli("predict", "cnn", *paths, "--pretrained", "mnist", "--no-invert")
+    code, out, err = cli("predict", "cnn", *paths, "--pretrained", "mnist", "--no-invert", "--no-center")
     assert code == 0 and err == "" and len(fed) == len(paths)
     for path, batch in zip(paths, fed):
         np.testing.assert_allclose(batch, pattern()[None, :, :, None] / 255, atol=0.5 / 255, err_msg=path.name)
+
+
+# ---------------------------------------------------------------- MNIST-style digits: crop, scale, centre
+
+HAND_DIGITS = Path(__file__).parent / "data" / "hand_digits"  # bench/hand_digits.py --write, seed 0
+
+
+def ink_box(batch: np.ndarray, level: float = 0.5) -> tuple[int, int]:
+    """(height, width) of the pixels brighter than `level` in a (1, H, W, 1) batch."""
+    rows, cols = np.flatnonzero((batch[0, ..., 0] > level).any(1)), np.flatnonzero((batch[0, ..., 0] > level).any(0))
+    return rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+
+
+def centre_of_mass(batch: np.ndarray) -> tuple[float, float]:
+    x = batch[0, ..., 0].astype(np.float64)
+    return float(x.sum(1) @ np.arange(28)) / x.sum(), float(x.sum(0) @ np.arange(28)) / x.sum()
+
+
+def test_preprocess_centres_an_off_centre_digit_as_mnist():
+    # a lopsided light blob (a 30x12 bar with a dot beside it) in a corner of a 120x100 dark picture
+    picture = np.zeros((100, 120), np.uint8)
+    picture[8:38, 80:92] = 255
+    picture[8:12, 95:99] = 255
+    batch = zoo.preprocess("cnn", picture)
+    assert batch.shape == (1, 28, 28, 1) and batch.dtype == np.float32 and 0 <= batch.min() and batch.max() <= 1
+    row, col = centre_of_mass(batch)
+    assert abs(row - 14) <= 0.5 and abs(col - 14) <= 0.5, (row, col)
+    assert ink_box(batch) == (20, 13)  # the ink box 30x19 -> longer side 20, aspect kept
+    np.testing.assert_allclose(batch, zoo.preprocess("cnn", picture, center=True))
+    # where the digit sits and how large it is drawn no longer matter
+    moved = np.zeros((300, 200), np.uint8)
+    moved[200:290, 20:56] = 255
+    moved[200:212, 65:77] = 255
+    assert np.abs(zoo.preprocess("cnn", moved) - batch).mean() < 0.01
+    # dark ink on light paper: inverted first, then centred the same way
+    np.testing.assert_allclose(zoo.preprocess("cnn", 255 - picture), batch, atol=1e-6)
+    # center=False is the plain resize, where the blob stays in its corner
+    plain = zoo.preprocess("cnn", picture, center=False)
+    assert centre_of_mass(plain)[0] < 7 and centre_of_mass(plain)[1] > 18
+
+
+def test_preprocess_centring_edge_cases():
+    blank = np.full((50, 40), 9, np.uint8)  # no ink: left as plain resizing gives it
+    np.testing.assert_array_equal(zoo.preprocess("cnn", blank), zoo.preprocess("cnn", blank, center=False))
+    with pytest.raises(ValueError, match=r"center must be 'auto', True or False, got 'yes'"):
+        zoo.preprocess("cnn", blank, center="yes")
+    with pytest.raises(ValueError, match=r"center=True prepares MNIST-style 28x28 grayscale digits; CNN here takes"):
+        zoo.preprocess("cnn_cifar", blank, center=True)
+
+
+def test_only_mnist_digit_models_are_centred():
+    from zoo.preprocess import mnist_style
+
+    assert [n for n in zoo.list_models() if mnist_style(n)] == [
+        "autoencoder", "cnn", "dcgan", "mlp", "mlp_small", "multitask"]
+    assert "centering as MNIST: ink cropped, longer side scaled to 20 px" in zoo.model_card("cnn")
+    assert "centering" not in zoo.model_card("cnn_cifar")
+    picture = np.zeros((60, 60, 3), np.uint8)
+    picture[5:15, 40:50] = 255
+    np.testing.assert_array_equal(zoo.preprocess("cnn_cifar", picture), zoo.preprocess("cnn_cifar", picture, center=False))
+    # an instance counts when it is configured as the registered MNIST model, not with another head
+    assert mnist_style(zoo.load("cnn", pretrained="mnist")[0])
+    three = zoo.create("cnn", num_classes=3)
+    assert not mnist_style(three)
+    gray = picture[..., 0]
+    np.testing.assert_array_equal(zoo.preprocess(three, gray), zoo.preprocess(three, gray, center=False))
+
+
+def hand_digit_accuracy(model, variables, *, center: bool) -> tuple[float, list[str]]:
+    from train.predict import read_image
+
+    apply = jax.jit(lambda x: model.apply(variables, x))
+    files = sorted(HAND_DIGITS.glob("*.png"))
+    wrong = [f.name for f in files if int(np.argmax(apply(read_image(model, f, center=center))[0])) != int(f.name[0])]
+    return 1 - len(wrong) / len(files), wrong
+
+
+def test_centring_reads_hand_drawn_digits():
+    """The 50 drawings of tests/data/hand_digits (small, off-centre, thin and thick, both polarities):
+    cnn.mnist reads 48 of them centred (bench/results/hand_digits.json) and 10 only resized."""
+    assert len(list(HAND_DIGITS.glob("*.png"))) == 50
+    model, variables = zoo.load("cnn", pretrained="mnist")
+    centred, wrong = hand_digit_accuracy(model, variables, center=True)
+    resized, _ = hand_digit_accuracy(model, variables, center=False)
+    assert centred >= 0.9, wrong
+    assert resized <= 0.5 and centred - resized >= 0.5
+    bench = json.loads((Path(__file__).parents[1] / "bench" / "results" / "hand_digits.json").read_text())
+    assert bench["models"]["cnn.mnist"]["centred"]["accuracy"] == pytest.approx(centred)  # the committed table
+    assert bench["models"]["cnn.mnist"]["resized"]["accuracy"] == pytest.approx(resized)
+
+
+def test_hand_digits_fixture_is_reproducible(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hand_digits", Path(__file__).parents[1] / "bench" / "hand_digits.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    written = module.write_fixture(tmp_path, seed=0)
+    assert sorted(p.name for p in written) == sorted(p.name for p in HAND_DIGITS.glob("*.png"))
+    for path in written:
+        with Image.open(path) as new, Image.open(HAND_DIGITS / path.name) as committed:
+            np.testing.assert_array_equal(np.asarray(new), np.asarray(committed), err_msg=path.name)
 
 
 # ---------------------------------------------------------------- zoo predict
@@ -208,7 +312,8 @@ def test_predict_json_and_top_k(cli, files):
 
 def test_predict_no_invert_feeds_the_picture_as_is(cli, files):
     _, out, _ = cli("predict", "cnn", files["png"], "--pretrained", "mnist", "--json", "--top-k", "10")
-    _, raw, _ = cli("predict", "cnn", files["png"], "--pretrained", "mnist", "--json", "--top-k", "10", "--no-invert")
+    _, raw, _ = cli("predict", "cnn", files["png"], "--pretrained", "mnist", "--json", "--top-k", "10", "--no-invert",
+                    "--no-center")
     by_class = lambda text: {p["class"]: p["probability"] for p in json.loads(text)[0]["predictions"]}  # noqa: E731
     assert by_class(out)["0"] > 0.99 and by_class(raw)["0"] < 0.5
 
@@ -370,3 +475,54 @@ def test_predict_escapes_control_characters_in_file_names(cli, files, tmp_path, 
     assert out.startswith(f"{shown}: 0 (") and len(out.splitlines()) == 1
     assert err == f"error: {repr(str(missing))[1:-1]}: no such file\n"
     assert "\x1b" not in out + err and "\a" not in out + err
+
+
+def predictions(cli, *args) -> dict[str, float]:
+    code, out, err = cli("predict", *map(str, args), "--json", "--top-k", "10")
+    assert code == 0 and err == "", err
+    return {p["class"]: p["probability"] for p in json.loads(out)[0]["predictions"]}
+
+
+def test_predict_centres_a_small_off_centre_digit(cli):
+    # a thin dark "7" in the lower left of a 116 px picture: read as 3 when only resized (issue #25)
+    seven = HAND_DIGITS / "7_4_thin_dark.png"
+    centred = predictions(cli, "cnn", seven, "--pretrained", "mnist")
+    assert max(centred, key=centred.get) == "7" and centred["7"] > 0.8
+    resized = predictions(cli, "cnn", seven, "--pretrained", "mnist", "--no-center")
+    assert max(resized, key=resized.get) == "3"
+
+
+def test_predict_no_center_gives_the_plain_resize(cli):
+    """--no-center feeds what zoo predict fed before centring: grayscale, bilinear resize, inverted."""
+    model, variables = zoo.load("cnn", pretrained="mnist")
+    for name, dark_on_light in (("7_4_thin_dark.png", True), ("4_2_thin_light.png", False)):
+        with Image.open(HAND_DIGITS / name) as image:
+            x = np.asarray(image.convert("L").resize((28, 28), Image.Resampling.BILINEAR), np.float32) / 255
+        x = 1 - x if dark_on_light else x
+        probs = np.asarray(jax.nn.softmax(model.apply(variables, x[None, :, :, None])[0]))
+        got = predictions(cli, "cnn", HAND_DIGITS / name, "--pretrained", "mnist", "--no-center")
+        np.testing.assert_allclose([got[str(c)] for c in range(10)], probs, atol=1e-5, err_msg=name)
+
+
+def test_predict_centres_only_weights_trained_on_mnist_digits(tmp_path):
+    """The manifest or the run decides: other data, other class names, another dataset -> resized only."""
+    from train.config import Config
+    from train.predict import centers_digits
+    from zoo import formats
+
+    model, variables = zoo.load("cnn", pretrained="mnist")
+    assert centers_digits("cnn", model, pretrained="mnist")
+    assert not centers_digits("cnn_cifar", zoo.create("cnn_cifar"), pretrained="mnist")  # never asked for: RGB
+    digits = {"dataset": "mnist", "train_config": {"dataset": "mnist", "class_names": list("0123456789")}}
+    subset = {"dataset": "mnist", "train_config": {"dataset": "mnist", "class_names": ["0", "2", "5"]}}  # --classes
+    other = {"own data": {"dataset": "mnist", "train_config": {"dataset": "mnist", "data": "/photos"}},
+             "other class names": {"dataset": "mnist", "train_config": {"dataset": "mnist", "class_names": ["a", "b"]}},
+             "other dataset": {"dataset": "fashion_mnist"}, "not recorded": {}}
+    for what, fields in {"digits": digits, "subset": subset, **other}.items():
+        out = formats.write(formats.DIRECTORY, tmp_path / what.replace(" ", "_"), "cnn", variables, **fields)
+        assert centers_digits("cnn", model, path=out) == (what in ("digits", "subset")), what
+    for what, kw in {"digits": {}, "own data": {"data": "/photos"}, "other class names": {"class_names": ["a", "b"]}}.items():
+        run = tmp_path / "run" / what.replace(" ", "_")
+        run.mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps(Config(model="cnn", **kw).to_json()))
+        assert centers_digits("cnn", model, workdir=run) == (what == "digits"), what

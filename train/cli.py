@@ -374,6 +374,8 @@ def cmd_predict(args) -> int:
     model, variables = variables_for(args.model, pretrained=args.pretrained, path=args.path, workdir=args.workdir)
     if image_shape(model) is None:
         raise ValueError(f"zoo predict works for image models; {args.model!r} here takes {model.input_spec()}")
+    center = args.center and predict.centers_digits(args.model, model, pretrained=args.pretrained, path=args.path,
+                                                    workdir=args.workdir)
     apply = jax.jit(lambda x: model.apply(variables, x))
     out_names = predict.reconstruction_names([str(Path(f)) for f in args.files])
     results, failed = [], False
@@ -381,7 +383,7 @@ def cmd_predict(args) -> int:
         png = Path(args.out) / out_names[str(Path(file))] if reconstruct else None
         try:
             result = {"file": file, **predict.predict_one(model, apply, Path(file), spec.class_names, top_k=args.top_k,
-                                                          invert=args.invert, reconstruction=png)}
+                                                          invert=args.invert, center=center, reconstruction=png)}
         except ValueError as e:
             failed = True
             result = {"file": file, "error": str(e)}
@@ -544,7 +546,9 @@ def _add_predict_parser(sub) -> None:
         description="Top-k classes for each image file, one line per file (or --json). Images are converted to the "
                     "model's input (zoo.preprocess): grayscale or RGB, resized, and for grayscale models a dark "
                     "drawing on a light background (mean border brightness > 0.5) is inverted to MNIST's light "
-                    "digit on black. A bad file is reported and skipped; the exit code is then 2.",
+                    "digit on black. For MNIST-trained digit models the digit is then cropped to its ink, "
+                    "scaled to 20 px and centred by centre of mass in 28x28, as MNIST prepared its digits "
+                    "(--no-center turns it off). A bad file is reported and skipped; the exit code is then 2.",
     )
     r.add_argument("model")
     r.add_argument("files", nargs="+", metavar="FILE")
@@ -555,6 +559,9 @@ def _add_predict_parser(sub) -> None:
     r.add_argument("--json", action="store_true", help="print one JSON list of {file, predictions | error}")
     r.add_argument("--no-invert", dest="invert", action="store_false",
                    help="never invert grayscale images (by default dark-on-light images are inverted)")
+    r.add_argument("--no-center", dest="center", action="store_false",
+                   help="only resize digits; by default MNIST-trained digit models get them cropped, scaled "
+                        "and centred by centre of mass as MNIST's were")
     r.add_argument("--out", help="the autoencoder: directory for FILE-STEM.png (input | reconstruction); "
                    "repeated stems of one call get -2, -3, ...")
     r.set_defaults(func=cmd_predict)

@@ -24,8 +24,37 @@ def class_probabilities(logits, names) -> list[tuple[str, float]]:
     return [(labels[i], float(probs[i])) for i in order]
 
 
-def read_image(model, path: Path, *, invert: bool = True) -> np.ndarray:
-    """The model's input batch (1, ...) of one image file; ValueError naming what is wrong with it."""
+def centers_digits(name: str, model, *, pretrained=None, path=None, workdir=None) -> bool:
+    """Whether `zoo predict` prepares pictures as MNIST prepared its digits for these weights:
+    the model's card says MNIST-style digits, it takes 28x28 grayscale, and the export's manifest
+    (shipped weights, `path`) or the run's config (`workdir`) says it was trained on MNIST itself
+    (dataset "mnist", no own --data, digit class names where any are recorded: all ten or a
+    --classes subset). Weights trained on other data (or an export that does not say) see
+    pictures resized as before."""
+    from zoo.preprocess import image_shape, mnist_style
+    from zoo.registry import DIGITS
+
+    if not mnist_style(name) or image_shape(model) != (28, 28, 1):
+        return False
+    if pretrained or path:
+        from zoo.pretrained import read_manifest
+
+        manifest = read_manifest(name, pretrained, path=path)
+        config = manifest.get("train_config") or {}
+        dataset, data = manifest.get("dataset"), config.get("data")
+        class_names = manifest.get("class_names") or config.get("class_names")
+    else:
+        from train.evaluate import read_config
+
+        cfg = read_config(Path(workdir or Path("runs") / name))
+        dataset, data, class_names = cfg.dataset, cfg.data, cfg.class_names
+    digits = not class_names or isinstance(class_names, list) and set(class_names) <= set(DIGITS)
+    return dataset == "mnist" and not data and digits
+
+
+def read_image(model, path: Path, *, invert: bool = True, center: bool | str = "auto") -> np.ndarray:
+    """The model's input batch (1, ...) of one image file (`center` as in zoo.preprocess);
+    ValueError naming what is wrong with it."""
     from PIL import Image, UnidentifiedImageError
 
     from zoo.files import NotARegularFileError, open_regular_file
@@ -34,7 +63,7 @@ def read_image(model, path: Path, *, invert: bool = True) -> np.ndarray:
     try:
         with open_regular_file(path, "an image file") as f, Image.open(f) as image:  # a FIFO would block
             image.load()  # decode now: a truncated file fails here, named
-            return preprocess(model, image, invert="auto" if invert else False)
+            return preprocess(model, image, invert="auto" if invert else False, center=center)
     except NotARegularFileError as e:
         raise ValueError(f"is {e.kind}, not an image file") from None
     except FileNotFoundError:
@@ -50,10 +79,10 @@ def read_image(model, path: Path, *, invert: bool = True) -> np.ndarray:
 
 
 def predict_one(model, apply, path: Path, names, *, top_k: int = 3, invert: bool = True,
-                reconstruction: Path | None = None) -> dict:
+                center: bool | str = "auto", reconstruction: Path | None = None) -> dict:
     """The top-k predictions for one image file ({"predictions": ...}), or with `reconstruction`
     (a PNG path) the input | reconstruction grid written there ({"reconstruction", "mse"})."""
-    batch = read_image(model, path, invert=invert)
+    batch = read_image(model, path, invert=invert, center=center)
     output = apply(batch)
     if isinstance(output, dict):  # a multi-head model: top-k per head
         return {"predictions": {head: [{"class": c, "probability": p} for c, p in

@@ -8,7 +8,7 @@
     feats = model.apply(variables, images, method="embed")   # the representation before the head
     zoo.list_models("cnn*", pretrained=True)     # filter by pattern / pretrained weights
     zoo.available("cnn")                         # {tag: entry} of its pretrained weights
-    batch = zoo.preprocess("cnn", pil_image)     # a picture -> float32 (1, 28, 28, 1), MNIST polarity
+    batch = zoo.preprocess("cnn", pil_image)     # a picture -> float32 (1, 28, 28, 1), prepared as MNIST digits
     print(zoo.model_card("cnn", "mnist"))        # what the shipped weights record (zoo info cnn.mnist)
 
     net = zoo.nnx.create("cnn", rngs=nnx.Rngs(0))  # the same model as a native flax.nnx Module

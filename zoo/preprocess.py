@@ -17,7 +17,21 @@ when shrinking), and scaled to [0, 1]. Grayscale models follow MNIST's conventio
 dark background; `invert="auto"` inverts (x -> 1 - x) a grayscale image whose border, its
 outermost row and column of pixels on every side after resizing, is brighter on average than
 mid-grey (0.5), i.e. a dark drawing on light paper. RGB models are never inverted unless asked
-(`invert=True`). Pillow is imported inside `preprocess`, so `import zoo` stays light.
+(`invert=True`).
+
+Models whose card says MNIST-style digits (`"style": "mnist_digit"` in their registry
+preprocessing: cnn, mlp, mlp_small, multitask, autoencoder) get the digit prepared as MNIST
+prepared its own (`center="auto"` or True; `center=False` turns it off): after the grayscale
+conversion and the inversion decision, the full-resolution picture is cropped to its ink (the
+bounding box of pixels brighter than INK_THRESHOLD), scaled so its longer side is 20 px keeping
+its aspect ratio (Lanczos, antialiased), and placed in a 28x28 black canvas so that its
+intensity-weighted centre of mass, rounded to whole pixels, sits at row 14, column 14 (where it
+sits in MNIST's digits, in pixel-index coordinates).
+A picture with no ink (nothing above the threshold) is left as plain resizing gives it. A
+model instance counts as MNIST-style when it is configured exactly as such a registered model;
+the instance does not know what data its weights saw, so for weights trained on other data
+pass `center=False` (`zoo predict` decides from the export's manifest or the run's config).
+Pillow is imported inside `preprocess`, so `import zoo` stays light.
 """
 
 from __future__ import annotations
@@ -28,11 +42,13 @@ from typing import Any
 import numpy as np
 from flax import linen as nn
 
-from zoo.registry import create
+from zoo.registry import MNIST_DIGIT, create, get_spec, list_models
 
-__all__ = ["preprocess", "image_shape", "BORDER_THRESHOLD"]
+__all__ = ["preprocess", "image_shape", "mnist_style", "BORDER_THRESHOLD", "INK_THRESHOLD"]
 
 BORDER_THRESHOLD = 0.5  # mean border brightness above which "auto" inverts a grayscale image
+INK_THRESHOLD = 0.2  # brightness (light-on-dark) above which a pixel is ink when cropping a digit
+MNIST_BOX, MNIST_SIZE = 20, 28  # MNIST: the digit's longer side, the canvas side
 
 
 def image_shape(model: nn.Module) -> tuple[int, int, int] | None:
@@ -103,7 +119,43 @@ def _flatten_alpha(image):
     return image
 
 
-def preprocess(model_or_name: str | nn.Module, image: Any, *, invert: bool | str = "auto") -> np.ndarray:
+def mnist_style(model_or_name: str | nn.Module) -> bool:
+    """Whether the model's card says MNIST-style digits (its registry preprocessing has
+    "style": "mnist_digit"); a model instance counts when it is configured exactly as one."""
+    if isinstance(model_or_name, str):
+        return get_spec(model_or_name).preprocessing.get("style") == MNIST_DIGIT
+    return any(get_spec(name).preprocessing.get("style") == MNIST_DIGIT
+               and get_spec(name).module is type(model_or_name) and create(name) == model_or_name
+               for name in list_models())
+
+
+def _center_digit(ink: np.ndarray) -> np.ndarray | None:
+    """A light-on-dark (H, W) float picture prepared as MNIST's digits (the module docstring):
+    a (28, 28) float32 array in [0, 1], or None when nothing in it is brighter than INK_THRESHOLD."""
+    from PIL import Image
+
+    rows, cols = np.flatnonzero((ink > INK_THRESHOLD).any(1)), np.flatnonzero((ink > INK_THRESHOLD).any(0))
+    if rows.size == 0:
+        return None
+    crop = np.ascontiguousarray(ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1], np.float32)
+    scale = MNIST_BOX / max(crop.shape)
+    size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))  # (width, height)
+    patch = np.clip(np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.LANCZOS)), 0.0, 1.0)
+    mass = float(patch.sum())
+    if mass <= 0.0:  # Lanczos lobes clipped away a lone faint dot: nothing left to centre
+        return None
+    com_row = float(patch.sum(1) @ np.arange(patch.shape[0])) / mass
+    com_col = float(patch.sum(0) @ np.arange(patch.shape[1])) / mass
+    top, left = (int(np.floor(MNIST_SIZE / 2 - c + 0.5)) for c in (com_row, com_col))
+    canvas = np.zeros((MNIST_SIZE, MNIST_SIZE), np.float32)  # ink shifted past an edge is cut, as in MNIST
+    r0, c0 = max(top, 0), max(left, 0)
+    r1, c1 = min(top + patch.shape[0], MNIST_SIZE), min(left + patch.shape[1], MNIST_SIZE)
+    canvas[r0:r1, c0:c1] = patch[r0 - top:r1 - top, c0 - left:c1 - left]
+    return canvas
+
+
+def preprocess(model_or_name: str | nn.Module, image: Any, *, invert: bool | str = "auto",
+               center: bool | str = "auto") -> np.ndarray:
     """A model-ready batch of one image.
 
     Args:
@@ -113,13 +165,16 @@ def preprocess(model_or_name: str | nn.Module, image: Any, *, invert: bool | str
         the module docstring says), or an array (H, W) / (H, W, 1|3|4), uint8 0-255 or float
         in [0, 1].
       invert: "auto" (see the module docstring), True (always x -> 1 - x) or False (never).
+      center: "auto" (MNIST-style digit models: `mnist_style`), True or False: crop, scale
+        and centre the digit as MNIST did (the module docstring).
 
     Returns:
       float32 numpy array (1, H, W, C) in [0, 1], the model's image size and channels.
 
     Raises:
       ValueError: the model does not take images, the array is not an image, a float picture
-        holds NaN or infinity, or `invert` is not "auto", True or False.
+        holds NaN or infinity, `invert` is not "auto", True or False, `center` is not "auto",
+        True or False, or center=True for a model whose input is not 28x28 grayscale.
     """
     from PIL import Image, ImageOps
 
@@ -129,6 +184,12 @@ def preprocess(model_or_name: str | nn.Module, image: Any, *, invert: bool | str
         raise ValueError(f"{type(model).__name__} does not take images: its input is {model.input_spec()}")
     if invert not in ("auto", True, False):
         raise ValueError(f"invert must be 'auto', True or False, got {invert!r}")
+    if center not in ("auto", True, False):
+        raise ValueError(f"center must be 'auto', True or False, got {center!r}")
+    if center is True and shape != (MNIST_SIZE, MNIST_SIZE, 1):
+        raise ValueError(f"center=True prepares MNIST-style 28x28 grayscale digits; {type(model).__name__} "
+                         f"here takes {model.input_spec()}")
+    center = mnist_style(model_or_name) if center == "auto" else center
     height, width, channels = shape
     picture = _to_pil(image)
     if isinstance(image, Image.Image):
@@ -137,13 +198,17 @@ def preprocess(model_or_name: str | nn.Module, image: Any, *, invert: bool | str
         if deep is not None:
             picture = _to_pil(deep)
     picture = _flatten_alpha(picture).convert("L" if channels == 1 else "RGB")
-    picture = picture.resize((width, height), Image.Resampling.BILINEAR)  # Pillow antialiases when shrinking
-    x = np.asarray(picture, np.float32).reshape(height, width, channels) / 255.0  # (H, W, C)
+    resized = picture.resize((width, height), Image.Resampling.BILINEAR)  # Pillow antialiases when shrinking
+    x = np.asarray(resized, np.float32).reshape(height, width, channels) / 255.0  # (H, W, C)
     if invert == "auto":
         border = np.concatenate([x[0].ravel(), x[-1].ravel(), x[:, 0].ravel(), x[:, -1].ravel()])
         invert = channels == 1 and float(border.mean()) > BORDER_THRESHOLD
     if invert:
         x = 1.0 - x
+    if center:
+        full = np.asarray(picture, np.float32) / 255.0
+        digit = _center_digit(1.0 - full if invert else full)
+        x = x if digit is None else digit[..., None]
     return x[None]  # (1, H, W, C)
 
 

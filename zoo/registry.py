@@ -45,18 +45,24 @@ __all__ = [
     "DIGITS",
     "PARITY",
     "MNIST_IMAGES",
+    "MNIST_DIGIT",
 ]
 
 # Metadata shared by the MNIST models: class names of a 10-digit head and of a parity head
-# (label 1 = odd), and how an image must look before it is fed to them.
+# (label 1 = odd), and how an image must look before it is fed to them. `"style": MNIST_DIGIT`
+# marks a model whose input is a digit prepared as MNIST's were; zoo.preprocess centres for it.
 DIGITS = tuple("0123456789")
 PARITY = ("even", "odd")
+MNIST_DIGIT = "mnist_digit"
 MNIST_IMAGES = {
     "shape": (28, 28, 1),
     "layout": "NHWC",
     "dtype": "float32",
     "range": (0.0, 1.0),
     "polarity": "white digit on black (MNIST); invert dark-on-light images: x -> 1 - x",
+    "style": MNIST_DIGIT,
+    "centering": "as MNIST: ink cropped, longer side scaled to 20 px, centre of mass moved to (14, 14) "
+    "(zoo.preprocess center=True; zoo predict --no-center turns it off)",
 }
 
 
