@@ -287,7 +287,7 @@ def _setup(cfg, workdir, lock, log, model, task, splits) -> Run:
     cfg, task, model, splits, devices, mesh = p.cfg, p.task, p.model, p.splits, p.devices, p.mesh
     steps_per_epoch, total_steps = p.steps_per_epoch, p.total_steps
 
-    state = initial_state(cfg, model, task, total_steps, example=_example(splits.train), log=log)
+    state = initial_state(cfg, model, task, total_steps, example=_example(model, splits.train), log=log)
     ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=cfg.keep_checkpoints,
                         best_metric=f"val_{task.val_metric}", best_mode=task.mode)
     book = Book()
@@ -544,9 +544,11 @@ def all_finite(tree) -> bool:
     return bool(_finite_program()([x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]))
 
 
-def _example(split):
-    """One host input (for a module without an input spec): the first example."""
-    return split["x"][:1] if isinstance(split, dict) else split.arrays(1)["x"]
+def _example(model, split):
+    """One host input, for a module without an input spec: the first example."""
+    if isinstance(split, dict):
+        return split["x"][:1]
+    return None if hasattr(model, "input_spec") else split.arrays(1)["x"]
 
 
 def _streamed_strategy(strategy, split) -> Feeder:

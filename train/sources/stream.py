@@ -27,6 +27,15 @@ def default_workers(requested: int) -> int:
     return max(0, min(MAX_AUTO_WORKERS, (os.cpu_count() or 1) - 1))
 
 
+def _absl_flags_parsed() -> None:
+    """Grain's worker start reads absl flags, which fails unless they were parsed (programs not
+    run by absl.app): take their defaults."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
 class _Reader:
     """Grain's random-access source over a list of positions of a StreamedSplit (picklable:
     Grain sends it to its worker processes). Item i: the example at `positions[i]`."""
@@ -86,6 +95,7 @@ class StreamedSplit:
         ds = grain.MapDataset.source(reader).batch(batch, drop_remainder=True)
         ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2))
         if self.workers:
+            _absl_flags_parsed()
             ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers, per_worker_buffer_size=2))
         it = iter(ds)
         try:
@@ -98,7 +108,8 @@ class StreamedSplit:
     def arrays(self, n: int) -> dict:
         """The first `n` examples decoded into memory (a sampler's handful)."""
         n = min(n, len(self))
-        return {k: v for k, v in next(iter(self.batches(np.arange(n)[None]))).items() if k != "index"}
+        batch = next(iter(dataclasses.replace(self, workers=0).batches(np.arange(n)[None])))
+        return {k: v for k, v in batch.items() if k != "index"}
 
 
 # ---------------------------------------------------------------- training and evaluation
