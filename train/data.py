@@ -240,8 +240,7 @@ def prepare(
       ChecksumMismatchError, FileNotFoundError: a vendored file is broken (see `verify_vendored`).
     """
     _check_name_split(name)
-    if data_dir is not None:
-        check_data_dir(data_dir)
+    check_data_dir(data_dir)
     tfds = _tfds_for_preparing(name, from_dir)
     data_dir = _resolve_data_dir(data_dir)
     builder = tfds.builder(name, data_dir=os.fspath(data_dir))
@@ -294,11 +293,12 @@ def _dataset_entry(entry: Path) -> bool:
     return False
 
 
-def check_data_dir(data_dir: str | os.PathLike) -> None:
+def check_data_dir(data_dir: str | os.PathLike | None) -> None:
     """Raises ValueError unless `data_dir` is missing, empty, or holds only TFDS datasets and zoo's
-    array cache: TFDS data is never prepared among a user's own files (e.g. a folder of images)."""
-    path = Path(data_dir).expanduser()
-    if not path.is_dir():
+    array cache: TFDS data is never prepared among a user's own files (e.g. a folder of images).
+    None (the default data dir, TFDS's own) passes."""
+    path = Path(data_dir).expanduser() if data_dir is not None else None
+    if path is None or not path.is_dir():
         return
     other = next((e for e in sorted(path.iterdir()) if not _dataset_entry(e)), None)
     if other is not None:
