@@ -170,8 +170,8 @@ def _own_path(data) -> str | None:
 
 def _fit(model, data, *, task, config, workdir, log, **overrides) -> FitResult:
     if not isinstance(data, (str, os.PathLike, Mapping)):
-        raise TypeError("data must be a dataset name (e.g. 'mnist'), the path of your data (an image folder, an .npz, "
-                        f"a text file) or a dict of arrays {{'x': inputs, 'y': targets}}, got {type(data).__name__}")
+        raise TypeError("data must be a dataset name (e.g. 'mnist') or a dict of arrays {'x': inputs, 'y': targets}, "
+                        f"or the path of your data (an image folder, an .npz, a text file), got {type(data).__name__}")
     values = dict(config.to_json() if isinstance(config, Config) else config or {})
     values.update(overrides)
     view = LinenView(model) if isinstance(model, nnx.Module) else None
