@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -132,7 +133,8 @@ def fit(
         NNX module starts from its current weights (`init="glorot"` and `init_from` apply as
         for Linen) and is trained through `nnx.split`: the jitted step is the Linen one, a pure
         function of the variables; the trained weights are written back into it.
-      data: a dataset name ("mnist", "tiny_shakespeare", ...) or your host arrays:
+      data: a dataset name ("mnist", "tiny_shakespeare", ...), the path of your data (a folder of
+        class subfolders of images, an .npz, a text file: as `zoo train --data`), or your host arrays:
         {"x": inputs, "y": labels} (uint8 images are scaled to [0, 1] on device; the last 10%
         become the validation split unless `val_size=` says how many) or
         {"train": {"x", "y"}, "validation": {"x", "y"}}.
@@ -156,10 +158,20 @@ def fit(
         return _fit(model, data, task=task, config=config, workdir=workdir, log=log, **overrides)
 
 
+def _own_path(data) -> str | None:
+    """`data` as the path of the user's data (an os.PathLike, or a str that names an existing
+    file or folder and no registry dataset), else None."""
+    from train.data import SPLITS
+
+    if isinstance(data, os.PathLike) or (isinstance(data, str) and data not in SPLITS and Path(data).expanduser().exists()):
+        return os.fspath(Path(data).expanduser().absolute())
+    return None
+
+
 def _fit(model, data, *, task, config, workdir, log, **overrides) -> FitResult:
-    if not isinstance(data, (str, Mapping)):
+    if not isinstance(data, (str, os.PathLike, Mapping)):
         raise TypeError("data must be a dataset name (e.g. 'mnist') or a dict of arrays {'x': inputs, 'y': targets}, "
-                        f"got {type(data).__name__}")
+                        f"or the path of your data (an image folder, an .npz, a text file), got {type(data).__name__}")
     values = dict(config.to_json() if isinstance(config, Config) else config or {})
     values.update(overrides)
     view = LinenView(model) if isinstance(model, nnx.Module) else None
@@ -174,7 +186,9 @@ def _fit(model, data, *, task, config, workdir, log, **overrides) -> FitResult:
         if values.get("model_overrides") or values.get("classes"):
             raise ValueError("model_overrides and classes apply to registry names; build your module with the fields you want")
     values.pop("model", None)
-    if isinstance(data, str):
+    if (own := _own_path(data)) is not None:
+        values["data"], data = own, None
+    elif isinstance(data, str):
         values["dataset"] = data
     if module is None:
         cfg = resolve(name, values)
@@ -185,7 +199,7 @@ def _fit(model, data, *, task, config, workdir, log, **overrides) -> FitResult:
             raise ValueError(config_fields.unknown_key(unknown[0]))
         cfg = Config(**{"model": name, **values}).validate(registered=False)
     splits = None
-    if not isinstance(data, str):
+    if isinstance(data, Mapping):
         splits = user_splits(data, cfg, val_size_given="val_size" in values)
         _check_targets(the_task, splits)
         splits = tasks.select_classes(the_task, splits, cfg.classes)
@@ -193,6 +207,7 @@ def _fit(model, data, *, task, config, workdir, log, **overrides) -> FitResult:
     with tempfile.TemporaryDirectory(prefix="zoo-fit-") as tmp:
         where = Path(workdir) if workdir is not None else Path(tmp)
         result = loop.fit(cfg, where, log=log, model=module, task=the_task, splits=splits)
+        cfg = result.config or cfg
         history_file = where / "metrics.jsonl"
         history = [json.loads(line) for line in history_file.read_text().splitlines()] if history_file.exists() else []
     trained = jax.device_get(result.state.variables())

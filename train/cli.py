@@ -212,7 +212,7 @@ def cmd_train(args) -> int:
     from train.loop import Preempted, TrainingDiverged, fit
 
     workdir = Path(args.workdir or Path("runs") / args.model)
-    print(f"training {cfg.model} on {cfg.dataset} in {workdir.absolute()}")
+    print(f"training {cfg.model} on {cfg.data or cfg.dataset} in {workdir.absolute()}")
     workdir.mkdir(parents=True, exist_ok=True)
     if not (workdir / "command.txt").exists():
         (workdir / "command.txt").write_text(recipe(["zoo", *(sys.argv[1:] if argv_is_cli() else ["train", args.model])]) + "\n")
@@ -256,11 +256,11 @@ def cmd_eval(args) -> int:
     _check_quality_n(args)
     if args.pretrained or args.path:
         result = evaluate_pretrained(args.model, args.pretrained, path=args.path, split=args.split, data_dir=args.data_dir, out=args.out,
-                                     quality_n=args.quality_n)
+                                     quality_n=args.quality_n, data=args.data)
     else:
         workdir = Path(args.workdir or Path("runs") / args.model)
         result = evaluate_workdir(args.model, workdir, split=args.split, which=args.which, out=args.out,
-                                  quality_n=args.quality_n)
+                                  quality_n=args.quality_n, data=args.data)
     _print_eval(result)
     return 0
 
@@ -490,6 +490,8 @@ def _add_eval_parser(sub) -> None:
     e.add_argument("--split", default="test")
     e.add_argument("--which", choices=["best", "latest"], default=None, help="checkpoint (default: best if tracked; latest for a GAN, whose g_loss does not rank its samples)")
     e.add_argument("--data-dir")
+    e.add_argument("--data", metavar="PATH", help="your own data (an image folder, an .npz; docs/data.md) to evaluate "
+                                                  "on; default: the data the run trained on")
     e.add_argument("--out", help="where to save the JSON report (default WORKDIR/eval_SPLIT.json)")
     e.add_argument("--quality-n", type=int, default=10_000,
                    help="dcgan/autoencoder on MNIST: images for the Frechet distance and confidence measures "

@@ -214,6 +214,8 @@ class Config:
                               "(optionally split as train/, val/, test/), an .npz of x/y (or image/label) arrays, "
                               "or a text file / folder of .txt files for language models (docs/data.md)",
                               OfType(str, "a path", optional=True))
+    data_workers: int = option(-1, "processes decoding a streamed image folder (--data); 0 = the main process, "
+                               "-1 = auto (one per spare CPU core, at most 8)", Integer(-1, 256))
     class_names: list = option(list, "names of the classes in label order (filled from an image folder's "
                                "subfolders; recorded with the run and its exports); empty = the model's own",
                                ClassNames())

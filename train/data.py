@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import socket
 import tempfile
 import urllib.parse
@@ -239,6 +240,7 @@ def prepare(
       ChecksumMismatchError, FileNotFoundError: a vendored file is broken (see `verify_vendored`).
     """
     _check_name_split(name)
+    check_data_dir(data_dir)
     tfds = _tfds_for_preparing(name, from_dir)
     data_dir = _resolve_data_dir(data_dir)
     builder = tfds.builder(name, data_dir=os.fspath(data_dir))
@@ -270,6 +272,39 @@ def prepare(
                 raise
             raise DatasetUnavailableError(_offline_message(name, user_dir, data_dir, missing, e)) from e
     return builder
+
+
+_VERSION = re.compile(r"\d+\.\d+\.\d+")
+
+
+def _dataset_entry(entry: Path) -> bool:
+    """Whether a data dir's entry is TFDS's or zoo's: hidden, downloads/, the array cache, or a
+    dataset folder (version folders such as 3.0.1/, directly or under a config folder)."""
+    if entry.name.startswith(".") or entry.name in ("downloads", CACHE_DIRNAME):
+        return True
+    if not entry.is_dir():
+        return False
+    subs = list(entry.iterdir())
+    if not subs:  # nothing of the user's in it
+        return True
+    for sub in (s for s in subs if s.is_dir()):  # 3.0.1/, incomplete.XYZ_3.0.1/, or config/3.0.1/
+        if _VERSION.search(sub.name) or any(_VERSION.search(t.name) for t in sub.iterdir() if t.is_dir()):
+            return True
+    return False
+
+
+def check_data_dir(data_dir: str | os.PathLike | None) -> None:
+    """Raises ValueError unless `data_dir` is missing, empty, or holds only TFDS datasets and zoo's
+    array cache: TFDS data is never prepared among a user's own files (e.g. a folder of images).
+    None (the default data dir, TFDS's own) passes."""
+    path = Path(data_dir).expanduser() if data_dir is not None else None
+    if path is None or not path.is_dir():
+        return
+    other = next((e for e in sorted(path.iterdir()) if not _dataset_entry(e)), None)
+    if other is not None:
+        raise ValueError(f"--data-dir {os.fspath(data_dir)}: holds {other.name!r}, which is neither a TFDS dataset "
+                         "nor zoo's array cache; TFDS data is prepared only in an empty folder or a TFDS data dir "
+                         f"(to train or evaluate on your own files, use --data {os.fspath(data_dir)})")
 
 
 def _tfds_for_preparing(name: str, from_dir) -> object:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -20,13 +21,19 @@ def evaluate_arrays(task: tasks.Task, model, variables: dict, arrays: dict, *, b
     """Metrics of `variables` on host `arrays` ({"x", "y"?}), batches split over `devices`.
 
     Classification adds per-class precision/recall/F1, macro F1 and the confusion matrix.
+    `arrays` may be a streamed split (train/sources/stream.py): read batch by batch, same metrics.
     """
     devices = jax.devices() if devices is None else devices
     mesh = parallel.make_mesh(devices)
     replicated = parallel.NamedSharding(mesh, parallel.P())
+    bs = parallel.eval_batch_size(batch_size, len(devices))
+    if not isinstance(arrays, dict):
+        from train.sources import stream
+
+        variables = jax.tree.map(lambda a: parallel.put_global(a, replicated), variables)
+        return tasks.summarize(stream.evaluator(task.eval_step(model), mesh)(variables, arrays, len(arrays), bs))
     variables, on_device = (jax.tree.map(lambda a: parallel.put_global(a, replicated), t) for t in (variables, arrays))
     run = parallel.make_evaluator(task.eval_step(model), mesh)
-    bs = parallel.eval_batch_size(batch_size, len(devices))
     return tasks.summarize(run(variables, on_device, len(arrays["x"]), bs))
 
 
@@ -74,8 +81,22 @@ def restore_workdir(workdir: Path, which: str | None = None):
 def _eval_arrays(cfg: Config, split: str) -> dict:
     if split not in ("train", "val", "validation", "test"):
         raise ValueError(f"--split must be train, validation or test, got {split!r}")
-    splits = tasks.load_splits(tasks.of_model(cfg.model), cfg)
+    if cfg.data:
+        splits = _own_splits(cfg)
+    else:
+        splits = tasks.load_splits(tasks.of_model(cfg.model), cfg)
     return {"test": splits.test, "train": splits.train}.get(split, splits.val)
+
+
+def _own_splits(cfg: Config) -> tasks.Splits:
+    """The splits of the user's data a run is evaluated on; refused when its classes are not the
+    ones the run trained on (the model's outputs would be read as other classes)."""
+    opened, splits = tasks.own_data(tasks.of_model(cfg.model), dataclasses.replace(cfg, class_names=[]),
+                                    log=lambda note: None)
+    if cfg.class_names and opened.class_names and opened.class_names != cfg.class_names:
+        raise ValueError(f"--data {cfg.data}: its classes {', '.join(opened.class_names)} are not the "
+                         f"{', '.join(cfg.class_names)} the model was trained on")
+    return splits
 
 
 def _finish(result: dict, out: Path | None) -> dict:
@@ -101,14 +122,16 @@ def class_names(cfg: Config, metrics: dict) -> list[str] | None:
 
 
 def evaluate_workdir(name: str, workdir, *, split: str = "test", which: str | None = None, out=None,
-                     quality_n: int = 0) -> dict:
+                     quality_n: int = 0, data=None) -> dict:
     """Evaluates a `zoo train` run on `split`; saves WORKDIR/eval_<split>.json unless `out` says otherwise.
-    `quality_n`: see `evaluate_run`."""
+    `quality_n`: see `evaluate_run`. `data`: the user's data to evaluate on (default: the run's)."""
     cfg, model, variables, step = restore_workdir(Path(workdir), which)
     if cfg.model != name:
         raise ValueError(f"{workdir} holds a {cfg.model!r} run, not {name!r}")
+    if data is not None:
+        cfg = dataclasses.replace(cfg, data=str(Path(data).expanduser().absolute()))
     metrics = evaluate_run(cfg, model, variables, split, quality_n=quality_n)
-    result = {"model": name, "dataset": cfg.dataset, "split": split, "source": f"{workdir} step {step}", "step": step,
+    result = {"model": name, "dataset": tasks.data_name(cfg), "split": split, "source": f"{workdir} step {step}", "step": step,
               "class_names": class_names(cfg, metrics), "metrics": metrics}
     return _finish(result, Path(out) if out else Path(workdir) / f"eval_{split}.json")
 
@@ -124,24 +147,25 @@ def evaluate_run(cfg: Config, model, variables: dict, split: str, *, quality_n: 
     task = tasks.of_model(cfg.model)
     arrays = _eval_arrays(cfg, split)
     metrics = evaluate_arrays(task, model, variables, arrays, batch_size=cfg.eval_batch_size)
-    if quality_n and task.quality is not None and cfg.dataset == "mnist":
+    if quality_n and task.quality is not None and cfg.dataset == "mnist" and not cfg.data:
         metrics.update(task.quality(model, variables, arrays, quality_n, 0))  # seed 0: comparable runs
     return metrics
 
 
 def evaluate_pretrained(name: str, tag: str | None, *, path=None, split: str = "test", data_dir=None, out=None,
-                        quality_n: int = 0) -> dict:
-    """Evaluates shipped (`tag`) or exported (`path`) weights on the dataset they were trained on.
-    `quality_n`: see `evaluate_run`."""
+                        quality_n: int = 0, data=None) -> dict:
+    """Evaluates shipped (`tag`) or exported (`path`) weights on the dataset they were trained on,
+    or on the user's `data`. `quality_n`: see `evaluate_run`."""
     from zoo.pretrained import load, read_manifest
 
     model, variables = load(name, pretrained=tag, path=path)
     manifest = read_manifest(name, pretrained=tag, path=path)
     overrides = dict(manifest.get("train_config") or {})
-    cfg = resolve(name, {**{k: v for k, v in overrides.items() if k not in ("model",)}, "data_dir": data_dir})
+    cfg = resolve(name, {**{k: v for k, v in overrides.items() if k not in ("model",)}, "data_dir": data_dir,
+                         **({"data": str(Path(data).expanduser().absolute())} if data is not None else {})})
     metrics = evaluate_run(cfg, model, variables, split, quality_n=quality_n)
     source = f"pretrained {name}.{tag}" if tag else f"export {path}"
-    return _finish({"model": name, "dataset": cfg.dataset, "split": split, "source": source,
+    return _finish({"model": name, "dataset": tasks.data_name(cfg), "split": split, "source": source,
                     "class_names": class_names(cfg, metrics), "metrics": metrics}, out)
 
 

@@ -21,6 +21,8 @@ import optax
 
 import zoo
 from train import data, parallel, report, tasks, workdir as workdirs
+from train.sources import stream
+from train.sources.stream import Feeder
 from zoo.files import write_text_atomic
 from train.checkpoint import Checkpointer
 from train.config import Config, build_model
@@ -178,12 +180,17 @@ class Run:
         raise _diverged(self, bad_step, "loss")
 
     def batches(self, epoch: int) -> np.ndarray:
-        return epoch_batches(self.cfg, self.cfg.seed, epoch, len(self.splits.train["x"]), self.steps_per_epoch)
+        order = epoch_batches(self.cfg, self.cfg.seed, epoch, tasks.split_size(self.splits.train), self.steps_per_epoch)
+        if isinstance(self.strategy, Feeder):  # a streamed split reads this epoch's order from files
+            self.strategy.start_epoch(order)
+        return order
 
     def label(self, epoch: int) -> str:
         return f"epoch {epoch + 1}/{self.cfg.epochs}"
 
     def close(self) -> None:
+        if isinstance(self.strategy, Feeder):
+            self.strategy.stop()
         release(self)
 
 
@@ -247,36 +254,40 @@ class Plan:
     mesh: object
     steps_per_epoch: int
     total_steps: int
+    cfg: Config | None = None  # the run's config: with --data, it records the data's path and classes
 
 
-def plan(cfg: Config, *, model=None, task: tasks.Task | None = None, splits=None) -> Plan:
+def plan(cfg: Config, *, model=None, task: tasks.Task | None = None, splits=None, log=print) -> Plan:
     """Resolves the task, model and data of a run (loading the data unless given), checks the
     labels (a bad validation label would give a NaN loss) and the batch size against the devices
     and the data, and counts the steps."""
     task = task or tasks.of_model(cfg.model)
+    if cfg.data and splits is None:  # the model follows the data (num_classes, vocab): open it first
+        cfg, splits = tasks.own_data(task, cfg, model=model, log=log)
     model = model if model is not None else build_model(cfg)
     splits = splits or tasks.load_splits(task, cfg)
     for split_name, split in (("train", splits.train), ("validation", splits.val)):
-        tasks.check_labels(task, split, model, f"{cfg.dataset} ({split_name} split)")
+        split = split if isinstance(split, dict) else split.targets()
+        tasks.check_labels(task, split, model, f"{tasks.data_name(cfg)} ({split_name} split)")
     devices = _devices(cfg)
     mesh = parallel.make_mesh(devices)
     parallel.check_batch_size(cfg.batch_size, len(devices))
-    n_train = len(splits.train["x"])
+    n_train = tasks.split_size(splits.train)
     steps_per_epoch = n_train // cfg.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"--batch-size {cfg.batch_size} is larger than the {n_train} training examples")
     total_steps = cfg.epochs * steps_per_epoch
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
-    return Plan(task, model, splits, devices, mesh, steps_per_epoch, total_steps)
+    return Plan(task, model, splits, devices, mesh, steps_per_epoch, total_steps, cfg)
 
 
 def _setup(cfg, workdir, lock, log, model, task, splits) -> Run:
-    p = plan(cfg, model=model, task=task, splits=splits)
-    task, model, splits, devices, mesh = p.task, p.model, p.splits, p.devices, p.mesh
+    p = plan(cfg, model=model, task=task, splits=splits, log=log)
+    cfg, task, model, splits, devices, mesh = p.cfg, p.task, p.model, p.splits, p.devices, p.mesh
     steps_per_epoch, total_steps = p.steps_per_epoch, p.total_steps
 
-    state = initial_state(cfg, model, task, total_steps, example=splits.train["x"][:1], log=log)
+    state = initial_state(cfg, model, task, total_steps, example=_example(model, splits.train), log=log)
     ckpt = Checkpointer(workdir / "checkpoints", max_to_keep=cfg.keep_checkpoints,
                         best_metric=f"val_{task.val_metric}", best_mode=task.mode)
     book = Book()
@@ -288,6 +299,7 @@ def _setup(cfg, workdir, lock, log, model, task, splits) -> Run:
         target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), state_tree(state))
         restored, saved = ckpt.restore_intact(target, log=log)
         _check_same_run(saved.get("config", {}), cfg)
+        _check_loader(saved, splits.train, int(restored["step"]), steps_per_epoch)
         if warning := schedule_change(saved.get("config", {}), cfg):
             log(f"warning: {warning}")
         state = state.replace(**restored)
@@ -303,10 +315,18 @@ def _setup(cfg, workdir, lock, log, model, task, splits) -> Run:
     strategy = parallel.make_strategy(cfg.strategy, task.train_step(model, cfg), mesh)
     eval_batch = parallel.eval_batch_size(cfg.eval_batch_size, len(devices))
     state = strategy.place_state(state)
+    evaluator = parallel.make_evaluator(task.eval_step(model), mesh)
+    if isinstance(splits.train, dict):
+        train_data = strategy.place_data(splits.train)
+    else:  # streamed: batches are read from files per chunk, never the whole split on device
+        strategy, train_data = _streamed_strategy(strategy, splits.train), None
+    if isinstance(splits.val, dict):
+        val_data = jax.tree.map(lambda a: parallel.put_global(a, replicated), splits.val)
+    else:
+        evaluator, val_data = stream.evaluator(task.eval_step(model), mesh), splits.val
     return Run(
         cfg=cfg, task=task, model=model, workdir=workdir, log=log, splits=splits, strategy=strategy,
-        evaluator=parallel.make_evaluator(task.eval_step(model), mesh), train_data=strategy.place_data(splits.train),
-        val_data=jax.tree.map(lambda a: parallel.put_global(a, replicated), splits.val), eval_batch=eval_batch,
+        evaluator=evaluator, train_data=train_data, val_data=val_data, eval_batch=eval_batch,
         state=state, ckpt=ckpt, metrics_log=metrics_log, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
         step=int(np.asarray(strategy.unreplicate(state).step)), book=book, lock=lock, max_in_flight=max_in_flight(devices),
     )
@@ -409,14 +429,15 @@ def evaluate(run: Run, timing: dict) -> dict:
     """Validation metrics; logs the epoch's record (train means, validation, timing) and returns it."""
     book = run.book
     variables = run.strategy.unreplicate(run.state).variables()
-    val = tasks.summarize(run.evaluator(variables, run.val_data, len(run.splits.val["x"]), run.eval_batch))
+    val = tasks.summarize(run.evaluator(variables, run.val_data, tasks.split_size(run.splits.val), run.eval_batch))
     record = record_epoch(run.task, book, run.step, val, timing)
     run.metrics_log.write(record)
     run.log(f"epoch {book.epoch} step {run.step} " + report.fmt({k: v for k, v in record.items() if k != "epoch_s"})
             + f" time={timing['epoch_s']:.1f}s")
     cfg = run.cfg
     if cfg.sample_every and book.epoch % cfg.sample_every == 0 and run.task.epoch_sample and report.is_writer():
-        run.task.epoch_sample(run.model, jax.device_get(variables), run.splits.val, run.workdir / "samples",
+        shown = run.splits.val if isinstance(run.splits.val, dict) else run.splits.val.arrays(64)
+        run.task.epoch_sample(run.model, jax.device_get(variables), shown, run.workdir / "samples",
                               book.epoch, cfg.seed, run.log)
     return record
 
@@ -469,7 +490,10 @@ def _save(run: Run, epoch_done: int, record: dict | None, force: bool = False) -
         raise _diverged(run, run.step, "parameters")
     metric = f"val_{run.task.val_metric}"
     metrics = {metric: record[metric]} if record else None
-    run.ckpt.save(run.step, tree, checkpoint_meta(run.book, epoch_done, run.step, run.cfg), metrics, force=force)
+    meta = checkpoint_meta(run.book, epoch_done, run.step, run.cfg)
+    if not isinstance(run.splits.train, dict):
+        meta["loader"] = loader_state(run.splits.train, run.step, run.steps_per_epoch)
+    run.ckpt.save(run.step, tree, meta, metrics, force=force)
 
 
 @dataclasses.dataclass
@@ -479,6 +503,7 @@ class Result:
 
     record: dict
     state: TrainState
+    config: Config | None = None  # the config it trained with (with --data: the data's classes, model fields)
 
 
 def fit(cfg: Config, workdir: str | Path, *, log=print, model=None, task: tasks.Task | None = None,
@@ -503,7 +528,7 @@ def fit(cfg: Config, workdir: str | Path, *, log=print, model=None, task: tasks.
                     break
         finally:
             run.close()
-    return Result(record, run.strategy.unreplicate(run.state))
+    return Result(record, run.strategy.unreplicate(run.state), run.cfg)
 
 
 @functools.cache
@@ -519,9 +544,43 @@ def all_finite(tree) -> bool:
     return bool(_finite_program()([x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]))
 
 
+def _example(model, split):
+    """One host input, for a module without an input spec: the first example."""
+    if isinstance(split, dict):
+        return split["x"][:1]
+    return None if hasattr(model, "input_spec") else split.arrays(1)["x"]
+
+
+def _streamed_strategy(strategy, split) -> Feeder:
+    if not hasattr(strategy, "run_batches"):
+        raise ValueError(f"--strategy {strategy.name} trains on data held on the devices; a streamed image "
+                         "folder (--data) trains with --strategy jit")
+    return Feeder(strategy, split)
+
+
+def loader_state(split, step: int, steps_per_epoch: int) -> dict:
+    """Where a streamed split's loader restarts after a checkpoint at `step`: the epoch and the
+    step position in it (the order is a pure function of seed and epoch), and the split's size
+    and files, so a resumed run refuses a folder that changed."""
+    epoch = step // steps_per_epoch
+    return {"epoch": epoch, "position": step - epoch * steps_per_epoch, "examples": len(split),
+            "files": stream.fingerprint(split)}
+
+
+def _check_loader(saved: dict, split, step: int, steps_per_epoch: int) -> None:
+    if "loader" not in saved or isinstance(split, dict):
+        return
+    now = loader_state(split, step, steps_per_epoch)
+    if saved["loader"] != now:
+        raise ValueError(f"the workdir's run read {saved['loader']['examples']} training images (epoch "
+                         f"{saved['loader']['epoch']}, step {saved['loader']['position']}) but --data now gives "
+                         f"{now['examples']}{' other files' if now['examples'] == saved['loader']['examples'] else ''}; "
+                         "resume with the same folder or use a new --workdir")
+
+
 def _check_same_run(saved: dict, cfg: Config) -> None:
     # Resuming with a different model, data or batch size would silently train something else.
-    for key in ("model", "dataset", "batch_size", "seed", "model_overrides", "seq_len", "val_size", "train_limit"):
+    for key in ("model", "dataset", "data", "batch_size", "seed", "model_overrides", "seq_len", "val_size", "train_limit"):
         if key in saved and saved[key] != cfg.to_json()[key]:
             raise ValueError(
                 f"the workdir holds a run with {key}={saved[key]!r} but this run has {key}={cfg.to_json()[key]!r}; "

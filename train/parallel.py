@@ -169,6 +169,17 @@ def scan_steps(body, state, xs):
     return state, jax.tree.map(lambda *a: jnp.stack(a), *outs)
 
 
+def scan_tree(body, state, xs):
+    """`scan_steps` over a tree of arrays with a common leading axis."""
+    if not unroll_scan():
+        return jax.lax.scan(body, state, xs)
+    outs = []
+    for i in range(jax.tree.leaves(xs)[0].shape[0]):
+        state, out = body(state, jax.tree.map(lambda a: a[i], xs))
+        outs.append(out)
+    return state, jax.tree.map(lambda *a: jnp.stack(a), *outs)
+
+
 def gather(data, idx):
     """The batch of examples `idx`, with their dataset positions as "index" (see steps.py)."""
     return {**jax.tree.map(lambda a: a[idx], data), "index": idx}
@@ -201,6 +212,16 @@ class JitStrategy:
 
         self._chunk = jax.jit(chunk, donate_argnums=0, out_shardings=self.replicated, compiler_options=self.options)
 
+        def batches_chunk(state, batches):  # batches: (K, B, ...) read on the host (a streamed split)
+            def body(state, batch):
+                return step_fn(state, jax.lax.with_sharding_constraint(batch, self.batch_sharding))
+
+            return scan_tree(body, state, batches)
+
+        self._batches = jax.jit(batches_chunk, donate_argnums=0, out_shardings=self.replicated,
+                                compiler_options=self.options)
+        self._stacked = NamedSharding(mesh, P(None, AXIS))
+
     def place_state(self, state):
         return jax.tree.map(lambda a: put_global(a, self.replicated), state)
 
@@ -213,6 +234,11 @@ class JitStrategy:
     def run_chunk(self, state, data, idx: np.ndarray):
         """Runs idx.shape[0] steps; returns (state, per-step metrics on device)."""
         return self._chunk(state, data, self.place_indices(idx))
+
+    def run_batches(self, state, batches: dict):
+        """Runs one step per leading entry of host `batches` {"x", ...: (K, B, ...)}, each batch
+        split over the "data" axis as `run_chunk`'s; returns (state, per-step metrics on device)."""
+        return self._batches(state, jax.tree.map(lambda a: put_global(a, self._stacked), batches))
 
     def unreplicate(self, state):
         return state
@@ -322,6 +348,30 @@ def make_evaluator(eval_fn: Callable, mesh: Mesh):
         total = None
         for b in range(nb):
             sums = batch_sums(variables, data, put_global(idx[b], replicated), put_global(mask[b], replicated))
+            total = sums if total is None else add(total, sums)
+        return total
+
+    return run
+
+
+def batch_evaluator(eval_fn: Callable, mesh: Mesh):
+    """`make_evaluator`'s sums over batches given by the host (a streamed split):
+    `run(variables, batches, masks)` adds `eval_fn(variables, batch, mask)` over the pairs."""
+    replicated = NamedSharding(mesh, P())
+    batch_sharding = NamedSharding(mesh, P(AXIS))
+
+    @functools.partial(jax.jit, out_shardings=replicated, compiler_options=compiler_options(mesh.devices.flat))
+    def batch_sums(variables, batch, mask):
+        batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+        return eval_fn(variables, batch, jax.lax.with_sharding_constraint(mask, batch_sharding))
+
+    add = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b), donate_argnums=0)
+
+    def run(variables, batches, masks: np.ndarray):
+        total = None
+        for batch, mask in zip(batches, masks):
+            placed = jax.tree.map(lambda a: put_global(a, replicated), batch)
+            sums = batch_sums(variables, placed, put_global(mask, replicated))
             total = sums if total is None else add(total, sums)
         return total
 

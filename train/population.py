@@ -234,6 +234,9 @@ def _build(cfgs: list[Config], log: Callable, model, task, splits) -> tuple[_Pop
     """The population's data, stacked initial state and vmapped step, and each member's
     optimizer-state structure as a separate run has it."""
     cfg = cfgs[0]
+    if cfg.data:
+        raise ValueError("--population trains on registry datasets; search your own data (--data) without "
+                         "--population, one trial at a time")
     p = loop.plan(cfg, model=model, task=task, splits=splits)
     task, model, splits, total_steps = p.task, p.model, p.splits, p.total_steps
     # Each member starts from the state loop.fit builds for its config (init, seed, init_from).

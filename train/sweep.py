@@ -390,6 +390,8 @@ def _splits(cache: dict, task, cfg: Config):
     """`cfg`'s data splits, loaded once for consecutive trials that share the data settings."""
     from train import tasks
 
+    if cfg.data:  # each trial opens it: the run's config follows the data (class names, num_classes)
+        return None
     key = _data_key(cfg)
     if key not in cache:
         cache.clear()

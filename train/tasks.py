@@ -19,7 +19,7 @@ import numpy as np
 
 import zoo
 from train import data, gen_metrics, report, steps
-from train.config import Config, flag, override_hint
+from train.config import Config, build_model, flag, override_hint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,10 +212,13 @@ def _take(arrays: dict, sl: slice) -> dict:
 
 
 def load_splits(task: Task, cfg: Config) -> Splits:
-    """Train/validation/test host arrays of `cfg.dataset`, as `task` trains on them.
+    """Train/validation/test host arrays of `cfg.dataset` (or of the user's `cfg.data`: see
+    `own_data`), as `task` trains on them.
 
     Datasets without a validation split hold out the last `cfg.val_size` train examples.
     """
+    if cfg.data:
+        return own_data(task, cfg)[1]
     if cfg.dataset not in task.datasets:
         raise ValueError(f"task {task.name!r} trains on {', '.join(task.datasets)}, not {cfg.dataset!r}")
     load = functools.partial(data.load_split, cfg.dataset, data_dir=cfg.data_dir)
@@ -234,6 +237,77 @@ def load_splits(task: Task, cfg: Config) -> Splits:
     if cfg.train_limit:
         train = _take(train, slice(0, cfg.train_limit))
     return select_classes(task, Splits(train, val, test), cfg.classes)
+
+
+def data_name(cfg: Config) -> str:
+    """What a run trains on, for its messages: the user's data path, else the dataset name."""
+    return cfg.data or cfg.dataset
+
+
+def split_size(split) -> int:
+    """Examples in a split: host arrays or a streamed split (train/sources/stream.py)."""
+    return len(split["x"]) if isinstance(split, dict) else len(split)
+
+
+def own_data(task: Task, cfg: Config, *, model=None, log=print) -> tuple[Config, Splits]:
+    """Opens the user's `cfg.data` (train/sources) and returns the config the run trains with and its splits.
+
+    The config records the data's absolute path and class names (unless given), and the
+    registry model follows the data: `num_classes` = the number of classes (unless set with
+    --set or --classes), a language model's `vocab` = the training text's characters. An image
+    folder's splits stay files (`stream.StreamedSplit`); arrays and text are in memory.
+    """
+    from train import sources
+    from train.sources import stream
+    from zoo.preprocess import image_shape
+
+    if model is None and cfg.model in zoo.list_models():
+        model = build_model(cfg)
+    shape = image_shape(model) if model is not None and hasattr(model, "input_spec") else None
+    ud = sources.open_data(cfg.data, image_shape=shape, val_size=cfg.val_size, text=task.name == "language_model")
+    for note in ud.notes:
+        log(note)
+    cfg = _follow_data(cfg, ud, model)
+    parts = [ud.splits["train"], ud.splits.get("validation"), ud.splits.get("test")]
+    parts[1] = parts[1] if parts[1] is not None else parts[2]
+    parts[2] = parts[2] if parts[2] is not None else parts[1]
+    workers = stream.default_workers(cfg.data_workers)
+    views = [stream.StreamedSplit.of(p, task.view, workers) if not isinstance(p, dict)
+             else p if "x" in p else task.view(p) for p in parts]
+    if isinstance(views[0], dict) and "tokens" in views[0]:  # text: next-character windows
+        views = [dict(zip(("x", "y"), data.char_windows(s["tokens"], cfg.seq_len))) for s in views]
+    train = views[0]
+    if cfg.train_limit:
+        train = train.take(slice(0, cfg.train_limit)) if not isinstance(train, dict) else _take(train, slice(0, cfg.train_limit))
+    splits = Splits(train, views[1], views[2])
+    if cfg.classes and not isinstance(train, dict):
+        return cfg, _select_streamed(task, splits, cfg.classes)
+    return cfg, select_classes(task, splits, cfg.classes)
+
+
+def _select_streamed(task: Task, splits: Splits, classes) -> Splits:
+    """`select_classes` (the same checks and messages) for streamed splits: keeps their rows of
+    `classes`, relabelled 0..k-1."""
+    parts = (splits.train, splits.val, splits.test)
+    # "x" carries each example's position through the in-memory selection
+    kept = select_classes(task, Splits(*({"x": np.arange(len(s)), **s.targets()} for s in parts)), classes)
+    return Splits(*(s.take(k["x"], k["y"]) for s, k in zip(parts, (kept.train, kept.val, kept.test))))
+
+
+def _follow_data(cfg: Config, ud, model) -> Config:
+    """`cfg` with the data's absolute path, class names, and the model fields that follow the data."""
+    names = list(cfg.class_names)
+    if not names and ud.class_names:
+        names = [ud.class_names[c] if c < len(ud.class_names) else str(c) for c in cfg.classes] if cfg.classes \
+            else list(ud.class_names)
+    overrides = dict(cfg.model_overrides)
+    registered = cfg.model in zoo.list_models() and dataclasses.is_dataclass(model)
+    fields = {f.name for f in dataclasses.fields(model)} if registered else set()
+    if "num_classes" in fields and ud.class_names and not cfg.classes:
+        overrides.setdefault("num_classes", len(ud.class_names))
+    if "vocab" in fields and ud.vocab is not None:
+        overrides["vocab"] = ud.vocab
+    return dataclasses.replace(cfg, data=str(ud.path), class_names=names, model_overrides=overrides)
 
 
 def select_classes(task: Task, splits: Splits, classes) -> Splits:

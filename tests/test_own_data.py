@@ -1,0 +1,202 @@
+"""Your own data through the engine: `--data` on zoo train/eval/sweep and train.fit, image folders
+streamed with Grain (same metrics and steps as in memory, exact kill -9 resume), and `--data-dir`
+refusing a folder of the user's files.
+
+Image folders are opened by tests/own_data_double.py, a stand-in with train/sources/images.py's
+contract (train/sources/__init__.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from tests import own_data_double
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_folder(root: Path, per_class: int = 40, names=("cat", "dog"), seed: int = 0) -> Path:
+    """`per_class` 28x28 grey PNGs per class subfolder; class c has a bright bar at its own place."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(names):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            a = rng.integers(0, 60, (28, 28), dtype=np.uint8)
+            a[4 * c + 2: 4 * c + 8, :] += 180
+            Image.fromarray(a).save(root / name / f"{i:04d}.png")
+    return root
+
+
+@pytest.fixture
+def folder(tmp_path, monkeypatch):
+    own_data_double.install(monkeypatch)
+    return write_folder(tmp_path / "pets")
+
+
+TINY = ("--epochs", "1", "--batch-size", "16", "--val-size", "16", "--data-workers", "0", "--eval-batch-size", "12")
+
+
+def test_train_and_eval_on_an_image_folder(cli, folder, tmp_path):
+    workdir = tmp_path / "run"
+    code, out, err = cli("train", "cnn", "--data", folder, *TINY, "--workdir", workdir)
+    assert code == 0, err
+    assert f"training cnn on {folder}" in out
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["data"] == str(folder.absolute())
+    assert config["class_names"] == ["cat", "dog"]
+    assert config["model_overrides"]["num_classes"] == 2  # the head follows the folder's classes
+    code, out, err = cli("eval", "cnn", "--workdir", workdir)
+    assert code == 0, err
+    assert f"cnn on {folder}/test (16 examples" in out and "accuracy:" in out
+
+    other = write_folder(tmp_path / "other", per_class=10, names=("cat", "cow"))
+    code, out, err = cli("eval", "cnn", "--workdir", workdir, "--data", other)
+    assert code == 2 and err.count("\n") == 1
+    assert "cat, cow are not the cat, dog the model was trained on" in err
+
+
+def test_resuming_on_other_data_is_refused(cli, folder, tmp_path):
+    workdir = tmp_path / "run"
+    assert cli("train", "cnn", "--data", folder, *TINY, "--workdir", workdir)[0] == 0
+    other = write_folder(tmp_path / "other", per_class=20)
+    code, out, err = cli("train", "cnn", "--data", other, *TINY, "--epochs", "2", "--workdir", workdir)
+    assert code == 2 and err.count("\n") == 1
+    assert f"the workdir holds a run with data='{folder}'" in err
+    write_folder(folder, per_class=45)  # 5 more images of each class: another order
+    code, out, err = cli("train", "cnn", "--data", folder, *TINY, "--epochs", "2", "--workdir", workdir)
+    assert code == 2 and err.count("\n") == 1
+    assert "read 64 training images (epoch 1, step 0) but --data now gives 74" in err
+
+
+def test_train_fit_takes_a_folder_path_and_classes_subset_the_names(folder):
+    import train
+
+    result = train.fit("cnn", str(folder), max_steps=2, batch_size=16, val_size=16, data_workers=0, log=lambda m: None)
+    assert result.config.class_names == ["cat", "dog"]
+    assert result.variables["params"]["head"]["kernel"].shape[-1] == 2
+    result = train.fit("cnn", folder, classes=[1, 0], max_steps=2, batch_size=16, val_size=16, data_workers=0,
+                       log=lambda m: None)
+    assert result.config.class_names == ["dog", "cat"]
+
+
+def _splits(folder, image_shape=(28, 28, 1)):
+    """The double's folder as a streamed Splits and as the same examples in memory."""
+    from train import tasks
+    from train.sources.stream import StreamedSplit
+
+    ud = own_data_double.open_folder(folder, image_shape=image_shape, val_size=24)
+    task = tasks.get("classification")
+    streamed = [StreamedSplit.of(ud.splits[s], task.view, workers=0) for s in ("train", "validation")]
+    in_memory = [task.view({"image": np.stack([src[i]["image"] for i in range(len(src))]), "label": src.labels})
+                 for src in (ud.splits["train"], ud.splits["validation"])]
+    return task, tasks.Splits(streamed[0], streamed[1], streamed[1]), tasks.Splits(in_memory[0], in_memory[1], in_memory[1])
+
+
+def test_streamed_and_in_memory_evaluation_give_the_same_metrics(folder):
+    import zoo
+    from train.evaluate import evaluate_arrays
+
+    task, streamed, in_memory = _splits(folder)
+    model = zoo.create("cnn", num_classes=2)
+    variables = zoo.init(model, jax.random.key(3))
+    a = evaluate_arrays(task, model, variables, streamed.val, batch_size=10)  # 24 = 10 + 10 + 4 (padded)
+    b = evaluate_arrays(task, model, variables, in_memory.val, batch_size=10)
+    assert a["count"] == b["count"] == 24
+    floats = {k for k, v in b.items() if isinstance(v, float)}
+    assert {k: a[k] for k in floats} == pytest.approx({k: b[k] for k in floats}, rel=1e-6)
+    assert (a["confusion"], a["per_class"]) == (b["confusion"], b["per_class"])
+
+
+def test_streamed_training_takes_the_in_memory_steps(folder, tmp_path):
+    from train import loop
+    from train.config import resolve
+
+    task, streamed, in_memory = _splits(folder)
+    cfg = resolve("cnn", {"epochs": 2, "batch_size": 16, "eval_batch_size": 10, "model_overrides": {"num_classes": 2},
+                          "data_workers": 0})
+    quiet = lambda m: None  # noqa: E731
+    a = loop.fit(cfg, tmp_path / "streamed", task=task, splits=streamed, log=quiet)
+    b = loop.fit(cfg, tmp_path / "memory", task=task, splits=in_memory, log=quiet)
+    assert int(a.state.step) == int(b.state.step) == 2 * (56 // 16)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6),
+                 a.state.params, b.state.params)
+    assert a.record["val_accuracy"] == pytest.approx(b.record["val_accuracy"])
+    from train.checkpoint import Checkpointer
+
+    with Checkpointer(tmp_path / "streamed" / "checkpoints", read_only=True) as ckpt:
+        _, meta = ckpt.restore(None, ckpt.latest_step())
+    assert {k: meta["loader"][k] for k in ("epoch", "position", "examples")} == {"epoch": 2, "position": 0, "examples": 56}
+
+
+def test_data_dir_holding_other_files_is_refused(cli, tmp_path):
+    from train import data
+
+    pets = write_folder(tmp_path / "pets", per_class=2)
+    before = sorted(p.relative_to(pets) for p in pets.rglob("*"))
+    code, out, err = cli("prepare", "mnist", "--data-dir", pets)
+    assert code == 2 and err.count("\n") == 1
+    assert f"use --data {pets}" in err and "'cat'" in err
+    assert sorted(p.relative_to(pets) for p in pets.rglob("*")) == before  # nothing prepared among the images
+    tfds_like = tmp_path / "tfds"
+    for d in ("mnist/3.0.1", "fashion_mnist/incomplete.AB12_3.0.1", "zoo_arrays/mnist", "downloads"):
+        (tfds_like / d).mkdir(parents=True)
+    data.check_data_dir(tfds_like)  # TFDS's layout and zoo's cache are a data dir
+    data.check_data_dir(tmp_path / "missing")
+
+
+# ---------------------------------------------------------------- kill -9 on the Grain path
+
+CHILD = ROOT / "tests" / "_own_data_child.py"
+
+
+def _zoo(*args) -> list[str]:
+    return [sys.executable, str(CHILD), *map(str, args)]
+
+
+def _steps(workdir: Path) -> list[int]:
+    ckpt = workdir / "checkpoints"
+    return sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) if ckpt.exists() else []
+
+
+def _final_params(workdir: Path):
+    from train.checkpoint import Checkpointer
+
+    with Checkpointer(workdir / "checkpoints", read_only=True) as ckpt:
+        restored, _ = ckpt.restore(None, ckpt.latest_step())
+    return restored["params"]
+
+
+@pytest.mark.slow  # three real `zoo train` processes with Grain workers, one killed with SIGKILL
+def test_kill_9_mid_epoch_resumes_a_streamed_run_exactly(cli_env, tmp_path):
+    folder = write_folder(tmp_path / "pets", per_class=96)
+    args = ("train", "cnn", "--data", folder, "--epochs", "2", "--batch-size", "16", "--val-size", "32",
+            "--data-workers", "1", "--checkpoint-steps", "2", "--log-every", "1", "--eval-batch-size", "16")
+    env = {**cli_env, "PYTHONPATH": str(ROOT)}
+    whole = tmp_path / "whole"
+    done = subprocess.run(_zoo(*args, "--workdir", whole), env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_zoo(*args, "--workdir", killed), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not [s for s in _steps(killed) if 2 <= s < 10] and time.monotonic() < deadline:  # mid epoch 1 (10 steps)
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the run and its Grain workers
+    proc.wait()
+    assert [s for s in _steps(killed) if s < 10], "no mid-epoch checkpoint before the kill"
+    resumed = subprocess.run(_zoo(*args, "--workdir", killed), env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from step" in resumed.stdout
+    a, b = _final_params(whole), _final_params(killed)
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
