@@ -185,7 +185,7 @@ def cmd_info(args) -> int:
     import zoo
 
     name, _, tag = args.name.partition(".")
-    print(zoo.model_card(name, tag or None))
+    print(zoo.model_card(name, tag or None, path=args.path))
     return 0
 
 
@@ -356,7 +356,7 @@ def cmd_predict(args) -> int:
 
     import zoo
     from train import predict, tasks
-    from train.evaluate import variables_for
+    from train.evaluate import class_names_for, variables_for
     from zoo.preprocess import image_shape
 
     spec = zoo.get_spec(args.model)
@@ -370,6 +370,7 @@ def cmd_predict(args) -> int:
     if reconstruct and not args.out:
         raise ValueError(f"zoo predict {args.model} writes reconstructions as PNGs: give --out DIR")
     model, variables = variables_for(args.model, pretrained=args.pretrained, path=args.path, workdir=args.workdir)
+    names = class_names_for(args.model, pretrained=args.pretrained, path=args.path, workdir=args.workdir)
     if image_shape(model) is None:
         raise ValueError(f"zoo predict works for image models; {args.model!r} here takes {model.input_spec()}")
     apply = jax.jit(lambda x: model.apply(variables, x))
@@ -378,7 +379,7 @@ def cmd_predict(args) -> int:
     for file in args.files:
         png = Path(args.out) / out_names[str(Path(file))] if reconstruct else None
         try:
-            result = {"file": file, **predict.predict_one(model, apply, Path(file), spec.class_names, top_k=args.top_k,
+            result = {"file": file, **predict.predict_one(model, apply, Path(file), names, top_k=args.top_k,
                                                           invert=args.invert, reconstruction=png)}
         except ValueError as e:
             failed = True
@@ -578,6 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls.set_defaults(func=cmd_list)
     i = sub.add_parser("info", help="model card: architecture, input, classes, data, recipe, metric, hashes")
     i.add_argument("name", metavar="NAME[.TAG]", help="a model (cnn) or its shipped weights (cnn.mnist)")
+    i.add_argument("--path", help="the card of an export of NAME (directory, .safetensors file or URL): its "
+                   "class names, vocabulary, metric and recipe")
     i.set_defaults(func=cmd_info)
     _add_train_parser(sub)
     _add_eval_parser(sub)

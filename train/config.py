@@ -244,7 +244,7 @@ class Config:
                              f"(got --schedule {self.schedule}; onecycle ramps up by itself)")
         if registered:
             _check_classes_apply(self)
-            _create_model(self)
+            _check_class_names(self, _create_model(self))
         return self
 
 
@@ -307,6 +307,38 @@ def _check_classes_apply(cfg: Config) -> None:
     if cfg.classes and "num_classes" not in {f.name for f in dataclasses.fields(spec.module)}:
         raise ValueError(f"{flag('classes')} {','.join(map(str, cfg.classes))}: {cfg.model} ({spec.task}) has no "
                          f"class labels to choose from; classes apply to single-label classifiers (e.g. cnn, mlp)")
+
+
+def _check_class_names(cfg: Config, model) -> None:
+    """Raises ValueError unless `cfg.class_names` (if given) name each output class of `model` once."""
+    if not cfg.class_names:
+        return
+    n = getattr(model, "num_classes", None)
+    shown = f"{flag('class_names')} {','.join(cfg.class_names)}"
+    if n is None:
+        raise ValueError(f"{shown}: {cfg.model} has no num_classes head to name; class names apply to "
+                         "single-head classifiers (e.g. cnn, mlp)")
+    expected = 2 if n == 1 else n  # one logit: a binary classifier's two classes
+    if len(cfg.class_names) != expected:
+        raise ValueError(f"{shown}: {len(cfg.class_names)} names for {expected} classes ({cfg.model} with "
+                         f"num_classes={n}); give one name per class, in label order")
+
+
+def class_names_of(cfg: Config) -> list[str] | None:
+    """The names of a run's classes in label order: its `class_names`, else the model's registered
+    names (of `classes`, in their order, where it trained on a subset); None where the model's
+    outputs are not one head of named classes."""
+    import zoo
+
+    if cfg.class_names:
+        return list(cfg.class_names)
+    names = zoo.get_spec(cfg.model).class_names
+    if not isinstance(names, tuple) or "vocab" in zoo.get_spec(cfg.model).preprocessing:
+        return None  # several heads, no classes, or a language model's characters
+    if cfg.classes:
+        return [names[c] if c < len(names) else str(c) for c in cfg.classes]
+    n = getattr(build_model(cfg), "num_classes", None)
+    return list(names) if n is not None and len(names) == (2 if n == 1 else n) else None
 
 
 def build_model(cfg: Config):
@@ -471,4 +503,8 @@ def resolve(model: str, overrides: dict[str, Any] | None = None, *, config_file:
     values: dict[str, Any] = {}
     for layer in layers:
         values.update({**layer, "model_overrides": {**values.get("model_overrides", {}), **layer.get("model_overrides", {})}})
-    return Config(**{**values, "model": model}).validate()
+    cfg = Config(**{**values, "model": model})
+    if (cfg.classes and not cfg.class_names and len(set(cfg.classes)) == len(cfg.classes)
+            and (names := class_names_of(cfg))):
+        cfg.class_names = names  # recorded with the run: row i is class names[i] of the original labels
+    return cfg.validate()

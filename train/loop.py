@@ -110,9 +110,10 @@ def initial_state(cfg: Config, model, task: tasks.Task, total_steps: int, *, exa
     if cfg.init == "glorot":
         variables = {**variables, "params": glorot_reinit(variables["params"], reinit_key)}
     if cfg.init_from:
+        from train.config import class_names_of
         from train.finetune import init_from
 
-        variables = init_from(cfg.init_from, model, variables, log=log)
+        variables = init_from(cfg.init_from, model, variables, log=log, class_names=class_names_of(cfg))
     return create_state(model, variables, tx, state_key, players=task.players)
 
 

@@ -66,6 +66,7 @@ class Task:
     # samples), so `zoo eval`/`zoo export` take the latest checkpoint unless --which best
     ranks_checkpoints: bool = True
     per_class: bool = False
+    tokenizes: bool = False  # its view encodes text: `view(arrays, vocab=the model's vocabulary)`
 
     def better(self, value: float, best: float | None) -> bool:
         """Whether validation `value` improves on `best` (None: nothing yet)."""
@@ -82,8 +83,17 @@ def _images(view: Callable[[np.ndarray, np.ndarray], dict]) -> Callable[[dict], 
     return one
 
 
-def _text(arrays: dict) -> dict:
-    return {"tokens": zoo.rnn.encode(arrays["text"])}  # windows are cut by load_splits
+def _text(arrays: dict, vocab: str = zoo.rnn.TINY_SHAKESPEARE_VOCAB) -> dict:
+    return {"tokens": zoo.rnn.encode(arrays["text"], vocab)}  # windows are cut by load_splits
+
+
+def data_view(task: Task, cfg: Config) -> Callable[[dict], dict]:
+    """`task.view` for `cfg`'s model: a text view encodes with the model's vocabulary."""
+    if not task.tokenizes:
+        return task.view
+    from train.config import build_model
+
+    return functools.partial(task.view, vocab=zoo.rnn.vocab_of(build_model(cfg)))
 
 
 # ---------------------------------------------------------------- steps
@@ -133,13 +143,25 @@ def sample_text(model, variables, prompt: str, length: int, key, temperature: fl
     """Generates `length` characters after `prompt` with a char-level LM."""
     if not prompt:
         raise ValueError("the prompt must be at least one character (the model continues it)")
-    tokens = jnp.asarray(zoo.rnn.encode(prompt))[None]
+    vocab = zoo.rnn.vocab_of(model)  # the model's own characters, as its run or export recorded them
+    tokens = jnp.asarray(zoo.rnn.encode(prompt, vocab))[None]
     out = jax.jit(lambda v, k, t: model.apply(v, k, t, length, temperature, method="generate"))(variables, key, tokens)
-    return prompt + zoo.rnn.decode(out[0])
+    return prompt + zoo.rnn.decode(out[0], vocab)
+
+
+def epoch_prompt(vocab: str, val: dict) -> str:
+    """The per-epoch sample's prompt: "ROMEO:" where the vocabulary holds it, else the start
+    of the first validation window (a prompt the model has seen the like of)."""
+    if set("ROMEO:") <= set(vocab):
+        return "ROMEO:"
+    return zoo.rnn.decode(np.asarray(val["x"][0][:8]), vocab)
 
 
 def _text_file(model, variables, val, outdir: Path, epoch: int, seed: int, log) -> None:
-    text = sample_text(model, variables, "ROMEO:", 200, jax.random.key(seed + epoch))
+    if getattr(model, "vocab", None) is None:  # bare token ids: no characters to print
+        log(f"sample: none (vocab_size={model.vocab_size} without a vocab: the ids have no characters)")
+        return
+    text = sample_text(model, variables, epoch_prompt(model.vocab, val), 200, jax.random.key(seed + epoch))
     outdir.mkdir(parents=True, exist_ok=True)
     (outdir / f"text_epoch{epoch:03d}.txt").write_text(text)
     log("sample: " + text.replace("\n", "\n        "))
@@ -174,7 +196,7 @@ TASKS: dict[str, Task] = {
              "mse", "min", epoch_sample=_reconstruction_grid, quality=gen_metrics.reconstruction_quality,
              predicts="reconstruction", targets=False),
         Task("language_model", data.TEXT_DATASETS, _text, *_supervised(steps.language_model_loss), "loss", "min",
-             epoch_sample=_text_file, sample=_text_sample),
+             epoch_sample=_text_file, sample=_text_sample, tokenizes=True),
         Task("gan", _IMAGES, _images(lambda x, y: {"x": x}), *_gan, "g_loss", "min",
              players=("generator", "discriminator"), epoch_sample=_gan_grid, sample=_gan_sample,
              quality=gen_metrics.gan_quality, ranks_checkpoints=False, targets=False),
@@ -219,10 +241,11 @@ def load_splits(task: Task, cfg: Config) -> Splits:
     if cfg.dataset not in task.datasets:
         raise ValueError(f"task {task.name!r} trains on {', '.join(task.datasets)}, not {cfg.dataset!r}")
     load = functools.partial(data.load_split, cfg.dataset, data_dir=cfg.data_dir)
+    view = data_view(task, cfg)
     if "validation" in data.SPLITS[cfg.dataset]:
-        train, val, test = (task.view(load(split)) for split in ("train", "validation", "test"))
+        train, val, test = (view(load(split)) for split in ("train", "validation", "test"))
     else:
-        full, test = task.view(load("train")), task.view(load("test"))
+        full, test = view(load("train")), view(load("test"))
         n = len(next(iter(full.values())))
         if not 0 <= cfg.val_size < n:
             raise ValueError(f"val_size must be in [0, {n}), got {cfg.val_size}")

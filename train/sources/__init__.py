@@ -19,40 +19,12 @@ What each layout gives (docs/data.md):
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
-from typing import Any
+
+from train.sources.userdata import UserData  # its own module: the readers import it without a cycle
 
 __all__ = ["UserData", "open_data"]
-
-
-@dataclasses.dataclass(frozen=True)
-class UserData:
-    """A user's dataset, opened.
-
-    Attributes:
-      kind: "images" (a folder of class subfolders), "arrays" (an .npz) or "text".
-      path: the path given, absolute.
-      splits: {"train", "validation", "test"} -> an `images.ImageFolderSource` (streamed) or a
-        dict of numpy arrays (in memory): {"image", "label"} or {"x", "y"} or {"text"}.
-      class_names: names of the labels 0..k-1, or None (an .npz without `class_names`, text).
-      vocab: text: the vocabulary (sorted distinct characters of the training text); else None.
-      notes: one-line facts said once when the data is opened (files skipped, images resized,
-        where validation came from).
-    """
-
-    kind: str
-    path: Path
-    splits: dict[str, Any]
-    class_names: tuple[str, ...] | None = None
-    vocab: str | None = None
-    notes: tuple[str, ...] = ()
-
-    @property
-    def streamed(self) -> bool:
-        """True when the training split is read from files while training (Grain), not held in memory."""
-        return not isinstance(self.splits["train"], dict)
 
 
 def open_data(path: str | os.PathLike, *, image_shape: tuple[int, int, int] | None, val_size: int,
