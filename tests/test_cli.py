@@ -600,3 +600,36 @@ def test_run_config_that_is_a_fifo_is_refused_promptly(tmp_path):
     os.mkfifo(tmp_path / "config.json")
     error = returns_promptly(read_config, tmp_path, fifos=[tmp_path / "config.json"])
     assert isinstance(error, ValueError) and "config.json: is a FIFO, not a regular file" in str(error), error
+
+
+# ---------------------------------------------------------------- what travels with a run on own data
+
+
+def test_char_lstm_vocab_travels_through_the_run_export_load_and_sample(cli, tmp_path):
+    """A char_lstm trained on a 10-character vocabulary: its per-epoch sample, export, zoo.load and
+    zoo sample all read that vocabulary (the issue: Shakespeare's decoded them into blank lines)."""
+    import train
+    from zoo.formats.orbax_export import write_export
+
+    vocab = "\nabcdefgh!"
+    ids = (np.arange(64 * 7 + 1) % len(vocab)).astype(np.int32)  # "\nabcdefgh!" repeated, as token ids
+    x, y = ids[:-1].reshape(64, 7), ids[1:].reshape(64, 7)
+    overrides = {"vocab": vocab, "embed_dim": 4, "hidden": 8, "num_layers": 1}
+    result = train.fit("char_lstm", {"x": x, "y": y}, model_overrides=overrides, epochs=1, batch_size=16,
+                       workdir=tmp_path / "run", log=lambda line: None)
+    assert result.model.vocab == vocab
+    written = (tmp_path / "run" / "samples" / "text_epoch001.txt").read_text()
+    assert len(written) > 200 and set(written) <= set(vocab)  # the model's characters, none blank
+
+    write_export(tmp_path / "export", "char_lstm", result.variables, model_overrides=result.config.model_overrides)
+    model, _ = zoo.load("char_lstm", path=tmp_path / "export")
+    assert (model.vocab, model.vocab_size) == (vocab, 10)
+    code, out, err = cli("sample", "char_lstm", "--path", tmp_path / "export", "--prompt", "abc", "--length", 60)
+    assert code == 0, err
+    assert out.startswith("abc") and len(out.rstrip("\n")) >= 40 and set(out) <= set(vocab)
+    code, out, _ = cli("sample", "char_lstm", "--path", tmp_path / "export", "--length", 5)  # default prompt: vocab[0]
+    assert code == 0 and set(out) <= set(vocab)
+    code, _, err = cli("sample", "char_lstm", "--path", tmp_path / "export", "--prompt", "ROMEO:")
+    assert code == 2 and "character 'R' at position 0 is not in the vocabulary" in err
+    code, out, _ = cli("info", "char_lstm", "--path", tmp_path / "export")
+    assert code == 0 and "vocab '\\nabcdefgh!'" in out and "classes: '\\n' a b c d e f g h !" in out

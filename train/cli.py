@@ -501,7 +501,8 @@ def _add_sample_parser(sub) -> None:
     s.add_argument("--pretrained")
     s.add_argument("--path")
     s.add_argument("--workdir")
-    s.add_argument("--prompt", default="ROMEO:")
+    s.add_argument("--prompt", help="char_lstm: the text to continue [default ROMEO: where the model's vocabulary "
+                   "holds it, else its first character]")
     s.add_argument("--length", type=int, default=300)
     s.add_argument("--temperature", type=float, default=0.8)
     s.add_argument("--n", "--num", dest="num", type=int, default=64, help="images to sample (dcgan) [default 64]")

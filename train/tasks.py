@@ -168,7 +168,11 @@ def _text_file(model, variables, val, outdir: Path, epoch: int, seed: int, log) 
 
 
 def _text_sample(model, variables, key, options: dict) -> str:
-    return sample_text(model, variables, options["prompt"], options["length"], key, options["temperature"])
+    prompt = options.get("prompt")
+    if prompt is None:  # no --prompt: one the model's vocabulary can read
+        vocab = zoo.rnn.vocab_of(model)
+        prompt = "ROMEO:" if set("ROMEO:") <= set(vocab) else vocab[0]
+    return sample_text(model, variables, prompt, options["length"], key, options["temperature"])
 
 
 # ---------------------------------------------------------------- the records
