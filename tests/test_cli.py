@@ -633,3 +633,44 @@ def test_char_lstm_vocab_travels_through_the_run_export_load_and_sample(cli, tmp
     assert code == 2 and "character 'R' at position 0 is not in the vocabulary" in err
     code, out, _ = cli("info", "char_lstm", "--path", tmp_path / "export")
     assert code == 0 and "vocab '\\nabcdefgh!'" in out and "classes: '\\n' a b c d e f g h !" in out
+
+
+def test_classes_record_their_names_and_class_names_must_fit_the_head():
+    from train.config import resolve
+
+    assert resolve("mlp", {"classes": [3, 5]}).class_names == ["3", "5"]  # recorded in config.json
+    assert resolve("mlp", {"classes": [3, 5], "class_names": ["three", "five"]}).class_names == ["three", "five"]
+    with pytest.raises(ValueError, match="--class-names a,b,c: 3 names for 2 classes"):
+        resolve("mlp", {"classes": [3, 5], "class_names": ["a", "b", "c"]})
+    with pytest.raises(ValueError, match="no num_classes head"):
+        resolve("multitask", {"class_names": ["a", "b"]})
+
+
+@pytest.mark.slow  # two short trainings, an export and five evaluations/predictions: ~35 s here
+def test_class_names_travel_through_eval_export_card_predict_and_init_from(cli, tfds_dir, tmp_path):
+    from PIL import Image
+
+    run, out = tmp_path / "run", tmp_path / "export"
+    small = ["--data-dir", tfds_dir, "--train-limit", 256, "--val-size", 64, "--batch-size", 32, "--epochs", 1]
+    code, _, err = cli("train", "mlp_small", "--workdir", run, "--classes", "3,5", "--class-names", "three,five", *small)
+    assert code == 0, err
+    assert json.loads((run / "config.json").read_text())["class_names"] == ["three", "five"]
+    code, printed, err = cli("eval", "mlp_small", "--workdir", run)
+    assert code == 0 and "0 'three'" in printed and "1 'five'" in printed, err
+    code, _, err = cli("export", "mlp_small", out, "--workdir", run)
+    assert code == 0, err
+    assert json.loads((out / "manifest.json").read_text())["class_names"] == ["three", "five"]
+    assert zoo.pretrained.read_manifest("mlp_small", path=out)["class_names"] == ["three", "five"]
+    code, card, _ = cli("info", "mlp_small", "--path", out)
+    assert code == 0 and "classes: three five" in card
+    code, printed, _ = cli("eval", "mlp_small", "--path", out)
+    assert code == 0 and "0 'three'" in printed
+    picture = tmp_path / "digit.png"
+    Image.new("L", (28, 28), 255).save(picture)
+    for source in (["--path", out], ["--workdir", run]):
+        code, printed, err = cli("predict", "mlp_small", *source, picture)
+        assert code == 0 and "three (" in printed and "five (" in printed and "'3'" not in printed, err
+    code, printed, err = cli("train", "mlp_small", "--workdir", tmp_path / "tuned", "--init-from", out,
+                             "--classes", "3,5", "--class-names", "cat,dog", "--max-steps", 1, *small)
+    assert code == 0, err
+    assert "as many classes, but new: cat, dog; the output head is re-initialised" in printed

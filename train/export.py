@@ -57,7 +57,8 @@ def fields_from_run(name: str, workdir: Path, which: str | None, split: str, *, 
     metric = tasks.of_model(name).val_metric  # the metric the run was selected on
     command = recipe((workdir / "command.txt").read_text().split()) if (workdir / "command.txt").exists() else None
     fields = {
-        "model_overrides": cfg.model_overrides,
+        # --classes sets num_classes when the model is built (config.build_model): the export must say so
+        "model_overrides": {**cfg.model_overrides, **({"num_classes": len(cfg.classes)} if cfg.classes else {})},
         "dataset": cfg.dataset,
         "metric": {"name": metric, "value": metrics[metric], "split": split, "count": metrics["count"], "step": step},
         "command": command,
