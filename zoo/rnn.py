@@ -343,8 +343,8 @@ def _torch_twins():
     class CharLSTM(nn.Module):
         """Embedding -> nn.LSTM (batch_first) -> Linear over the vocabulary. Keys embedding, lstm, fc."""
 
-        def __init__(self, *, vocab_size: int, embed_dim: int, hidden: int, num_layers: int):
-            super().__init__()
+        def __init__(self, *, vocab_size: int, embed_dim: int, hidden: int, num_layers: int, vocab=None):
+            super().__init__()  # vocab: the ids' characters, no part of the network
             self.embedding = nn.Embedding(vocab_size, embed_dim)
             self.lstm = nn.LSTM(embed_dim, hidden, num_layers=num_layers, batch_first=True)
             self.fc = nn.Linear(hidden, vocab_size)
