@@ -52,13 +52,14 @@ METRICS = {"mlp": "val_accuracy", "cnn": "val_accuracy", "lstm": "val_accuracy",
 def recipe(model: str, epochs: int | None, extra: list[str]) -> dict:
     """The zoo recipe the CLI will train (defaults, train/configs/MODEL.json, flags) as plain values."""
     from train import cli
+    from train.config import tfds_val_size
 
     args = cli.build_parser().parse_args(["train", model, *(["--epochs", str(epochs)] if epochs else []), *extra])
     cfg = cli.train_config(args)
     if cfg.optimizer != "adam":
         raise ValueError(f"{model}: the PyTorch twin trains Adam; the recipe uses {cfg.optimizer!r}")
     return {"epochs": cfg.epochs, "batch": cfg.batch_size, "lr": cfg.lr, "betas": (cfg.b1, 0.999),
-            "schedule": cfg.schedule, "clip_norm": cfg.clip_norm, "val_size": cfg.val_size, "dtype": cfg.dtype,
+            "schedule": cfg.schedule, "clip_norm": cfg.clip_norm, "val_size": tfds_val_size(cfg), "dtype": cfg.dtype,
             "train_limit": cfg.train_limit}
 
 

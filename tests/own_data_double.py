@@ -44,7 +44,7 @@ def open_folder(p: Path, *, image_shape, val_size: int):
     files = [(f, c) for c, n in enumerate(names) for f in sorted((p / n).iterdir()) if f.suffix == ".png"]
     order = np.random.default_rng(0).permutation(len(files))  # validation: a mix of classes
     files = [files[i] for i in order]
-    cut = len(files) - val_size
+    cut = len(files) - (val_size if val_size is not None else max(1, len(files) // 10))
     paths, labels = zip(*files)
     train = FolderSource(paths[:cut], labels[:cut], image_shape)
     val = FolderSource(paths[cut:], labels[cut:], image_shape)
@@ -52,7 +52,7 @@ def open_folder(p: Path, *, image_shape, val_size: int):
                     notes=(f"validation: {val_size} images held out of {len(files)}",))
 
 
-def open_data(path, *, image_shape, val_size, text=False):
+def open_data(path, *, image_shape, val_size, text=False, seq_len=None):
     import os
 
     from train import sources
@@ -62,7 +62,7 @@ def open_data(path, *, image_shape, val_size, text=False):
         if not p.exists():
             raise FileNotFoundError(f"--data {os.fspath(path)}: no such file or folder")
         return open_folder(p, image_shape=image_shape, val_size=val_size)
-    return _REAL(path, image_shape=image_shape, val_size=val_size, text=text)
+    return _REAL(path, image_shape=image_shape, val_size=val_size, text=text, seq_len=seq_len)
 
 
 from train import sources as _sources  # noqa: E402

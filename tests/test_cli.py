@@ -600,3 +600,77 @@ def test_run_config_that_is_a_fifo_is_refused_promptly(tmp_path):
     os.mkfifo(tmp_path / "config.json")
     error = returns_promptly(read_config, tmp_path, fifos=[tmp_path / "config.json"])
     assert isinstance(error, ValueError) and "config.json: is a FIFO, not a regular file" in str(error), error
+
+
+# ---------------------------------------------------------------- what travels with a run on own data
+
+
+def test_char_lstm_vocab_travels_through_the_run_export_load_and_sample(cli, tmp_path):
+    """A char_lstm trained on a 10-character vocabulary: its per-epoch sample, export, zoo.load and
+    zoo sample all read that vocabulary (the issue: Shakespeare's decoded them into blank lines)."""
+    import train
+    from zoo.formats.orbax_export import write_export
+
+    vocab = "\nabcdefgh!"
+    ids = (np.arange(64 * 7 + 1) % len(vocab)).astype(np.int32)  # "\nabcdefgh!" repeated, as token ids
+    x, y = ids[:-1].reshape(64, 7), ids[1:].reshape(64, 7)
+    overrides = {"vocab": vocab, "embed_dim": 4, "hidden": 8, "num_layers": 1}
+    result = train.fit("char_lstm", {"x": x, "y": y}, model_overrides=overrides, epochs=1, batch_size=16,
+                       workdir=tmp_path / "run", log=lambda line: None)
+    assert result.model.vocab == vocab
+    written = (tmp_path / "run" / "samples" / "text_epoch001.txt").read_text()
+    assert len(written) > 200 and set(written) <= set(vocab)  # the model's characters, none blank
+
+    write_export(tmp_path / "export", "char_lstm", result.variables, model_overrides=result.config.model_overrides)
+    model, _ = zoo.load("char_lstm", path=tmp_path / "export")
+    assert (model.vocab, model.vocab_size) == (vocab, 10)
+    code, out, err = cli("sample", "char_lstm", "--path", tmp_path / "export", "--prompt", "abc", "--length", 60)
+    assert code == 0, err
+    assert out.startswith("abc") and len(out.rstrip("\n")) >= 40 and set(out) <= set(vocab)
+    code, out, _ = cli("sample", "char_lstm", "--path", tmp_path / "export", "--length", 5)  # default prompt: vocab[0]
+    assert code == 0 and set(out) <= set(vocab)
+    code, _, err = cli("sample", "char_lstm", "--path", tmp_path / "export", "--prompt", "ROMEO:")
+    assert code == 2 and "character 'R' at position 0 is not in the vocabulary" in err
+    code, out, _ = cli("info", "char_lstm", "--path", tmp_path / "export")
+    assert code == 0 and "vocab '\\nabcdefgh!'" in out and "classes: '\\n' a b c d e f g h !" in out
+
+
+def test_classes_record_their_names_and_class_names_must_fit_the_head():
+    from train.config import resolve
+
+    assert resolve("mlp", {"classes": [3, 5]}).class_names == ["3", "5"]  # recorded in config.json
+    assert resolve("mlp", {"classes": [3, 5], "class_names": ["three", "five"]}).class_names == ["three", "five"]
+    with pytest.raises(ValueError, match="--class-names a,b,c: 3 names for 2 classes"):
+        resolve("mlp", {"classes": [3, 5], "class_names": ["a", "b", "c"]})
+    with pytest.raises(ValueError, match="no num_classes head"):
+        resolve("multitask", {"class_names": ["a", "b"]})
+
+
+@pytest.mark.slow  # two short trainings, an export and five evaluations/predictions: ~35 s here
+def test_class_names_travel_through_eval_export_card_predict_and_init_from(cli, tfds_dir, tmp_path):
+    from PIL import Image
+
+    run, out = tmp_path / "run", tmp_path / "export"
+    small = ["--data-dir", tfds_dir, "--train-limit", 256, "--val-size", 64, "--batch-size", 32, "--epochs", 1]
+    code, _, err = cli("train", "mlp_small", "--workdir", run, "--classes", "3,5", "--class-names", "three,five", *small)
+    assert code == 0, err
+    assert json.loads((run / "config.json").read_text())["class_names"] == ["three", "five"]
+    code, printed, err = cli("eval", "mlp_small", "--workdir", run)
+    assert code == 0 and "0 'three'" in printed and "1 'five'" in printed, err
+    code, _, err = cli("export", "mlp_small", out, "--workdir", run)
+    assert code == 0, err
+    assert json.loads((out / "manifest.json").read_text())["class_names"] == ["three", "five"]
+    assert zoo.pretrained.read_manifest("mlp_small", path=out)["class_names"] == ["three", "five"]
+    code, card, _ = cli("info", "mlp_small", "--path", out)
+    assert code == 0 and "classes: three five" in card
+    code, printed, _ = cli("eval", "mlp_small", "--path", out)
+    assert code == 0 and "0 'three'" in printed
+    picture = tmp_path / "digit.png"
+    Image.new("L", (28, 28), 255).save(picture)
+    for source in (["--path", out], ["--workdir", run]):
+        code, printed, err = cli("predict", "mlp_small", *source, picture)
+        assert code == 0 and "three (" in printed and "five (" in printed and "'3'" not in printed, err
+    code, printed, err = cli("train", "mlp_small", "--workdir", tmp_path / "tuned", "--init-from", out,
+                             "--classes", "3,5", "--class-names", "cat,dog", "--max-steps", 1, *small)
+    assert code == 0, err
+    assert "as many classes, but new: cat, dog; the output head is re-initialised" in printed

@@ -595,3 +595,44 @@ def test_a_new_family_gets_the_registry_driven_checks():
         f"{port}::test_twin_parameter_counts",
     }
     assert want <= passed, sorted(want - passed)
+
+
+# ---------------------------------------------------------------- char_lstm's vocabulary field
+
+
+def test_char_lstm_vocab_is_a_field_and_vocab_size_follows():
+    model = zoo.create("char_lstm", vocab="abc\n", embed_dim=4, hidden=8, num_layers=1)
+    assert (model.vocab, model.vocab_size) == ("abc\n", 4)
+    assert model.clone(hidden=6).vocab == "abc\n"  # resolved fields survive a clone
+    assert zoo.init(model, jax.random.key(0))["params"]["head"]["kernel"].shape == (8, 4)
+    default = zoo.create("char_lstm")
+    assert (default.vocab, default.vocab_size) == (rnn.TINY_SHAKESPEARE_VOCAB, 65)
+    assert zoo.create("char_lstm", vocab_size=65).vocab == rnn.TINY_SHAKESPEARE_VOCAB  # older configs
+    bare = zoo.create("char_lstm", vocab_size=11)  # older configs: ids only, no characters
+    assert (bare.vocab, bare.vocab_size) == (None, 11)
+    with pytest.raises(ValueError, match="no vocabulary"):
+        rnn.vocab_of(bare)
+
+
+@pytest.mark.parametrize("fields,message", [
+    (dict(vocab="abc", vocab_size=4), "vocab_size=4 disagrees with vocab \\(3 characters\\)"),
+    (dict(vocab="aba"), "'a' appears twice"),
+    (dict(vocab="ab\u00e9"), "ASCII characters only, got '\u00e9' at position 2"),
+    (dict(vocab=""), "non-empty string"),
+])
+def test_char_lstm_bad_vocab_is_one_clear_error(fields, message):
+    with pytest.raises(ValueError, match=message) as e:
+        zoo.create("char_lstm", **fields)
+    assert "\n" not in str(e.value)
+
+
+def test_char_lstm_shipped_weights_load_unchanged_and_the_nnx_twin_follows_vocab():
+    from flax import nnx
+
+    from zoo.nnx import rnn as nnx_rnn
+
+    model, _ = zoo.load("char_lstm", pretrained="tiny_shakespeare")
+    assert (model.vocab, model.vocab_size) == (rnn.TINY_SHAKESPEARE_VOCAB, 65)
+    twin = nnx_rnn.CharLSTM(rngs=nnx.Rngs(0), vocab="xyz", embed_dim=4, hidden=8, num_layers=1)
+    assert (twin.vocab, twin.vocab_size, twin.head.out_features) == ("xyz", 3, 3)
+    assert twin.to_linen().vocab == "xyz"

@@ -1033,3 +1033,61 @@ def test_one_word_for_pretrained_weights_and_the_old_names_still_work():
     assert zoo.pretrained_inputs is cards.pretrained_inputs and zoo.shipped_inputs is zoo.pretrained_inputs
     assert pretrained.register_pretrained and pretrained.weights_dir is weights_index.weights_dir
     assert zoo.available is pretrained.available  # pretrained tags: zoo.load(name, pretrained=TAG)
+
+
+# ---------------------------------------------------------------- class names with --init-from
+
+
+def _classes_export(tmp_path, names):
+    from zoo.formats.orbax_export import write_export
+
+    model = zoo.create("mlp", hidden=(8,), num_classes=len(names))
+    variables = zoo.init(model, jax.random.key(1))
+    write_export(tmp_path / "src", "mlp", variables, model_overrides={"hidden": [8], "num_classes": len(names)},
+                 class_names=names)
+    return variables
+
+
+@pytest.mark.parametrize("ours,says", [
+    (["dog", "cat"], "the same classes in another order"),
+    (["car", "bus"], "as many classes, but new: car, bus"),  # the bug: a silent wrong mapping
+    (["cat", "dog", "fox"], "new: fox"),
+])
+def test_init_from_says_when_the_class_names_differ_and_reinitialises_the_head(tmp_path, ours, says):
+    from train.finetune import init_from
+
+    loaded = _classes_export(tmp_path, ["cat", "dog"])
+    model = zoo.create("mlp", hidden=(8,), num_classes=len(ours))
+    fresh = zoo.init(model, jax.random.key(7))
+    lines = []
+    merged = init_from(str(tmp_path / "src"), model, fresh, log=lines.append, class_names=ours)
+    line = next(line for line in lines if "classes" in line)
+    assert says in line and "(cat, dog)" in line and "head is re-initialised" in line
+    np.testing.assert_array_equal(merged["params"]["head"]["kernel"], fresh["params"]["head"]["kernel"])
+    np.testing.assert_array_equal(merged["params"]["dense_0"]["kernel"], loaded["params"]["dense_0"]["kernel"])
+
+
+def test_init_from_with_the_same_class_names_keeps_the_head(tmp_path):
+    from train.finetune import init_from
+
+    loaded = _classes_export(tmp_path, ["cat", "dog"])
+    model = zoo.create("mlp", hidden=(8,), num_classes=2)
+    lines = []
+    merged = init_from(str(tmp_path / "src"), model, zoo.init(model, jax.random.key(7)), log=lines.append,
+                       class_names=["cat", "dog"])
+    assert not any("classes" in line for line in lines)
+    np.testing.assert_array_equal(merged["params"]["head"]["kernel"], loaded["params"]["head"]["kernel"])
+
+
+def test_class_names_are_in_the_manifest_and_read_back_from_each_format(tmp_path):
+    from zoo import formats
+
+    model = zoo.create("mlp", hidden=(8,), num_classes=2)
+    variables = zoo.init(model, jax.random.key(0))
+    fields = {"model_overrides": {"hidden": [8], "num_classes": 2}, "class_names": ["cat", "dog"]}
+    formats.write("orbax", tmp_path / "dir", "mlp", variables, **fields)
+    formats.write("safetensors", tmp_path / "w.safetensors", "mlp", variables, **fields)
+    for path in (tmp_path / "dir", tmp_path / "w.safetensors"):
+        assert pretrained.read_manifest("mlp", path=path)["class_names"] == ["cat", "dog"]
+    with pytest.raises(ValueError, match="distinct non-empty strings"):
+        formats.write("orbax", tmp_path / "bad", "mlp", variables, **{**fields, "class_names": ["cat", "cat"]})

@@ -70,7 +70,7 @@ def _add_config_flags(parser: _Parser) -> None:
         if field.name in _SKIP:
             continue
         default = field.default if field.default not in (None, "", dataclasses.MISSING) else "none"
-        kind = {"int": int, "float": float, "str": str, "bool": bool, "str | None": str, "list": _int_list}.get(
+        kind = {"int": int, "float": float, "str": str, "bool": bool, "str | None": str, "int | None": int, "list": _int_list}.get(
             str(field.type), str)
         if field.name == "class_names":
             kind = _name_list
@@ -185,7 +185,7 @@ def cmd_info(args) -> int:
     import zoo
 
     name, _, tag = args.name.partition(".")
-    print(zoo.model_card(name, tag or None))
+    print(zoo.model_card(name, tag or None, path=args.path))
     return 0
 
 
@@ -358,7 +358,7 @@ def cmd_predict(args) -> int:
 
     import zoo
     from train import predict, tasks
-    from train.evaluate import variables_for
+    from train.evaluate import class_names_for, variables_for
     from zoo.preprocess import image_shape
 
     spec = zoo.get_spec(args.model)
@@ -372,6 +372,7 @@ def cmd_predict(args) -> int:
     if reconstruct and not args.out:
         raise ValueError(f"zoo predict {args.model} writes reconstructions as PNGs: give --out DIR")
     model, variables = variables_for(args.model, pretrained=args.pretrained, path=args.path, workdir=args.workdir)
+    names = class_names_for(args.model, pretrained=args.pretrained, path=args.path, workdir=args.workdir)
     if image_shape(model) is None:
         raise ValueError(f"zoo predict works for image models; {args.model!r} here takes {model.input_spec()}")
     center = args.center and predict.centers_digits(args.model, model, pretrained=args.pretrained, path=args.path,
@@ -382,7 +383,7 @@ def cmd_predict(args) -> int:
     for file in args.files:
         png = Path(args.out) / out_names[str(Path(file))] if reconstruct else None
         try:
-            result = {"file": file, **predict.predict_one(model, apply, Path(file), spec.class_names, top_k=args.top_k,
+            result = {"file": file, **predict.predict_one(model, apply, Path(file), names, top_k=args.top_k,
                                                           invert=args.invert, center=center, reconstruction=png)}
         except ValueError as e:
             failed = True
@@ -506,7 +507,8 @@ def _add_sample_parser(sub) -> None:
     s.add_argument("--pretrained")
     s.add_argument("--path")
     s.add_argument("--workdir")
-    s.add_argument("--prompt", default="ROMEO:")
+    s.add_argument("--prompt", help="char_lstm: the text to continue [default ROMEO: where the model's vocabulary "
+                   "holds it, else its first character]")
     s.add_argument("--length", type=int, default=300)
     s.add_argument("--temperature", type=float, default=0.8)
     s.add_argument("--n", "--num", dest="num", type=int, default=64, help="images to sample (dcgan) [default 64]")
@@ -589,6 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls.set_defaults(func=cmd_list)
     i = sub.add_parser("info", help="model card: architecture, input, classes, data, recipe, metric, hashes")
     i.add_argument("name", metavar="NAME[.TAG]", help="a model (cnn) or its shipped weights (cnn.mnist)")
+    i.add_argument("--path", help="the card of an export of NAME (directory, .safetensors file or URL): its "
+                   "class names, vocabulary, metric and recipe")
     i.set_defaults(func=cmd_info)
     _add_train_parser(sub)
     _add_eval_parser(sub)

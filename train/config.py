@@ -161,6 +161,28 @@ class Classes:
 
 DTYPES = ("float32", "bfloat16", "float16")
 POSITIVE, COUNT = Integer(1), Integer(0)  # >= 1; >= 0 where 0 means off / all / auto
+TFDS_VAL_SIZE = 5000  # val_size none on a TFDS dataset without a validation split (MNIST: 55,000 / 5,000)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptionalCount(Integer):
+    """An integer >= 0, or None (the data's default)."""
+
+    lo: int = 0
+
+    def ok(self, value: Any) -> bool:
+        return value is None or super().ok(value)
+
+    def describe(self) -> str:
+        return "an integer >= 0, or none"
+
+
+def tfds_val_size(cfg: Config | dict) -> int | None:
+    """The validation examples a run holds out of a TFDS train split: its `val_size`, where none
+    means `TFDS_VAL_SIZE` (runs recorded before none existed say 5000: the same run)."""
+    get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
+    value = get("val_size")
+    return TFDS_VAL_SIZE if value is None and not get("data") else value
 
 
 @dataclasses.dataclass
@@ -188,8 +210,9 @@ class Config:
     augment_flip: bool = option(False, "random horizontal flips (not for digits)", OfType(bool, "true or false"))
     augment_rotate: float = option(0.0, "largest random rotation in degrees; 0 = off", Number(0, hi=360))
     augment_shift: int = option(0, "largest random shift in pixels per axis; 0 = off", COUNT)
-    val_size: int = option(5000, "examples held out from the end of the train split for validation (datasets "
-                           "without a validation split)", COUNT)
+    val_size: int | None = option(None, "examples held out for validation where the data has no validation split; "
+                                  "none = the last 5000 of a TFDS train split, a tenth of your own --data "
+                                  "(a fixed shuffle)", OptionalCount())
     seq_len: int = option(100, "language models: characters per training window", POSITIVE)
     seed: int = option(0, "seed of init, data order and step randomness", Integer(0, 2**32 - 1))
     strategy: str = option("jit", "data parallelism: jit (sharded, multi-host) or pmap (one host)", OneOf(_strategies))
@@ -246,7 +269,7 @@ class Config:
                              f"(got --schedule {self.schedule}; onecycle ramps up by itself)")
         if registered:
             _check_classes_apply(self)
-            _create_model(self)
+            _check_class_names(self, _create_model(self))
         return self
 
 
@@ -309,6 +332,38 @@ def _check_classes_apply(cfg: Config) -> None:
     if cfg.classes and "num_classes" not in {f.name for f in dataclasses.fields(spec.module)}:
         raise ValueError(f"{flag('classes')} {','.join(map(str, cfg.classes))}: {cfg.model} ({spec.task}) has no "
                          f"class labels to choose from; classes apply to single-label classifiers (e.g. cnn, mlp)")
+
+
+def _check_class_names(cfg: Config, model) -> None:
+    """Raises ValueError unless `cfg.class_names` (if given) name each output class of `model` once."""
+    if not cfg.class_names:
+        return
+    n = getattr(model, "num_classes", None)
+    shown = f"{flag('class_names')} {','.join(cfg.class_names)}"
+    if n is None:
+        raise ValueError(f"{shown}: {cfg.model} has no num_classes head to name; class names apply to "
+                         "single-head classifiers (e.g. cnn, mlp)")
+    expected = 2 if n == 1 else n  # one logit: a binary classifier's two classes
+    if len(cfg.class_names) != expected:
+        raise ValueError(f"{shown}: {len(cfg.class_names)} names for {expected} classes ({cfg.model} with "
+                         f"num_classes={n}); give one name per class, in label order")
+
+
+def class_names_of(cfg: Config) -> list[str] | None:
+    """The names of a run's classes in label order: its `class_names`, else the model's registered
+    names (of `classes`, in their order, where it trained on a subset); None where the model's
+    outputs are not one head of named classes."""
+    import zoo
+
+    if cfg.class_names:
+        return list(cfg.class_names)
+    names = zoo.get_spec(cfg.model).class_names
+    if not isinstance(names, tuple) or "vocab" in zoo.get_spec(cfg.model).preprocessing:
+        return None  # several heads, no classes, or a language model's characters
+    if cfg.classes:
+        return [names[c] if c < len(names) else str(c) for c in cfg.classes]
+    n = getattr(build_model(cfg), "num_classes", None)
+    return list(names) if n is not None and len(names) == (2 if n == 1 else n) else None
 
 
 def build_model(cfg: Config):
@@ -473,4 +528,9 @@ def resolve(model: str, overrides: dict[str, Any] | None = None, *, config_file:
     values: dict[str, Any] = {}
     for layer in layers:
         values.update({**layer, "model_overrides": {**values.get("model_overrides", {}), **layer.get("model_overrides", {})}})
-    return Config(**{**values, "model": model}).validate()
+    cfg = Config(**{**values, "model": model})
+    # own data (--data) names its classes when it is opened (train.tasks.own_data), not the registry
+    if (cfg.classes and not cfg.class_names and not cfg.data and len(set(cfg.classes)) == len(cfg.classes)
+            and (names := class_names_of(cfg))):
+        cfg.class_names = names  # recorded with the run: row i is class names[i] of the original labels
+    return cfg.validate()

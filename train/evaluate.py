@@ -8,10 +8,9 @@ from pathlib import Path
 
 import jax
 
-import zoo
 from train import gen_metrics, parallel, tasks
 from train.checkpoint import CheckpointError, Checkpointer
-from train.config import Config, build_model, read_config_text, resolve
+from train.config import Config, build_model, class_names_of, read_config_text, resolve
 from zoo.files import write_text_atomic
 from zoo.trees import check_finite, check_tree, expected_variables
 
@@ -109,16 +108,12 @@ def _finish(result: dict, out: Path | None) -> dict:
 
 
 def class_names(cfg: Config, metrics: dict) -> list[str] | None:
-    """The names of `metrics`' per-class rows: the model's class names, where a run trained on
-    `--classes` maps row i to original class cfg.classes[i]. None where the model has no flat
-    class names or they do not fit the rows (e.g. num_classes changed with --set)."""
-    names = zoo.get_spec(cfg.model).class_names
+    """The names of `metrics`' per-class rows: the run's (`config.class_names_of`: --class-names,
+    else the model's names, of --classes where it trained on a subset). None where they do not
+    fit the rows (e.g. num_classes changed with --set)."""
     rows = len(metrics.get("per_class", {}))
-    if not isinstance(names, tuple) or not rows:
-        return None
-    if cfg.classes:
-        names = tuple(names[c] if c < len(names) else str(c) for c in cfg.classes)
-    return list(names) if len(names) == rows else None
+    names = class_names_of(cfg) if rows else None
+    return names if names is not None and len(names) == rows else None
 
 
 def evaluate_workdir(name: str, workdir, *, split: str = "test", which: str | None = None, out=None,
@@ -161,6 +156,9 @@ def evaluate_pretrained(name: str, tag: str | None, *, path=None, split: str = "
     model, variables = load(name, pretrained=tag, path=path)
     manifest = read_manifest(name, pretrained=tag, path=path)
     overrides = dict(manifest.get("train_config") or {})
+    for key in ("class_names", "model_overrides"):  # a one-file export records these without a train_config
+        if manifest.get(key) and not overrides.get(key):
+            overrides[key] = manifest[key]
     cfg = resolve(name, {**{k: v for k, v in overrides.items() if k not in ("model",)}, "data_dir": data_dir,
                          **({"data": str(Path(data).expanduser().absolute())} if data is not None else {})})
     metrics = evaluate_run(cfg, model, variables, split, quality_n=quality_n)
@@ -177,6 +175,20 @@ def variables_for(name: str, *, pretrained=None, path=None, workdir=None):
         return load(name, pretrained=pretrained, path=path)
     _, model, variables, _ = restore_workdir(Path(workdir or Path("runs") / name))
     return model, variables
+
+
+def class_names_for(name: str, *, pretrained=None, path=None, workdir=None):
+    """The class names of shipped weights, an export (its manifest's "class_names") or a run
+    (`config.class_names_of`), else the registry's: what `zoo predict` prints."""
+    if pretrained or path:
+        from zoo.pretrained import read_manifest
+
+        names = read_manifest(name, pretrained=pretrained, path=path).get("class_names")
+    else:
+        names = class_names_of(read_config(Path(workdir or Path("runs") / name)))
+    from zoo import get_spec
+
+    return tuple(names) if names else get_spec(name).class_names
 
 
 def report_lines(result: dict) -> list[str]:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 # Fields an export's manifest carries over when it is converted (zoo export --pretrained/--path).
-FIELDS = ("model_overrides", "dataset", "metric", "command", "train_config", "quality", "training")
+FIELDS = ("model_overrides", "dataset", "metric", "command", "train_config", "quality", "training", "class_names")
 
 # Flags that name places on this machine, not the recipe: dropped from the recorded command.
 _MACHINE_FLAGS = ("--workdir", "--data-dir")
@@ -47,6 +47,7 @@ def fields_from_export(name: str, pretrained: str | None, path=None) -> tuple[di
 def fields_from_run(name: str, workdir: Path, which: str | None, split: str, *, quality_n: int = 0) -> tuple:
     """(variables, export fields, step) of a run's best (or `which`) checkpoint, evaluated on `split`."""
     from train import gen_metrics, tasks
+    from train.config import class_names_of
     from train.evaluate import evaluate_run, restore_workdir
 
     cfg, model, variables, step = restore_workdir(workdir, which)
@@ -56,7 +57,8 @@ def fields_from_run(name: str, workdir: Path, which: str | None, split: str, *, 
     metric = tasks.of_model(name).val_metric  # the metric the run was selected on
     command = recipe((workdir / "command.txt").read_text().split()) if (workdir / "command.txt").exists() else None
     fields = {
-        "model_overrides": cfg.model_overrides,
+        # --classes sets num_classes when the model is built (config.build_model): the export must say so
+        "model_overrides": {**cfg.model_overrides, **({"num_classes": len(cfg.classes)} if cfg.classes else {})},
         "dataset": cfg.dataset,
         "metric": {"name": metric, "value": metrics[metric], "split": split, "count": metrics["count"], "step": step},
         "command": command,
@@ -65,6 +67,7 @@ def fields_from_run(name: str, workdir: Path, which: str | None, split: str, *, 
         "quality": ({**{k: metrics[k] for k in ("frechet", "confident_share", "classes_covered", "quality_n")},
                      "classifier": ".".join(gen_metrics.CLASSIFIER), "split": split} if "frechet" in metrics else None),
         "training": training_record(workdir, step),
+        "class_names": class_names_of(cfg),  # None: the model's outputs are not named classes
     }
     return variables, fields, step
 

@@ -40,24 +40,66 @@ def merge_pretrained(fresh: dict, loaded: dict, *, log=print) -> dict:
     return merged
 
 
-def init_from(source: str, model, fresh: dict, *, log=print) -> dict:
-    """Loads `source` ("name.tag" shipped weights, or an export dir / URL) and merges it into `fresh`."""
+def init_from(source: str, model, fresh: dict, *, log=print, class_names=None) -> dict:
+    """Loads `source` ("name.tag" shipped weights, or an export dir / URL) and merges it into `fresh`.
+
+    `class_names`: this run's classes in label order (`config.class_names_of`). Where they differ
+    from the source's, the output head is re-initialised and the log says which classes are new,
+    also when only their number matches (the loaded head would silently map outputs to other classes).
+    """
     from zoo.files import is_url_path
-    from zoo.pretrained import load
+    from zoo.pretrained import load, read_manifest
 
     check_source(source)
     if Path(source).exists() or is_url_path(source):
-        _, loaded = load(_model_name_of(source), path=source)
+        manifest = read_manifest(None, path=source)
+        _, loaded = load(manifest["model"], path=source)
     else:
         name, sep, tag = source.rpartition(".")
         if not sep:
             raise ValueError(f"--init-from expects NAME.TAG (e.g. cnn.mnist) or an export dir, got {source!r}")
+        manifest = read_manifest(name, pretrained=tag)
         _, loaded = load(name, pretrained=tag)
     log(f"init-from: {source}")
+    if class_names and (theirs := source_class_names(manifest)) and list(theirs) != list(class_names):
+        log(class_change(source, list(theirs), list(class_names)))
+        loaded = {col: _without_heads(tree) if col == "params" else tree for col, tree in loaded.items()}
     return merge_pretrained(fresh, loaded, log=log)
 
 
-def _model_name_of(path: str) -> str:
-    from zoo.pretrained import read_manifest
+def source_class_names(manifest: dict) -> list[str] | None:
+    """The class names of exported weights: the manifest's, else the registry's names of its
+    model where they fit its head; None where its outputs are not one head of named classes."""
+    from zoo.formats.common import model_from_manifest
 
-    return read_manifest(None, path=path)["model"]
+    if manifest.get("class_names"):
+        return list(manifest["class_names"])
+    spec = zoo.get_spec(manifest["model"])
+    n = getattr(model_from_manifest(manifest), "num_classes", None)
+    names = spec.class_names
+    if n is None or not isinstance(names, tuple) or len(names) != (2 if n == 1 else n):
+        return None
+    return list(names)
+
+
+def class_change(source: str, theirs: list[str], ours: list[str]) -> str:
+    """The init-from line saying how this run's classes differ from the source's."""
+    def shown(names):
+        return ", ".join(names[:12]) + (f", ... ({len(names)} classes)" if len(names) > 12 else "") or "none"
+
+    new = [n for n in ours if n not in theirs]
+    if not new and len(ours) == len(theirs):
+        how = "the same classes in another order"
+    elif len(ours) == len(theirs):
+        how = f"as many classes, but new: {shown(new)}"
+    else:
+        how = f"new: {shown(new)}"
+    return (f"init-from: this run's classes ({shown(ours)}) differ from {source}'s ({shown(theirs)}): {how}; "
+            "the output head is re-initialised")
+
+
+def _without_heads(params: dict) -> dict:
+    """`params` without its output heads (zoo.finetune.is_head), so they are initialised afresh."""
+    from flax.traverse_util import flatten_dict, unflatten_dict
+
+    return unflatten_dict({p: v for p, v in flatten_dict(dict(params)).items() if not zoo.finetune.is_head(p)})

@@ -25,7 +25,7 @@ from train.sources import stream
 from train.sources.stream import Feeder
 from zoo.files import write_text_atomic
 from train.checkpoint import Checkpointer
-from train.config import Config, build_model
+from train.config import Config, build_model, tfds_val_size
 from train.state import TrainState, create_state, glorot_reinit, make_optimizer, make_schedule
 from train.steps import to_input
 
@@ -112,9 +112,10 @@ def initial_state(cfg: Config, model, task: tasks.Task, total_steps: int, *, exa
     if cfg.init == "glorot":
         variables = {**variables, "params": glorot_reinit(variables["params"], reinit_key)}
     if cfg.init_from:
+        from train.config import class_names_of
         from train.finetune import init_from
 
-        variables = init_from(cfg.init_from, model, variables, log=log)
+        variables = init_from(cfg.init_from, model, variables, log=log, class_names=class_names_of(cfg))
     return create_state(model, variables, tx, state_key, players=task.players)
 
 
@@ -580,10 +581,12 @@ def _check_loader(saved: dict, split, step: int, steps_per_epoch: int) -> None:
 
 def _check_same_run(saved: dict, cfg: Config) -> None:
     # Resuming with a different model, data or batch size would silently train something else.
+    now = {**cfg.to_json(), "val_size": tfds_val_size(cfg)}
+    saved = {**saved, "val_size": tfds_val_size(saved)} if "val_size" in saved else saved
     for key in ("model", "dataset", "data", "batch_size", "seed", "model_overrides", "seq_len", "val_size", "train_limit"):
-        if key in saved and saved[key] != cfg.to_json()[key]:
+        if key in saved and saved[key] != now[key]:
             raise ValueError(
-                f"the workdir holds a run with {key}={saved[key]!r} but this run has {key}={cfg.to_json()[key]!r}; "
+                f"the workdir holds a run with {key}={saved[key]!r} but this run has {key}={now[key]!r}; "
                 "use a new --workdir or the same settings to resume"
             )
 

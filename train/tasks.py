@@ -19,7 +19,7 @@ import numpy as np
 
 import zoo
 from train import data, gen_metrics, report, steps
-from train.config import Config, build_model, flag, override_hint
+from train.config import Config, build_model, flag, override_hint, tfds_val_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +66,7 @@ class Task:
     # samples), so `zoo eval`/`zoo export` take the latest checkpoint unless --which best
     ranks_checkpoints: bool = True
     per_class: bool = False
+    tokenizes: bool = False  # its view encodes text: `view(arrays, vocab=the model's vocabulary)`
 
     def better(self, value: float, best: float | None) -> bool:
         """Whether validation `value` improves on `best` (None: nothing yet)."""
@@ -82,8 +83,17 @@ def _images(view: Callable[[np.ndarray, np.ndarray], dict]) -> Callable[[dict], 
     return one
 
 
-def _text(arrays: dict) -> dict:
-    return {"tokens": zoo.rnn.encode(arrays["text"])}  # windows are cut by load_splits
+def _text(arrays: dict, vocab: str = zoo.rnn.TINY_SHAKESPEARE_VOCAB) -> dict:
+    return {"tokens": zoo.rnn.encode(arrays["text"], vocab)}  # windows are cut by load_splits
+
+
+def data_view(task: Task, cfg: Config) -> Callable[[dict], dict]:
+    """`task.view` for `cfg`'s model: a text view encodes with the model's vocabulary."""
+    if not task.tokenizes:
+        return task.view
+    from train.config import build_model
+
+    return functools.partial(task.view, vocab=zoo.rnn.vocab_of(build_model(cfg)))
 
 
 # ---------------------------------------------------------------- steps
@@ -133,20 +143,36 @@ def sample_text(model, variables, prompt: str, length: int, key, temperature: fl
     """Generates `length` characters after `prompt` with a char-level LM."""
     if not prompt:
         raise ValueError("the prompt must be at least one character (the model continues it)")
-    tokens = jnp.asarray(zoo.rnn.encode(prompt))[None]
+    vocab = zoo.rnn.vocab_of(model)  # the model's own characters, as its run or export recorded them
+    tokens = jnp.asarray(zoo.rnn.encode(prompt, vocab))[None]
     out = jax.jit(lambda v, k, t: model.apply(v, k, t, length, temperature, method="generate"))(variables, key, tokens)
-    return prompt + zoo.rnn.decode(out[0])
+    return prompt + zoo.rnn.decode(out[0], vocab)
+
+
+def epoch_prompt(vocab: str, val: dict) -> str:
+    """The per-epoch sample's prompt: "ROMEO:" where the vocabulary holds it, else the start
+    of the first validation window (a prompt the model has seen the like of)."""
+    if set("ROMEO:") <= set(vocab):
+        return "ROMEO:"
+    return zoo.rnn.decode(np.asarray(val["x"][0][:8]), vocab)
 
 
 def _text_file(model, variables, val, outdir: Path, epoch: int, seed: int, log) -> None:
-    text = sample_text(model, variables, "ROMEO:", 200, jax.random.key(seed + epoch))
+    if getattr(model, "vocab", None) is None:  # bare token ids: no characters to print
+        log(f"sample: none (vocab_size={model.vocab_size} without a vocab: the ids have no characters)")
+        return
+    text = sample_text(model, variables, epoch_prompt(model.vocab, val), 200, jax.random.key(seed + epoch))
     outdir.mkdir(parents=True, exist_ok=True)
     (outdir / f"text_epoch{epoch:03d}.txt").write_text(text)
     log("sample: " + text.replace("\n", "\n        "))
 
 
 def _text_sample(model, variables, key, options: dict) -> str:
-    return sample_text(model, variables, options["prompt"], options["length"], key, options["temperature"])
+    prompt = options.get("prompt")
+    if prompt is None:  # no --prompt: one the model's vocabulary can read
+        vocab = zoo.rnn.vocab_of(model)
+        prompt = "ROMEO:" if set("ROMEO:") <= set(vocab) else vocab[0]
+    return sample_text(model, variables, prompt, options["length"], key, options["temperature"])
 
 
 # ---------------------------------------------------------------- the records
@@ -174,7 +200,7 @@ TASKS: dict[str, Task] = {
              "mse", "min", epoch_sample=_reconstruction_grid, quality=gen_metrics.reconstruction_quality,
              predicts="reconstruction", targets=False),
         Task("language_model", data.TEXT_DATASETS, _text, *_supervised(steps.language_model_loss), "loss", "min",
-             epoch_sample=_text_file, sample=_text_sample),
+             epoch_sample=_text_file, sample=_text_sample, tokenizes=True),
         Task("gan", _IMAGES, _images(lambda x, y: {"x": x}), *_gan, "g_loss", "min",
              players=("generator", "discriminator"), epoch_sample=_gan_grid, sample=_gan_sample,
              quality=gen_metrics.gan_quality, ranks_checkpoints=False, targets=False),
@@ -215,23 +241,24 @@ def load_splits(task: Task, cfg: Config) -> Splits:
     """Train/validation/test host arrays of `cfg.dataset` (or of the user's `cfg.data`: see
     `own_data`), as `task` trains on them.
 
-    Datasets without a validation split hold out the last `cfg.val_size` train examples.
+    TFDS datasets without a validation split hold out the last `cfg.val_size` (none: 5000) train examples.
     """
     if cfg.data:
         return own_data(task, cfg)[1]
     if cfg.dataset not in task.datasets:
         raise ValueError(f"task {task.name!r} trains on {', '.join(task.datasets)}, not {cfg.dataset!r}")
     load = functools.partial(data.load_split, cfg.dataset, data_dir=cfg.data_dir)
+    view = data_view(task, cfg)
     if "validation" in data.SPLITS[cfg.dataset]:
-        train, val, test = (task.view(load(split)) for split in ("train", "validation", "test"))
+        train, val, test = (view(load(split)) for split in ("train", "validation", "test"))
     else:
-        full, test = task.view(load("train")), task.view(load("test"))
-        n = len(next(iter(full.values())))
-        if not 0 <= cfg.val_size < n:
-            raise ValueError(f"val_size must be in [0, {n}), got {cfg.val_size}")
-        cut = n - cfg.val_size
+        full, test = view(load("train")), view(load("test"))
+        n, val_size = len(next(iter(full.values()))), tfds_val_size(cfg)
+        if not 0 <= val_size < n:
+            raise ValueError(f"val_size must be in [0, {n}), got {val_size}")
+        cut = n - val_size
         train = _take(full, slice(0, cut))
-        val = _take(full, slice(cut, n)) if cfg.val_size else test
+        val = _take(full, slice(cut, n)) if val_size else test
     if "tokens" in train:  # text: next-character windows
         train, val, test = (dict(zip(("x", "y"), data.char_windows(s["tokens"], cfg.seq_len))) for s in (train, val, test))
     if cfg.train_limit:
@@ -264,16 +291,18 @@ def own_data(task: Task, cfg: Config, *, model=None, log=print) -> tuple[Config,
     if model is None and cfg.model in zoo.list_models():
         model = build_model(cfg)
     shape = image_shape(model) if model is not None and hasattr(model, "input_spec") else None
-    ud = sources.open_data(cfg.data, image_shape=shape, val_size=cfg.val_size, text=task.name == "language_model")
+    ud = sources.open_data(cfg.data, image_shape=shape, val_size=cfg.val_size, text=task.tokenizes,
+                           seq_len=cfg.seq_len)
     for note in ud.notes:
         log(note)
     cfg = _follow_data(cfg, ud, model)
+    view = data_view(task, cfg)  # after _follow_data: text is encoded with the data's vocabulary
     parts = [ud.splits["train"], ud.splits.get("validation"), ud.splits.get("test")]
     parts[1] = parts[1] if parts[1] is not None else parts[2]
     parts[2] = parts[2] if parts[2] is not None else parts[1]
     workers = stream.default_workers(cfg.data_workers)
     views = [stream.StreamedSplit.of(p, task.view, workers) if not isinstance(p, dict)
-             else p if "x" in p else task.view(p) for p in parts]
+             else p if "x" in p else view(p) for p in parts]
     if isinstance(views[0], dict) and "tokens" in views[0]:  # text: next-character windows
         views = [dict(zip(("x", "y"), data.char_windows(s["tokens"], cfg.seq_len))) for s in views]
     train = views[0]

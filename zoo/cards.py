@@ -91,8 +91,21 @@ def _classes(names) -> str:
     return shown if len(names) <= 20 else f"{len(names)} classes: {shown} ..."
 
 
-def _preprocessing(spec) -> str:
-    return "; ".join(f"{k} {v if isinstance(v, str) and v.isprintable() else _text(v)}" for k, v in spec.preprocessing.items())
+def _preprocessing(spec, model=None) -> str:
+    steps = dict(spec.preprocessing)
+    if "vocab" in steps and model is not None:  # the weights' own characters (a model field), not the registry's
+        steps["vocab"] = getattr(model, "vocab", None) or f"none (bare token ids in [0, {model.vocab_size}))"
+    return "; ".join(f"{k} {v if isinstance(v, str) and v.isprintable() else _text(v)}" for k, v in steps.items())
+
+
+def weights_classes(spec, manifest: dict, model) -> Any:
+    """The class names of a set of weights: the manifest's (its run's), else a char model's own
+    vocabulary, else the registry's."""
+    if manifest.get("class_names"):
+        return tuple(manifest["class_names"])
+    if "vocab" in spec.preprocessing and hasattr(model, "vocab"):
+        return tuple(model.vocab) if model.vocab is not None else None
+    return spec.class_names
 
 
 def _dataset_lines(dataset: str | None) -> list[str]:
@@ -128,12 +141,14 @@ def _spec_card(name: str) -> list[str]:
     return lines
 
 
-def model_card(name: str, tag: str | None = None) -> str:
-    """A plain-text card for registry model `name`, or for its shipped weights `name.tag`.
+def model_card(name: str, tag: str | None = None, *, path=None) -> str:
+    """A plain-text card for registry model `name`, for its shipped weights `name.tag`, or for
+    an export (`path`: a directory, .safetensors file or URL, verified as `zoo.load` does).
 
     Args:
       name: a registry name (`zoo.list_models()`).
       tag: a shipped weights tag (`zoo.available(name)`), or None for the model and its tags.
+      path: instead of `tag`, an export of `name` (its class names and vocabulary shown).
 
     Returns:
       The card, lines joined by newlines (what `zoo info NAME[.TAG]` prints).
@@ -143,6 +158,13 @@ def model_card(name: str, tag: str | None = None) -> str:
         (the message lists the shipped tags) or its manifest fails its pinned sha256.
     """
     spec = get_spec(name)
+    if path is not None:
+        from zoo.pretrained import read_manifest as read_export
+
+        if tag is not None:
+            raise ValueError("model_card: give a shipped tag or path=, not both")
+        manifest = read_export(name, path=path)
+        return _weights_card(name, f"export {path}", manifest, None, f"zoo.load({name!r}, path={str(path)!r})")
     if tag is None:
         lines = _spec_card(name)
         if not spec.pretrained:
@@ -154,26 +176,33 @@ def model_card(name: str, tag: str | None = None) -> str:
         return "\n".join(lines)
 
     manifest, sha = _manifest(name, tag)
+    return _weights_card(name, f"{name}.{tag}: pretrained weights", manifest, sha,
+                         f"zoo.load({name!r}, pretrained={tag!r})")
+
+
+def _weights_card(name: str, title: str, manifest: dict, sha: str | None, load: str) -> str:
+    """The card of one set of weights of `name` from its manifest (shipped or exported)."""
+    spec = get_spec(name)
     model = model_from_manifest(manifest)
     overrides = manifest.get("model_overrides") or {}
     count = spec.num_params if not overrides else param_count(expected_variables(model))
     lines = [
-        f"{name}.{tag}: pretrained weights of {name} ({spec.description})",
+        f"{title} of {name} ({spec.description})",
         f"task: {spec.task}",
         f"architecture: {spec.module.__module__}.{spec.module.__name__} "
         f"(overrides: {', '.join(f'{k}={v!r}' for k, v in overrides.items()) or 'none'})",
         f"  follows: {spec.follows}",
         f"parameters: {count:,}",
         f"input: {model.input_spec()}",
-        f"preprocessing: {_preprocessing(spec)}",
-        f"classes: {_classes(spec.class_names)}",
+        f"preprocessing: {_preprocessing(spec, model)}",
+        f"classes: {_classes(weights_classes(spec, manifest, model))}",
         *_dataset_lines(manifest.get("dataset")),
         f"recipe: {manifest.get('command') or 'not recorded'}",
         f"metric: {_metric(manifest.get('metric'))}",
         *_training_lines(manifest.get("training")),
         f"created: {manifest.get('created') or 'not recorded'}",
         "versions: " + (", ".join(f"{k} {v}" for k, v in (manifest.get("versions") or {}).items()) or "not recorded"),
-        f"manifest sha256: {sha}",
-        f"load: zoo.load({name!r}, pretrained={tag!r})",
+        *([f"manifest sha256: {sha}"] if sha else []),
+        f"load: {load}",
     ]
     return "\n".join(lines)

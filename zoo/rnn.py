@@ -82,6 +82,40 @@ def decode(tokens, vocab: str = TINY_SHAKESPEARE_VOCAB) -> str:
     return _tables(vocab)[1][tokens].tobytes().decode("ascii")
 
 
+def resolve_vocab(owner: str, vocab, vocab_size) -> tuple[str | None, int]:
+    """(vocab, vocab_size) of a char model's fields: either may be None (see `CharLSTM`).
+
+    Raises:
+      ValueError: `vocab` is not a string of distinct ASCII characters, or disagrees with `vocab_size`.
+    """
+    if vocab is None:
+        if vocab_size is None or vocab_size == len(TINY_SHAKESPEARE_VOCAB):
+            return TINY_SHAKESPEARE_VOCAB, len(TINY_SHAKESPEARE_VOCAB)
+        return None, vocab_size  # bare token ids: check_positive judges the size
+    if not isinstance(vocab, str) or not vocab:
+        raise ValueError(f"{owner}: vocab must be a non-empty string of the characters of the token ids, got {vocab!r}")
+    if not vocab.isascii():
+        bad = next(ch for ch in vocab if not ch.isascii())
+        raise ValueError(f"{owner}: vocab must hold ASCII characters only, got {bad!r} at position {vocab.index(bad)}")
+    if len(set(vocab)) != len(vocab):
+        bad = next(ch for i, ch in enumerate(vocab) if ch in vocab[:i])
+        raise ValueError(f"{owner}: vocab must hold distinct characters, {bad!r} appears twice")
+    if vocab_size is not None and vocab_size != len(vocab):
+        raise ValueError(f"{owner}: vocab_size={vocab_size!r} disagrees with vocab ({len(vocab)} characters); "
+                         f"give one of them (vocab_size follows from vocab)")
+    return vocab, len(vocab)
+
+
+def vocab_of(model) -> str:
+    """The characters of a char model's token ids; ValueError for a model of bare token ids."""
+    vocab = getattr(model, "vocab", None)
+    if vocab is None:
+        raise ValueError(f"{type(model).__name__} with vocab_size={getattr(model, 'vocab_size', None)} has no "
+                         "vocabulary (bare token ids): set its vocab field to the characters of the ids, "
+                         "in id order (--set vocab=\"...\"; vocab_size follows)")
+    return vocab
+
+
 class LSTMClassifier(nn.Module):
     """Stacked LSTM over a sequence; the last step's hidden state feeds a dense head.
 
@@ -136,7 +170,11 @@ class CharLSTM(nn.Module):
     """Character language model: embedding -> stacked LSTM -> logits over the vocabulary.
 
     Attributes:
-      vocab_size: number of token ids (65 for tiny-shakespeare, see TINY_SHAKESPEARE_VOCAB).
+      vocab: the characters of the token ids, in id order (distinct ASCII); None (the default):
+        TINY_SHAKESPEARE_VOCAB, unless `vocab_size` alone names another size, which gives a
+        model of bare token ids (no characters: text sampling asks for a vocab).
+      vocab_size: number of token ids; None (the default): len(vocab). Kept so configs and
+        exports that set it keep working; given with `vocab`, it must equal len(vocab).
       embed_dim: embedding width (the embedding table's parameter path is "embed").
       hidden: LSTM width.
       num_layers: stacked LSTM layers (>= 1).
@@ -146,14 +184,19 @@ class CharLSTM(nn.Module):
     values (eager calls); inside `jax.jit` they are not checked (no cost in a jitted step).
     """
 
-    vocab_size: int = len(TINY_SHAKESPEARE_VOCAB)
+    vocab_size: int | None = None
     embed_dim: int = 64
     hidden: int = 256
     num_layers: int = 2
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
+    vocab: str | None = None
 
     def __post_init__(self):
+        # resolved once here, so clones, NNX twins and manifests see both fields set and agreeing
+        vocab, size = resolve_vocab(type(self).__name__, self.vocab, self.vocab_size)
+        object.__setattr__(self, "vocab", vocab)
+        object.__setattr__(self, "vocab_size", size)
         check_positive(
             type(self).__name__,
             vocab_size=self.vocab_size,
@@ -300,8 +343,8 @@ def _torch_twins():
     class CharLSTM(nn.Module):
         """Embedding -> nn.LSTM (batch_first) -> Linear over the vocabulary. Keys embedding, lstm, fc."""
 
-        def __init__(self, *, vocab_size: int, embed_dim: int, hidden: int, num_layers: int):
-            super().__init__()
+        def __init__(self, *, vocab_size: int, embed_dim: int, hidden: int, num_layers: int, vocab=None):
+            super().__init__()  # vocab: the ids' characters, no part of the network
             self.embedding = nn.Embedding(vocab_size, embed_dim)
             self.lstm = nn.LSTM(embed_dim, hidden, num_layers=num_layers, batch_first=True)
             self.fc = nn.Linear(hidden, vocab_size)

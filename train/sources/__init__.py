@@ -28,7 +28,7 @@ __all__ = ["UserData", "open_data"]
 
 
 def open_data(path: str | os.PathLike, *, image_shape: tuple[int, int, int] | None, val_size: int | None,
-              text: bool = False) -> UserData:
+              text: bool = False, seq_len: int | None = None) -> UserData:
     """Opens a user's dataset by its layout.
 
     Args:
@@ -38,6 +38,7 @@ def open_data(path: str | os.PathLike, *, image_shape: tuple[int, int, int] | No
       val_size: examples held out for validation where the data has no validation split (by a
         fixed shuffle, the same for every run: `userdata.validation_cut`); None: a tenth.
       text: the model is a language model: read `path` as text.
+      seq_len: text: the training window; every split must hold at least one window.
 
     Raises:
       FileNotFoundError, ValueError: one line naming the path and what was expected.
@@ -48,7 +49,7 @@ def open_data(path: str | os.PathLike, *, image_shape: tuple[int, int, int] | No
     if text:
         from train.sources import text as text_files
 
-        return text_files.open_text(p, val_size=val_size)
+        return text_files.open_text(p, val_size=val_size, seq_len=seq_len)
     if p.is_file() and p.suffix == ".npz":
         from train.sources import arrays
 

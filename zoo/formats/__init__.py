@@ -50,7 +50,7 @@ class Format:
     restore: Callable[[Any, Any, str, Any], dict] | None = None
 
 
-_ONE_FILE_FIELDS = ("model_overrides", "dataset", "metric")
+_ONE_FILE_FIELDS = ("model_overrides", "dataset", "metric", "class_names")
 
 FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("orbax", "", "an export directory for zoo.load", orbax_export.write_export, orbax_export.check_overwrite,

@@ -126,14 +126,24 @@ def file_export(path, suffix: str, kind: str, model_name: str, variables: Mappin
     return (overrides, *checked_host_variables(model_name, variables, overrides))
 
 
-def json_metadata(model_name: str, overrides: dict, metric: Mapping | None) -> dict[str, str]:
-    """The string metadata both one-file formats carry: model, overrides, metric, versions (JSON)."""
+def json_metadata(model_name: str, overrides: dict, metric: Mapping | None,
+                  class_names=None) -> dict[str, str]:
+    """The string metadata both one-file formats carry: model, overrides, metric, versions and,
+    where given, class names (JSON)."""
     return {
         "model": model_name,
         "model_overrides": json.dumps(overrides, sort_keys=True),
         "metric": json.dumps(to_json(dict(metric), "metric") if metric is not None else None, sort_keys=True),
         "versions": json.dumps(versions(), sort_keys=True),
+        **({"class_names": json.dumps(check_class_names(class_names))} if class_names is not None else {}),
     }
+
+
+def check_class_names(names) -> list[str]:
+    """`names` as the list of distinct strings an export records (ValueError otherwise)."""
+    if isinstance(names, str) or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"class_names must be distinct non-empty strings in label order, got {names!r}")
+    return list(names)
 
 
 def checked_host_variables(model_name: str, variables: Mapping, overrides: dict) -> tuple[nn.Module, dict]:

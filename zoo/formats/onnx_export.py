@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -53,6 +53,7 @@ def write_onnx(
     model_overrides: Mapping[str, Any] | None = None,
     dataset: str | None = None,
     metric: Mapping[str, Any] | None = None,
+    class_names: Sequence[str] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Writes the inference graph `model.apply(variables, x)` as an ONNX model (jax2onnx).
@@ -60,7 +61,7 @@ def write_onnx(
     The weights are constants of the graph; the input "input" has a dynamic batch axis "B"
     (and a dynamic time axis "T" for sequence models with a free length). Outputs are
     "output", or one per head of a multi-head model. The registry model, its overrides, the
-    dataset and the metric are stored as JSON in the model's metadata_props.
+    dataset, the metric and the class names are stored as JSON in the model's metadata_props.
 
     Returns:
       The absolute path of the file.
@@ -89,6 +90,6 @@ def write_onnx(
                             input_names=["input"], output_names=_output_names(fn, spec))
     finally:
         serde.setLevel(level)
-    props = {**json_metadata(model_name, overrides, metric), "dataset": json.dumps(dataset)}
+    props = {**json_metadata(model_name, overrides, metric, class_names), "dataset": json.dumps(dataset)}
     onnx.helper.set_model_props(proto, {f"zoo_{key}": value for key, value in props.items()})
     return write_file_atomic(path, overwrite, lambda tmp: onnx.save_model(proto, tmp), "onnx", written_by_zoo)

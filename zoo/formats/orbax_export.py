@@ -36,7 +36,8 @@ import numpy as np
 from flax import linen as nn
 
 from zoo.files import check_sha256, file_kind, is_safe_relpath, list_files, os_error_of, sha256_file, write_json_atomic
-from zoo.formats.common import (FORMAT, MANIFEST, checked_host_variables, refuse, replaceable, to_json, versions)
+from zoo.formats.common import (FORMAT, MANIFEST, check_class_names, checked_host_variables, refuse, replaceable, to_json,
+                                versions)
 from zoo.trees import check_finite, check_tree, expected_variables
 
 __all__ = ["PARAMS_DIR", "read_manifest", "verify_export", "restore_variables", "check_overwrite", "write_export"]
@@ -235,6 +236,7 @@ def write_export(
     train_config: Mapping[str, Any] | None = None,
     quality: Mapping[str, Any] | None = None,
     training: Mapping[str, Any] | None = None,
+    class_names: Sequence[str] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Writes `variables` of registry model `model_name` as an exported checkpoint directory.
@@ -258,6 +260,7 @@ def write_export(
         distance, confident share, classes covered, image count, the classifier), JSON-able.
       training: how the weights were trained, as model cards show it: {"device": str,
         "wall_s": float, "recorded": when and from what these were recorded}, JSON-able.
+      class_names: the output classes' names in label order (the manifest's "class_names").
       overwrite: replace an existing `directory` (see `move_into_place`).
 
     Returns:
@@ -277,8 +280,8 @@ def write_export(
     if command is not None and not isinstance(command, str):
         command = shlex.join(command)
 
-    fields = {"dataset": dataset, "metric": metric, "command": command, "train_config": train_config,
-              "quality": quality, "training": training}
+    fields = {"dataset": dataset, "metric": metric, "command": command, "train_config": train_config, "quality": quality,
+              "training": training, "class_names": check_class_names(class_names) if class_names is not None else None}
     return _write_directory(directory, host, lambda tmp: _manifest(tmp, model_name, overrides, **fields), overwrite)
 
 
@@ -305,7 +308,7 @@ def _write_directory(directory: Path, host: dict, manifest_of: Callable[[Path], 
 
 
 def _manifest(tmp: Path, model_name: str, overrides: dict, *, dataset, metric, command, train_config, quality,
-              training) -> dict:
+              training, class_names) -> dict:
     """The manifest.json of the export being written in `tmp` (every file there pinned)."""
     optional = {"quality": quality, "training": training}  # absent, not null, where not given
     return {
@@ -318,6 +321,7 @@ def _manifest(tmp: Path, model_name: str, overrides: dict, *, dataset, metric, c
         "command": command,
         "train_config": to_json(dict(train_config), "train_config") if train_config is not None else None,
         **{key: to_json(dict(value), key) for key, value in optional.items() if value is not None},
+        **({"class_names": class_names} if class_names is not None else {}),
         "versions": versions(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

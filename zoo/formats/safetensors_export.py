@@ -9,14 +9,14 @@ import datetime
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from flax import linen as nn
 from flax.traverse_util import flatten_dict
 
 from zoo.files import check_regular_file, os_error_of
-from zoo.formats.common import check_file_overwrite, file_export, json_metadata, write_file_atomic
+from zoo.formats.common import check_class_names, check_file_overwrite, file_export, json_metadata, write_file_atomic
 from zoo.trees import check_finite, check_tree, expected_variables
 
 __all__ = ["SAFETENSORS_SUFFIX", "SAFETENSORS_FORMAT", "write_safetensors", "read_safetensors", "restore_safetensors",
@@ -51,13 +51,15 @@ def write_safetensors(
     model_overrides: Mapping[str, Any] | None = None,
     dataset: str | None = None,
     metric: Mapping[str, Any] | None = None,
+    class_names: Sequence[str] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Writes `variables` of registry model `model_name` as one .safetensors file.
 
     Tensors are stored under flat keys ("params/conv_0/kernel", "batch_stats/..."); the
     header's `__metadata__` (string values) holds "format", "model", "model_overrides"
-    (JSON), "dataset" (if given), "metric" (JSON), "versions" (JSON) and "created". `zoo.load(model_name, path=<file>)`
+    (JSON), "dataset" (if given), "metric" (JSON), "class_names" (JSON, if given: the names of
+    the output classes in label order), "versions" (JSON) and "created". `zoo.load(model_name, path=<file>)`
     reads it back with the same strict checks as an Orbax export.
 
     Returns:
@@ -86,7 +88,7 @@ def write_safetensors(
     tensors = {key: np.ascontiguousarray(leaf) for key, leaf in flatten_dict(host, sep="/").items()}
     metadata = {
         "format": SAFETENSORS_FORMAT,
-        **json_metadata(model_name, overrides, metric),
+        **json_metadata(model_name, overrides, metric, class_names),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     if dataset is not None:
@@ -98,7 +100,7 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict, dict]:
     """(manifest, flat variables) of a .safetensors export, without checking them against a model.
 
     The manifest has the keys of an export directory's manifest.json ("model",
-    "model_overrides", "dataset", "metric", "versions", "created"), decoded from JSON. Reading
+    "model_overrides", "dataset", "metric", "class_names", "versions", "created"), decoded from JSON. Reading
     a safetensors file runs no code (no pickle): a header and raw little-endian arrays.
 
     Raises:
@@ -118,12 +120,18 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict, dict]:
         raise ValueError(f"{path}: not a zoo safetensors export: its __metadata__ must have "
                          f"format={SAFETENSORS_FORMAT!r}, got {metadata.get('format')!r}")
     manifest = {key: metadata.get(key) for key in ("format", "model", "dataset", "created")}
-    for key in ("model_overrides", "metric", "versions"):
+    for key in ("model_overrides", "metric", "versions", "class_names"):
         try:
             manifest[key] = json.loads(metadata.get(key, "null"))
         except (json.JSONDecodeError, RecursionError) as e:
             raise ValueError(f"{path}: __metadata__ {key!r} must be JSON, got {metadata[key][:200]!r} "
                              f"({e if isinstance(e, json.JSONDecodeError) else 'nested too deeply'})") from None
+    if manifest["class_names"] is not None:
+        try:
+            manifest["class_names"] = check_class_names(manifest["class_names"])
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: __metadata__ 'class_names' must be a JSON list of distinct names, "
+                             f"got {metadata['class_names'][:200]!r}") from None
     if not isinstance(manifest["model_overrides"], (dict, type(None))):
         raise ValueError(f"{path}: __metadata__ 'model_overrides' must be a JSON object, got {manifest['model_overrides']!r}")
     return manifest, flat
