@@ -509,6 +509,8 @@ def parse_args(argv):
         args.zoo_recipe = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.zoo_recipe)}
     except ValueError as e:
         p.error(f"--tutorial-epochs MODEL=N,... / --zoo-recipe MODEL=JSON: {e}")
+    if bad := sorted(set(args.zoo_recipe) - set(MODELS)):
+        p.error(f"--zoo-recipe for unknown model(s) {', '.join(bad)}; choose from {', '.join(MODELS)}")
     if args.quick:
         args.budget_s = min(args.budget_s, QUICK["budget_s"])
         args.eval_limit = args.eval_limit or QUICK["eval_limit"]
@@ -523,6 +525,12 @@ def parse_args(argv):
 def main(argv=None) -> None:
     args = parse_args(argv)
     start_s = process_age_s()
+    for model in set(args.models) | ({"dcgan"} if args.gan_seeds else set()):
+        try:  # a bad --zoo-recipe field fails here, before any training
+            zoo_config(model, args.zoo_recipe.get(model, {}), 0, args.quick)
+        except ValueError as e:
+            print(f"error: --zoo-recipe {model}: {e}", file=sys.stderr)
+            sys.exit(2)
     log = lambda *a: print(*a, flush=True)  # noqa: E731
     t0 = time.perf_counter()
     import jax
