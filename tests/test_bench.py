@@ -93,7 +93,9 @@ def test_time_to_quality_quick_races_and_records_unreached_targets(tfds_dir, cli
         s = small[side]
         assert not s["reached"] and s["time_s"] is None and s["stopped"] in ("budget", "end of recipe", "max epochs")
         accs = [p["accuracy"] for p in s["timeline"]]
-        assert s["best"] == max(accs) and 0.1 < s["best"] < 0.975 and len(set(accs)) > 1  # real evaluations
+        assert s["best"] == max(accs) and 0.1 < s["best"] < 0.975
+    # real evaluations: zoo runs its whole 15-epoch recipe (a twin under load may get only one)
+    assert len({p["accuracy"] for p in small["zoo"]["timeline"]}) > 1
     assert small["ratio"] is None
     # the relative target: the twin's test MSE after its (quick: 1) tutorial epoch
     twin = auto["torch"]
