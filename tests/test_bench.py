@@ -71,3 +71,39 @@ def test_end_to_end_times_both_whole_processes(tfds_dir, cli_env, tmp_path):
     assert torch["steps"] == 2 * (1024 // mlp["recipe"]["batch"]) and 0 < torch["metric"]["accuracy"] <= 1
     assert torch["torch_s"] < torch["wall_s"]
     assert "| mlp | 2 | plain |" in (tmp_path / "end_to_end.md").read_text()
+
+
+@pytest.mark.slow  # a whole process: jax and torch imports, two compiled models, two races (~40 s on 2 cores)
+def test_time_to_quality_quick_races_and_records_unreached_targets(tfds_dir, cli_env, tmp_path):
+    env = {**cli_env, "TFDS_DATA_DIR": str(tfds_dir)}
+    _run([str(ROOT / "bench" / "time_to_quality.py"), "--quick", "--models", "mlp_small,autoencoder",
+          "--out", str(tmp_path)], env, tmp_path)
+    res = json.loads((tmp_path / "time_to_quality.json").read_text())
+    assert res["quick"] and [r["model"] for r in res["races"]] == ["mlp_small", "autoencoder"]
+    small, auto = res["races"]
+    for row in res["races"]:
+        assert row["zoo_step_compiles"] == 1  # the clock never covers a recompilation
+        for side in ("zoo", "torch"):
+            s = row[side]
+            assert s["train_s"] > 0 and s["first_call_s"] > 0 and s["overhead_s"] > s["first_call_s"]
+            assert s["evaluations"] == len(s["timeline"]) >= 1
+            assert all(p["eval_s"] > 0 and p["train_s"] > 0 for p in s["timeline"])
+    # 2,048 training images and a 3 s budget: 97.5% is out of reach, and the row says so
+    for side in ("zoo", "torch"):
+        s = small[side]
+        assert not s["reached"] and s["time_s"] is None and s["stopped"] in ("budget", "end of recipe", "max epochs")
+        accs = [p["accuracy"] for p in s["timeline"]]
+        assert s["best"] == max(accs) and 0.1 < s["best"] < 0.975
+    # real evaluations: zoo runs its whole 15-epoch recipe (a twin under load may get only one)
+    assert len({p["accuracy"] for p in small["zoo"]["timeline"]}) > 1
+    assert small["ratio"] is None
+    # the relative target: the twin's test MSE after its (quick: 1) tutorial epoch
+    twin = auto["torch"]
+    assert auto["target_from"] == "twin" and twin["reached"] and twin["stopped"] == "tutorial epochs"
+    assert auto["target"] == twin["quality"] == twin["timeline"][-1]["mse"] and 0 < auto["target"] < 0.25
+    assert twin["epochs"] == 1.0 and twin["time_s"] == twin["timeline"][-1]["train_s"]
+    z = auto["zoo"]
+    if z["reached"]:
+        assert z["quality"] <= auto["target"] and auto["ratio"] == z["time_s"] / twin["time_s"]
+    table = (tmp_path / "time_to_quality.md").read_text()
+    assert "| mlp_small | 0 | accuracy >= 0.9750 | not reached (" in table and "| autoencoder | 0 | mse <= " in table
