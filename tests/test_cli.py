@@ -398,6 +398,28 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
     return result.stderr
 
 
+def test_a_train_fit_run_records_its_device_for_export_and_the_card(cli, tfds_dir, tmp_path, monkeypatch):
+    """train.fit(workdir=) records the device as zoo train does (zoo export puts it in the manifest,
+    the card shows it); a resumed run keeps the device it started on."""
+    import train
+
+    workdir = tmp_path / "run"
+    fit = dict(data_dir=str(tfds_dir), train_limit=128, val_size=64, batch_size=32, num_devices=1, sample_every=0,
+               model_overrides={"hidden": [16]}, workdir=workdir, log=lambda *_: None)
+    train.fit("mlp_small", "mnist", epochs=1, **fit)
+    device = (workdir / "device.txt").read_text().strip()
+    assert device.startswith("1 x cpu (cpu), jax ")  # the run's device, not all of JAX's four
+    monkeypatch.setenv("ZOO_WEIGHTS_DIR", str(tmp_path / "weights"))
+    code, _, err = cli("export", "mlp_small", tmp_path / "export", "--workdir", workdir, "--publish", "fit")
+    assert code == 0, err
+    assert json.loads((tmp_path / "export" / "manifest.json").read_text())["training"]["device"] == device
+    code, card, err = cli("info", "mlp_small.fit")
+    assert code == 0 and f"training device: {device}\n" in card, err
+    (workdir / "device.txt").write_text("the first start's device\n")
+    train.fit("mlp_small", "mnist", epochs=2, **fit)  # resumes
+    assert (workdir / "device.txt").read_text() == "the first start's device\n"
+
+
 @pytest.mark.parametrize("fmt,name", [("orbax", "out"), ("safetensors", "out.safetensors")])
 def test_export_that_cannot_be_written_is_one_line_and_leaves_nothing(cli_env, tmp_path, fmt, name):
     result = run_zoo_with_write_limit("export", "cnn", tmp_path / name, "--pretrained", "mnist", "--format", fmt, env=cli_env)

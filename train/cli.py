@@ -208,7 +208,7 @@ def train_config(args) -> Config:
 
 def cmd_train(args) -> int:
     cfg = train_config(args)  # before anything is written
-    from train.export import device_description, recipe
+    from train.export import recipe
     from train.loop import Preempted, TrainingDiverged, fit
 
     workdir = Path(args.workdir or Path("runs") / args.model)
@@ -216,8 +216,6 @@ def cmd_train(args) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     if not (workdir / "command.txt").exists():
         (workdir / "command.txt").write_text(recipe(["zoo", *(sys.argv[1:] if argv_is_cli() else ["train", args.model])]) + "\n")
-    if not (workdir / "device.txt").exists():  # zoo export records it (model cards show it)
-        (workdir / "device.txt").write_text(device_description() + "\n")
     try:
         record = fit(cfg, workdir).record
     except Preempted as e:
