@@ -8,6 +8,7 @@ the sample-writing runs use --num-devices 1 (less compile time; parallelism is c
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -475,6 +476,37 @@ def test_a_bug_still_shows_its_traceback(cli, monkeypatch):
     with pytest.raises(RuntimeError, match="a bug"):
         cli("list")
 
+
+class _Exited(BaseException):
+    pass
+
+
+def test_a_joined_process_reports_its_error_then_exits_at_once(capsys, monkeypatch):
+    """In a multi-process run each error path reports (its one line, or a bug's traceback) and
+    ends the process by os._exit with its code: a normal exit would wait at JAX's shutdown
+    barrier (tests/test_multihost_cli.py times it with two real processes)."""
+    from train import parallel
+    from train.cli import main
+
+    def exit_now(code):
+        raise _Exited(code)
+
+    def raising(exc):
+        def run(*args, **kwargs):
+            raise exc
+        return run
+
+    monkeypatch.setattr(parallel, "_joined", True)
+    monkeypatch.setattr(os, "_exit", exit_now)
+    cases = [(ValueError("bad value"), 2, "error: bad value\n"), (KeyboardInterrupt(), 130, "error: interrupted\n"),
+             (RuntimeError("a bug"), 1, "RuntimeError: a bug\n")]
+    for exc, code, printed in cases:
+        monkeypatch.setattr(zoo, "list_models", raising(exc))
+        with pytest.raises(_Exited) as exited:
+            main(["list"])
+        assert exited.value.args == (code,)
+        err = capsys.readouterr().err
+        assert err.endswith(printed) and ("Traceback" in err) == (code == 1), err
 
 def _files(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
