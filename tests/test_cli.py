@@ -8,6 +8,7 @@ the sample-writing runs use --num-devices 1 (less compile time; parallelism is c
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -398,6 +399,28 @@ def one_error_line(result: subprocess.CompletedProcess) -> str:
     return result.stderr
 
 
+def test_a_train_fit_run_records_its_device_for_export_and_the_card(cli, tfds_dir, tmp_path, monkeypatch):
+    """train.fit(workdir=) records the device as zoo train does (zoo export puts it in the manifest,
+    the card shows it); a resumed run keeps the device it started on."""
+    import train
+
+    workdir = tmp_path / "run"
+    fit = dict(data_dir=str(tfds_dir), train_limit=128, val_size=64, batch_size=32, num_devices=1, sample_every=0,
+               model_overrides={"hidden": [16]}, workdir=workdir, log=lambda *_: None)
+    train.fit("mlp_small", "mnist", epochs=1, **fit)
+    device = (workdir / "device.txt").read_text().strip()
+    assert device.startswith("1 x cpu (cpu), jax ")  # the run's device, not all of JAX's four
+    monkeypatch.setenv("ZOO_WEIGHTS_DIR", str(tmp_path / "weights"))
+    code, _, err = cli("export", "mlp_small", tmp_path / "export", "--workdir", workdir, "--publish", "fit")
+    assert code == 0, err
+    assert json.loads((tmp_path / "export" / "manifest.json").read_text())["training"]["device"] == device
+    code, card, err = cli("info", "mlp_small.fit")
+    assert code == 0 and f"training device: {device}\n" in card, err
+    (workdir / "device.txt").write_text("the first start's device\n")
+    train.fit("mlp_small", "mnist", epochs=2, **fit)  # resumes
+    assert (workdir / "device.txt").read_text() == "the first start's device\n"
+
+
 @pytest.mark.parametrize("fmt,name", [("orbax", "out"), ("safetensors", "out.safetensors")])
 def test_export_that_cannot_be_written_is_one_line_and_leaves_nothing(cli_env, tmp_path, fmt, name):
     result = run_zoo_with_write_limit("export", "cnn", tmp_path / name, "--pretrained", "mnist", "--format", fmt, env=cli_env)
@@ -453,6 +476,37 @@ def test_a_bug_still_shows_its_traceback(cli, monkeypatch):
     with pytest.raises(RuntimeError, match="a bug"):
         cli("list")
 
+
+class _Exited(BaseException):
+    pass
+
+
+def test_a_joined_process_reports_its_error_then_exits_at_once(capsys, monkeypatch):
+    """In a multi-process run each error path reports (its one line, or a bug's traceback) and
+    ends the process by os._exit with its code: a normal exit would wait at JAX's shutdown
+    barrier (tests/test_multihost_cli.py times it with two real processes)."""
+    from train import parallel
+    from train.cli import main
+
+    def exit_now(code):
+        raise _Exited(code)
+
+    def raising(exc):
+        def run(*args, **kwargs):
+            raise exc
+        return run
+
+    monkeypatch.setattr(parallel, "_joined", True)
+    monkeypatch.setattr(os, "_exit", exit_now)
+    cases = [(ValueError("bad value"), 2, "error: bad value\n"), (KeyboardInterrupt(), 130, "error: interrupted\n"),
+             (RuntimeError("a bug"), 1, "RuntimeError: a bug\n")]
+    for exc, code, printed in cases:
+        monkeypatch.setattr(zoo, "list_models", raising(exc))
+        with pytest.raises(_Exited) as exited:
+            main(["list"])
+        assert exited.value.args == (code,)
+        err = capsys.readouterr().err
+        assert err.endswith(printed) and ("Traceback" in err) == (code == 1), err
 
 def _files(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}

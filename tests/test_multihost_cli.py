@@ -11,6 +11,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,7 @@ def test_two_processes_by_flags_and_by_env_vars(reference, tfds_dir, cli_env, tm
     assert "epoch 2 step 8" in outs[0] and "epoch 2 step 8" in outs[1]
     assert len(records(workdir)) == 2
     assert len(list((workdir / "tb").glob("events.out.tfevents.*"))) == 1
+    assert (workdir / "device.txt").read_text().startswith("2 x cpu (cpu), jax ")  # the run's, both hosts'
     assert_same_training(workdir, reference)  # and the checkpoint both wrote restores
     # --test: both processes restore the final checkpoint (each onto its own device) and
     # evaluate the test split over both; so does `zoo eval` run as two processes
@@ -121,3 +123,38 @@ def run_together(cmds: list[list[str]], envs: list[dict]) -> list[str]:
 def printed_test_accuracy(out: str) -> float:
     assert "mlp_small on mnist/test (10000 examples" in out, out[-3000:]
     return float(next(line for line in out.splitlines() if line.startswith("  accuracy: ")).split()[-1])
+
+
+@pytest.mark.slow  # two processes; the healthy one waits out the heartbeat timeout
+def test_a_process_failing_alone_ends_every_process_within_the_heartbeat_timeout(tfds_dir, cli_env, tmp_path):
+    """Process 1 gets a bad --lr after joining: it reports the one line and exits 2 at once, not
+    waiting at JAX's shutdown barrier (300 s) for process 0, which is blocked in a collective;
+    process 0 is stopped when process 1's heartbeats stop (ZOO_HEARTBEAT_TIMEOUT seconds)."""
+    heartbeat = 5
+    coordinator = f"127.0.0.1:{_free_port()}"
+    env = {**cli_env, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_NUM_CPU_DEVICES": "1",
+           "ZOO_HEARTBEAT_TIMEOUT": str(heartbeat)}
+    join = ["--coordinator", coordinator, "--num-processes", 2, "--process-id"]
+    cmds = [zoo_cmd(tfds_dir, tmp_path / "w", *join, 0), zoo_cmd(tfds_dir, tmp_path / "w", *join, 1, "--lr=-1")]
+    start = time.monotonic()
+    procs = [subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for cmd in cmds]
+    ended: dict[int, float] = {}
+    try:
+        while len(ended) < 2 and time.monotonic() - start < 280:
+            ended.update({i: time.monotonic() - start for i, p in enumerate(procs) if i not in ended and p.poll() is not None})
+            time.sleep(0.1)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    outs = [p.communicate(timeout=60) for p in procs]
+    print(f"process 1 ended after {ended.get(1)} s, process 0 after {ended.get(0)} s")
+    assert procs[1].returncode == 2, outs[1]
+    errors = [line for line in outs[1][1].splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "--lr" in errors[0] and "Traceback" not in outs[1][1], outs[1][1][-3000:]
+    assert procs[0].returncode != 0, outs[0]
+    # before: both ended only after ~128 s; process 1 now ends once it has joined and read
+    # its flags (seconds, more on a loaded machine), process 0 a heartbeat timeout later
+    assert ended[1] < 60, ended
+    assert ended[0] - ended[1] < heartbeat + 30, ended

@@ -329,3 +329,34 @@ def test_the_writers_take_an_nnx_net_as_it_is(tmp_path):
         _, loaded = zoo.load("cnn", path=path)
         for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(loaded)):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _fit_both(name: str, data: dict, **fields):
+    """train.fit on the Linen model and on its NNX twin (the same model fields, seed and glorot
+    redraw): (Linen result, NNX result, the NNX net)."""
+    common = dict(epochs=2, batch_size=16, lr=1e-3, init="glorot", seed=3, log=lambda *_: None)
+    linen = train.fit(zoo.create(name, **fields), data, **common)
+    net = zoo.nnx.create(name, rngs=nnx.Rngs(0), **fields)
+    return linen, train.fit(net, data, **common), net
+
+
+@pytest.mark.slow  # compiles the GAN's two-player train and eval programs twice (Linen, NNX): ~30 s idle
+def test_fit_an_nnx_dcgan_gives_the_linen_history_and_weights():
+    """Two players, two optimizer states: both trained as in Linen, both written back into the net."""
+    linen, result, net = _fit_both("dcgan", {"x": _arrays(64)["x"]}, latent_dim=8, g_features=(8, 4),
+                                   d_features=(4, 8))
+    assert result.model is net and len(result.history) == 2
+    assert _history(result) == _history(linen)
+    _close(zoo.nnx.variables(net), linen.variables, tol=0)
+    assert net.generator(jnp.zeros((2, 8))).shape == (2, 28, 28, 1)  # the trained net samples
+
+
+def test_fit_an_nnx_multitask_net_gives_the_linen_history_and_weights():
+    """Dict targets, one head per task: the same per-head metrics and weights as in Linen."""
+    data = _arrays()
+    data["y"] = {"digit": data["y"], "parity": data["y"] % 2}
+    linen, result, net = _fit_both("multitask", data, trunk=(16,))
+    assert result.model is net and len(result.history) == 2
+    assert {"val_digit_accuracy", "val_parity_accuracy"} <= result.history[-1].keys()
+    assert _history(result) == _history(linen)
+    _close(zoo.nnx.variables(net), linen.variables, tol=0)

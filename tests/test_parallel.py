@@ -171,6 +171,19 @@ def test_init_distributed_single_host_is_a_no_op(monkeypatch):
         parallel.init_distributed("127.0.0.1:1234")
 
 
+def test_heartbeat_timeout_is_read_from_the_environment_and_checked_before_joining(monkeypatch):
+    monkeypatch.delenv("ZOO_HEARTBEAT_TIMEOUT", raising=False)
+    assert parallel.heartbeat_timeout() == parallel.HEARTBEAT_TIMEOUT_S == 30
+    monkeypatch.setenv("ZOO_HEARTBEAT_TIMEOUT", "7")
+    assert parallel.heartbeat_timeout() == 7
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: pytest.fail("joined with a bad timeout"))
+    for bad in ("0", "-5", "2.5", "soon"):
+        monkeypatch.setenv("ZOO_HEARTBEAT_TIMEOUT", bad)
+        with pytest.raises(ValueError, match=f"ZOO_HEARTBEAT_TIMEOUT='{bad}': expected a whole number of seconds >= 1"):
+            parallel.init_distributed("127.0.0.1:1234", 2, 0)
+    assert not parallel.joined()
+
+
 # ---------------------------------------------------------------- real 2-process run
 
 

@@ -208,7 +208,7 @@ def train_config(args) -> Config:
 
 def cmd_train(args) -> int:
     cfg = train_config(args)  # before anything is written
-    from train.export import device_description, recipe
+    from train.export import recipe
     from train.loop import Preempted, TrainingDiverged, fit
 
     workdir = Path(args.workdir or Path("runs") / args.model)
@@ -216,8 +216,6 @@ def cmd_train(args) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     if not (workdir / "command.txt").exists():
         (workdir / "command.txt").write_text(recipe(["zoo", *(sys.argv[1:] if argv_is_cli() else ["train", args.model])]) + "\n")
-    if not (workdir / "device.txt").exists():  # zoo export records it (model cards show it)
-        (workdir / "device.txt").write_text(device_description() + "\n")
     try:
         record = fit(cfg, workdir).record
     except Preempted as e:
@@ -634,15 +632,40 @@ def main(argv: list[str] | None = None) -> int:
             _setup_jax(args)
         return args.func(args)
     except KeyboardInterrupt:  # Ctrl-C outside a training loop (which stops at a checkpoint itself)
-        if debug:
+        if debug and not _joined():
             raise
-        print("error: interrupted", file=sys.stderr)
-        return 130
+        return _fail(130, "error: interrupted", debug)
     except _user_errors() as e:
-        if debug:
+        if debug and not _joined():
             raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _fail(2, f"error: {e}", debug)
+    except Exception:  # a bug: Python reports it, unless a run was joined (below)
+        if not _joined():
+            raise
+        return _fail(1, None, debug)
+
+
+def _joined() -> bool:
+    parallel = sys.modules.get("train.parallel")  # not imported: no run was joined
+    return parallel is not None and parallel.joined()
+
+
+def _fail(code: int, line: str | None, debug: bool) -> int:
+    """Reports the exception being handled as `line` (None, or ZOO_DEBUG: its traceback) and
+    returns `code`. A process of a multi-process run ends right here (os._exit): a normal exit
+    would wait at JAX's shutdown barrier for the others, blocked in a collective waiting for
+    it; they stop once its heartbeats do (train.parallel.heartbeat_timeout)."""
+    if line is None or debug:
+        import traceback
+
+        traceback.print_exc()
+    else:
+        print(line, file=sys.stderr)
+    if _joined():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -26,13 +26,24 @@ def recipe(argv: list[str]) -> str:
     return " ".join(kept)
 
 
-def device_description() -> str:
-    """The devices JAX trains on, as exports record them: '1 x cpu (cpu), jax 0.10.2, matmul precision default'."""
+def device_description(devices=None) -> str:
+    """`devices` (default: all of JAX's), as exports record them: '1 x cpu (cpu), jax 0.10.2, matmul precision default'."""
     import jax
 
-    d = jax.devices()
+    d = jax.devices() if devices is None else list(devices)
     precision = getattr(jax.config, "jax_default_matmul_precision", None) or "default"
     return f"{len(d)} x {d[0].device_kind} ({d[0].platform}), jax {jax.__version__}, matmul precision {precision}"
+
+
+def record_device(workdir: Path, devices=None) -> None:
+    """Writes WORKDIR/device.txt, which `zoo export` puts on model cards, unless it exists: a
+    resumed run keeps the device it started on. Only the writer process (process 0) writes."""
+    from train import report
+    from zoo.files import write_text_atomic
+
+    path = Path(workdir) / "device.txt"
+    if report.is_writer() and not path.exists():
+        write_text_atomic(path, device_description(devices) + "\n")
 
 
 def fields_from_export(name: str, pretrained: str | None, path=None) -> tuple[dict, dict]:

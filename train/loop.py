@@ -26,6 +26,7 @@ from train.sources.stream import Feeder
 from zoo.files import write_text_atomic
 from train.checkpoint import Checkpointer
 from train.config import Config, build_model, tfds_val_size
+from train.export import record_device
 from train.state import TrainState, create_state, glorot_reinit, make_optimizer, make_schedule
 from train.steps import to_input
 
@@ -312,6 +313,7 @@ def _setup(cfg, workdir, lock, log, model, task, splits) -> Run:
         log(f"resumed from step {int(restored['step'])} (epoch {book.epoch}) in {ckpt.directory}")
     if report.is_writer():
         write_text_atomic(workdir / "config.json", json.dumps(cfg.to_json(), indent=2, sort_keys=True) + "\n")
+    record_device(workdir, devices)
 
     strategy = parallel.make_strategy(cfg.strategy, task.train_step(model, cfg), mesh)
     eval_batch = parallel.eval_batch_size(cfg.eval_batch_size, len(devices))

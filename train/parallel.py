@@ -31,6 +31,13 @@ from jax.sharding import PartitionSpec as P
 STRATEGIES = ("jit", "pmap")
 AXIS = "data"
 
+# Seconds without heartbeats after which the coordination service declares a process dead and
+# stops the others. JAX's default (100 s) leaves the survivors of a crashed or failed process
+# blocked that long; heartbeats come from the coordination client's own thread, so long
+# compiles or steps do not delay them, and 30 s still rides out a short network hiccup.
+HEARTBEAT_TIMEOUT_S = 30
+_joined = False  # set by init_distributed
+
 
 def init_distributed(
     coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
@@ -40,7 +47,8 @@ def init_distributed(
     Arguments fall back to the environment (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
     JAX_PROCESS_ID). With none of them set, nothing happens (single host) unless
     ZOO_DISTRIBUTED_AUTO=1, which lets JAX auto-detect a cluster (SLURM, TPU pods, ...).
-    On CPU the gloo collectives are selected so cross-process all-reduces work.
+    On CPU the gloo collectives are selected so cross-process all-reduces work. A process
+    silent for `heartbeat_timeout()` seconds is declared dead and the others are stopped.
     """
     coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
     if num_processes is None and os.environ.get("JAX_NUM_PROCESSES"):
@@ -54,10 +62,34 @@ def init_distributed(
         return False
     if coordinator is not None and (num_processes is None or process_id is None):
         raise ValueError("a coordinator address needs num_processes and process_id too")
+    heartbeat = heartbeat_timeout()  # a bad value is refused before joining
     if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS", "") == "cpu":
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator, num_processes, process_id)
+    jax.distributed.initialize(coordinator, num_processes, process_id, heartbeat_timeout_seconds=heartbeat)
+    global _joined
+    _joined = True
     return True
+
+
+def joined() -> bool:
+    """Whether this process joined a multi-process run (`init_distributed`)."""
+    return _joined
+
+
+def heartbeat_timeout() -> int:
+    """ZOO_HEARTBEAT_TIMEOUT (whole seconds >= 1), default HEARTBEAT_TIMEOUT_S: how long the
+    other processes of a multi-process run wait for a silent (dead) one before they stop."""
+    raw = os.environ.get("ZOO_HEARTBEAT_TIMEOUT", "").strip()
+    if not raw:
+        return HEARTBEAT_TIMEOUT_S
+    try:
+        seconds = int(raw)
+    except ValueError:
+        seconds = 0
+    if seconds < 1:
+        raise ValueError(f"ZOO_HEARTBEAT_TIMEOUT={raw!r}: expected a whole number of seconds >= 1 "
+                         f"(default {HEARTBEAT_TIMEOUT_S})")
+    return seconds
 
 
 def make_mesh(devices=None) -> Mesh:
