@@ -2,8 +2,8 @@
 streamed with Grain (same metrics and steps as in memory, exact kill -9 resume), and `--data-dir`
 refusing a folder of the user's files.
 
-Image folders are opened by tests/own_data_double.py, a stand-in with train/sources/images.py's
-contract (train/sources/__init__.py)."""
+Image folders are tiny folders of real PNGs, opened by `train.sources.open_data`
+(train/sources/images.py)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,6 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-
-from tests import own_data_double
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,8 +37,7 @@ def write_folder(root: Path, per_class: int = 40, names=("cat", "dog"), seed: in
 
 
 @pytest.fixture
-def folder(tmp_path, monkeypatch):
-    own_data_double.install(monkeypatch)
+def folder(tmp_path):
     return write_folder(tmp_path / "pets")
 
 
@@ -91,11 +88,11 @@ def test_train_fit_takes_a_folder_path_and_classes_subset_the_names(folder):
 
 
 def _splits(folder, image_shape=(28, 28, 1)):
-    """The double's folder as a streamed Splits and as the same examples in memory."""
-    from train import tasks
+    """The folder as a streamed Splits and as the same examples in memory."""
+    from train import sources, tasks
     from train.sources.stream import StreamedSplit
 
-    ud = own_data_double.open_folder(folder, image_shape=image_shape, val_size=24)
+    ud = sources.open_data(folder, image_shape=image_shape, val_size=24)
     task = tasks.get("classification")
     streamed = [StreamedSplit.of(ud.splits[s], task.view, workers=0) for s in ("train", "validation")]
     in_memory = [task.view({"image": np.stack([src[i]["image"] for i in range(len(src))]), "label": src.labels})
@@ -157,11 +154,8 @@ def test_data_dir_holding_other_files_is_refused(cli, tmp_path):
 
 # ---------------------------------------------------------------- kill -9 on the Grain path
 
-CHILD = ROOT / "tests" / "_own_data_child.py"
-
-
 def _zoo(*args) -> list[str]:
-    return [sys.executable, str(CHILD), *map(str, args)]
+    return [sys.executable, "-m", "train.cli", *map(str, args)]
 
 
 def _steps(workdir: Path) -> list[int]:
