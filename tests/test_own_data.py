@@ -165,6 +165,28 @@ def test_a_run_reads_its_training_data_through_one_pipeline(folder, tmp_path, mo
     assert len(evaluations) == 2 + 2  # epochs 1 and 2 (at max_steps), then 2 and 3: all in this process
 
 
+def test_a_long_run_reads_its_order_in_windows_of_epochs(folder, monkeypatch):
+    from train.sources import stream
+
+    class Strategy:
+        def run_batches(self, state, batches):
+            return state + [batches["index"]], None
+
+    orders = [np.random.default_rng(e).permutation(56)[:48].reshape(3, 16) for e in range(4)]
+    _, streamed, _ = _splits(folder)
+    monkeypatch.setattr(stream, "MAX_PIPELINE_POSITIONS", 2 * 48)  # this epoch's rest and one more
+    built = []
+    monkeypatch.setattr(stream.StreamedSplit, "batches", lambda self, rows: built.append(len(rows)) or iter(
+        {"index": r} for r in rows))
+    feeder, seen = stream.Feeder(Strategy(), streamed.train, orders.__getitem__, total_steps=11), []
+    for epoch, order in enumerate(orders):
+        feeder.start_epoch(epoch, order)
+        for pos in range(0, 3 if epoch < 3 else 2, 2):  # chunks of 2 steps (the last epoch: 2 of its 3)
+            seen, _ = feeder.run_chunk(seen, None, order[pos: pos + 2][: 11 - 3 * epoch - pos])
+    np.testing.assert_array_equal(np.concatenate(seen), np.concatenate(orders)[:11])
+    assert built == [6, 5]  # epochs 1-2, then 3-4 up to step 11
+
+
 def _assert_quiet(err: str) -> None:
     for word in ("leaked", "Warning", "Traceback"):
         assert word not in err, err

@@ -21,6 +21,9 @@ import jax
 import numpy as np
 
 MAX_AUTO_WORKERS = 8
+# Example positions one training pipeline covers beyond the current epoch (each worker gets a
+# copy): a long run on a large dataset starts its workers again every few epochs, not every one.
+MAX_PIPELINE_POSITIONS = 1 << 22
 
 
 def default_workers(requested: int) -> int:
@@ -145,7 +148,7 @@ class Feeder:
         self.strategy, self.split, self.order_of, self.total_steps = strategy, split, order_of, total_steps
         self._epoch, self._order = 0, None
         self._it: Iterator[dict] | None = None
-        self._next = -1  # the step of the run the pipeline yields next
+        self._next = self._end = -1  # the step of the run the pipeline yields next; the step it ends at
 
     def __getattr__(self, name):  # place_state, unreplicate, mesh, ...: the strategy's
         return getattr(self.strategy, name)
@@ -161,9 +164,10 @@ class Feeder:
 
     def run_chunk(self, state, data, idx: np.ndarray):
         step = self._step(idx)
-        if self._it is None or step != self._next:
+        if self._it is None or step != self._next or step + len(idx) > self._end:
             self.stop()
-            self._it, self._next = self.split.batches(self._rows_from(step)), step
+            rows = self._rows_from(step)
+            self._it, self._next, self._end = self.split.batches(rows), step, step + len(rows)
         batches = [next(self._it) for _ in range(len(idx))]
         self._next = step + len(idx)
         for got, want in zip(batches, idx):
@@ -172,10 +176,11 @@ class Feeder:
         return self.strategy.run_batches(state, jax.tree.map(lambda *a: np.stack(a), *batches))
 
     def _rows_from(self, step: int) -> np.ndarray:
-        """The batches of steps `step`..`total_steps`: this epoch's rest, then later epochs' orders."""
+        """The batches of steps `step`..`total_steps`: this epoch's rest, then later epochs' orders
+        (as many as fit in `MAX_PIPELINE_POSITIONS`)."""
         spe = len(self._order)
         parts, epoch = [self._order[step - self._epoch * spe:]], self._epoch + 1
-        while epoch * spe < self.total_steps:
+        while epoch * spe < self.total_steps and (len(parts) + 1) * self._order.size <= MAX_PIPELINE_POSITIONS:
             parts.append(self.order_of(epoch))
             epoch += 1
         return np.concatenate(parts)[: self.total_steps - step]
