@@ -211,7 +211,7 @@ def test_a_streamed_run_exits_without_warnings(cli_env, tmp_path):
 
 
 @pytest.mark.slow  # a real `zoo train` with Grain workers, interrupted with SIGINT and SIGTERM
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupted_streamed_run_exits_without_warnings(cli_env, tmp_path, signum):
     folder = write_folder(tmp_path / "pets", per_class=96)
     workdir = tmp_path / "run"
