@@ -4,10 +4,10 @@ The loop's data order stays `loop.epoch_batches` (a pure function of seed and ep
 builds one pipeline over the batches of every step it has left (this epoch's rest, then each
 later epoch's order), so its worker processes start once, and a run resumed at any step reads
 exactly what the uninterrupted run read. Evaluation decodes in the main process (threads): a
-validation pass is too short to pay for starting worker processes. Nothing here holds a whole split in memory:
-`StreamedSplit` is a list of rows of a `images.ImageFolderSource` (train/sources/images.py),
-with their labels (known without decoding), seen through the task's view. Grain is imported
-only when a pipeline is built.
+validation pass is too short to pay for starting worker processes. Nothing here holds a whole
+split in memory: `StreamedSplit` is a list of rows of a `images.ImageFolderSource`
+(train/sources/images.py), with their labels (known without decoding), seen through the task's
+view. Grain is imported only when a pipeline is built.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import jax
 import numpy as np
 
 MAX_AUTO_WORKERS = 8
-# Example positions one training pipeline covers beyond the current epoch (each worker gets a
-# copy): a long run on a large dataset starts its workers again every few epochs, not every one.
+# Example positions one training pipeline covers (at least the current epoch's rest; each worker
+# gets a copy): a long run on a large dataset starts its workers every few epochs, not every one.
 MAX_PIPELINE_POSITIONS = 1 << 22
 
 
