@@ -2,8 +2,8 @@
 streamed with Grain (same metrics and steps as in memory, exact kill -9 resume), and `--data-dir`
 refusing a folder of the user's files.
 
-Image folders are opened by tests/own_data_double.py, a stand-in with train/sources/images.py's
-contract (train/sources/__init__.py)."""
+Image folders are tiny folders of real PNGs, opened by `train.sources.open_data`
+(train/sources/images.py)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,6 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-
-from tests import own_data_double
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,8 +37,7 @@ def write_folder(root: Path, per_class: int = 40, names=("cat", "dog"), seed: in
 
 
 @pytest.fixture
-def folder(tmp_path, monkeypatch):
-    own_data_double.install(monkeypatch)
+def folder(tmp_path):
     return write_folder(tmp_path / "pets")
 
 
@@ -90,14 +87,14 @@ def test_train_fit_takes_a_folder_path_and_classes_subset_the_names(folder):
     assert result.config.class_names == ["dog", "cat"]
 
 
-def _splits(folder, image_shape=(28, 28, 1)):
-    """The double's folder as a streamed Splits and as the same examples in memory."""
-    from train import tasks
+def _splits(folder, image_shape=(28, 28, 1), workers=0):
+    """The folder as a streamed Splits and as the same examples in memory."""
+    from train import sources, tasks
     from train.sources.stream import StreamedSplit
 
-    ud = own_data_double.open_folder(folder, image_shape=image_shape, val_size=24)
+    ud = sources.open_data(folder, image_shape=image_shape, val_size=24)
     task = tasks.get("classification")
-    streamed = [StreamedSplit.of(ud.splits[s], task.view, workers=0) for s in ("train", "validation")]
+    streamed = [StreamedSplit.of(ud.splits[s], task.view, workers=workers) for s in ("train", "validation")]
     in_memory = [task.view({"image": np.stack([src[i]["image"] for i in range(len(src))]), "label": src.labels})
                  for src in (ud.splits["train"], ud.splits["validation"])]
     return task, tasks.Splits(streamed[0], streamed[1], streamed[1]), tasks.Splits(in_memory[0], in_memory[1], in_memory[1])
@@ -139,6 +136,99 @@ def test_streamed_training_takes_the_in_memory_steps(folder, tmp_path):
     assert {k: meta["loader"][k] for k in ("epoch", "position", "examples")} == {"epoch": 2, "position": 0, "examples": 56}
 
 
+def test_a_run_reads_its_training_data_through_one_pipeline(folder, tmp_path, monkeypatch):
+    import dataclasses
+
+    from train import loop
+    from train.config import resolve
+    from train.sources.stream import StreamedSplit
+
+    calls = []
+    real = StreamedSplit.batches
+
+    def spy(self, positions):  # records who asked, then reads in this process (no worker start-up here)
+        calls.append((self.workers, positions.copy()))
+        return real(dataclasses.replace(self, workers=0), positions)
+
+    monkeypatch.setattr(StreamedSplit, "batches", spy)
+    task, streamed, _ = _splits(folder, workers=1)
+    settings = {"epochs": 3, "batch_size": 16, "eval_batch_size": 10, "model_overrides": {"num_classes": 2}}
+    order = [loop.epoch_batches(resolve("cnn", settings), 0, e, 56, 3) for e in range(3)]  # 3 steps per epoch
+    quiet = lambda m: None  # noqa: E731
+    loop.fit(resolve("cnn", {**settings, "max_steps": 4}), tmp_path / "run", task=task, splits=streamed, log=quiet)
+    loop.fit(resolve("cnn", settings), tmp_path / "run", task=task, splits=streamed, log=quiet)  # resumed at step 4
+    training = [rows for workers, rows in calls if workers]
+    assert len(training) == 2  # one per run, whatever its epochs
+    np.testing.assert_array_equal(training[0], np.concatenate(order)[:4])
+    np.testing.assert_array_equal(training[1], np.concatenate(order)[4:])  # mid epoch 2 to the end of epoch 3
+    evaluations = [rows for workers, rows in calls if not workers]
+    assert len(evaluations) == 2 + 2  # epochs 1 and 2 (at max_steps), then 2 and 3: all in this process
+
+
+def test_a_long_run_reads_its_order_in_windows_of_epochs(folder, monkeypatch):
+    from train.sources import stream
+
+    class Strategy:
+        def run_batches(self, state, batches):
+            return state + [batches["index"]], None
+
+    orders = [np.random.default_rng(e).permutation(56)[:48].reshape(3, 16) for e in range(4)]
+    _, streamed, _ = _splits(folder)
+    monkeypatch.setattr(stream, "MAX_PIPELINE_POSITIONS", 2 * 48)  # this epoch's rest and one more
+    built = []
+    monkeypatch.setattr(stream.StreamedSplit, "batches", lambda self, rows: built.append(len(rows)) or iter(
+        {"index": r} for r in rows))
+    feeder, seen = stream.Feeder(Strategy(), streamed.train, orders.__getitem__, total_steps=11), []
+    for epoch, order in enumerate(orders):
+        feeder.start_epoch(epoch, order)
+        for pos in range(0, 3 if epoch < 3 else 2, 2):  # chunks of 2 steps (the last epoch: 2 of its 3)
+            seen, _ = feeder.run_chunk(seen, None, order[pos: pos + 2][: 11 - 3 * epoch - pos])
+    np.testing.assert_array_equal(np.concatenate(seen), np.concatenate(orders)[:11])
+    assert built == [6, 5]  # epochs 1-2, then 3-4 up to step 11
+
+
+def _assert_quiet(err: str) -> None:
+    for word in ("leaked", "Warning", "Traceback"):
+        assert word not in err, err
+
+
+def test_a_streamed_run_exits_without_warnings(cli_env, tmp_path):
+    folder = write_folder(tmp_path / "pets", per_class=24)
+    args = ("train", "cnn", "--data", folder, "--epochs", "2", "--batch-size", "16", "--val-size", "16",
+            "--data-workers", "1", "--set", "features=[4,8]")
+    env = {**cli_env, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(_zoo(*args, "--workdir", tmp_path / "run"), env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "epoch 2 step 4" in done.stdout
+    _assert_quiet(done.stderr)
+    bad = folder / "dog" / "0007.png"
+    bad.write_bytes(bad.read_bytes()[:100])  # its header reads, its pixels do not: fails in a worker
+    failed = subprocess.run(_zoo(*args, "--workdir", tmp_path / "failed"), env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert failed.returncode == 2
+    assert failed.stderr == f"error: {bad}: cannot read this image (image file is truncated)\n"
+
+
+@pytest.mark.slow  # a real `zoo train` with Grain workers, interrupted with SIGINT and SIGTERM
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupted_streamed_run_exits_without_warnings(cli_env, tmp_path, signum):
+    folder = write_folder(tmp_path / "pets", per_class=96)
+    workdir = tmp_path / "run"
+    args = ("train", "cnn", "--data", folder, "--epochs", "50", "--batch-size", "16", "--val-size", "32",
+            "--data-workers", "1", "--checkpoint-steps", "2", "--workdir", workdir)
+    proc = subprocess.Popen(_zoo(*args), env={**cli_env, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not _steps(workdir) and time.monotonic() < deadline:  # training, its workers running
+        time.sleep(0.05)
+    os.killpg(proc.pid, signum)  # as Ctrl-C does: the run and its workers
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == (130 if signum == signal.SIGINT else 0), err
+    assert f"preempted: {signal.Signals(signum).name}: saved step" in out
+    _assert_quiet(err)
+
+
 def test_data_dir_holding_other_files_is_refused(cli, tmp_path):
     from train import data
 
@@ -157,11 +247,8 @@ def test_data_dir_holding_other_files_is_refused(cli, tmp_path):
 
 # ---------------------------------------------------------------- kill -9 on the Grain path
 
-CHILD = ROOT / "tests" / "_own_data_child.py"
-
-
 def _zoo(*args) -> list[str]:
-    return [sys.executable, str(CHILD), *map(str, args)]
+    return [sys.executable, "-m", "train.cli", *map(str, args)]
 
 
 def _steps(workdir: Path) -> list[int]:

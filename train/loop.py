@@ -184,7 +184,7 @@ class Run:
     def batches(self, epoch: int) -> np.ndarray:
         order = epoch_batches(self.cfg, self.cfg.seed, epoch, tasks.split_size(self.splits.train), self.steps_per_epoch)
         if isinstance(self.strategy, Feeder):  # a streamed split reads this epoch's order from files
-            self.strategy.start_epoch(order)
+            self.strategy.start_epoch(epoch, order)
         return order
 
     def label(self, epoch: int) -> str:
@@ -322,7 +322,8 @@ def _setup(cfg, workdir, lock, log, model, task, splits) -> Run:
     if isinstance(splits.train, dict):
         train_data = strategy.place_data(splits.train)
     else:  # streamed: batches are read from files per chunk, never the whole split on device
-        strategy, train_data = _streamed_strategy(strategy, splits.train), None
+        order_of = functools.partial(epoch_batches, cfg, cfg.seed, n=len(splits.train), steps_per_epoch=steps_per_epoch)
+        strategy, train_data = _streamed_strategy(strategy, splits.train, order_of, total_steps), None
     if isinstance(splits.val, dict):
         val_data = jax.tree.map(lambda a: parallel.put_global(a, replicated), splits.val)
     else:
@@ -554,11 +555,11 @@ def _example(model, split):
     return None if hasattr(model, "input_spec") else split.arrays(1)["x"]
 
 
-def _streamed_strategy(strategy, split) -> Feeder:
+def _streamed_strategy(strategy, split, order_of, total_steps: int) -> Feeder:
     if not hasattr(strategy, "run_batches"):
         raise ValueError(f"--strategy {strategy.name} trains on data held on the devices; a streamed image "
                          "folder (--data) trains with --strategy jit")
-    return Feeder(strategy, split)
+    return Feeder(strategy, split, order_of, total_steps)
 
 
 def loader_state(split, step: int, steps_per_epoch: int) -> dict:
