@@ -144,3 +144,18 @@ def test_a_card_reads_json_only():
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_an_own_data_export_names_its_data_by_name_not_place():
+    """`--data /home/me/pets` is recorded as the recipe `--data pets` and the dataset "own data
+    (pets)", with no source or license block (those are the user's to state)."""
+    from train.config import resolve
+    from train.export import dataset_name, recipe
+    from zoo.cards import _dataset_lines
+
+    assert recipe(["zoo", "train", "cnn", "--data", "/home/me/pets", "--workdir", "/w"]) == "zoo train cnn --data pets"
+    assert recipe(["zoo", "train", "cnn", "--data=/home/me/x.npz"]) == "zoo train cnn --data x.npz"
+    assert recipe(["zoo", "train", "cnn", "--data-workers", "2"]) == "zoo train cnn --data-workers 2"
+    assert dataset_name(resolve("cnn", {"data": "/home/me/pets"})) == "own data (pets)"
+    assert dataset_name(resolve("cnn", {})) == "mnist"
+    assert _dataset_lines("own data (pets)") == ["dataset: own data (pets)"]

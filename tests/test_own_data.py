@@ -287,3 +287,75 @@ def test_kill_9_mid_epoch_resumes_a_streamed_run_exactly(cli_env, tmp_path):
     assert "resumed from step" in resumed.stdout
     a, b = _final_params(whole), _final_params(killed)
     jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+
+
+# ---------------------------------------------------------------- every layout, end to end
+
+
+def _image_layout(tmp_path: Path, layout: str) -> Path:
+    """`layout` of the cat/dog images: one folder, train/val/test folders, or an .npz with names."""
+    if layout == "folder":
+        return write_folder(tmp_path / "pets")
+    if layout == "split_folders":
+        for split, n, seed in (("train", 40, 0), ("val", 8, 1), ("test", 8, 2)):
+            write_folder(tmp_path / "pets" / split, per_class=n, seed=seed)
+        return tmp_path / "pets"
+    from PIL import Image
+
+    files = sorted(write_folder(tmp_path / "png").rglob("*.png"))
+    images = np.stack([np.asarray(Image.open(f)) for f in files])
+    labels = np.array([0 if f.parent.name == "cat" else 1 for f in files])
+    np.savez(tmp_path / "pets.npz", image=images, label=labels, class_names=np.array(["cat", "dog"]))
+    return tmp_path / "pets.npz"
+
+
+# the folder layout runs by default; the other two are the same flow through other readers
+@pytest.mark.parametrize("layout", ["folder", pytest.param("split_folders", marks=pytest.mark.slow),
+                                    pytest.param("npz", marks=pytest.mark.slow)])
+def test_each_image_layout_trains_evaluates_exports_loads_and_predicts_with_its_names(cli, tmp_path, layout):
+    import zoo
+    from zoo.pretrained import read_manifest
+
+    data, workdir, export = _image_layout(tmp_path, layout), tmp_path / "run", tmp_path / "exp"
+    code, out, err = cli("train", "cnn", "--data", data, *TINY, "--workdir", workdir, "--set", "features=[4,8]")
+    assert code == 0, err
+    code, out, err = cli("eval", "cnn", "--workdir", workdir)
+    assert code == 0, err
+    assert "'cat'" in out and "'dog'" in out  # the per-class table names the classes
+    assert cli("export", "cnn", export, "--workdir", workdir)[0] == 0
+    model, _ = zoo.load("cnn", path=export)
+    manifest = read_manifest("cnn", path=export)
+    assert model.num_classes == 2 and manifest["class_names"] == ["cat", "dog"]
+    code, card, err = cli("info", "cnn", "--path", export)
+    assert code == 0, err
+    assert "classes: cat dog" in card and f"dataset: own data ({data.name})" in card
+    assert str(data) not in card and "LeCun" not in card  # the data's name, not its place; no MNIST source
+    picture = next((tmp_path / ("png" if layout == "npz" else "pets")).rglob("dog/*.png"))
+    for source in (("--path", export), ("--workdir", workdir)):
+        code, out, err = cli("predict", "cnn", picture, *source)
+        assert code == 0, err
+        assert out.split(": ", 1)[1].split()[0] in ("cat", "dog"), out
+
+
+def test_a_text_file_trains_and_its_vocabulary_reaches_export_load_and_sample(cli, tmp_path):
+    import zoo
+
+    text = tmp_path / "song.txt"
+    text.write_text("la di da, la di do.\n" * 200)
+    workdir, export = tmp_path / "run", tmp_path / "exp"
+    tiny = ("--set", "hidden=16", "--set", "embed_dim=8", "--set", "num_layers=1", "--seq-len", "16")
+    code, out, err = cli("train", "char_lstm", "--data", text, "--epochs", "1", "--batch-size", "8", *tiny,
+                         "--workdir", workdir)
+    assert code == 0, err
+    vocab = "".join(sorted(set(text.read_text())))
+    assert json.loads((workdir / "config.json").read_text())["model_overrides"]["vocab"] == vocab
+    assert cli("export", "char_lstm", export, "--workdir", workdir)[0] == 0
+    model, _ = zoo.load("char_lstm", path=export)
+    assert model.vocab == vocab and model.vocab_size == len(vocab)
+    code, card, err = cli("info", "char_lstm", "--path", export)
+    assert code == 0 and "dataset: own data (song.txt)" in card, err
+    code, out, err = cli("sample", "char_lstm", "--path", export, "--prompt", "la ", "--length", "40")
+    assert code == 0, err
+    assert out.strip() and set(out.strip()) <= set(vocab)
+    code, out, err = cli("sample", "char_lstm", "--path", export, "--prompt", "LA")
+    assert code == 2 and "'L'" in err  # a character outside the text's vocabulary

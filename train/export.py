@@ -15,15 +15,31 @@ _MACHINE_FLAGS = ("--workdir", "--data-dir")
 
 def recipe(argv: list[str]) -> str:
     """`zoo train ...` as recorded in exports: the command without its machine paths (_MACHINE_FLAGS)."""
-    kept, skip = [], False
+    kept, skip, data = [], False, False
     for arg in argv:
         if skip:
             skip = False
+        elif data:  # --data PATH: the dataset's name (its last path part) is the recipe, not where it lies
+            kept.append(Path(arg).name)
+            data = False
+        elif arg == "--data" or arg.startswith("--data="):
+            kept.append("--data")
+            data = arg == "--data"
+            if not data:
+                kept.append(Path(arg.split("=", 1)[1]).name)
         elif arg in _MACHINE_FLAGS:
             skip = True
         elif not arg.startswith(tuple(f"{f}=" for f in _MACHINE_FLAGS)):
             kept.append(arg)
     return " ".join(kept)
+
+
+def dataset_name(cfg) -> str:
+    """What an export records as its dataset: the TFDS name, or "own data (NAME)" for `--data`
+    (the folder's or file's name, not where it lies on this machine)."""
+    from zoo.cards import OWN_DATA
+
+    return f"{OWN_DATA} ({Path(cfg.data).name})" if cfg.data else cfg.dataset
 
 
 def device_description(devices=None) -> str:
@@ -70,7 +86,7 @@ def fields_from_run(name: str, workdir: Path, which: str | None, split: str, *, 
     fields = {
         # --classes sets num_classes when the model is built (config.build_model): the export must say so
         "model_overrides": {**cfg.model_overrides, **({"num_classes": len(cfg.classes)} if cfg.classes else {})},
-        "dataset": cfg.dataset,
+        "dataset": dataset_name(cfg),
         "metric": {"name": metric, "value": metrics[metric], "split": split, "count": metrics["count"], "step": step},
         "command": command,
         "train_config": cfg.to_json(),

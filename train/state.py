@@ -115,7 +115,8 @@ def clip_by_global_norm(max_norm) -> optax.GradientTransformation:
 
     def update(updates, state, params=None):
         del params
-        norm = optax.global_norm(updates)
+        # optax.tree.norm (global_norm's successor, which warns since optax 0.2.6) where it exists
+        norm = optax.tree.norm(updates) if hasattr(optax, "tree") else optax.global_norm(updates)
         scale = jnp.minimum(1.0, max_norm / (norm + 1e-6))
         return jax.tree.map(lambda g: g * scale.astype(g.dtype), updates), state
 

@@ -108,8 +108,13 @@ def weights_classes(spec, manifest: dict, model) -> Any:
     return spec.class_names
 
 
+OWN_DATA = "own data"  # how exports name a --data dataset: "own data (FOLDER NAME)"
+
+
 def _dataset_lines(dataset: str | None) -> list[str]:
     info = DATASETS.get(dataset or "")
+    if (dataset or "").startswith(OWN_DATA):  # the user's files: their source is theirs to state
+        return [f"dataset: {dataset}"]
     if info is None:
         return [f"dataset: {dataset or 'not recorded'}", "  source and license: not recorded in train/vendored/README.md"]
     return [f"dataset: {dataset}", f"  source: {info['source']}, {info['url']}", f"  license: {LICENSE_NOTE}"]
