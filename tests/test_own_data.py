@@ -359,3 +359,21 @@ def test_a_text_file_trains_and_its_vocabulary_reaches_export_load_and_sample(cl
     assert out.strip() and set(out.strip()) <= set(vocab)
     code, out, err = cli("sample", "char_lstm", "--path", export, "--prompt", "LA")
     assert code == 2 and "'L'" in err  # a character outside the text's vocabulary
+
+
+def test_a_sweep_trains_each_trial_on_the_folder(cli, folder, tmp_path):
+    """`zoo sweep --data`: every trial opens the folder and records its classes."""
+    pytest.importorskip("optuna")
+    workdir = tmp_path / "sweep"
+    code, out, err = cli("sweep", "cnn", "--param", "lr=choice:0.001,0.003", "--sampler", "grid", "--trials", "2",
+                         "--data", folder, *TINY, "--set", "features=[4,8]", "--workdir", workdir)
+    assert code == 0, err
+    configs = sorted(workdir.rglob("config.json"))
+    assert len(configs) == 2
+    for path in configs:
+        config = json.loads(path.read_text())
+        assert config["data"] == str(folder) and config["class_names"] == ["cat", "dog"]
+        assert config["model_overrides"]["num_classes"] == 2
+    code, out, err = cli("sweep", "cnn", "--param", "lr=choice:0.001,0.003", "--population", "2", "--data", folder,
+                         "--workdir", tmp_path / "pop")
+    assert code == 2 and err.count("\n") == 1 and "--data" in err
