@@ -7,14 +7,14 @@ The same data three ways, through the real CLI, in one run:
              Grain worker processes while training
     memory   `zoo train cnn`: the same digits from TFDS, held on the device (today's path)
     text     `zoo train char_lstm --data input.txt` against `zoo train char_lstm` on TFDS's
-             tiny_shakespeare, the same number of steps: their validation losses
+             tiny_shakespeare, the same recipe and epochs: their validation losses
 
 Both cnn runs use the shipped recipe (train/configs/cnn.json) and evaluate the test split
 (`--test`); images/s is the engine's `examples_per_s` of each epoch (training only, the
 first epoch's compile excluded), median over epochs.
 
     python bench/own_data.py                          # everything (about 10 min on 2 CPU cores)
-    python bench/own_data.py --text-steps 300 --only text
+    python bench/own_data.py --text-epochs 2 --only text
 
 Writes bench/results/own_data.json and prints a markdown table. The folder of PNGs and the
 runs go under --scratch (default: a temporary directory, removed).
@@ -109,14 +109,15 @@ def cnn_runs(scratch: Path, log: Path) -> dict:
     return result
 
 
-def text_runs(scratch: Path, log: Path, steps: int) -> dict:
+def text_runs(scratch: Path, log: Path, n_epochs: int) -> dict:
     path = scratch / "input.txt"
-    result = {"characters": write_shakespeare_text(path), "steps": steps}
+    result = {"characters": write_shakespeare_text(path), "epochs": n_epochs}
     for side, extra in (("text_file", ["--data", str(path)]), ("tfds", [])):
         workdir = scratch / f"char_lstm_{side}"
-        _, wall = zoo(["train", "char_lstm", "--workdir", str(workdir), "--max-steps", str(steps),
-                       "--epochs", "1", "--sample-every", "0", *extra], log)
-        result[side] = {"val_loss": epochs(workdir)[-1]["val_loss"], "wall_s": round(wall, 1)}
+        _, wall = zoo(["train", "char_lstm", "--workdir", str(workdir), "--epochs", str(n_epochs),
+                       "--sample-every", "0", *extra], log)
+        last = epochs(workdir)[-1]
+        result[side] = {"val_loss": last["val_loss"], "steps": last["step"], "wall_s": round(wall, 1)}
     result["val_loss_difference"] = round(result["text_file"]["val_loss"] - result["tfds"]["val_loss"], 4)
     return result
 
@@ -132,7 +133,7 @@ def table(res: dict) -> str:
                     f"{c['memory']['images_per_s']:,.0f} (on device) | ratio {c['folder_over_memory_images_per_s']:.2f} |")
     if "text" in res:
         t = res["text"]
-        rows.append(f"| char_lstm validation loss after {t['steps']} steps | {t['text_file']['val_loss']:.4f} "
+        rows.append(f"| char_lstm validation loss after {t['tfds']['steps']} steps | {t['text_file']['val_loss']:.4f} "
                     f"(input.txt) | {t['tfds']['val_loss']:.4f} | difference {t['val_loss_difference']:+.4f} |")
     return "\n".join(rows)
 
@@ -140,7 +141,8 @@ def table(res: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=("cnn", "text"), help="run one part")
-    parser.add_argument("--text-steps", type=int, default=600, help="char_lstm steps on each side")
+    parser.add_argument("--text-epochs", type=int, default=1, help="char_lstm epochs on each side (the recipe's "
+                        "cosine schedule over them)")
     parser.add_argument("--scratch", help="where the PNGs and runs go (default: a temporary directory)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "own_data.json"))
     args = parser.parse_args(argv)
@@ -148,12 +150,15 @@ def main(argv: list[str] | None = None) -> None:
         scratch = Path(args.scratch or tmp)
         scratch.mkdir(parents=True, exist_ok=True)
         log = scratch / "own_data.log"
-        res = {"device": "cpu", "command": "python bench/own_data.py " + " ".join(argv or sys.argv[1:])}
+        out = Path(args.out)
+        # --only reruns one part and keeps the other's last figures
+        res = json.loads(out.read_text()) if args.only and out.exists() else {}
+        res.update({"device": "cpu", "command": "python bench/own_data.py " + " ".join(argv or sys.argv[1:])})
         if args.only in (None, "cnn"):
             res["cnn"] = cnn_runs(scratch, log)
         if args.only in (None, "text"):
-            res["text"] = text_runs(scratch, log, args.text_steps)
-        Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
+            res["text"] = text_runs(scratch, log, args.text_epochs)
+        out.write_text(json.dumps(res, indent=1) + "\n")
         print(table(res))
 
 
