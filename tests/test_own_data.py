@@ -335,6 +335,20 @@ def test_each_image_layout_trains_evaluates_exports_loads_and_predicts_with_its_
         code, out, err = cli("predict", "cnn", picture, *source)
         assert code == 0, err
         assert out.split(": ", 1)[1].split()[0] in ("cat", "dog"), out
+    # a dark-on-light picture is fed as the folder's images were, not inverted to MNIST's convention
+    from PIL import Image
+
+    from train import predict
+
+    assert predict.trained_on_own_data("cnn", path=export) and predict.trained_on_own_data("cnn", workdir=workdir)
+    assert not predict.trained_on_own_data("cnn", pretrained="mnist")
+
+    paper = np.full((28, 28), 250, np.uint8)
+    paper[10:16, :] = 20
+    Image.fromarray(paper).save(tmp_path / "paper.png")
+    for source in (("--path", export), ("--workdir", workdir)):
+        as_is = cli("predict", "cnn", tmp_path / "paper.png", "--no-invert", *source)
+        assert cli("predict", "cnn", tmp_path / "paper.png", *source) == as_is
 
 
 def test_a_text_file_trains_and_its_vocabulary_reaches_export_load_and_sample(cli, tmp_path):

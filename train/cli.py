@@ -373,6 +373,9 @@ def cmd_predict(args) -> int:
     names = class_names_for(args.model, pretrained=args.pretrained, path=args.path, workdir=args.workdir)
     if image_shape(model) is None:
         raise ValueError(f"zoo predict works for image models; {args.model!r} here takes {model.input_spec()}")
+    # own --data was fed as it is: no auto-invert to MNIST's light-on-dark convention
+    invert = args.invert and not predict.trained_on_own_data(args.model, pretrained=args.pretrained, path=args.path,
+                                                             workdir=args.workdir)
     center = args.center and predict.centers_digits(args.model, model, pretrained=args.pretrained, path=args.path,
                                                     workdir=args.workdir)
     apply = jax.jit(lambda x: model.apply(variables, x))
@@ -382,7 +385,7 @@ def cmd_predict(args) -> int:
         png = Path(args.out) / out_names[str(Path(file))] if reconstruct else None
         try:
             result = {"file": file, **predict.predict_one(model, apply, Path(file), names, top_k=args.top_k,
-                                                          invert=args.invert, center=center, reconstruction=png)}
+                                                          invert=invert, center=center, reconstruction=png)}
         except ValueError as e:
             failed = True
             result = {"file": file, "error": str(e)}
@@ -560,7 +563,8 @@ def _add_predict_parser(sub) -> None:
     r.add_argument("--top-k", type=int, default=3, help="classes to print per file (and per head) [default 3]")
     r.add_argument("--json", action="store_true", help="print one JSON list of {file, predictions | error}")
     r.add_argument("--no-invert", dest="invert", action="store_false",
-                   help="never invert grayscale images (by default dark-on-light images are inverted)")
+                   help="never invert grayscale images (by default dark-on-light images are inverted, except for "
+                        "weights trained on your own --data, which see pictures as that data was)")
     r.add_argument("--no-center", dest="center", action="store_false",
                    help="only resize digits; by default MNIST-trained digit models get them cropped, scaled "
                         "and centred by centre of mass as MNIST's were")

@@ -24,6 +24,21 @@ def class_probabilities(logits, names) -> list[tuple[str, float]]:
     return [(labels[i], float(probs[i])) for i in order]
 
 
+def _provenance(name: str, *, pretrained=None, path=None, workdir=None) -> tuple:
+    """(dataset, own data path or None, class names or None) the weights were trained on, from
+    the export's manifest (shipped weights, `path`) or the run's config (`workdir`)."""
+    if pretrained or path:
+        from zoo.pretrained import read_manifest
+
+        manifest = read_manifest(name, pretrained, path=path)
+        config = manifest.get("train_config") or {}
+        return manifest.get("dataset"), config.get("data"), manifest.get("class_names") or config.get("class_names")
+    from train.evaluate import read_config
+
+    cfg = read_config(Path(workdir or Path("runs") / name))
+    return cfg.dataset, cfg.data, cfg.class_names
+
+
 def centers_digits(name: str, model, *, pretrained=None, path=None, workdir=None) -> bool:
     """Whether `zoo predict` prepares pictures as MNIST prepared its digits for these weights:
     the model's card says MNIST-style digits, it takes 28x28 grayscale, and the export's manifest
@@ -36,20 +51,17 @@ def centers_digits(name: str, model, *, pretrained=None, path=None, workdir=None
 
     if not mnist_style(name) or image_shape(model) != (28, 28, 1):
         return False
-    if pretrained or path:
-        from zoo.pretrained import read_manifest
-
-        manifest = read_manifest(name, pretrained, path=path)
-        config = manifest.get("train_config") or {}
-        dataset, data = manifest.get("dataset"), config.get("data")
-        class_names = manifest.get("class_names") or config.get("class_names")
-    else:
-        from train.evaluate import read_config
-
-        cfg = read_config(Path(workdir or Path("runs") / name))
-        dataset, data, class_names = cfg.dataset, cfg.data, cfg.class_names
+    dataset, data, class_names = _provenance(name, pretrained=pretrained, path=path, workdir=workdir)
     digits = not class_names or isinstance(class_names, list) and set(class_names) <= set(DIGITS)
     return dataset == "mnist" and not data and digits
+
+
+def trained_on_own_data(name: str, *, pretrained=None, path=None, workdir=None) -> bool:
+    """Whether the weights were trained on the user's own `--data`. Such data was fed as it is
+    (never inverted), so `zoo predict` feeds pictures as it is too: the auto-invert to MNIST's
+    light-on-dark convention is for weights trained on MNIST-like data only."""
+    dataset, data, _ = _provenance(name, pretrained=pretrained, path=path, workdir=workdir)
+    return bool(data) or str(dataset or "").startswith("own data")
 
 
 def read_image(model, path: Path, *, invert: bool = True, center: bool | str = "auto") -> np.ndarray:
