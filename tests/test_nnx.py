@@ -351,6 +351,7 @@ def test_fit_an_nnx_dcgan_gives_the_linen_history_and_weights():
     assert net.generator(jnp.zeros((2, 8))).shape == (2, 28, 28, 1)  # the trained net samples
 
 
+@pytest.mark.slow  # two trainings compiled; the cnn test above covers train.fit on NNX by default
 def test_fit_an_nnx_multitask_net_gives_the_linen_history_and_weights():
     """Dict targets, one head per task: the same per-head metrics and weights as in Linen."""
     data = _arrays()

@@ -375,6 +375,7 @@ def test_a_text_file_trains_and_its_vocabulary_reaches_export_load_and_sample(cl
     assert code == 2 and "'L'" in err  # a character outside the text's vocabulary
 
 
+@pytest.mark.slow  # two whole trials: the default suite's own-data flow is the folder test above
 def test_a_sweep_trains_each_trial_on_the_folder(cli, folder, tmp_path):
     """`zoo sweep --data`: every trial opens the folder and records its classes."""
     pytest.importorskip("optuna")
