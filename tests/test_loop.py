@@ -226,3 +226,44 @@ def test_zoo_load_works_with_tensorflow_absent():
                             env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "(2, 10)"
+
+
+# ---------------------------------------------------------------- a signal in an epoch's last dispatch
+
+
+@pytest.mark.parametrize("last_epoch", [False, True], ids=["first-epoch", "last-epoch"])
+def test_a_signal_in_an_epochs_last_step_still_evaluates_that_epoch(tfds_dir, tmp_path, monkeypatch, last_epoch):
+    """SIGTERM during the last step of an epoch saves that step and stops before the evaluation;
+    the resumed run evaluates that epoch first (it used to skip it: no metrics line, no epoch
+    checkpoint, and after the run's last step nothing at all), so its log equals the
+    uninterrupted run's."""
+    import signal
+
+    from train import loop
+    from train.loop import Preempted, fit
+
+    cfg = tiny_cfg(tfds_dir, epochs=2, steps_per_dispatch=1)
+    fit(cfg, tmp_path / "ref", log=quiet)
+    stop_at = (8 if last_epoch else 4) - 1  # 4 steps per epoch: the step before the epoch's end
+    setup = loop.setup
+
+    def signalled_setup(*args, **kwargs):
+        run = setup(*args, **kwargs)
+        run_chunk = run.strategy.run_chunk
+
+        def chunk(state, data_, idx):
+            if run.step == stop_at:
+                run.signals.signum = signal.SIGTERM
+            return run_chunk(state, data_, idx)
+
+        run.strategy.run_chunk = chunk
+        return run
+
+    monkeypatch.setattr(loop, "setup", signalled_setup)
+    with pytest.raises(Preempted):
+        fit(cfg, tmp_path / "w", log=quiet)
+    monkeypatch.setattr(loop, "setup", setup)
+    fit(cfg, tmp_path / "w", log=quiet)
+    keys = ("epoch", "step", "train_loss", "val_loss", "val_accuracy")
+    assert [{k: r[k] for k in keys} for r in records(tmp_path / "w")] == \
+        [{k: r[k] for k in keys} for r in records(tmp_path / "ref")]

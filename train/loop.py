@@ -361,6 +361,10 @@ def run_epoch(run) -> dict:
     """
     cfg, books = run.cfg, run.books
     epoch, spe = run.step // run.steps_per_epoch, run.steps_per_epoch
+    if epoch_left_unevaluated(run):  # its steps are done: it is evaluated (and logged) now, not skipped
+        for book in books:
+            book.epoch = epoch
+        return {"epoch_s": 0.0, "compile_s": 0.0, "examples_per_s": 0}
     order = run.batches(epoch)
     pos = run.step - epoch * spe
     if pos == 0:
@@ -402,6 +406,14 @@ def run_epoch(run) -> dict:
     epoch_s = time.perf_counter() - t0
     return {"epoch_s": epoch_s, "compile_s": compile_s or 0.0,
             "examples_per_s": steps_run * cfg.batch_size / epoch_s if steps_run else 0}
+
+
+def epoch_left_unevaluated(run) -> bool:
+    """Whether the run stands at the end of an epoch it trained but never evaluated: a signal
+    during an epoch's last dispatch saves that step and stops before the evaluation, so the
+    resumed run must evaluate that epoch before it trains the next one."""
+    spe = run.steps_per_epoch
+    return run.step > 0 and run.step % spe == 0 and all(book.epoch < run.step // spe for book in run.books)
 
 
 def _sync(run, pending: list, progress: report.Progress) -> None:
@@ -523,7 +535,7 @@ def fit(cfg: Config, workdir: str | Path, *, log=print, model=None, task: tasks.
     record: dict = {}
     with run.signals:  # also while close() waits for the last async save
         try:
-            while not run.book.finished and run.step < run.total_steps:
+            while not run.book.finished and (run.step < run.total_steps or epoch_left_unevaluated(run)):
                 timing = run_epoch(run)
                 record = evaluate(run, timing)
                 should_stop(run)

@@ -215,7 +215,7 @@ def fit_population(cfgs: list[Config], workdirs_: list, *, log: Callable = print
     try:
         for c, w, treedef in zip(cfgs, workdirs_, treedefs):
             pop.members.append(_open_member(c, w, pop.task, treedef))
-        while pop.step < pop.total_steps and any(m.active for m in pop.members):
+        while (pop.step < pop.total_steps or loop.epoch_left_unevaluated(pop)) and any(m.active for m in pop.members):
             timing = loop.run_epoch(pop)
             _epoch_end(pop, timing, on_epoch)
     finally:
