@@ -63,7 +63,11 @@ def test_parameter_tree_is_the_linen_one(name):
     assert sum(a.size for a in jax.tree.leaves(nnx.state(net, nnx.Param))) == zoo.get_spec(name).num_params
 
 
-@pytest.mark.parametrize("name", MODELS)
+# the three recurrent/convolutional-transpose models take 10-12 s each: run with the slow tests
+_SLOW_PARITY = ("autoencoder", "lstm", "char_lstm")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _SLOW_PARITY else n for n in MODELS])
 def test_outputs_and_gradients_equal_linen_on_the_same_weights(name):
     model = zoo.create(name)
     variables = zoo.init(model, jax.random.key(1))
@@ -96,6 +100,7 @@ def test_outputs_and_gradients_equal_linen_on_the_same_weights(name):
     _close(nnx.to_pure_dict(grads), jax.grad(linen_loss)(variables["params"]), tol=1e-5)
 
 
+@pytest.mark.slow  # two GAN programs compiled (16 s); the dcgan parity case above runs by default
 def test_gan_players_and_dropout_train_mode():
     g = zoo.nnx.gan.Generator(rngs=nnx.Rngs(0))
     d = zoo.nnx.gan.Discriminator(rngs=nnx.Rngs(1))
