@@ -349,6 +349,12 @@ def _check_class_names(cfg: Config, model) -> None:
                          f"num_classes={n}); give one name per class, in label order")
 
 
+def names_of_classes(names, classes) -> list[str]:
+    """The names of the labels `classes` (a --classes subset, in its order) among `names`; a label
+    past the names is named by its number."""
+    return [names[c] if c < len(names) else str(c) for c in classes]
+
+
 def class_names_of(cfg: Config) -> list[str] | None:
     """The names of a run's classes in label order: its `class_names`, else the model's registered
     names (of `classes`, in their order, where it trained on a subset); None where the model's
@@ -361,7 +367,7 @@ def class_names_of(cfg: Config) -> list[str] | None:
     if not isinstance(names, tuple) or "vocab" in zoo.get_spec(cfg.model).preprocessing:
         return None  # several heads, no classes, or a language model's characters
     if cfg.classes:
-        return [names[c] if c < len(names) else str(c) for c in cfg.classes]
+        return names_of_classes(names, cfg.classes)
     n = getattr(build_model(cfg), "num_classes", None)
     return list(names) if n is not None and len(names) == (2 if n == 1 else n) else None
 

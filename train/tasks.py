@@ -19,7 +19,7 @@ import numpy as np
 
 import zoo
 from train import data, gen_metrics, report, steps
-from train.config import Config, build_model, flag, override_hint, tfds_val_size
+from train.config import Config, build_model, flag, names_of_classes, override_hint, tfds_val_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,8 +327,7 @@ def _follow_data(cfg: Config, ud, model) -> Config:
     """`cfg` with the data's absolute path, class names, and the model fields that follow the data."""
     names = list(cfg.class_names)
     if not names and ud.class_names:
-        names = [ud.class_names[c] if c < len(ud.class_names) else str(c) for c in cfg.classes] if cfg.classes \
-            else list(ud.class_names)
+        names = names_of_classes(ud.class_names, cfg.classes) if cfg.classes else list(ud.class_names)
     overrides = dict(cfg.model_overrides)
     registered = cfg.model in zoo.list_models() and dataclasses.is_dataclass(model)
     fields = {f.name for f in dataclasses.fields(model)} if registered else set()
