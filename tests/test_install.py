@@ -166,7 +166,8 @@ def test_wheel_installed_in_a_fresh_venv_trains_explains_and_loads_offline(tmp_p
             "model, variables = zoo.load('cnn', pretrained='mnist')\n"
             "print(model.apply(variables, np.zeros((2, 28, 28, 1), np.float32)).shape)\n"
             "print(zoo.__file__); print(train.__file__); print(train.data.VENDORED_DIR)\n"
-            "print(json.dumps([getattr(m, '__file__', None) or '' for m in list(sys.modules.values())]))\n")
+            "print(json.dumps([getattr(m, '__file__', None) or '' for m in list(sys.modules.values())]))\n"
+            "import train.config; print(train.config.resolve('lstm', {'recipe': 'fast'}).to_json())\n")
     lines = run(python, "-c", code).splitlines()
     site = Path(run(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])").strip())
     assert lines[0] == "(2, 10)"
@@ -174,6 +175,10 @@ def test_wheel_installed_in_a_fresh_venv_trains_explains_and_loads_offline(tmp_p
         assert Path(line).is_relative_to(site), (line, site)
     loaded = json.loads(lines[4])
     assert not [f for f in loaded if f and Path(f).resolve().is_relative_to(REPO)]
+    # the fast recipes (train/configs/fast/) are installed with the package
+    from train import config
+
+    assert lines[5] == str(config.resolve("lstm", {"recipe": "fast"}).to_json())
 
     # the entry point's shadowing check, installed: a train.py on PYTHONPATH
     (elsewhere / "train.py").write_text("from train import fit\n")

@@ -536,3 +536,43 @@ def test_evaluate_run_refuses_a_negative_quality_n():
 
     with pytest.raises(ValueError, match=r"quality_n must be an integer >= 0 .*got -1"):
         evaluate_run(None, None, None, "test", quality_n=-1)
+
+
+FAST = sorted(p.stem for p in (config.CONFIG_DIR / "fast").glob("*.json"))
+
+
+def test_fast_recipes_are_for_registered_models_with_a_default_recipe():
+    assert FAST, "train/configs/fast/ holds no recipe"
+    assert set(FAST) <= {p.stem for p in config.CONFIG_DIR.glob("*.json")}
+
+
+@pytest.mark.parametrize("model", FAST)
+def test_every_fast_recipe_resolves_over_the_default_one(model):
+    fast = config.read_json_config(config.CONFIG_DIR / "fast" / f"{model}.json")
+    cfg = resolve(model, {"recipe": "fast"})
+    assert cfg.recipe == "fast"
+    assert all(getattr(cfg, k) == v for k, v in fast.items())
+    # the fields the fast recipe leaves alone keep the default recipe's values
+    base = config.recipe(model)
+    assert all(getattr(cfg, k) == v for k, v in base.items() if k not in fast)
+    assert resolve(model).recipe == "default"
+
+
+def test_fast_recipe_sits_under_the_config_file_and_flags(tmp_path):
+    model = FAST[0]
+    fast = config.recipe(model, "fast")
+    file = _write(tmp_path / "c.json", json.dumps({"recipe": "fast", "epochs": 17}))
+    cfg = resolve(model, {"seed": 3}, config_file=file)  # the file names the recipe
+    assert (cfg.recipe, cfg.epochs, cfg.seed, cfg.lr) == ("fast", 17, 3, fast["lr"])
+    args = cli.build_parser().parse_args(["train", model, "--recipe", "fast", "--lr", "0.5"])
+    cfg = cli.train_config(args)
+    assert (cfg.recipe, cfg.lr, cfg.epochs) == ("fast", 0.5, fast["epochs"])
+
+
+def test_a_recipe_the_model_lacks_is_refused_naming_the_models_that_have_it():
+    lacking = next(m for m in zoo.list_models() if m not in FAST)
+    with pytest.raises(ValueError, match=f"--recipe fast: {lacking} has no fast recipe; the models with one: "
+                                         f"{re.escape(', '.join(FAST))}"):
+        resolve(lacking, {"recipe": "fast"})
+    with pytest.raises(ValueError, match="recipe 'quick': must be one of default, fast"):
+        resolve(FAST[0], {"recipe": "quick"})

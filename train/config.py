@@ -1,7 +1,8 @@
 """Training configuration: one flat dataclass, defaults per model from train/configs/<model>.json.
 
-Precedence: dataclass defaults < the model's recipe JSON < a --config JSON file < explicit
-overrides (CLI flags); `model_overrides` are merged key by key across those layers.
+Precedence: dataclass defaults < the model's recipe JSON (`--recipe fast`: train/configs/fast/<model>.json
+over it) < a --config JSON file < explicit overrides (CLI flags); `model_overrides` are merged key by
+key across those layers.
 Each field carries its help text and its check in `dataclasses.field(metadata=...)`: the CLI
 builds its flags and help from them, and `Config.validate` (called by `resolve`) checks them,
 so a resolved config is always valid. The resolved config is saved in the workdir
@@ -22,6 +23,10 @@ from typing import Any, Callable, Sequence
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB; more is a mistake (a log, a link to /dev/zero)
 INITS = ("default", "glorot")
+# Shipped recipes: "default" (train/configs/MODEL.json, the best result in a reasonable time) and
+# "fast" (train/configs/fast/MODEL.json over it: the tutorial's quality in the least time, raced
+# against PyTorch by bench/time_to_quality.py).
+RECIPES = ("default", "fast")
 
 
 # ---------------------------------------------------------------- what a valid value is
@@ -190,6 +195,9 @@ class Config:
     """Everything that defines a training run (all JSON-able)."""
 
     model: str = dataclasses.field(metadata={"help": "registered model name (zoo list)", "check": OfType(str, "a model name")})
+    recipe: str = option("default", "which shipped recipe gives the defaults: default (train/configs/MODEL.json) or "
+                         "fast (train/configs/fast/MODEL.json over it: the tutorial's quality in the least time)",
+                         OneOf(lambda: RECIPES))
     dataset: str = option("mnist", "dataset to train on", OneOf(_datasets))
     epochs: int = option(1, "epochs to train", POSITIVE, aliases=("num_epochs", "n_epochs"))
     batch_size: int = option(64, "global batch size, split over the devices", POSITIVE, aliases=("bs",))
@@ -501,14 +509,31 @@ def read_config_text(path: str | Path, what: str) -> str:
         raise ValueError(f"{path}: invalid JSON: not UTF-8 text ({e})") from None
 
 
-def recipe(model: str) -> dict:
-    """The default recipe for `model` (train/configs/<model>.json), {} if there is none."""
-    path = CONFIG_DIR / f"{model}.json"
-    return read_json_config(path) if path.exists() else {}
+def recipe(model: str, name: str = "default") -> dict:
+    """The fields of `model`'s shipped recipe `name` (one of RECIPES), {} if it has no default one.
+
+    "default" is train/configs/<model>.json; another name is train/configs/<name>/<model>.json laid
+    over it. Raises ValueError for a name the model has no recipe of, listing the models that do.
+    """
+    base = CONFIG_DIR / f"{model}.json"
+    values = read_json_config(base) if base.exists() else {}
+    if name == "default":
+        return values
+    if name not in RECIPES:
+        raise ValueError(f"--recipe {name!r}: must be one of {', '.join(RECIPES)}")
+    path = CONFIG_DIR / name / f"{model}.json"
+    if not path.exists():
+        have = sorted(p.stem for p in (CONFIG_DIR / name).glob("*.json"))
+        raise ValueError(f"--recipe {name}: {model} has no {name} recipe; the models with one: {', '.join(have) or 'none'}")
+    fast = read_json_config(path)
+    merged = {**values.get("model_overrides", {}), **fast.get("model_overrides", {})}
+    return {**values, **fast, "recipe": name, **({"model_overrides": merged} if merged else {})}
 
 
 def resolve(model: str, overrides: dict[str, Any] | None = None, *, config_file: str | Path | None = None) -> Config:
     """The run's config, validated: the model's recipe, then `config_file`, then `overrides`.
+
+    The recipe is the one `overrides` or else `config_file` names in "recipe" (default: "default").
 
     Args:
       model: registered model name.
@@ -530,7 +555,8 @@ def resolve(model: str, overrides: dict[str, Any] | None = None, *, config_file:
             raise ValueError(unknown_key(key))
         if error := field_error(key, value):
             raise ValueError(f"{flag(key)} {error}")
-    layers = [recipe(model), read_json_config(config_file) if config_file is not None else {}, overrides]
+    file_layer = read_json_config(config_file) if config_file is not None else {}
+    layers = [recipe(model, overrides.get("recipe", file_layer.get("recipe", "default"))), file_layer, overrides]
     values: dict[str, Any] = {}
     for layer in layers:
         values.update({**layer, "model_overrides": {**values.get("model_overrides", {}), **layer.get("model_overrides", {})}})
