@@ -1,12 +1,14 @@
 """Time to quality: per model, zoo's recipe against the PyTorch twin's tutorial recipe, racing to the
 tutorial's quality target in one process, alternating.
 
-    zoo    the shipped recipe (train/configs/<model>.json; `--zoo-recipe MODEL=JSON` overrides it),
-           trained as the engine trains (the task record's step, jit + donation, the engine's
+    zoo    the shipped fast recipe (train/configs/fast/<model>.json over the default one; the default
+           recipe where a model has none, or with `--recipe default`; `--zoo-recipe MODEL=JSON` overrides
+           either), trained as the engine trains (the task record's step, jit + donation, the engine's
            dispatch size), on the engine's own splits (MNIST with val_size 0: all 60,000 train
            images, evaluated on the 10,000 test images; tiny_shakespeare: validation split).
     torch  the twin (`zoo.torch_model`) with the tutorial recipe (TUTORIAL below: Adam, constant
-           rate), tensors in memory, on the very same arrays.
+           rate), tensors in memory, on the very same arrays (char_lstm: the tutorial's 100-character
+           windows, on which zoo is evaluated too when its recipe trains on others).
 
 Both sides are built first (the zoo step compiled by one throwaway step, PyTorch warmed up on a
 throwaway twin), then ALTERNATE: zoo trains one evaluation interval (1/`--evals-per-epoch` of
@@ -27,10 +29,11 @@ the trainer, and the first (compiling) call. `from_start_s` = all of those + tra
 
     python bench/time_to_quality.py                        # every model (needs a quiet machine)
     python bench/time_to_quality.py --models cnn,mlp --seeds 0,1
-    python bench/time_to_quality.py --gan-seeds 3          # the DCGAN comparison only
+    python bench/time_to_quality.py --models '' --gan-seeds 3   # the DCGAN comparison only
     python bench/time_to_quality.py --quick                # seconds: tiny data and budgets (tests)
 
-Writes bench/results/time_to_quality.{json,md} (or `--out DIR`).
+Writes bench/results/time_to_quality.{json,md} and, with `--gan-seeds`, dcgan_vs_twin.{json,md}
+(or into `--out DIR`).
 """
 
 from __future__ import annotations
@@ -72,7 +75,7 @@ TUTORIAL = {
     "cnn": dict(batch=64, lr=1e-3),
     "lstm": dict(batch=100, lr=1e-3),
     "autoencoder": dict(batch=128, lr=1e-3, epochs=5),
-    "char_lstm": dict(batch=64, lr=2e-3, clip=5.0),
+    "char_lstm": dict(batch=64, lr=2e-3, clip=5.0, seq_len=100),
     "multitask": dict(batch=100, lr=1e-3),
     "dcgan": dict(batch=128, lr=2e-4, betas=(0.5, 0.999), epochs=5),
 }
@@ -111,7 +114,7 @@ class Scorer:
 class ZooSide:
     name = "zoo"
 
-    def __init__(self, cfg, model, task, splits, seed: int, scorer=None, eval_limit: int = 0):
+    def __init__(self, cfg, model, task, splits, seed: int, scorer=None, eval_limit: int = 0, val=None):
         import jax
 
         from train import loop, parallel
@@ -126,7 +129,7 @@ class ZooSide:
         state0 = loop.initial_state(cfg, model, task, self.max_steps, log=lambda *a: None)
         self._init = lambda: self.strategy.place_state(state0)  # noqa: E731
         self.data = self.strategy.place_data(splits.train)
-        val = jax.tree.map(lambda a: a[:eval_limit] if eval_limit else a, splits.val)
+        val = jax.tree.map(lambda a: a[:eval_limit] if eval_limit else a, splits.val if val is None else val)
         self.val_n = len(val["x"])
         if task.name != "gan":
             self._eval = parallel.make_evaluator(task.eval_step(model), mesh)
@@ -292,10 +295,14 @@ class TorchSide:
 # The race
 
 
-def zoo_config(model: str, overrides: dict, seed: int, quick: bool):
+def zoo_config(model: str, overrides: dict, seed: int, quick: bool, recipe: str = "fast"):
+    """zoo's side: the model's shipped `recipe` ("fast" where the model has one, else "default")
+    under `overrides`."""
     from train import config
 
-    over = {"seed": seed, **overrides}
+    if recipe != "default" and not (config.CONFIG_DIR / recipe / f"{model}.json").exists():
+        recipe = "default"
+    over = {"seed": seed, "recipe": recipe, **overrides}
     if config.recipe(model).get("dataset", "mnist") == "mnist":
         over.setdefault("val_size", 0)  # all 60,000 train images, as the twin; evaluated on test
     if quick:
@@ -307,26 +314,32 @@ def build_sides(model: str, seed: int, args, log) -> tuple[dict, dict, object]:
     """Both sides of `model`, built and warmed up; (sides, overhead seconds per side, zoo config)."""
     from train import config, tasks
 
-    cfg = zoo_config(model, args.zoo_recipe.get(model, {}), seed, args.quick)
+    cfg = zoo_config(model, args.zoo_recipe.get(model, {}), seed, args.quick, args.recipe)
     task = tasks.of_model(model)
     t0 = time.perf_counter()
     splits = tasks.load_splits(task, cfg)
+    # the twin's data: the tutorial's windows where zoo's recipe trains on others (char_lstm's seq_len);
+    # both sides are evaluated on the twin's validation split
+    ref = splits
+    if "seq_len" in TUTORIAL[model] and cfg.seq_len != TUTORIAL[model]["seq_len"]:
+        ref = tasks.load_splits(task, zoo_config(model, {**args.zoo_recipe.get(model, {}), "seq_len": TUTORIAL[model]["seq_len"]},
+                                                 seed, args.quick, args.recipe))
     data_s = time.perf_counter() - t0
     scorer = Scorer(splits.test["x"], args.quality_n) if model == "dcgan" else None
     over = {"zoo": {}, "torch": {}}
     t0 = time.perf_counter()
-    zoo_side = ZooSide(cfg, config.build_model(cfg), task, splits, seed, scorer, args.eval_limit)
+    zoo_side = ZooSide(cfg, config.build_model(cfg), task, splits, seed, scorer, args.eval_limit, val=ref.val)
     over["zoo"]["setup_s"] = time.perf_counter() - t0
     over["zoo"]["first_call_s"] = zoo_side.warm_up()
-    TorchSide(model, splits, seed + 1000, scorer, args.eval_limit).run(args.torch_warmup)  # throwaway twin
+    TorchSide(model, ref, seed + 1000, scorer, args.eval_limit).run(args.torch_warmup)  # throwaway twin
     t0 = time.perf_counter()
-    torch_side = TorchSide(model, splits, seed, scorer, args.eval_limit)
+    torch_side = TorchSide(model, ref, seed, scorer, args.eval_limit)
     over["torch"]["setup_s"] = time.perf_counter() - t0
     over["torch"]["first_call_s"] = torch_side.run(1)  # its first step, then a fresh twin
-    torch_side = TorchSide(model, splits, seed, scorer, args.eval_limit)
+    torch_side = TorchSide(model, ref, seed, scorer, args.eval_limit)
     for side in over.values():
         side["data_s"] = data_s
-    log(f"[{model} seed {seed}] zoo {cfg.batch_size=} {cfg.lr=} {cfg.schedule=} {cfg.epochs=}; torch {TUTORIAL[model]}")
+    log(f"[{model} seed {seed}] zoo {cfg.recipe=} {cfg.batch_size=} {cfg.lr=} {cfg.schedule=} {cfg.epochs=}; torch {TUTORIAL[model]}")
     return {"zoo": zoo_side, "torch": torch_side}, over, cfg
 
 
@@ -403,29 +416,66 @@ def summarize_race(model: str, rec: dict, target: float | None) -> dict:
 
 
 def gan_comparison(args, log) -> dict:
-    """zoo's DCGAN and the twin (the tutorial recipe on both: Adam 2e-4, b1 0.5, batch 128) for the
-    same epochs, alternating epoch by epoch, per seed; both scored by the same Scorer."""
+    """The twin (the tutorial recipe: Adam 2e-4, b1 0.5, batch 128) and zoo's DCGAN with each of
+    `args.gan_recipes` ("default": the tutorial recipe; "fast": train/configs/fast/dcgan.json),
+    all for the same epochs (a schedule spans them), alternating epoch by epoch, per seed; every
+    side's 10,000 samples scored by the same Scorer."""
+    from train import config, tasks
+
     epochs = args.gan_epochs
-    out = {"epochs": epochs, "quality_n": args.quality_n, "seeds": []}
+    names = ["torch"] + [f"zoo_{r}" for r in args.gan_recipes]
+    out = {"epochs": epochs, "quality_n": args.quality_n, "sides": names, "seeds": []}
+    task = tasks.of_model("dcgan")
     for seed in range(args.gan_seeds):
-        args.zoo_recipe.setdefault("dcgan", {})["epochs"] = epochs  # a schedule, if any, spans these epochs
-        sides, _, _ = build_sides("dcgan", seed, args, log)
-        row = {"seed": seed}
+        cfgs = {f"zoo_{r}": zoo_config("dcgan", {**args.zoo_recipe.get("dcgan", {}), "epochs": epochs}, seed,
+                                       args.quick, r) for r in args.gan_recipes}
+        splits = tasks.load_splits(task, next(iter(cfgs.values())))
+        scorer = Scorer(splits.test["x"], args.quality_n)
+        TorchSide("dcgan", splits, seed + 1000, scorer).run(args.torch_warmup)  # throwaway twin
+        sides = {"torch": TorchSide("dcgan", splits, seed, scorer)}
+        for name, cfg in cfgs.items():
+            sides[name] = ZooSide(cfg, config.build_model(cfg), task, splits, seed, scorer)
+            sides[name].warm_up()
+        row = {"seed": seed, "recipes": {k: {f: getattr(c, f) for f in ("recipe", "batch_size", "lr", "b1", "schedule", "epochs")}
+                                         for k, c in cfgs.items()}}
         for _ in range(epochs):
             for name, side in sides.items():
                 row[f"{name}_train_s"] = row.get(f"{name}_train_s", 0.0) + side.run(side.steps_per_epoch)
         for name, side in sides.items():
             row[name] = side.evaluate()
-        log(f"  [dcgan comparison seed {seed}] zoo Frechet {row['zoo']['frechet']:.1f}, torch {row['torch']['frechet']:.1f}")
+        log(f"  [dcgan comparison seed {seed}] " + ", ".join(f"{k} Frechet {row[k]['frechet']:.1f}" for k in names))
         out["seeds"].append(row)
-    for name in ("zoo", "torch"):
+        del sides
+    for name in names:
         vals = [r[name]["frechet"] for r in out["seeds"]]
         out[name] = {"frechet_mean": statistics.fmean(vals), "frechet_std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
                      "frechet_min": min(vals), "frechet_max": max(vals),
                      "confident_share_mean": statistics.fmean(r[name]["confident_share"] for r in out["seeds"]),
                      "train_s_mean": statistics.fmean(r[f"{name}_train_s"] for r in out["seeds"])}
-    out["zoo_below_twin"] = out["zoo"]["frechet_mean"] < out["torch"]["frechet_mean"]
+    out["below_twin"] = {k: out[k]["frechet_mean"] < out["torch"]["frechet_mean"] for k in names[1:]}
     return out
+
+
+def write_gan_md(res: dict, path: Path) -> None:
+    g, m = res["gan"], res["machine"]
+    recipes = g["seeds"][0]["recipes"]
+    lines = [f"# DCGAN: zoo vs the PyTorch twin at equal epochs ({res['device']})", "",
+             f"{m['cpu']}, {m['affinity_cpus']} cores; jax {res['versions']['jax']}, torch {res['versions']['torch']}. "
+             f"Command: `{res['command']}`" + (" (QUICK: not a measurement)" if res["quick"] else "."), "",
+             f"{g['epochs']} epochs each, {len(g['seeds'])} seeds (0..{len(g['seeds']) - 1}), alternating epoch by epoch in "
+             f"one process. Frechet distance of {g['quality_n']:,} samples (eval-mode BatchNorm, fixed noise) to the test "
+             "images in cnn.mnist features (train/gen_metrics.py); lower is better. The twin: the tutorial recipe "
+             f"{TUTORIAL['dcgan']}.", "",
+             "| side | recipe | Frechet mean | std | min-max | per seed | confident share | training s (mean) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name in g["sides"]:
+        s = g[name]
+        r = recipes.get(name)
+        what = "tutorial (twin)" if r is None else f"{r['recipe']}: batch {r['batch_size']}, lr {r['lr']:g}, b1 {r['b1']:g}, {r['schedule']}"
+        per = ", ".join(f"{row[name]['frechet']:.1f}" for row in g["seeds"])
+        lines.append(f"| {name} | {what} | {s['frechet_mean']:.1f} | {s['frechet_std']:.1f} | {s['frechet_min']:.1f}-"
+                     f"{s['frechet_max']:.1f} | {per} | {100 * s['confident_share_mean']:.1f}% | {s['train_s_mean']:.1f} |")
+    path.write_text("\n".join(lines) + "\n")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -467,15 +517,6 @@ def write_md(res: dict, path: Path) -> None:
         fs = lambda s: f"{s['from_start_s']:.1f}" if s["reached"] else "-"  # noqa: E731
         lines.append(f"| {row['model']} | {row['seed']} | {tgt} | {_cell(z, row['metric'])} | {_cell(p, row['metric'])} | "
                      f"{'%.2f' % row['ratio'] if row['ratio'] else 'n/a'} | {z['overhead_s']:.1f} | {p['overhead_s']:.1f} | {fs(z)} | {fs(p)} |")
-    if res.get("gan"):
-        g = res["gan"]
-        lines += ["", f"DCGAN, zoo vs the twin, both with the tutorial recipe (Adam 2e-4, b1 0.5, batch 128), {g['epochs']} epochs, "
-                  f"{len(g['seeds'])} seeds; Frechet distance of {g['quality_n']:,} samples to the test images in cnn.mnist features "
-                  "(lower is better):", "", "| side | Frechet mean | std | min-max | confident share | training s (mean) |", "|---|---|---|---|---|---|"]
-        for name in ("zoo", "torch"):
-            s = g[name]
-            lines.append(f"| {name} | {s['frechet_mean']:.1f} | {s['frechet_std']:.1f} | {s['frechet_min']:.1f}-{s['frechet_max']:.1f} | "
-                         f"{100 * s['confident_share_mean']:.1f}% | {s['train_s_mean']:.1f} |")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -490,7 +531,12 @@ def parse_args(argv):
                    "(default autoencoder=5, dcgan=5)")
     p.add_argument("--zoo-recipe", action="append", default=[], metavar="MODEL=JSON",
                    help='overrides of zoo\'s recipe, e.g. cnn=\'{"schedule": "onecycle", "lr": 0.003, "epochs": 3}\'')
-    p.add_argument("--gan-seeds", type=int, default=0, help="run the DCGAN comparison with this many seeds")
+    p.add_argument("--recipe", default="fast", choices=("fast", "default"),
+                   help="zoo's shipped recipe: fast (train/configs/fast/MODEL.json where the model has one, else "
+                        "its default recipe) or default")
+    p.add_argument("--gan-seeds", type=int, default=0, help="run the DCGAN comparison with this many seeds "
+                   "(written to dcgan_vs_twin.{json,md})")
+    p.add_argument("--gan-recipes", default="default,fast", help="zoo's recipes in the DCGAN comparison")
     p.add_argument("--gan-epochs", type=int, default=TUTORIAL["dcgan"]["epochs"])
     p.add_argument("--quality-n", type=int, default=10_000, help="DCGAN samples scored per evaluation")
     p.add_argument("--eval-limit", type=int, default=0, help="evaluate on the first N examples only (0: all)")
@@ -504,6 +550,9 @@ def parse_args(argv):
         p.error(f"unknown model(s) {', '.join(bad)}; choose from {', '.join(MODELS)}")
     args.models = [m for m in args.models.split(",") if m]
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
+    args.gan_recipes = [r for r in args.gan_recipes.split(",") if r]
+    if bad := [r for r in args.gan_recipes if r not in ("default", "fast")]:
+        p.error(f"--gan-recipes {','.join(bad)}: each must be default or fast")
     try:
         args.tutorial_epochs = {k: int(v) for k, v in (kv.split("=") for kv in filter(None, args.tutorial_epochs.split(",")))}
         args.zoo_recipe = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.zoo_recipe)}
@@ -525,9 +574,10 @@ def parse_args(argv):
 def main(argv=None) -> None:
     args = parse_args(argv)
     start_s = process_age_s()
-    for model in set(args.models) | ({"dcgan"} if args.gan_seeds else set()):
+    checks = [(m, args.recipe) for m in args.models] + [("dcgan", r) for r in (args.gan_recipes if args.gan_seeds else [])]
+    for model, recipe in checks:
         try:  # a bad --zoo-recipe field fails here, before any training
-            zoo_config(model, args.zoo_recipe.get(model, {}), 0, args.quick)
+            zoo_config(model, args.zoo_recipe.get(model, {}), 0, args.quick, recipe)
         except ValueError as e:
             print(f"error: --zoo-recipe {model}: {e}", file=sys.stderr)
             sys.exit(2)
@@ -557,12 +607,13 @@ def main(argv=None) -> None:
         res["load_end"] = os.getloadavg()
         (out / "time_to_quality.json").write_text(json.dumps(res, indent=1))
         write_md(res, out / "time_to_quality.md")
+        log((out / "time_to_quality.md").read_text())
 
     for model in args.models:
         for seed in args.seeds:
             sides, over, cfg = build_sides(model, seed, args, log)
             row = {"model": model, "seed": seed, **race(model, sides, args, log),
-                   "zoo_recipe": {k: getattr(cfg, k) for k in ("batch_size", "optimizer", "lr", "b1", "schedule", "epochs", "clip_norm")},
+                   "zoo_recipe": {k: getattr(cfg, k) for k in ("recipe", "batch_size", "optimizer", "lr", "b1", "schedule", "epochs", "clip_norm", "seq_len")},
                    "torch_recipe": TUTORIAL[model]}
             # compiled programs of zoo's step after the race (1: the race ran the warm-up's program)
             row["zoo_step_compiles"] = sides["zoo"].strategy.compiles()
@@ -575,9 +626,12 @@ def main(argv=None) -> None:
             del sides
             save()
     if args.gan_seeds:
+        res = {k: v for k, v in res.items() if k not in ("races", "targets", "budget_s", "evals_per_epoch")}
         res["gan"] = gan_comparison(args, log)
-    save()
-    log((out / "time_to_quality.md").read_text())
+        res["load_end"] = os.getloadavg()
+        (out / "dcgan_vs_twin.json").write_text(json.dumps(res, indent=1))
+        write_gan_md(res, out / "dcgan_vs_twin.md")
+        log((out / "dcgan_vs_twin.md").read_text())
 
 
 if __name__ == "__main__":

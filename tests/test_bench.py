@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from train import config
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -77,10 +79,13 @@ def test_end_to_end_times_both_whole_processes(tfds_dir, cli_env, tmp_path):
 def test_time_to_quality_quick_races_and_records_unreached_targets(tfds_dir, cli_env, tmp_path):
     env = {**cli_env, "TFDS_DATA_DIR": str(tfds_dir)}
     _run([str(ROOT / "bench" / "time_to_quality.py"), "--quick", "--models", "mlp_small,autoencoder",
-          "--out", str(tmp_path)], env, tmp_path)
+          "--gan-seeds", "2", "--out", str(tmp_path)], env, tmp_path)
     res = json.loads((tmp_path / "time_to_quality.json").read_text())
     assert res["quick"] and [r["model"] for r in res["races"]] == ["mlp_small", "autoencoder"]
     small, auto = res["races"]
+    # zoo races with the model's fast recipe where it has one, else its default one
+    assert small["zoo_recipe"]["recipe"] == "default" and auto["zoo_recipe"]["recipe"] == "fast"
+    assert auto["zoo_recipe"]["batch_size"] == config.recipe("autoencoder", "fast")["batch_size"]
     for row in res["races"]:
         assert row["zoo_step_compiles"] == 1  # the clock never covers a recompilation
         for side in ("zoo", "torch"):
@@ -107,3 +112,16 @@ def test_time_to_quality_quick_races_and_records_unreached_targets(tfds_dir, cli
         assert z["quality"] <= auto["target"] and auto["ratio"] == z["time_s"] / twin["time_s"]
     table = (tmp_path / "time_to_quality.md").read_text()
     assert "| mlp_small | 0 | accuracy >= 0.9750 | not reached (" in table and "| autoencoder | 0 | mse <= " in table
+    # the DCGAN comparison: the twin and zoo's two recipes, equal epochs, per seed, scored alike
+    gan = json.loads((tmp_path / "dcgan_vs_twin.json").read_text())["gan"]
+    assert gan["sides"] == ["torch", "zoo_default", "zoo_fast"] and len(gan["seeds"]) == 2
+    for row in gan["seeds"]:
+        assert row["recipes"]["zoo_default"]["recipe"] == "default" and row["recipes"]["zoo_fast"]["recipe"] == "fast"
+        assert all(r["epochs"] == gan["epochs"] == 1 for r in row["recipes"].values())  # a schedule spans the compared epochs
+        for side in gan["sides"]:
+            assert row[side]["frechet"] > 0 and row[side]["quality_n"] == gan["quality_n"] and row[f"{side}_train_s"] > 0
+    for side in gan["sides"]:
+        vals = [row[side]["frechet"] for row in gan["seeds"]]
+        assert gan[side]["frechet_mean"] == pytest.approx(sum(vals) / 2) and gan[side]["frechet_min"] == min(vals)
+    assert gan["below_twin"]["zoo_fast"] == (gan["zoo_fast"]["frechet_mean"] < gan["torch"]["frechet_mean"])
+    assert "| zoo_fast | fast: batch " in (tmp_path / "dcgan_vs_twin.md").read_text()

@@ -292,7 +292,7 @@ def test_name_lists_come_from_their_modules():
     names = {name: config.FIELDS[name].metadata["check"].names() for name in _fields(OneOf)}
     assert names == {"dataset": tuple(sorted(data.SPLITS)), "optimizer": state.OPTIMIZERS,
                      "schedule": state.SCHEDULES, "strategy": parallel.STRATEGIES, "init": config.INITS,
-                     "dtype": config.DTYPES}
+                     "dtype": config.DTYPES, "recipe": config.RECIPES}
 
 
 # ---------------------------------------------------------------- recipe and --config files
