@@ -340,8 +340,11 @@ def test_each_image_layout_trains_evaluates_exports_loads_and_predicts_with_its_
 
     from train import predict
 
-    assert predict.trained_on_own_data("cnn", path=export) and predict.trained_on_own_data("cnn", workdir=workdir)
-    assert not predict.trained_on_own_data("cnn", pretrained="mnist")
+    assert predict.trained_on_own_data(predict.provenance("cnn", path=export))
+    assert predict.trained_on_own_data(predict.provenance("cnn", workdir=workdir))
+    assert not predict.trained_on_own_data(predict.provenance("cnn", pretrained="mnist"))
+    # the one record names the classes too, alike from the export's manifest and the run's config
+    assert predict.provenance("cnn", path=export).class_names == predict.provenance("cnn", workdir=workdir).class_names
 
     paper = np.full((28, 28), 250, np.uint8)
     paper[10:16, :] = 20

@@ -507,12 +507,13 @@ def test_predict_no_center_gives_the_plain_resize(cli):
 def test_predict_centres_only_weights_trained_on_mnist_digits(tmp_path):
     """The manifest or the run decides: other data, other class names, another dataset -> resized only."""
     from train.config import Config
-    from train.predict import centers_digits
+    from train.predict import centers_digits, provenance
     from zoo import formats
 
     model, variables = zoo.load("cnn", pretrained="mnist")
-    assert centers_digits("cnn", model, pretrained="mnist")
-    assert not centers_digits("cnn_cifar", zoo.create("cnn_cifar"), pretrained="mnist")  # never asked for: RGB
+    assert centers_digits("cnn", model, provenance("cnn", pretrained="mnist"))
+    # never asked for: RGB
+    assert not centers_digits("cnn_cifar", zoo.create("cnn_cifar"), provenance("cnn", pretrained="mnist"))
     digits = {"dataset": "mnist", "train_config": {"dataset": "mnist", "class_names": list("0123456789")}}
     subset = {"dataset": "mnist", "train_config": {"dataset": "mnist", "class_names": ["0", "2", "5"]}}  # --classes
     other = {"own data": {"dataset": "mnist", "train_config": {"dataset": "mnist", "data": "/photos"}},
@@ -520,9 +521,9 @@ def test_predict_centres_only_weights_trained_on_mnist_digits(tmp_path):
              "other dataset": {"dataset": "fashion_mnist"}, "not recorded": {}}
     for what, fields in {"digits": digits, "subset": subset, **other}.items():
         out = formats.write(formats.DIRECTORY, tmp_path / what.replace(" ", "_"), "cnn", variables, **fields)
-        assert centers_digits("cnn", model, path=out) == (what in ("digits", "subset")), what
+        assert centers_digits("cnn", model, provenance("cnn", path=out)) == (what in ("digits", "subset")), what
     for what, kw in {"digits": {}, "own data": {"data": "/photos"}, "other class names": {"class_names": ["a", "b"]}}.items():
         run = tmp_path / "run" / what.replace(" ", "_")
         run.mkdir(parents=True)
         (run / "config.json").write_text(json.dumps(Config(model="cnn", **kw).to_json()))
-        assert centers_digits("cnn", model, workdir=run) == (what == "digits"), what
+        assert centers_digits("cnn", model, provenance("cnn", workdir=run)) == (what == "digits"), what

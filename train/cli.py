@@ -356,7 +356,7 @@ def cmd_predict(args) -> int:
 
     import zoo
     from train import predict, tasks
-    from train.evaluate import class_names_for, variables_for
+    from train.evaluate import variables_for
     from zoo.preprocess import image_shape
 
     spec = zoo.get_spec(args.model)
@@ -370,14 +370,13 @@ def cmd_predict(args) -> int:
     if reconstruct and not args.out:
         raise ValueError(f"zoo predict {args.model} writes reconstructions as PNGs: give --out DIR")
     model, variables = variables_for(args.model, pretrained=args.pretrained, path=args.path, workdir=args.workdir)
-    names = class_names_for(args.model, pretrained=args.pretrained, path=args.path, workdir=args.workdir)
+    source = predict.provenance(args.model, pretrained=args.pretrained, path=args.path, workdir=args.workdir)
+    names = predict.class_names(args.model, source)
     if image_shape(model) is None:
         raise ValueError(f"zoo predict works for image models; {args.model!r} here takes {model.input_spec()}")
     # own --data was fed as it is: no auto-invert to MNIST's light-on-dark convention
-    invert = args.invert and not predict.trained_on_own_data(args.model, pretrained=args.pretrained, path=args.path,
-                                                             workdir=args.workdir)
-    center = args.center and predict.centers_digits(args.model, model, pretrained=args.pretrained, path=args.path,
-                                                    workdir=args.workdir)
+    invert = args.invert and not predict.trained_on_own_data(source)
+    center = args.center and predict.centers_digits(args.model, model, source)
     apply = jax.jit(lambda x: model.apply(variables, x))
     out_names = predict.reconstruction_names([str(Path(f)) for f in args.files])
     results, failed = [], False

@@ -177,20 +177,6 @@ def variables_for(name: str, *, pretrained=None, path=None, workdir=None):
     return model, variables
 
 
-def class_names_for(name: str, *, pretrained=None, path=None, workdir=None):
-    """The class names of shipped weights, an export (its manifest's "class_names") or a run
-    (`config.class_names_of`), else the registry's: what `zoo predict` prints."""
-    if pretrained or path:
-        from zoo.pretrained import read_manifest
-
-        names = read_manifest(name, pretrained=pretrained, path=path).get("class_names")
-    else:
-        names = class_names_of(read_config(Path(workdir or Path("runs") / name)))
-    from zoo import get_spec
-
-    return tuple(names) if names else get_spec(name).class_names
-
-
 def report_lines(result: dict) -> list[str]:
     """`zoo eval`'s printout of an evaluation result: its numbers, then what the model's task
     reports beside them (a per-class table, the sample-quality coverage where it was measured)."""

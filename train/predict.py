@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import jax
@@ -24,44 +25,67 @@ def class_probabilities(logits, names) -> list[tuple[str, float]]:
     return [(labels[i], float(probs[i])) for i in order]
 
 
-def _provenance(name: str, *, pretrained=None, path=None, workdir=None) -> tuple:
-    """(dataset, own data path or None, class names or None) the weights were trained on, from
-    the export's manifest (shipped weights, `path`) or the run's config (`workdir`)."""
+@dataclasses.dataclass(frozen=True)
+class Provenance:
+    """What weights were trained on, as their export's manifest or their run's config records it.
+
+    dataset: the dataset's name ("mnist", "own data (pets)"), None where not recorded.
+    data: the own `--data` path of a run, None for a TFDS dataset.
+    class_names: the recorded class names in label order (a run's: `config.class_names_of`), None
+      where none are recorded.
+    """
+
+    dataset: str | None
+    data: str | None
+    class_names: tuple[str, ...] | None
+
+
+def provenance(name: str, *, pretrained=None, path=None, workdir=None) -> Provenance:
+    """The `Provenance` of shipped weights (`pretrained`), an export (`path`: its manifest) or a
+    run (`workdir`, default runs/NAME: its config.json), read once for all of `zoo predict`."""
     if pretrained or path:
         from zoo.pretrained import read_manifest
 
         manifest = read_manifest(name, pretrained, path=path)
         config = manifest.get("train_config") or {}
-        return manifest.get("dataset"), config.get("data"), manifest.get("class_names") or config.get("class_names")
+        names = manifest.get("class_names") or config.get("class_names")
+        return Provenance(manifest.get("dataset"), config.get("data"), tuple(names) if names else None)
+    from train.config import class_names_of
     from train.evaluate import read_config
 
     cfg = read_config(Path(workdir or Path("runs") / name))
-    return cfg.dataset, cfg.data, cfg.class_names
+    names = class_names_of(cfg)
+    return Provenance(cfg.dataset, cfg.data, tuple(names) if names else None)
 
 
-def centers_digits(name: str, model, *, pretrained=None, path=None, workdir=None) -> bool:
+def class_names(name: str, source: Provenance) -> tuple[str, ...] | None:
+    """The names `zoo predict` prints: the recorded ones, else the registry's."""
+    from zoo import get_spec
+
+    return source.class_names or get_spec(name).class_names
+
+
+def centers_digits(name: str, model, source: Provenance) -> bool:
     """Whether `zoo predict` prepares pictures as MNIST prepared its digits for these weights:
-    the model's card says MNIST-style digits, it takes 28x28 grayscale, and the export's manifest
-    (shipped weights, `path`) or the run's config (`workdir`) says it was trained on MNIST itself
-    (dataset "mnist", no own --data, digit class names where any are recorded: all ten or a
-    --classes subset). Weights trained on other data (or an export that does not say) see
-    pictures resized as before."""
+    the model's card says MNIST-style digits, it takes 28x28 grayscale, and `source` (the
+    export's manifest or the run's config) says it was trained on MNIST itself (dataset
+    "mnist", no own --data, digit class names where any are recorded: all ten or a --classes
+    subset). Weights trained on other data (or an export that does not say) see pictures
+    resized as before."""
     from zoo.preprocess import image_shape, mnist_style
     from zoo.registry import DIGITS
 
     if not mnist_style(name) or image_shape(model) != (28, 28, 1):
         return False
-    dataset, data, class_names = _provenance(name, pretrained=pretrained, path=path, workdir=workdir)
-    digits = not class_names or isinstance(class_names, list) and set(class_names) <= set(DIGITS)
-    return dataset == "mnist" and not data and digits
+    digits = not source.class_names or set(source.class_names) <= set(DIGITS)
+    return source.dataset == "mnist" and not source.data and digits
 
 
-def trained_on_own_data(name: str, *, pretrained=None, path=None, workdir=None) -> bool:
+def trained_on_own_data(source: Provenance) -> bool:
     """Whether the weights were trained on the user's own `--data`. Such data was fed as it is
     (never inverted), so `zoo predict` feeds pictures as it is too: the auto-invert to MNIST's
     light-on-dark convention is for weights trained on MNIST-like data only."""
-    dataset, data, _ = _provenance(name, pretrained=pretrained, path=path, workdir=workdir)
-    return bool(data) or str(dataset or "").startswith("own data")
+    return bool(source.data) or str(source.dataset or "").startswith("own data")
 
 
 def read_image(model, path: Path, *, invert: bool = True, center: bool | str = "auto") -> np.ndarray:
