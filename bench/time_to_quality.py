@@ -300,9 +300,7 @@ def zoo_config(model: str, overrides: dict, seed: int, quick: bool, recipe: str 
     under `overrides`."""
     from train import config
 
-    if recipe != "default" and not (config.CONFIG_DIR / recipe / f"{model}.json").exists():
-        recipe = "default"
-    over = {"seed": seed, "recipe": recipe, **overrides}
+    over = {"seed": seed, "recipe": recipe if config.has_recipe(model, recipe) else "default", **overrides}
     if config.recipe(model).get("dataset", "mnist") == "mnist":
         over.setdefault("val_size", 0)  # all 60,000 train images, as the twin; evaluated on test
     if quick:
@@ -426,11 +424,12 @@ def gan_comparison(args, log) -> dict:
     names = ["torch"] + [f"zoo_{r}" for r in args.gan_recipes]
     out = {"epochs": epochs, "quality_n": args.quality_n, "sides": names, "seeds": []}
     task = tasks.of_model("dcgan")
+    over = {**args.zoo_recipe.get("dcgan", {}), "epochs": epochs}
+    # the same arrays and reference features for every seed (val_size 0: no seeded validation cut)
+    splits = tasks.load_splits(task, zoo_config("dcgan", over, 0, args.quick, args.gan_recipes[0]))
+    scorer = Scorer(splits.test["x"], args.quality_n)
     for seed in range(args.gan_seeds):
-        cfgs = {f"zoo_{r}": zoo_config("dcgan", {**args.zoo_recipe.get("dcgan", {}), "epochs": epochs}, seed,
-                                       args.quick, r) for r in args.gan_recipes}
-        splits = tasks.load_splits(task, next(iter(cfgs.values())))
-        scorer = Scorer(splits.test["x"], args.quality_n)
+        cfgs = {f"zoo_{r}": zoo_config("dcgan", over, seed, args.quick, r) for r in args.gan_recipes}
         TorchSide("dcgan", splits, seed + 1000, scorer).run(args.torch_warmup)  # throwaway twin
         sides = {"torch": TorchSide("dcgan", splits, seed, scorer)}
         for name, cfg in cfgs.items():
@@ -521,6 +520,8 @@ def write_md(res: dict, path: Path) -> None:
 
 
 def parse_args(argv):
+    from train.config import RECIPES
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}; '' for none")
     p.add_argument("--seeds", default="0", help="comma-separated seeds, one race per model and seed")
@@ -531,7 +532,7 @@ def parse_args(argv):
                    "(default autoencoder=5, dcgan=5)")
     p.add_argument("--zoo-recipe", action="append", default=[], metavar="MODEL=JSON",
                    help='overrides of zoo\'s recipe, e.g. cnn=\'{"schedule": "onecycle", "lr": 0.003, "epochs": 3}\'')
-    p.add_argument("--recipe", default="fast", choices=("fast", "default"),
+    p.add_argument("--recipe", default="fast", choices=RECIPES,
                    help="zoo's shipped recipe: fast (train/configs/fast/MODEL.json where the model has one, else "
                         "its default recipe) or default")
     p.add_argument("--gan-seeds", type=int, default=0, help="run the DCGAN comparison with this many seeds "
@@ -551,8 +552,8 @@ def parse_args(argv):
     args.models = [m for m in args.models.split(",") if m]
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
     args.gan_recipes = [r for r in args.gan_recipes.split(",") if r]
-    if bad := [r for r in args.gan_recipes if r not in ("default", "fast")]:
-        p.error(f"--gan-recipes {','.join(bad)}: each must be default or fast")
+    if bad := [r for r in args.gan_recipes if r not in RECIPES]:
+        p.error(f"--gan-recipes {','.join(bad)}: each must be one of {', '.join(RECIPES)}")
     try:
         args.tutorial_epochs = {k: int(v) for k, v in (kv.split("=") for kv in filter(None, args.tutorial_epochs.split(",")))}
         args.zoo_recipe = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.zoo_recipe)}

@@ -521,13 +521,26 @@ def recipe(model: str, name: str = "default") -> dict:
         return values
     if name not in RECIPES:
         raise ValueError(f"--recipe {name!r}: must be one of {', '.join(RECIPES)}")
-    path = CONFIG_DIR / name / f"{model}.json"
-    if not path.exists():
+    if not has_recipe(model, name):
         have = sorted(p.stem for p in (CONFIG_DIR / name).glob("*.json"))
         raise ValueError(f"--recipe {name}: {model} has no {name} recipe; the models with one: {', '.join(have) or 'none'}")
-    fast = read_json_config(path)
-    merged = {**values.get("model_overrides", {}), **fast.get("model_overrides", {})}
-    return {**values, **fast, "recipe": name, **({"model_overrides": merged} if merged else {})}
+    return _layered([values, read_json_config(CONFIG_DIR / name / f"{model}.json"), {"recipe": name}])
+
+
+def has_recipe(model: str, name: str) -> bool:
+    """Whether `model` has a shipped recipe `name` ("default" always counts: its fields default)."""
+    return name == "default" or (CONFIG_DIR / name / f"{model}.json").exists()
+
+
+def _layered(layers: list[dict]) -> dict:
+    """Config fields of `layers`, a later layer winning per field; `model_overrides` merged key by key."""
+    values: dict[str, Any] = {}
+    for layer in layers:
+        merged = {**values.get("model_overrides", {}), **layer.get("model_overrides", {})}
+        values.update(layer)
+        if merged:
+            values["model_overrides"] = merged
+    return values
 
 
 def resolve(model: str, overrides: dict[str, Any] | None = None, *, config_file: str | Path | None = None) -> Config:
@@ -556,10 +569,7 @@ def resolve(model: str, overrides: dict[str, Any] | None = None, *, config_file:
         if error := field_error(key, value):
             raise ValueError(f"{flag(key)} {error}")
     file_layer = read_json_config(config_file) if config_file is not None else {}
-    layers = [recipe(model, overrides.get("recipe", file_layer.get("recipe", "default"))), file_layer, overrides]
-    values: dict[str, Any] = {}
-    for layer in layers:
-        values.update({**layer, "model_overrides": {**values.get("model_overrides", {}), **layer.get("model_overrides", {})}})
+    values = _layered([recipe(model, overrides.get("recipe", file_layer.get("recipe", "default"))), file_layer, overrides])
     cfg = Config(**{**values, "model": model})
     # own data (--data) names its classes when it is opened (train.tasks.own_data), not the registry
     if (cfg.classes and not cfg.class_names and not cfg.data and len(set(cfg.classes)) == len(cfg.classes)
